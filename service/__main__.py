@@ -1,0 +1,64 @@
+"""`python -m service [run|dev|healthcheck]`: load settings, then run one mode.
+
+run (default)   WORKER_MODE=false: the HTTP publisher; WORKER_MODE=true: the worker supervisor
+dev             API and worker together, with a private Redis when none is configured
+healthcheck     GET the running process's own /health on PORT; exit 0 if healthy (for Docker)
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+
+from service import constants, logs, registry
+from service.settings import ConfigError, Settings, load
+
+COMMANDS = ("run", "dev", "healthcheck")
+EX_USAGE = 64
+
+
+def healthcheck(settings: Settings) -> int:
+    url = f"http://127.0.0.1:{settings.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError as exc:
+        print(f"healthcheck: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "run"
+    if command not in COMMANDS or len(args) > 1:
+        print(f"usage: python -m service [{'|'.join(COMMANDS)}]", file=sys.stderr)
+        return EX_USAGE
+    try:
+        settings = load()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return constants.EXIT_CONFIG
+    if command == "healthcheck":
+        return healthcheck(settings)
+    if command == "dev":
+        from service import dev
+
+        return dev.run(settings)
+    logs.configure(settings, "worker" if settings.worker_mode else "api")
+    try:
+        handlers = registry.load(settings.handler_modules)
+    except ImportError as exc:
+        modules = ",".join(settings.handler_modules)
+        print(f"invalid configuration:\n  HANDLER_MODULES={modules!r}: {exc}", file=sys.stderr)
+        return constants.EXIT_CONFIG
+    if settings.worker_mode:
+        from service.worker import supervisor
+
+        return supervisor.run(settings)
+    from service.api import server
+
+    return server.run(settings, handlers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The publisher: a Starlette app that validates jobs against the registry and publishes them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from service import constants
+from service.api import routes
+from service.api.errors import ApiError, api_error_handler, http_error_handler
+from service.api.middleware import ApiKeyAuth, BodyLimit
+from service.api.openapi import build_openapi
+from service.registry import Registry
+from service.settings import Settings
+from service.store import Store, connect_async
+
+log = logging.getLogger("service.api")
+
+
+async def redis_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis down, stalled, loading or full: 503 with Retry-After, never a 500 or a hang."""
+    log.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
+    message = "the queue is unavailable; nothing was enqueued, retry later"
+    headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
+    return ApiError(503, "queue_unavailable", message, headers=headers).response()
+
+
+def create_app(settings: Settings, registry: Registry) -> ASGIApp:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = connect_async(settings.queue_redis)
+        app.state.store = Store(client)
+        log.info("API: %d job types, queue %s on %s", len(registry), settings.queue_name,
+                 settings.queue_redis)  # fmt: skip
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/jobs", routes.submit_job, methods=["POST"]),
+            Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
+            Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
+            Route("/queues", routes.list_queues, methods=["GET"]),
+            Route("/health", routes.health, methods=["GET"]),
+            Route("/ready", routes.ready, methods=["GET"]),
+            Route("/openapi.json", routes.openapi, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            redis.exceptions.ConnectionError: redis_unavailable,
+            redis.exceptions.TimeoutError: redis_unavailable,
+            redis.exceptions.BusyLoadingError: redis_unavailable,
+            redis.exceptions.OutOfMemoryError: redis_unavailable,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
+    return ApiKeyAuth(BodyLimit(app, settings.max_body_bytes), settings.api_keys)

@@ -1,0 +1,105 @@
+"""The OpenAPI document, generated from the registry: one request schema per job type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import constants
+from service.registry import Registry
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    content = {"application/json": {"schema": schema or _ERROR}}
+    return {"description": description, "content": content}
+
+
+def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {},
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+        },
+        "Accepted": {
+            "type": "object",
+            "properties": {k: {"type": "string"} for k in ("id", "type", "queue", "status")},
+        },
+    }
+    refs = []
+    for job_type in registry:
+        name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
+        schemas[name] = {
+            "type": "object",
+            "description": (job_type.handler.__doc__ or "").strip(),
+            "properties": {
+                "type": {"const": job_type.name},
+                "payload": job_type.payload.model_json_schema(),
+            },
+            "required": ["type"],
+            "additionalProperties": False,
+        }
+        refs.append({"$ref": f"#/components/schemas/{name}"})
+    schemas["NewJob"] = {"oneOf": refs, "discriminator": {"propertyName": "type"}}
+    job_body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewJob"}}},
+    }
+    errors = {
+        "400": _response("Malformed JSON"),
+        "413": _response("Body over MAX_BODY_BYTES"),
+        "415": _response("Not application/json"),
+        "422": _response("Unknown job type or invalid payload; nothing was enqueued"),
+        "503": _response("Redis unavailable; nothing was enqueued (see Retry-After)"),
+    }
+    if auth:
+        errors["401"] = _response("Missing or invalid API key")
+    security = [{"bearer": []}] if auth else []
+    paths: dict[str, Any] = {
+        "/jobs": {"post": {
+            "summary": "Enqueue one job", "requestBody": job_body, "security": security,
+            "responses": {"202": _response("Accepted", {"$ref": "#/components/schemas/Accepted"}), **errors},
+        }},
+        "/jobs/batch": {"post": {
+            "summary": f"Enqueue up to {constants.MAX_BATCH_JOBS} jobs, all or nothing",
+            "security": security,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["jobs"],
+                "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"},
+                                        "minItems": 1, "maxItems": constants.MAX_BATCH_JOBS}},
+            }}}},
+            "responses": {"202": _response("Accepted", {"type": "object"}), **errors},
+        }},
+        "/jobs/{job_id}": {"get": {
+            "summary": "A job's status, result, error and attempts", "security": security,
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _response("The job", {"type": "object"}), "404": _response("Unknown id")},
+        }},
+        "/queues": {"get": {
+            "summary": "Per queue: waiting, started, scheduled, finished, failed, workers",
+            "security": security,
+            "responses": {"200": _response("Queue counts", {"type": "object"})},
+        }},
+        "/health": {"get": {"summary": "Liveness", "responses": {"200": _response("Alive", {"type": "object"})}}},
+        "/ready": {"get": {"summary": "Readiness (Redis reachable)", "responses": {
+            "200": _response("Ready", {"type": "object"}), "503": _response("Not ready", {"type": "object"})}}},
+    }  # fmt: skip
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Job service", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    if auth:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return document

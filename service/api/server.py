@@ -1,0 +1,43 @@
+"""Serving the publisher with uvicorn: graceful on the first signal, forced on the second."""
+
+from __future__ import annotations
+
+import logging
+from types import FrameType
+
+import uvicorn
+
+from service import constants
+from service.api.app import create_app
+from service.registry import Registry
+from service.settings import Settings
+
+log = logging.getLogger("service.api")
+
+
+class Server(uvicorn.Server):
+    """uvicorn re-raises the signal after a graceful stop (exit 143); we exit 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def run(settings: Settings, registry: Registry) -> int:
+    config = uvicorn.Config(
+        create_app(settings, registry),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        server_header=False,
+        proxy_headers=False,
+    )
+    server = Server(config)
+    server.run()
+    if not server.started:
+        return constants.EXIT_STARTUP
+    log.info("API stopped")
+    return constants.EXIT_FORCED if server.force_exit else constants.EXIT_OK

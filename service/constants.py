@@ -1,0 +1,64 @@
+"""Every tunable default, exit code and Redis key name, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- Exit codes (documented in the README) -------------------------------------------------
+EXIT_OK: Final = 0
+EXIT_FORCED: Final = 1  # a second signal forced the stop; work may have been interrupted
+EXIT_STARTUP: Final = 70  # EX_SOFTWARE: could not start (port in use, handler import failed)
+EXIT_CONFIG: Final = 78  # EX_CONFIG: a setting is invalid; nothing was started
+
+# --- Ports and HTTP --------------------------------------------------------------------------
+API_PORT: Final = 3001
+WORKER_HEALTH_PORT: Final = 3003
+MAX_BATCH_JOBS: Final = 1000  # most jobs accepted by one POST /jobs/batch
+RETRY_AFTER_SECONDS: Final = 5  # the Retry-After we send with a 503
+
+# --- Redis client ------------------------------------------------------------------------------
+REDIS_SOCKET_TIMEOUT: Final = 2.0  # seconds; a stalled Redis fails a request fast, not a hang
+REDIS_CONNECT_TIMEOUT: Final = 2.0
+
+# --- Jobs ----------------------------------------------------------------------------------------
+DEFAULT_JOB_TIMEOUT: Final = 180  # seconds, as in RQ
+RESULT_TTL: Final = 24 * 3600  # seconds a finished job and its result stay readable
+FAILURE_TTL: Final = 7 * 24 * 3600  # seconds a failed job stays in the failed registry
+MAX_CRASHES: Final = 3  # a job that kills its worker this often fails instead of looping
+JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
+
+# --- Worker ----------------------------------------------------------------------------------------
+HEARTBEAT_MISSES: Final = 3  # a worker silent for this many intervals counts as dead
+BATCH_TARGET_SECONDS: Final = 0.02  # size claims so one batch takes about this long
+RESTART_BACKOFF_MAX: Final = 10.0  # seconds between restarts of a child that keeps dying
+FORCE_KILL_GRACE: Final = 5.0  # after a forced stop, seconds before SIGKILL
+
+# --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
+RQ_PREFIX: Final = "rq:"
+QUEUES_KEY: Final = "rq:queues"  # set of queue keys
+WORKERS_KEY: Final = "rq:workers"  # set of worker keys
+
+
+def queue_key(queue: str) -> str:
+    return f"rq:queue:{queue}"
+
+
+def job_key(job_id: str) -> str:
+    return f"rq:job:{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    return f"rq:results:{job_id}"
+
+
+def registry_key(kind: str, queue: str) -> str:
+    """kind: started, finished, failed, scheduled, canceled or deferred."""
+    return f"rq:wip:{queue}" if kind == "started" else f"rq:{kind}:{queue}"
+
+
+def worker_key(name: str) -> str:
+    return f"rq:worker:{name}"
+
+
+def queue_workers_key(queue: str) -> str:
+    return f"rq:workers:{queue}"

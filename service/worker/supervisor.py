@@ -1,0 +1,226 @@
+"""The worker container's main process: starts WORKER_CONCURRENCY worker processes, restarts
+one that dies (re-queuing its jobs at once), runs housekeeping, serves /health and /ready, and
+shuts everything down in bounded time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Literal
+
+import redis
+
+from service import constants, logs
+from service import registry as registry_module
+from service.settings import Settings
+from service.worker import recovery
+from service.worker.health import HealthServer
+from service.worker.runner import Worker, connect
+from service.worker.slots import DEADLINE, READY, TICK, Slot, Slots
+
+log = logging.getLogger("service.worker")
+_spawn = multiprocessing.get_context("spawn")
+
+
+def worker_main(settings: Settings, array: object, index: int, name: str) -> None:
+    """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
+    logs.configure(settings, f"worker-{index}")
+    handlers = registry_module.load(settings.handler_modules)
+    worker = Worker(settings, handlers, Slot(array, index), settings.queue_name, name)
+    raise SystemExit(worker.run())
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.slots = Slots(settings.worker_concurrency)
+        self.processes: list[BaseProcess | None] = [None] * settings.worker_concurrency
+        self.names = [""] * settings.worker_concurrency
+        self.prefix = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
+        self.restarts = [0] * settings.worker_concurrency
+        self.signals = 0
+        self.lost_jobs = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.redis = connect(self.settings.queue_redis)
+        health = HealthServer(self.settings, self.healthy, self.ready)
+        health.start()
+        log.info(
+            "worker supervisor: %d processes on queue %s, Redis %s, health on :%d",
+            self.settings.worker_concurrency, self.settings.queue_name,
+            self.settings.queue_redis, health.port,
+        )  # fmt: skip
+        for index in range(self.settings.worker_concurrency):
+            self._start(index)
+        try:
+            self._supervise()
+            code = self._shut_down()
+        finally:
+            health.stop()
+        totals = self.slots.totals()
+        log.info(
+            "worker stopped: %d finished, %d failed, %d retried, %d interrupted and re-queued, "
+            "%d re-queued from lost processes, exit %d",
+            totals["finished"], totals["failed"], totals["retried"], totals["interrupted"],
+            self.lost_jobs, code,
+        )  # fmt: skip
+        return code
+
+    def _start(self, index: int) -> None:
+        self.slots[index].reset()
+        self.names[index] = f"{self.prefix}.{index}.{self.restarts[index]}"
+        process = _spawn.Process(
+            target=worker_main,
+            args=(self.settings, self.slots.array, index, self.names[index]),
+            name=f"worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        self.processes[index] = process
+
+    def _supervise(self) -> None:
+        next_housekeeping = time.monotonic()
+        while not self.signals:
+            sentinels = [p.sentinel for p in self.processes if p is not None]
+            wait(sentinels, timeout=0.2)
+            for index, process in enumerate(self.processes):
+                if process is not None and not process.is_alive() and not self.signals:
+                    self._replace(index, process)
+            if time.monotonic() >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = time.monotonic() + self.settings.worker_processing_interval
+
+    def _replace(self, index: int, process: BaseProcess) -> None:
+        """A worker process died: re-queue its jobs now, then start another after a backoff."""
+        self.restarts[index] += 1
+        log.error("worker process %s (pid %s) died with exit code %s; restarting",
+                  process.name, process.pid, process.exitcode)  # fmt: skip
+        self._recover(self.names[index], "lost")
+        delay = min(constants.RESTART_BACKOFF_MAX, 0.1 * 2 ** min(self.restarts[index] - 1, 7))
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self.signals:
+            time.sleep(0.05)
+        if not self.signals:
+            self._start(index)
+
+    def _recover(self, name: str, mode: Literal["lost", "interrupted"]) -> None:
+        """Put back the jobs a dead worker process held, and drop its registration."""
+        try:
+            failed, retried, interrupted = recovery.recover(
+                self.redis, self.settings.queue_name, owner=name, mode=mode
+            )
+            self.redis.delete(constants.worker_key(name))
+            recovery.prune_workers(self.redis, self.settings.queue_name)
+        except redis.RedisError as exc:
+            log.warning("could not recover the jobs of worker %s: %s", name, exc)
+            return
+        self.lost_jobs += retried + interrupted
+        if failed or retried or interrupted:
+            log.warning("worker %s: %d jobs re-queued, %d failed past their retries",
+                        name, retried + interrupted, failed)  # fmt: skip
+
+    def _housekeeping(self) -> None:
+        """Jobs of workers that died with their container, and stale registrations."""
+        try:
+            failed, retried, _ = recovery.recover(self.redis, self.settings.queue_name)
+            recovery.prune_workers(self.redis, self.settings.queue_name)
+        except redis.RedisError as exc:
+            log.warning("housekeeping skipped, Redis unavailable: %s", exc)
+            return
+        if failed or retried:
+            log.warning("recovered jobs of lost workers: %d re-queued, %d failed", retried, failed)
+            self.lost_jobs += retried
+
+    def _shut_down(self) -> int:
+        """Stop taking jobs; let running ones finish within SHUTDOWN_TIMEOUT; then interrupt.
+
+        Interrupted jobs go back to the head of their queue. A second signal interrupts at once.
+        """
+        alive = [p for p in self.processes if p is not None and p.is_alive()]
+        for process in alive:
+            _signal(process, signal.SIGTERM)
+        signals = self.signals
+        graceful_until = time.monotonic() + self.settings.shutdown_timeout
+        forced = False
+        if not _wait_exit(
+            alive, lambda: time.monotonic() >= graceful_until or self.signals > signals
+        ):
+            forced = self.signals > signals
+            log.warning("shutdown: interrupting running jobs (%s)",
+                        "second signal" if forced else "SHUTDOWN_TIMEOUT passed")  # fmt: skip
+            for process in alive:
+                _signal(process, signal.SIGUSR1)
+            kill_at = time.monotonic() + constants.FORCE_KILL_GRACE
+            if not _wait_exit(alive, lambda: time.monotonic() >= kill_at):
+                for process in alive:
+                    _signal(process, signal.SIGKILL)
+        for index, process in enumerate(self.processes):
+            if process is not None:
+                process.join(1)
+                if process.exitcode == -signal.SIGKILL:  # it died holding jobs: put them back
+                    self._recover(self.names[index], "interrupted")
+        return constants.EXIT_FORCED if forced else constants.EXIT_OK
+
+    # --- health ---
+    def healthy(self) -> tuple[bool, dict[str, object]]:
+        """Alive: every worker process is running and none is wedged past its job's deadline."""
+        now = time.monotonic()
+        stale_after = constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval
+        alive = wedged = 0
+        for index, process in enumerate(self.processes):
+            if process is None or not process.is_alive():
+                continue
+            alive += 1
+            slot = self.slots[index]
+            deadline = slot.get(DEADLINE)
+            if deadline:
+                wedged += now > deadline + constants.FORCE_KILL_GRACE
+            else:
+                wedged += now - slot.get(TICK) > stale_after
+        ok = alive == len(self.processes) and not wedged and not self.signals
+        return ok, {"processes": len(self.processes), "alive": alive, "wedged": wedged}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """Ready: Redis answers and the worker processes are consuming."""
+        consuming = sum(self.slots[i].get(READY) > 0 for i in range(len(self.processes)))
+        try:
+            redis_ok = bool(self.redis.ping())
+        except redis.RedisError:
+            redis_ok = False
+        ok = redis_ok and consuming > 0 and not self.signals
+        return ok, {"redis": "ok" if redis_ok else "unavailable", "consuming": consuming}
+
+
+def _signal(process: BaseProcess, signum: int) -> None:
+    if process.pid is not None and process.is_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+
+
+def _wait_exit(processes: list[BaseProcess], give_up: Callable[[], bool]) -> bool:
+    """Wait until every process has exited (True) or `give_up()` turns true (False)."""
+    while any(p.is_alive() for p in processes):
+        if give_up():
+            return False
+        wait([p.sentinel for p in processes if p.is_alive()], timeout=0.1)
+    return True
+
+
+def run(settings: Settings) -> int:
+    return Supervisor(settings).run()
