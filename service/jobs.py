@@ -59,7 +59,7 @@ class NewJob:
     type: str
     queue: str
     payload: Any
-    timeout: float
+    timeout: int
     max_retries: int
 
     def fields(self, now: float) -> dict[str, bytes | str | int | float]:
@@ -72,7 +72,7 @@ class NewJob:
             "data": encode_data(self.type, self.payload),
             "origin": self.queue,
             "description": self.type,
-            "timeout": int(self.timeout) if self.timeout == int(self.timeout) else self.timeout,
+            "timeout": self.timeout,
             "result_ttl": constants.RESULT_TTL,
             "failure_ttl": constants.FAILURE_TTL,
             "attempts": 0,

@@ -68,7 +68,7 @@ class JobType:
     handler: Handler
     payload: type[BaseModel]
     queue: str | None  # None: the QUEUE_NAME queue
-    timeout: float  # seconds; the job is stopped and recorded as timed out past it
+    timeout: int  # whole seconds (RQ's format); the job is stopped and failed past it
     max_retries: int  # re-runs after a failure, as in RQ's Retry(max=...)
     isolated: bool  # run each job in a forked child, for handlers that leak or crash
 
@@ -102,7 +102,7 @@ class Registry:
         *,
         payload: type[BaseModel] | None = None,
         queue: str | None = None,
-        timeout: float = constants.DEFAULT_JOB_TIMEOUT,
+        timeout: int = constants.DEFAULT_JOB_TIMEOUT,
         max_retries: int = 0,
         isolated: bool = False,
     ) -> Callable[[H], H]:
@@ -115,12 +115,13 @@ class Registry:
             raise ValueError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
         if name in self._types:
             raise ValueError(f"job type {name!r} is registered twice")
-        if timeout <= 0 or max_retries < 0:
-            raise ValueError(f"job type {name!r}: timeout must be > 0 and max_retries >= 0")
+        if not isinstance(timeout, int) or timeout <= 0 or max_retries < 0:
+            raise ValueError(f"job type {name!r}: timeout must be whole seconds > 0, max_retries >= 0")
 
         def register(handler: H) -> H:
+            schema = payload or _payload_model(handler)
             self._types[name] = JobType(
-                name, handler, payload, queue, timeout, max_retries, isolated
+                name, handler, schema, queue, timeout, max_retries, isolated
             )
             return handler
 

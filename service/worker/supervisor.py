@@ -50,7 +50,10 @@ class Supervisor:
         self.prefix = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
         self.restarts = [0] * settings.worker_concurrency
         self.signals = 0
+        self.stopping = False  # set once the worker processes have been told to stop
         self.lost_jobs = 0
+        # A signal writes a byte here, so the main loop wakes at once instead of at its timeout.
+        self._wakeup_read, self._wakeup_write = socket.socketpair()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -58,6 +61,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._wakeup_write.setblocking(False)
+        signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         self.redis = connect(self.settings.queue_redis)
         health = HealthServer(self.settings, self.healthy, self.ready)
         health.start()
@@ -97,8 +102,9 @@ class Supervisor:
     def _supervise(self) -> None:
         next_housekeeping = time.monotonic()
         while not self.signals:
-            sentinels = [p.sentinel for p in self.processes if p is not None]
-            wait(sentinels, timeout=0.2)
+            sentinels: list[object] = [p.sentinel for p in self.processes if p is not None]
+            if self._wakeup_read in wait([*sentinels, self._wakeup_read], timeout=1.0):
+                self._wakeup_read.recv(64)
             for index, process in enumerate(self.processes):
                 if process is not None and not process.is_alive() and not self.signals:
                     self._replace(index, process)
@@ -155,13 +161,13 @@ class Supervisor:
         alive = [p for p in self.processes if p is not None and p.is_alive()]
         for process in alive:
             _signal(process, signal.SIGTERM)
-        signals = self.signals
+        self.stopping = True
         graceful_until = time.monotonic() + self.settings.shutdown_timeout
         forced = False
         if not _wait_exit(
-            alive, lambda: time.monotonic() >= graceful_until or self.signals > signals
+            alive, lambda: time.monotonic() >= graceful_until or self.signals > 1
         ):
-            forced = self.signals > signals
+            forced = self.signals > 1
             log.warning("shutdown: interrupting running jobs (%s)",
                         "second signal" if forced else "SHUTDOWN_TIMEOUT passed")  # fmt: skip
             for process in alive:
@@ -193,7 +199,7 @@ class Supervisor:
                 wedged += now > deadline + constants.FORCE_KILL_GRACE
             else:
                 wedged += now - slot.get(TICK) > stale_after
-        ok = alive == len(self.processes) and not wedged and not self.signals
+        ok = alive == len(self.processes) and not wedged and not self.stopping
         return ok, {"processes": len(self.processes), "alive": alive, "wedged": wedged}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
@@ -203,7 +209,7 @@ class Supervisor:
             redis_ok = bool(self.redis.ping())
         except redis.RedisError:
             redis_ok = False
-        ok = redis_ok and consuming > 0 and not self.signals
+        ok = redis_ok and consuming > 0 and not self.stopping
         return ok, {"redis": "ok" if redis_ok else "unavailable", "consuming": consuming}
 
 

@@ -1,0 +1,177 @@
+"""Fixtures: a real redis-server started by the suite, and the service run as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import redis.asyncio
+
+from service.embedded_redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A redis-server of our own on a free loopback port (or TEST_REDIS_URL, if set)."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"].rstrip("/")
+        return
+    server = EmbeddedRedis().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The test's Redis, emptied first: queue in db 1, application data in db 0."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def queue_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(f"{redis_url}/1")
+    yield client
+    client.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until `condition()` is truthy; fail the test with a clear message past the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 5.0) -> tuple[int, dict[str, str], Any]:  # fmt: skip
+    """A tiny JSON HTTP client (the processes under test are real servers)."""
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, dict(response.headers), orjson.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), orjson.loads(exc.read() or b"null")
+
+
+def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    """A clean environment: nothing leaks in from the developer's shell."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "REDIS_URL": f"{redis_url}/0",
+        "QUEUE_REDIS_URL": f"{redis_url}/1",
+        "LOG_LEVEL": "INFO",
+        "HANDLER_MODULES": "tests.sample_handlers",
+        "HOST": "127.0.0.1",
+    }
+    env.update(overrides)
+    return env
+
+
+class ServiceProcess:
+    """`python -m service` as a real process, with its output kept for failure reports."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), log: Path | None = None):
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", *args], env=env, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def wait_healthy(self, timeout: float = 20.0) -> ServiceProcess:
+        def healthy() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"process exited with {self.process.returncode}:\n{self.output}")
+            try:
+                return http("GET", f"{self.url}/health", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout, 0.05)
+        return self
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+
+
+@pytest.fixture
+def start_service(
+    redis_url: str, tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `python -m service` (API or worker) against the test's Redis; stopped afterwards."""
+    started: list[ServiceProcess] = []
+
+    def start(worker: bool = False, wait: bool = True, **env: str) -> ServiceProcess:
+        settings = base_env(redis_url, WORKER_MODE="true" if worker else "false",
+                            PORT=str(free_port()), **env)  # fmt: skip
+        name = f"{'worker' if worker else 'api'}-{len(started)}.log"
+        process = ServiceProcess(settings, log=tmp_path / name)
+        started.append(process)
+        return process.wait_healthy() if wait else process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def publish(redis_url: str, job_type: str, payload: Any = None, *, timeout: int = 180,
+            max_retries: int = 0, queue: str = "app-queue") -> str:  # fmt: skip
+    """Publish one job exactly as the API does, bypassing its validation (for worker tests)."""
+    import asyncio  # noqa: PLC0415
+
+    from service.jobs import NewJob, new_id  # noqa: PLC0415
+    from service.store import Store  # noqa: PLC0415
+
+    job = NewJob(new_id(), job_type, queue, {} if payload is None else payload, timeout, max_retries)
+
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(f"{redis_url}/1")
+        await Store(client).publish([job])
+        await client.aclose()
+
+    asyncio.run(run())
+    return job.id

@@ -1,0 +1,72 @@
+"""Job types used only by the tests (loaded through HANDLER_MODULES=tests.sample_handlers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from pydantic import BaseModel
+
+from service import JobContext, job
+
+
+class Key(BaseModel):
+    key: str
+
+
+class Flaky(BaseModel):
+    fail_times: int
+
+
+@job("test.flaky", max_retries=2)
+def flaky(payload: Flaky, ctx: JobContext) -> int:
+    """Fails on its first `fail_times` attempts, then returns the attempt number."""
+    ctx.redis.rpush(f"runs:{ctx.id}", ctx.attempt)
+    if ctx.attempt <= payload.fail_times:
+        raise RuntimeError(f"attempt {ctx.attempt} fails")
+    return ctx.attempt
+
+
+@job("test.count")
+def count(payload: Key, ctx: JobContext) -> str:
+    """Counts its runs in the application Redis under `payload.key`."""
+    ctx.redis.incr(payload.key)
+    return ctx.id
+
+
+@job("test.block", max_retries=1)
+def block(payload: Key, ctx: JobContext) -> str:
+    """Marks itself started, then runs until `payload.key` exists (no sleeping on a guess)."""
+    ctx.redis.rpush("started", ctx.id)
+    while not ctx.redis.exists(payload.key):
+        time.sleep(0.01)
+    ctx.redis.rpush("finished", ctx.id)
+    return "released"
+
+
+@job("test.slow", timeout=1)
+def slow(payload: Key, ctx: JobContext) -> None:
+    """Runs past its 1 s timeout."""
+    ctx.redis.rpush("started", ctx.id)
+    time.sleep(30)
+
+
+@job("test.crash", max_retries=10)
+def crash(payload: Key, ctx: JobContext) -> None:
+    """Kills its own worker process, every time."""
+    ctx.redis.incr(payload.key)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job("test.crash_isolated", isolated=True)
+def crash_isolated(payload: Key, ctx: JobContext) -> None:
+    """Kills its process: with isolation, only the forked child dies."""
+    ctx.redis.incr(payload.key)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job("test.pid_isolated", isolated=True)
+def pid_isolated(payload: Key, ctx: JobContext) -> int:
+    """Returns the pid it ran in."""
+    return os.getpid()

@@ -1,0 +1,224 @@
+"""The publisher's HTTP contract, against a real Redis: statuses, errors, nothing half-enqueued."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from starlette.testclient import TestClient
+
+from service import constants, registry
+from service.api.app import create_app
+from service.settings import load
+
+from . import sample_handlers  # noqa: F401 - registers the test job types
+
+
+def make_client(redis_url: str, **env: str) -> TestClient:
+    settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0", **env})
+    return TestClient(create_app(settings, registry.load()), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[TestClient]:
+    with make_client(redis_url) as test_client:
+        yield test_client
+
+
+def assert_nothing_enqueued(queue_redis: redis.Redis) -> None:
+    assert queue_redis.keys("rq:job:*") == []
+    assert queue_redis.llen(constants.queue_key("app-queue")) == 0
+
+
+def test_post_job_is_accepted_and_stored_in_rqs_data_model(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    response = client.post("/jobs", json={"type": "echo", "payload": {"hello": "world"}})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued" and body["type"] == "echo" and body["queue"] == "app-queue"
+    assert response.headers["location"] == f"/jobs/{body['id']}"
+    assert queue_redis.lrange("rq:queue:app-queue", 0, -1) == [body["id"].encode()]
+    assert queue_redis.smembers("rq:queues") == {b"rq:queue:app-queue"}
+    job = Job.fetch(body["id"], connection=queue_redis, serializer=JSONSerializer)
+    assert job.get_status() == "queued"
+    assert job.origin == "app-queue"
+    assert job.func_name == "echo"
+    assert job.args == [{"hello": "world"}]
+    assert job.timeout == constants.DEFAULT_JOB_TIMEOUT
+
+
+def test_get_job(client: TestClient) -> None:
+    job_id = client.post("/jobs", json={"type": "noop"}).json()["id"]
+    view = client.get(f"/jobs/{job_id}").json()
+    assert view["id"] == job_id and view["status"] == "queued" and view["type"] == "noop"
+    assert view["attempts"] == 0 and view["created_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("job_id", ["f" * 32, "no:such", "a.b"])
+def test_unknown_job_is_404(client: TestClient, job_id: str) -> None:
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "job_not_found"
+
+
+def test_malformed_json_is_400(client: TestClient, queue_redis: redis.Redis) -> None:
+    response = client.post("/jobs", content=b'{"type": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+    assert_nothing_enqueued(queue_redis)
+
+
+def test_wrong_content_type_is_415(client: TestClient, queue_redis: redis.Redis) -> None:
+    response = client.post("/jobs", content=b'{"type": "noop"}', headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert_nothing_enqueued(queue_redis)
+
+
+def test_declared_body_over_the_limit_is_413(redis_url: str, queue_redis: redis.Redis) -> None:
+    with make_client(redis_url, MAX_BODY_BYTES="1024") as client:
+        response = client.post("/jobs", json={"type": "echo", "payload": {"x": "a" * 2000}})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+    assert_nothing_enqueued(queue_redis)
+
+
+def test_chunked_body_over_the_limit_is_413(redis_url: str, queue_redis: redis.Redis) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"type": "echo", "payload": {"x": "'
+        for _ in range(10):
+            yield b"a" * 500
+        yield b'"}}'
+
+    with make_client(redis_url, MAX_BODY_BYTES="1024") as client:
+        response = client.post("/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert_nothing_enqueued(queue_redis)
+
+
+def test_unknown_type_is_422_listing_known_types(client: TestClient, queue_redis: redis.Redis) -> None:
+    response = client.post("/jobs", json={"type": "nope", "payload": {}})
+    assert response.status_code == 422
+    details = response.json()["error"]["details"]
+    assert {"echo", "noop", "sleep", "fail"} <= set(details["known_types"])
+    assert details["errors"] == [{"field": "type", "message": "unknown job type 'nope'"}]
+    assert_nothing_enqueued(queue_redis)
+
+
+def test_payload_errors_are_all_reported(client: TestClient, queue_redis: redis.Redis) -> None:
+    response = client.post("/jobs", json={"type": "sleep", "payload": {"seconds": -1, "x": 1},
+                                          "priority": "high"})  # fmt: skip
+    assert response.status_code == 422
+    fields = {e["field"] for e in response.json()["error"]["details"]["errors"]}
+    assert fields == {"payload.seconds", "payload.x", "priority"}
+    assert_nothing_enqueued(queue_redis)
+
+
+@pytest.mark.parametrize("body", [[], "job", {"payload": {}}, {"type": 3}])
+def test_malformed_job_objects_are_422(client: TestClient, body: object) -> None:
+    assert client.post("/jobs", json=body).status_code == 422
+
+
+def test_batch_is_published_in_order(client: TestClient, queue_redis: redis.Redis) -> None:
+    jobs = [{"type": "noop"}, {"type": "echo", "payload": {"n": 1}}, {"type": "sleep", "payload": {"seconds": 0}}]
+    response = client.post("/jobs/batch", json={"jobs": jobs})
+    assert response.status_code == 202
+    ids = [j["id"] for j in response.json()["jobs"]]
+    assert [j["type"] for j in response.json()["jobs"]] == ["noop", "echo", "sleep"]
+    assert queue_redis.lrange("rq:queue:app-queue", 0, -1) == [i.encode() for i in ids]
+
+
+def test_batch_is_all_or_nothing(client: TestClient, queue_redis: redis.Redis) -> None:
+    jobs = [{"type": "noop"}, {"type": "sleep", "payload": {}}, {"type": "nope"}]
+    response = client.post("/jobs/batch", json={"jobs": jobs})
+    assert response.status_code == 422
+    fields = [e["field"] for e in response.json()["error"]["details"]["errors"]]
+    assert fields == ["jobs[1].payload.seconds", "jobs[2].type"]
+    assert_nothing_enqueued(queue_redis)
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"jobs": []}, {"jobs": "x"}, {"jobs": [{"type": "noop"}], "extra": 1}]
+)
+def test_malformed_batches_are_422(client: TestClient, body: object) -> None:
+    assert client.post("/jobs/batch", json=body).status_code == 422
+
+
+def test_batch_size_is_capped(client: TestClient, queue_redis: redis.Redis) -> None:
+    jobs = [{"type": "noop"}] * (constants.MAX_BATCH_JOBS + 1)
+    response = client.post("/jobs/batch", json={"jobs": jobs})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "batch_too_large"
+    assert_nothing_enqueued(queue_redis)
+
+
+def test_queues(client: TestClient) -> None:
+    client.post("/jobs", json={"type": "noop"})
+    client.post("/jobs", json={"type": "noop"})
+    queues = client.get("/queues").json()["queues"]
+    assert queues == [{"name": "app-queue", "waiting": 2, "started": 0, "scheduled": 0,
+                       "finished": 0, "failed": 0, "workers": 0}]  # fmt: skip
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ok", "redis": "ok"}
+
+
+def test_redis_down_is_503_with_retry_after_and_not_ready() -> None:
+    from service.embedded_redis import free_port  # noqa: PLC0415
+
+    dead = f"redis://127.0.0.1:{free_port()}"
+    with make_client(dead) as client:
+        response = client.post("/jobs", json={"type": "noop"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == str(constants.RETRY_AFTER_SECONDS)
+        assert response.json()["error"]["code"] == "queue_unavailable"
+        assert client.get("/ready").status_code == 503
+        assert client.get("/health").status_code == 200
+
+
+def test_openapi_is_generated_from_the_registry(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert schemas["Job_sleep"]["properties"]["payload"]["properties"]["seconds"]["minimum"] == 0
+    assert schemas["Job_test_flaky"]["properties"]["type"] == {"const": "test.flaky"}
+    assert "/jobs/batch" in document["paths"]
+
+
+def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:
+    response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+class TestApiKeys:
+    @pytest.fixture
+    def client(self, redis_url: str) -> Iterator[TestClient]:
+        with make_client(redis_url, API_KEYS="key-one,key-two") as test_client:
+            yield test_client
+
+    @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic key-one", "key-one"])
+    def test_job_endpoints_need_a_valid_key(
+        self, client: TestClient, queue_redis: redis.Redis, header: str | None
+    ) -> None:
+        headers = {"Authorization": header} if header else {}
+        for method, path in [("POST", "/jobs"), ("GET", "/jobs/abc"), ("GET", "/queues"),
+                             ("POST", "/jobs/batch")]:  # fmt: skip
+            response = client.request(method, path, json={"type": "noop"}, headers=headers)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        assert_nothing_enqueued(queue_redis)
+
+    @pytest.mark.parametrize("key", ["key-one", "key-two"])
+    def test_any_configured_key_works(self, client: TestClient, key: str) -> None:
+        response = client.post("/jobs", json={"type": "noop"}, headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 202
+
+    def test_health_stays_open(self, client: TestClient) -> None:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").status_code == 200
+        assert client.get("/openapi.json").json()["components"]["securitySchemes"]["bearer"]

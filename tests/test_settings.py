@@ -1,0 +1,168 @@
+"""Settings: one immutable object, every problem reported at once, exit 78 before any port."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from service import constants
+from service.embedded_redis import free_port
+from service.settings import ConfigError, Secret, load
+
+from .conftest import ROOT
+
+
+def problems(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(env)
+    return str(caught.value)
+
+
+def test_defaults() -> None:
+    settings = load({})
+    assert settings.worker_mode is False
+    assert (settings.worker_concurrency, settings.worker_batch_size) == (5, 50)
+    assert settings.worker_processing_interval == 5.0
+    assert settings.queue_name == "app-queue"
+    assert (settings.queue_redis.host, settings.queue_redis.port, settings.queue_redis.db) == (
+        "127.0.0.1", 6379, 1,
+    )  # fmt: skip
+    assert settings.redis.db == 0
+    assert settings.port == constants.API_PORT
+    assert settings.log_format == "text"
+    assert settings.mongodb_uri is None
+
+
+def test_settings_are_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load({}).queue_name = "other"  # type: ignore[misc]
+
+
+def test_worker_mode_changes_default_port() -> None:
+    assert load({"WORKER_MODE": "true"}).port == constants.WORKER_HEALTH_PORT
+    assert load({"WORKER_MODE": "true", "PORT": "9000"}).port == 9000
+
+
+def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
+    text = problems({
+        "WORKER_MODE": "maybe", "WORKER_CONCURRENCY": "51", "WORKER_BATCH_SIZE": "0",
+        "WORKER_PROCESSING_INTERVAL": "999", "QUEUE_NAME": "bad name", "APP_ENV": "staging",
+        "PORT": "http", "LOG_LEVEL": "LOUD", "LOG_FORMAT": "xml", "SHUTDOWN_TIMEOUT": "-1",
+        "MAX_BODY_BYTES": "10",
+    })  # fmt: skip
+    for fragment in (
+        "WORKER_MODE='maybe'", "WORKER_CONCURRENCY='51'", "WORKER_BATCH_SIZE='0'",
+        "WORKER_PROCESSING_INTERVAL='999'", "QUEUE_NAME='bad name'", "APP_ENV='staging'",
+        "PORT='http'", "LOG_LEVEL='LOUD'", "LOG_FORMAT='xml'", "SHUTDOWN_TIMEOUT='-1'",
+        "MAX_BODY_BYTES='10'",
+    ):  # fmt: skip
+        assert fragment in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "good", "bad"),
+    [
+        ("WORKER_CONCURRENCY", "50", "0"),
+        ("WORKER_BATCH_SIZE", "1000", "1001"),
+        ("WORKER_PROCESSING_INTERVAL", "60000", "60001"),
+    ],
+)
+def test_ranges(variable: str, good: str, bad: str) -> None:
+    load({variable: good})
+    assert f"{variable}={bad!r}" in problems({variable: bad})
+
+
+def test_processing_interval_is_read_in_milliseconds() -> None:
+    assert load({"WORKER_PROCESSING_INTERVAL": "1500"}).worker_processing_interval == 1.5
+
+
+def test_queue_redis_defaults_to_the_app_redis_host_in_db_1() -> None:
+    settings = load({"REDIS_HOST": "cache", "REDIS_PORT": "6380"})
+    assert (settings.redis.host, settings.redis.port, settings.redis.db) == ("cache", 6380, 0)
+    queue = settings.queue_redis
+    assert (queue.host, queue.port, queue.db) == ("cache", 6380, 1)
+
+
+def test_queue_redis_variables_override() -> None:
+    settings = load({"QUEUE_REDIS_HOST": "q", "QUEUE_REDIS_PORT": "7000", "QUEUE_REDIS_DB": "3"})
+    assert (settings.queue_redis.host, settings.queue_redis.port, settings.queue_redis.db) == (
+        "q", 7000, 3,
+    )  # fmt: skip
+
+
+def test_url_form() -> None:
+    settings = load({"QUEUE_REDIS_URL": "redis://:s3cret@q:7001/4", "REDIS_URL": "redis://a:6000"})
+    assert settings.queue_redis.url == "redis://:s3cret@q:7001/4"
+    assert (settings.redis.host, settings.redis.port, settings.redis.db) == ("a", 6000, 0)
+
+
+def test_conflicting_url_and_parts_is_an_error() -> None:
+    text = problems({"REDIS_URL": "redis://a:6000/0", "REDIS_HOST": "b"})
+    assert "REDIS_HOST='b' conflicts with REDIS_URL" in text
+    load({"REDIS_URL": "redis://a:6000/0", "REDIS_HOST": "a"})  # agreeing is fine
+
+
+def test_secrets_are_masked_everywhere() -> None:
+    text = problems({"QUEUE_REDIS_URL": "redis://:hunter2@q:1/0", "QUEUE_REDIS_HOST": "other",
+                     "MONGODB_URI": "postgres://user:hunter2@x"})  # fmt: skip
+    assert "hunter2" not in text
+    settings = load({"QUEUE_REDIS_URL": "redis://:hunter2@q:1/0", "API_KEYS": "hunter2"})
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.queue_redis)
+    assert settings.api_keys == (Secret("hunter2"),)
+
+
+def test_production_requires_api_keys_and_logs_json() -> None:
+    assert "API_KEYS" in problems({"APP_ENV": "production"})
+    settings = load({"APP_ENV": "production", "API_KEYS": "k1, k2"})
+    assert [k.reveal() for k in settings.api_keys] == ["k1", "k2"]
+    assert settings.log_format == "json"
+    assert load({"APP_ENV": "production", "API_KEYS": "k", "LOG_FORMAT": "text"}).log_format == "text"
+
+
+def test_lists_and_optional_values() -> None:
+    settings = load({"HANDLER_MODULES": "a.b,c", "MONGODB_URI": "mongodb://m/db",
+                     "SHUTDOWN_TIMEOUT": "3.5", "MAX_BODY_BYTES": "2048", "HOST": "127.0.0.1"})  # fmt: skip
+    assert settings.handler_modules == ("a.b", "c")
+    assert settings.mongodb_uri is not None and settings.mongodb_uri.reveal() == "mongodb://m/db"
+    assert (settings.shutdown_timeout, settings.max_body_bytes, settings.host) == (
+        3.5, 2048, "127.0.0.1",
+    )  # fmt: skip
+
+
+def _run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service"], env={"PATH": "/usr/bin:/bin", **env}, cwd=ROOT,
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["false", "true"])
+def test_bad_config_exits_78_without_traceback_before_binding(mode: str) -> None:
+    port = free_port()
+    result = _run_main({"WORKER_MODE": mode, "PORT": str(port), "WORKER_CONCURRENCY": "0",
+                        "QUEUE_REDIS_URL": "redis://:topsecret@nowhere:1/1", "REDIS_HOST": "x"})  # fmt: skip
+    assert result.returncode == constants.EXIT_CONFIG
+    assert "WORKER_CONCURRENCY='0'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "topsecret" not in result.stderr
+    with socket.socket() as sock:  # the port was never taken
+        sock.bind(("127.0.0.1", port))
+
+
+def test_unimportable_handler_module_exits_78() -> None:
+    result = _run_main({"HANDLER_MODULES": "no_such_module_here", "PORT": str(free_port())})
+    assert result.returncode == constants.EXIT_CONFIG
+    assert "HANDLER_MODULES='no_such_module_here'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = subprocess.run([sys.executable, "-m", "service", "fly"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 64
+    assert "usage" in result.stderr

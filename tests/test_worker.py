@@ -1,0 +1,228 @@
+"""The worker supervisor as a real process: outcomes, retries, timeouts, crashes, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.serializers import JSONSerializer
+
+from service import constants
+
+from .conftest import ServiceProcess, http, publish, wait_for
+
+pytestmark = pytest.mark.slow
+Start = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def app_redis(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(f"{redis_url}/0")
+
+
+def status_of(queue_redis: redis.Redis, job_id: str) -> str | None:
+    value = queue_redis.hget(constants.job_key(job_id), "status")
+    return value.decode() if value else None
+
+
+def wait_status(queue_redis: redis.Redis, job_id: str, status: str, timeout: float = 10) -> None:
+    wait_for(lambda: status_of(queue_redis, job_id) == status, timeout)
+
+
+def fetch(queue_redis: redis.Redis, job_id: str) -> Job:
+    return Job.fetch(job_id, connection=queue_redis, serializer=JSONSerializer)
+
+
+def worker_pid_of(queue_redis: redis.Redis, job_id: str) -> int:
+    name = queue_redis.hget(constants.job_key(job_id), "worker_name")
+    assert name
+    return int(queue_redis.hget(constants.worker_key(name.decode()), "pid") or 0)
+
+
+def test_results_and_failures_are_readable_with_rqs_own_tools(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="2")
+    ok = publish(redis_url, "echo", {"hello": "world"})
+    bad = publish(redis_url, "fail", {"message": "boom"})
+    wait_status(queue_redis, ok, "finished")
+    wait_status(queue_redis, bad, "failed")
+
+    job = fetch(queue_redis, ok)
+    assert job.return_value() == {"hello": "world"}
+    assert ok in FinishedJobRegistry("app-queue", connection=queue_redis).get_job_ids()
+    failed = fetch(queue_redis, bad)
+    assert failed.latest_result().exc_string.strip().endswith("JobFailed: boom")
+    assert bad in FailedJobRegistry("app-queue", connection=queue_redis).get_job_ids()
+
+    rq_cli = Path(sys.executable).parent / "rq"
+    info = subprocess.run([rq_cli, "info", "-u", f"{redis_url}/1"], capture_output=True,
+                          text=True, timeout=30, check=True).stdout  # fmt: skip
+    assert "app-queue" in info and "1 finished, 1 failed" in info
+    assert "2 workers" in info
+
+
+def test_a_failing_job_is_retried_then_succeeds(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="1")
+    job_id = publish(redis_url, "test.flaky", {"fail_times": 2}, max_retries=2)
+    wait_status(queue_redis, job_id, "finished")
+    assert app_redis.lrange(f"runs:{job_id}", 0, -1) == [b"1", b"2", b"3"]
+    entries = queue_redis.xrange(constants.result_key(job_id))
+    assert [e[1][b"type"] for e in entries] == [b"4", b"4", b"1"]  # retried, retried, successful
+    assert fetch(queue_redis, job_id).return_value() == 3
+
+
+def test_a_job_out_of_retries_fails(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="1")
+    job_id = publish(redis_url, "test.flaky", {"fail_times": 9}, max_retries=2)
+    wait_status(queue_redis, job_id, "failed")
+    assert app_redis.llen(f"runs:{job_id}") == 3
+    assert queue_redis.hget(constants.job_key(job_id), "attempts") == b"3"
+
+
+def test_a_job_past_its_timeout_is_stopped_and_failed(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="1")
+    job_id = publish(redis_url, "test.slow", {"key": "x"}, timeout=1)
+    wait_status(queue_redis, job_id, "failed", timeout=10)
+    assert "JobTimeout" in fetch(queue_redis, job_id).latest_result().exc_string
+
+
+def test_unknown_type_fails_at_once_without_retry(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="1")
+    ghost = publish(redis_url, "ghost.type", {}, max_retries=5)
+    bad_payload = publish(redis_url, "sleep", {"seconds": "soon"})
+    wait_status(queue_redis, ghost, "failed")
+    wait_status(queue_redis, bad_payload, "failed")
+    assert queue_redis.hget(constants.job_key(ghost), "attempts") == b"1"
+    assert "UnknownJobType" in fetch(queue_redis, ghost).latest_result().exc_string
+    assert "PayloadInvalid" in fetch(queue_redis, bad_payload).latest_result().exc_string
+
+
+def test_killed_worker_process_job_runs_again_and_the_process_is_replaced(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="2", WORKER_PROCESSING_INTERVAL="1000")
+    job_id = publish(redis_url, "test.block", {"key": "release"}, max_retries=1)
+    wait_for(lambda: app_redis.llen("started") == 1)
+    os.kill(worker_pid_of(queue_redis, job_id), signal.SIGKILL)
+
+    wait_for(lambda: app_redis.llen("started") == 2, timeout=10)  # re-run within seconds
+    app_redis.set("release", 1)
+    wait_status(queue_redis, job_id, "finished")
+    assert queue_redis.hget(constants.job_key(job_id), "attempts") == b"2"
+    wait_for(lambda: http("GET", f"{worker.url}/health")[2]["alive"] == 2)
+
+
+def test_a_job_that_kills_its_worker_every_time_stops_after_max_crashes(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    job_id = publish(redis_url, "test.crash", {"key": "crashes"}, max_retries=10)
+    wait_status(queue_redis, job_id, "failed", timeout=30)
+    assert app_redis.get("crashes") == str(constants.MAX_CRASHES).encode()
+    assert "WorkerLost" in fetch(queue_redis, job_id).latest_result().exc_string
+
+
+def test_isolated_job_runs_in_a_child_and_its_crash_spares_the_worker(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1")
+    pid_job = publish(redis_url, "test.pid_isolated", {"key": "k"})
+    wait_status(queue_redis, pid_job, "finished")
+    worker_pid = worker_pid_of(queue_redis, pid_job)
+    assert fetch(queue_redis, pid_job).return_value() not in (worker_pid, worker.process.pid)
+
+    crash = publish(redis_url, "test.crash_isolated", {"key": "n"})
+    wait_status(queue_redis, crash, "failed")
+    assert "job process died (signal SIGKILL)" in fetch(queue_redis, crash).latest_result().exc_string
+    echo = publish(redis_url, "echo", {"after": True})
+    wait_status(queue_redis, echo, "finished")
+    assert worker_pid_of(queue_redis, echo) == worker_pid  # the same process: it never died
+
+
+def test_housekeeping_recovers_jobs_of_a_worker_that_vanished(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    # Given a job left `started` by a worker whose whole container died (heartbeat expired)
+    job_id = publish(redis_url, "echo", {"n": 1}, max_retries=1)
+    queue_redis.lpop(constants.queue_key("app-queue"))
+    queue_redis.hset(constants.job_key(job_id), mapping={"status": "started", "worker_name": "gone", "attempts": 1})
+    queue_redis.zadd(constants.registry_key("started", "app-queue"), {f"{job_id}:x1": int(time.time()) - 1})
+    # When a worker container runs its housekeeping
+    start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    # Then the job is re-queued and runs
+    wait_status(queue_redis, job_id, "finished")
+    assert fetch(queue_redis, job_id).return_value() == {"n": 1}
+
+
+def test_idle_worker_stops_on_sigterm_within_2_seconds(start_service: Start) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="3")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert time.monotonic() - started < 2
+    assert "worker stopped" in worker.output
+
+
+def test_busy_worker_finishes_its_job_takes_no_new_one_and_exits_0(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", SHUTDOWN_TIMEOUT="30")
+    running = publish(redis_url, "test.block", {"key": "release"})
+    wait_for(lambda: app_redis.llen("started") == 1)
+    waiting = publish(redis_url, "echo", {})
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: http("GET", f"{worker.url}/health")[0] == 503)  # stopping: not healthy
+    app_redis.set("release", 1)
+    assert worker.wait(15) == 0
+    assert status_of(queue_redis, running) == "finished"
+    assert status_of(queue_redis, waiting) == "queued"
+    assert queue_redis.lrange(constants.queue_key("app-queue"), 0, -1) == [waiting.encode()]
+    assert queue_redis.smembers(constants.queue_workers_key("app-queue")) == set()
+
+
+def test_job_past_shutdown_timeout_is_put_back_as_interrupted(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", SHUTDOWN_TIMEOUT="1")
+    job_id = publish(redis_url, "test.block", {"key": "never"})
+    wait_for(lambda: app_redis.llen("started") == 1)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert status_of(queue_redis, job_id) == "queued"
+    assert queue_redis.hget(constants.job_key(job_id), "attempts") == b"0"  # not counted
+    assert queue_redis.lrange(constants.queue_key("app-queue"), 0, -1) == [job_id.encode()]
+    assert queue_redis.zcard(constants.registry_key("started", "app-queue")) == 0
+    assert "1 interrupted" in worker.output
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)])
+def test_second_signal_forces_the_stop(
+    signals: tuple[int, int],
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", SHUTDOWN_TIMEOUT="60")
+    job_id = publish(redis_url, "test.block", {"key": "never"})
+    wait_for(lambda: app_redis.llen("started") == 1)
+    worker.signal(signals[0])
+    wait_for(lambda: http("GET", f"{worker.url}/health")[0] == 503)
+    worker.signal(signals[1])
+    assert worker.wait(10) == constants.EXIT_FORCED
+    assert status_of(queue_redis, job_id) == "queued"
