@@ -204,7 +204,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         queue_redis = _redis_target(environ, "QUEUE_REDIS_", redis, 1, problems)
 
     api_keys = tuple(Secret(k.strip()) for k in environ.get("API_KEYS", "").split(",") if k.strip())
-    if app_env == "production" and not api_keys:
+    if app_env == "production" and not api_keys and not worker_mode:
         problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
     mongodb_uri = environ.get("MONGODB_URI") or None
     if mongodb_uri is not None and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):

@@ -166,3 +166,47 @@ def test_unknown_command_is_a_usage_error() -> None:
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 64
     assert "usage" in result.stderr
+
+
+def test_production_worker_needs_no_api_keys() -> None:
+    assert load({"APP_ENV": "production", "WORKER_MODE": "true"}).api_keys == ()
+
+
+class RecordingEnv(dict[str, str]):
+    """A mapping that remembers every variable name looked up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def env_file(name: str) -> dict[str, str]:
+    lines = (ROOT / "env" / name).read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_env_example_lists_exactly_the_variables_the_service_reads() -> None:
+    environ = RecordingEnv()
+    load(environ)
+    dev_only = {"WORKER_PORT"}  # read by `python -m service dev`
+    assert set(env_file("example")) == environ.read | dev_only
+
+
+@pytest.mark.parametrize("name", ["api.development", "worker.development", "api.production",
+                                  "worker.production", "example"])  # fmt: skip
+def test_env_files_are_valid(name: str) -> None:
+    values = {k: v for k, v in env_file(name).items() if v}
+    if name == "api.production":
+        values["API_KEYS"] = "from-the-host-environment"
+    settings = load(values)
+    assert settings.worker_mode is name.startswith("worker")
+    assert "API_KEYS" not in env_file(name) or not env_file(name)["API_KEYS"]  # no secret in the repo

@@ -1,0 +1,111 @@
+"""End to end, as a deployment runs it: the API and two worker containers as separate
+processes configured by the env files in env/, talking only through Redis and HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.embedded_redis import free_port
+
+from .conftest import ROOT, ServiceProcess, http, wait_for
+from .test_settings import env_file
+
+pytestmark = pytest.mark.slow
+
+
+def deployed(name: str, redis_url: str, log: Path) -> ServiceProcess:
+    """Start one 'container' from env/<name>, pointed at the test's Redis on a free port."""
+    env = {k: v for k, v in env_file(name).items() if v}
+    for key in ("REDIS_HOST", "REDIS_PORT", "QUEUE_REDIS_DB"):
+        env.pop(key, None)
+    env.update(PATH=os.environ["PATH"], PYTHONPATH=str(ROOT), PORT=str(free_port()),
+               REDIS_URL=f"{redis_url}/0", QUEUE_REDIS_URL=f"{redis_url}/1", HOST="127.0.0.1")  # fmt: skip
+    return ServiceProcess(env, log=log)
+
+
+def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) -> None:
+    processes = [
+        deployed("api.development", redis_url, tmp_path / "api.log"),
+        deployed("worker.development", redis_url, tmp_path / "worker-a.log"),
+        deployed("worker.development", redis_url, tmp_path / "worker-b.log"),
+    ]
+    try:
+        api, *workers = [p.wait_healthy() for p in processes]
+        # Given jobs posted one by one and in a batch
+        ids = [http("POST", f"{api.url}/jobs", {"type": "echo", "payload": {"n": n}})[2]["id"]
+               for n in range(20)]  # fmt: skip
+        status, _, body = http("POST", f"{api.url}/jobs/batch",
+                               {"jobs": [{"type": "noop"}] * 50 + [{"type": "fail"}]})  # fmt: skip
+        assert status == 202
+        ids += [job["id"] for job in body["jobs"]]
+
+        # Then every one ends as it should, run by the two worker containers
+        def view(job_id: str) -> dict[str, object]:
+            return http("GET", f"{api.url}/jobs/{job_id}")[2]  # type: ignore[no-any-return]
+
+        def all_done() -> bool:
+            return all(view(i)["status"] in ("finished", "failed") for i in ids)
+
+        wait_for(all_done, timeout=30, interval=0.1)
+        assert [view(i)["result"] for i in ids[:20]] == [{"n": n} for n in range(20)]
+        assert view(ids[-1])["status"] == "failed"
+        assert view(ids[-1])["error"] == "service.handlers.JobFailed: failed on purpose"
+        assert {view(i)["worker"].split(".")[1] for i in ids[:-1]} <= {  # type: ignore[union-attr]
+            str(w.process.pid) for w in workers
+        }
+
+        # And the health endpoints answer as container health checks
+        assert http("GET", f"{api.url}/health")[0] == 200
+        for worker in workers:
+            status, _, health = http("GET", f"{worker.url}/health")
+            assert status == 200 and health["alive"] == 2
+            assert http("GET", f"{worker.url}/ready")[0] == 200
+        queues = http("GET", f"{api.url}/queues")[2]["queues"]
+        assert queues[0]["workers"] == 4 and queues[0]["finished"] == 70
+        assert queues[0]["failed"] == 1 and queues[0]["waiting"] == 0
+
+        # When they get SIGTERM, each exits cleanly
+        for process in processes:
+            process.signal(signal.SIGTERM)
+        assert [p.wait(20) for p in processes] == [0, 0, 0]
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def test_dev_mode_runs_everything_with_a_private_redis(tmp_path: Path) -> None:
+    api_port, worker_port = free_port(), free_port()
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "PORT": str(api_port),
+           "WORKER_PORT": str(worker_port), "WORKER_CONCURRENCY": "1"}  # fmt: skip
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as out:
+        dev = subprocess.Popen([sys.executable, "-m", "service", "dev"], env=env, cwd=ROOT,
+                               stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for(lambda: "curl -s -X POST" in log.read_text() or dev.poll() is not None, 30)
+        output = log.read_text()
+        assert f"http://127.0.0.1:{api_port}" in output
+        redis_port = re.search(r"on redis://127\.0\.0\.1:(\d+)", output)
+        assert redis_port, output
+        job = http("POST", f"http://127.0.0.1:{api_port}/jobs", {"type": "echo", "payload": {"a": 1}})
+        assert job[0] == 202
+        url = f"http://127.0.0.1:{api_port}/jobs/{job[2]['id']}"
+        wait_for(lambda: http("GET", url)[2]["status"] == "finished")
+        assert http("GET", f"http://127.0.0.1:{worker_port}/health")[0] == 200
+
+        dev.send_signal(signal.SIGINT)  # Ctrl-C
+        assert dev.wait(30) == 0
+        with pytest.raises(ConnectionRefusedError):  # the private Redis is gone too
+            socket.create_connection(("127.0.0.1", int(redis_port.group(1))), timeout=1)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
