@@ -27,7 +27,7 @@ FAILURE_TTL: Final = 7 * 24 * 3600  # seconds a failed job stays in the failed r
 MAX_CRASHES: Final = 3  # a job that kills its worker this often fails instead of looping
 JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
 
-# --- Worker ----------------------------------------------------------------------------------------
+# --- Worker -------------------------------------------------------------------------------
 HEARTBEAT_MISSES: Final = 3  # a worker silent for this many intervals counts as dead
 BATCH_TARGET_SECONDS: Final = 0.02  # size claims so one batch takes about this long
 RESTART_BACKOFF_MAX: Final = 10.0  # seconds between restarts of a child that keeps dying

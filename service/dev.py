@@ -70,7 +70,8 @@ def run(settings: Settings) -> int:
             print(
                 f"\n  API     http://127.0.0.1:{api_port}   (OpenAPI: /openapi.json)\n"
                 f"  worker  http://127.0.0.1:{worker_port}/health\n\n  Try:\n"
-                f"  curl -s -X POST localhost:{api_port}/jobs{key} -H 'Content-Type: application/json' "
+                f"  curl -s -X POST localhost:{api_port}/jobs{key} "
+                "-H 'Content-Type: application/json' "
                 '-d \'{"type": "echo", "payload": {"hello": "world"}}\'\n'
                 f"  curl -s localhost:{api_port}/jobs/<id>{key}\n\n  Ctrl-C stops everything.\n",
                 flush=True,

@@ -69,15 +69,22 @@ class EmbeddedRedis:
         self._dir = self._dir or tempfile.TemporaryDirectory(prefix="service-redis-")
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", self._dir.name,
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--daemonize", "no",
-            "--logfile", os.path.join(self._dir.name, "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self._dir.name,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self._dir.name, "redis.log"),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         self._wait_ready(timeout)
         return self

@@ -7,6 +7,7 @@ so a job written by one is read the same way by the others and by RQ's own class
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 import zlib
@@ -43,10 +44,8 @@ def encode_data(job_type: str, payload: Any) -> bytes:
 
 def decode_data(data: bytes) -> tuple[str, Any]:
     """(job type, payload) from a `data` field; never unpickles."""
-    try:
+    with contextlib.suppress(zlib.error):  # RQ also accepts uncompressed data
         data = zlib.decompress(data)
-    except zlib.error:
-        pass  # RQ also accepts uncompressed data
     func_name, _instance, args, _kwargs = orjson.loads(data)
     return func_name, args[0] if args else None
 

@@ -116,7 +116,9 @@ class Registry:
         if name in self._types:
             raise ValueError(f"job type {name!r} is registered twice")
         if not isinstance(timeout, int) or timeout <= 0 or max_retries < 0:
-            raise ValueError(f"job type {name!r}: timeout must be whole seconds > 0, max_retries >= 0")
+            raise ValueError(
+                f"job type {name!r}: timeout must be whole seconds > 0, max_retries >= 0"
+            )
 
         def register(handler: H) -> H:
             schema = payload or _payload_model(handler)

@@ -190,11 +190,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
     max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
-    handler_modules = env.list("HANDLER_MODULES", [])
+    handler_modules: list[str] | None = env.list("HANDLER_MODULES", [])
     try:
         env.seal()
     except environs.EnvValidationError as exc:
-        for variable, messages in exc.error_messages.items():
+        errors = exc.error_messages
+        for variable, messages in errors.items() if isinstance(errors, dict) else []:
             value = environ.get(str(variable), "")
             problems.append(f"{variable}={value!r}: {' '.join(map(str, messages))}")
 
@@ -231,7 +232,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         api_keys=api_keys,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
-        handler_modules=tuple(handler_modules),
+        handler_modules=tuple(handler_modules or ()),
     )
 
 

@@ -22,6 +22,10 @@ def connect_async(target: RedisTarget) -> aioredis.Redis:
     )
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Store:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
@@ -50,10 +54,8 @@ class Store:
 
     async def queues(self, names: Iterable[str]) -> list[dict[str, Any]]:
         """Per queue: waiting, started, scheduled, finished, failed and live worker counts."""
-        known = {
-            key.decode().removeprefix("rq:queue:")
-            for key in await self.client.smembers(constants.QUEUES_KEY)
-        }
+        members = await self.client.smembers(constants.QUEUES_KEY)
+        known = {_text(key).removeprefix("rq:queue:") for key in members}
         queues = sorted(known | set(names))
         now = int(time.time())
         async with self.client.pipeline(transaction=False) as pipe:

@@ -62,15 +62,20 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         timeout: float = 5.0) -> tuple[int, dict[str, str], Any]:  # fmt: skip
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, dict[str, str], Any]:
     """A tiny JSON HTTP client (the processes under test are real servers)."""
     data = orjson.dumps(body) if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), orjson.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), orjson.loads(exc.read() or b"null")
@@ -100,9 +105,12 @@ class ServiceProcess:
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", *args], env=env, cwd=ROOT,
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "service", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def output(self) -> str:
@@ -139,15 +147,14 @@ class ServiceProcess:
 
 
 @pytest.fixture
-def start_service(
-    redis_url: str, tmp_path: Path
-) -> Iterator[Callable[..., ServiceProcess]]:
+def start_service(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Start `python -m service` (API or worker) against the test's Redis; stopped afterwards."""
     started: list[ServiceProcess] = []
 
     def start(worker: bool = False, wait: bool = True, **env: str) -> ServiceProcess:
-        settings = base_env(redis_url, WORKER_MODE="true" if worker else "false",
-                            PORT=str(free_port()), **env)  # fmt: skip
+        settings = base_env(
+            redis_url, WORKER_MODE="true" if worker else "false", PORT=str(free_port()), **env
+        )
         name = f"{'worker' if worker else 'api'}-{len(started)}.log"
         process = ServiceProcess(settings, log=tmp_path / name)
         started.append(process)
@@ -158,15 +165,24 @@ def start_service(
         process.stop()
 
 
-def publish(redis_url: str, job_type: str, payload: Any = None, *, timeout: int = 180,
-            max_retries: int = 0, queue: str = "app-queue") -> str:  # fmt: skip
+def publish(
+    redis_url: str,
+    job_type: str,
+    payload: Any = None,
+    *,
+    timeout: int = 180,
+    max_retries: int = 0,
+    queue: str = "app-queue",
+) -> str:
     """Publish one job exactly as the API does, bypassing its validation (for worker tests)."""
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from service.jobs import NewJob, new_id  # noqa: PLC0415
-    from service.store import Store  # noqa: PLC0415
+    from service.jobs import NewJob, new_id
+    from service.store import Store
 
-    job = NewJob(new_id(), job_type, queue, {} if payload is None else payload, timeout, max_retries)
+    job = NewJob(
+        new_id(), job_type, queue, {} if payload is None else payload, timeout, max_retries
+    )
 
     async def run() -> None:
         client = redis.asyncio.Redis.from_url(f"{redis_url}/1")

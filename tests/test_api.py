@@ -66,14 +66,18 @@ def test_unknown_job_is_404(client: TestClient, job_id: str) -> None:
 
 
 def test_malformed_json_is_400(client: TestClient, queue_redis: redis.Redis) -> None:
-    response = client.post("/jobs", content=b'{"type": ', headers={"content-type": "application/json"})
+    response = client.post(
+        "/jobs", content=b'{"type": ', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "malformed_json"
     assert_nothing_enqueued(queue_redis)
 
 
 def test_wrong_content_type_is_415(client: TestClient, queue_redis: redis.Redis) -> None:
-    response = client.post("/jobs", content=b'{"type": "noop"}', headers={"content-type": "text/plain"})
+    response = client.post(
+        "/jobs", content=b'{"type": "noop"}', headers={"content-type": "text/plain"}
+    )
     assert response.status_code == 415
     assert_nothing_enqueued(queue_redis)
 
@@ -94,12 +98,16 @@ def test_chunked_body_over_the_limit_is_413(redis_url: str, queue_redis: redis.R
         yield b'"}}'
 
     with make_client(redis_url, MAX_BODY_BYTES="1024") as client:
-        response = client.post("/jobs", content=chunks(), headers={"content-type": "application/json"})
+        response = client.post(
+            "/jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
     assert response.status_code == 413
     assert_nothing_enqueued(queue_redis)
 
 
-def test_unknown_type_is_422_listing_known_types(client: TestClient, queue_redis: redis.Redis) -> None:
+def test_unknown_type_is_422_listing_known_types(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
     response = client.post("/jobs", json={"type": "nope", "payload": {}})
     assert response.status_code == 422
     details = response.json()["error"]["details"]
@@ -109,8 +117,9 @@ def test_unknown_type_is_422_listing_known_types(client: TestClient, queue_redis
 
 
 def test_payload_errors_are_all_reported(client: TestClient, queue_redis: redis.Redis) -> None:
-    response = client.post("/jobs", json={"type": "sleep", "payload": {"seconds": -1, "x": 1},
-                                          "priority": "high"})  # fmt: skip
+    response = client.post(
+        "/jobs", json={"type": "sleep", "payload": {"seconds": -1, "x": 1}, "priority": "high"}
+    )
     assert response.status_code == 422
     fields = {e["field"] for e in response.json()["error"]["details"]["errors"]}
     assert fields == {"payload.seconds", "payload.x", "priority"}
@@ -123,7 +132,11 @@ def test_malformed_job_objects_are_422(client: TestClient, body: object) -> None
 
 
 def test_batch_is_published_in_order(client: TestClient, queue_redis: redis.Redis) -> None:
-    jobs = [{"type": "noop"}, {"type": "echo", "payload": {"n": 1}}, {"type": "sleep", "payload": {"seconds": 0}}]
+    jobs = [
+        {"type": "noop"},
+        {"type": "echo", "payload": {"n": 1}},
+        {"type": "sleep", "payload": {"seconds": 0}},
+    ]
     response = client.post("/jobs/batch", json={"jobs": jobs})
     assert response.status_code == 202
     ids = [j["id"] for j in response.json()["jobs"]]
@@ -159,8 +172,17 @@ def test_queues(client: TestClient) -> None:
     client.post("/jobs", json={"type": "noop"})
     client.post("/jobs", json={"type": "noop"})
     queues = client.get("/queues").json()["queues"]
-    assert queues == [{"name": "app-queue", "waiting": 2, "started": 0, "scheduled": 0,
-                       "finished": 0, "failed": 0, "workers": 0}]  # fmt: skip
+    assert queues == [
+        {
+            "name": "app-queue",
+            "waiting": 2,
+            "started": 0,
+            "scheduled": 0,
+            "finished": 0,
+            "failed": 0,
+            "workers": 0,
+        }
+    ]
 
 
 def test_health_and_ready(client: TestClient) -> None:
@@ -169,7 +191,7 @@ def test_health_and_ready(client: TestClient) -> None:
 
 
 def test_redis_down_is_503_with_retry_after_and_not_ready() -> None:
-    from service.embedded_redis import free_port  # noqa: PLC0415
+    from service.embedded_redis import free_port
 
     dead = f"redis://127.0.0.1:{free_port()}"
     with make_client(dead) as client:
@@ -206,8 +228,12 @@ class TestApiKeys:
         self, client: TestClient, queue_redis: redis.Redis, header: str | None
     ) -> None:
         headers = {"Authorization": header} if header else {}
-        for method, path in [("POST", "/jobs"), ("GET", "/jobs/abc"), ("GET", "/queues"),
-                             ("POST", "/jobs/batch")]:  # fmt: skip
+        for method, path in [
+            ("POST", "/jobs"),
+            ("GET", "/jobs/abc"),
+            ("GET", "/queues"),
+            ("POST", "/jobs/batch"),
+        ]:
             response = client.request(method, path, json={"type": "noop"}, headers=headers)
             assert response.status_code == 401, path
             assert response.headers["www-authenticate"].startswith("Bearer")
@@ -215,7 +241,9 @@ class TestApiKeys:
 
     @pytest.mark.parametrize("key", ["key-one", "key-two"])
     def test_any_configured_key_works(self, client: TestClient, key: str) -> None:
-        response = client.post("/jobs", json={"type": "noop"}, headers={"Authorization": f"Bearer {key}"})
+        response = client.post(
+            "/jobs", json={"type": "noop"}, headers={"Authorization": f"Bearer {key}"}
+        )
         assert response.status_code == 202
 
     def test_health_stays_open(self, client: TestClient) -> None:

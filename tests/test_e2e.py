@@ -26,8 +26,14 @@ def deployed(name: str, redis_url: str, log: Path) -> ServiceProcess:
     env = {k: v for k, v in env_file(name).items() if v}
     for key in ("REDIS_HOST", "REDIS_PORT", "QUEUE_REDIS_DB"):
         env.pop(key, None)
-    env.update(PATH=os.environ["PATH"], PYTHONPATH=str(ROOT), PORT=str(free_port()),
-               REDIS_URL=f"{redis_url}/0", QUEUE_REDIS_URL=f"{redis_url}/1", HOST="127.0.0.1")  # fmt: skip
+    env.update(
+        PATH=os.environ["PATH"],
+        PYTHONPATH=str(ROOT),
+        PORT=str(free_port()),
+        REDIS_URL=f"{redis_url}/0",
+        QUEUE_REDIS_URL=f"{redis_url}/1",
+        HOST="127.0.0.1",
+    )
     return ServiceProcess(env, log=log)
 
 
@@ -40,10 +46,13 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
     try:
         api, *workers = [p.wait_healthy() for p in processes]
         # Given jobs posted one by one and in a batch
-        ids = [http("POST", f"{api.url}/jobs", {"type": "echo", "payload": {"n": n}})[2]["id"]
-               for n in range(20)]  # fmt: skip
-        status, _, body = http("POST", f"{api.url}/jobs/batch",
-                               {"jobs": [{"type": "noop"}] * 50 + [{"type": "fail"}]})  # fmt: skip
+        ids = [
+            http("POST", f"{api.url}/jobs", {"type": "echo", "payload": {"n": n}})[2]["id"]
+            for n in range(20)
+        ]
+        status, _, body = http(
+            "POST", f"{api.url}/jobs/batch", {"jobs": [{"type": "noop"}] * 50 + [{"type": "fail"}]}
+        )
         assert status == 202
         ids += [job["id"] for job in body["jobs"]]
 
@@ -83,19 +92,31 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
 
 def test_dev_mode_runs_everything_with_a_private_redis(tmp_path: Path) -> None:
     api_port, worker_port = free_port(), free_port()
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "PORT": str(api_port),
-           "WORKER_PORT": str(worker_port), "WORKER_CONCURRENCY": "1"}  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "PORT": str(api_port),
+        "WORKER_PORT": str(worker_port),
+        "WORKER_CONCURRENCY": "1",
+    }
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
-        dev = subprocess.Popen([sys.executable, "-m", "service", "dev"], env=env, cwd=ROOT,
-                               stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "service", "dev"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(lambda: "curl -s -X POST" in log.read_text() or dev.poll() is not None, 30)
         output = log.read_text()
         assert f"http://127.0.0.1:{api_port}" in output
         redis_port = re.search(r"on redis://127\.0\.0\.1:(\d+)", output)
         assert redis_port, output
-        job = http("POST", f"http://127.0.0.1:{api_port}/jobs", {"type": "echo", "payload": {"a": 1}})
+        job = http(
+            "POST", f"http://127.0.0.1:{api_port}/jobs", {"type": "echo", "payload": {"a": 1}}
+        )
         assert job[0] == 202
         url = f"http://127.0.0.1:{api_port}/jobs/{job[2]['id']}"
         wait_for(lambda: http("GET", url)[2]["status"] == "finished")

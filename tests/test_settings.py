@@ -29,8 +29,10 @@ def test_defaults() -> None:
     assert settings.worker_processing_interval == 5.0
     assert settings.queue_name == "app-queue"
     assert (settings.queue_redis.host, settings.queue_redis.port, settings.queue_redis.db) == (
-        "127.0.0.1", 6379, 1,
-    )  # fmt: skip
+        "127.0.0.1",
+        6379,
+        1,
+    )
     assert settings.redis.db == 0
     assert settings.port == constants.API_PORT
     assert settings.log_format == "text"
@@ -48,18 +50,34 @@ def test_worker_mode_changes_default_port() -> None:
 
 
 def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
-    text = problems({
-        "WORKER_MODE": "maybe", "WORKER_CONCURRENCY": "51", "WORKER_BATCH_SIZE": "0",
-        "WORKER_PROCESSING_INTERVAL": "999", "QUEUE_NAME": "bad name", "APP_ENV": "staging",
-        "PORT": "http", "LOG_LEVEL": "LOUD", "LOG_FORMAT": "xml", "SHUTDOWN_TIMEOUT": "-1",
-        "MAX_BODY_BYTES": "10",
-    })  # fmt: skip
+    text = problems(
+        {
+            "WORKER_MODE": "maybe",
+            "WORKER_CONCURRENCY": "51",
+            "WORKER_BATCH_SIZE": "0",
+            "WORKER_PROCESSING_INTERVAL": "999",
+            "QUEUE_NAME": "bad name",
+            "APP_ENV": "staging",
+            "PORT": "http",
+            "LOG_LEVEL": "LOUD",
+            "LOG_FORMAT": "xml",
+            "SHUTDOWN_TIMEOUT": "-1",
+            "MAX_BODY_BYTES": "10",
+        }
+    )
     for fragment in (
-        "WORKER_MODE='maybe'", "WORKER_CONCURRENCY='51'", "WORKER_BATCH_SIZE='0'",
-        "WORKER_PROCESSING_INTERVAL='999'", "QUEUE_NAME='bad name'", "APP_ENV='staging'",
-        "PORT='http'", "LOG_LEVEL='LOUD'", "LOG_FORMAT='xml'", "SHUTDOWN_TIMEOUT='-1'",
+        "WORKER_MODE='maybe'",
+        "WORKER_CONCURRENCY='51'",
+        "WORKER_BATCH_SIZE='0'",
+        "WORKER_PROCESSING_INTERVAL='999'",
+        "QUEUE_NAME='bad name'",
+        "APP_ENV='staging'",
+        "PORT='http'",
+        "LOG_LEVEL='LOUD'",
+        "LOG_FORMAT='xml'",
+        "SHUTDOWN_TIMEOUT='-1'",
         "MAX_BODY_BYTES='10'",
-    ):  # fmt: skip
+    ):
         assert fragment in text
 
 
@@ -90,8 +108,10 @@ def test_queue_redis_defaults_to_the_app_redis_host_in_db_1() -> None:
 def test_queue_redis_variables_override() -> None:
     settings = load({"QUEUE_REDIS_HOST": "q", "QUEUE_REDIS_PORT": "7000", "QUEUE_REDIS_DB": "3"})
     assert (settings.queue_redis.host, settings.queue_redis.port, settings.queue_redis.db) == (
-        "q", 7000, 3,
-    )  # fmt: skip
+        "q",
+        7000,
+        3,
+    )
 
 
 def test_url_form() -> None:
@@ -107,8 +127,13 @@ def test_conflicting_url_and_parts_is_an_error() -> None:
 
 
 def test_secrets_are_masked_everywhere() -> None:
-    text = problems({"QUEUE_REDIS_URL": "redis://:hunter2@q:1/0", "QUEUE_REDIS_HOST": "other",
-                     "MONGODB_URI": "postgres://user:hunter2@x"})  # fmt: skip
+    text = problems(
+        {
+            "QUEUE_REDIS_URL": "redis://:hunter2@q:1/0",
+            "QUEUE_REDIS_HOST": "other",
+            "MONGODB_URI": "postgres://user:hunter2@x",
+        }
+    )
     assert "hunter2" not in text
     settings = load({"QUEUE_REDIS_URL": "redis://:hunter2@q:1/0", "API_KEYS": "hunter2"})
     assert "hunter2" not in repr(settings)
@@ -121,31 +146,53 @@ def test_production_requires_api_keys_and_logs_json() -> None:
     settings = load({"APP_ENV": "production", "API_KEYS": "k1, k2"})
     assert [k.reveal() for k in settings.api_keys] == ["k1", "k2"]
     assert settings.log_format == "json"
-    assert load({"APP_ENV": "production", "API_KEYS": "k", "LOG_FORMAT": "text"}).log_format == "text"
+    assert (
+        load({"APP_ENV": "production", "API_KEYS": "k", "LOG_FORMAT": "text"}).log_format == "text"
+    )
 
 
 def test_lists_and_optional_values() -> None:
-    settings = load({"HANDLER_MODULES": "a.b,c", "MONGODB_URI": "mongodb://m/db",
-                     "SHUTDOWN_TIMEOUT": "3.5", "MAX_BODY_BYTES": "2048", "HOST": "127.0.0.1"})  # fmt: skip
+    settings = load(
+        {
+            "HANDLER_MODULES": "a.b,c",
+            "MONGODB_URI": "mongodb://m/db",
+            "SHUTDOWN_TIMEOUT": "3.5",
+            "MAX_BODY_BYTES": "2048",
+            "HOST": "127.0.0.1",
+        }
+    )
     assert settings.handler_modules == ("a.b", "c")
     assert settings.mongodb_uri is not None and settings.mongodb_uri.reveal() == "mongodb://m/db"
     assert (settings.shutdown_timeout, settings.max_body_bytes, settings.host) == (
-        3.5, 2048, "127.0.0.1",
-    )  # fmt: skip
+        3.5,
+        2048,
+        "127.0.0.1",
+    )
 
 
 def _run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service"], env={"PATH": "/usr/bin:/bin", **env}, cwd=ROOT,
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [sys.executable, "-m", "service"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("mode", ["false", "true"])
 def test_bad_config_exits_78_without_traceback_before_binding(mode: str) -> None:
     port = free_port()
-    result = _run_main({"WORKER_MODE": mode, "PORT": str(port), "WORKER_CONCURRENCY": "0",
-                        "QUEUE_REDIS_URL": "redis://:topsecret@nowhere:1/1", "REDIS_HOST": "x"})  # fmt: skip
+    result = _run_main(
+        {
+            "WORKER_MODE": mode,
+            "PORT": str(port),
+            "WORKER_CONCURRENCY": "0",
+            "QUEUE_REDIS_URL": "redis://:topsecret@nowhere:1/1",
+            "REDIS_HOST": "x",
+        }
+    )
     assert result.returncode == constants.EXIT_CONFIG
     assert "WORKER_CONCURRENCY='0'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -162,8 +209,13 @@ def test_unimportable_handler_module_exits_78() -> None:
 
 
 def test_unknown_command_is_a_usage_error() -> None:
-    result = subprocess.run([sys.executable, "-m", "service", "fly"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "fly"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 64
     assert "usage" in result.stderr
 
@@ -201,12 +253,16 @@ def test_env_example_lists_exactly_the_variables_the_service_reads() -> None:
     assert set(env_file("example")) == environ.read | dev_only
 
 
-@pytest.mark.parametrize("name", ["api.development", "worker.development", "api.production",
-                                  "worker.production", "example"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["api.development", "worker.development", "api.production", "worker.production", "example"],
+)
 def test_env_files_are_valid(name: str) -> None:
     values = {k: v for k, v in env_file(name).items() if v}
     if name == "api.production":
         values["API_KEYS"] = "from-the-host-environment"
     settings = load(values)
     assert settings.worker_mode is name.startswith("worker")
-    assert "API_KEYS" not in env_file(name) or not env_file(name)["API_KEYS"]  # no secret in the repo
+    assert (
+        "API_KEYS" not in env_file(name) or not env_file(name)["API_KEYS"]
+    )  # no secret in the repo

@@ -65,8 +65,13 @@ def test_results_and_failures_are_readable_with_rqs_own_tools(
     assert bad in FailedJobRegistry("app-queue", connection=queue_redis).get_job_ids()
 
     rq_cli = Path(sys.executable).parent / "rq"
-    info = subprocess.run([rq_cli, "info", "-u", f"{redis_url}/1"], capture_output=True,
-                          text=True, timeout=30, check=True).stdout  # fmt: skip
+    info = subprocess.run(
+        [rq_cli, "info", "-u", f"{redis_url}/1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert "app-queue" in info and "1 finished, 1 failed" in info
     assert "2 workers" in info
 
@@ -151,7 +156,9 @@ def test_isolated_job_runs_in_a_child_and_its_crash_spares_the_worker(
 
     crash = publish(redis_url, "test.crash_isolated", {"key": "n"})
     wait_status(queue_redis, crash, "failed")
-    assert "job process died (signal SIGKILL)" in fetch(queue_redis, crash).latest_result().exc_string
+    assert (
+        "job process died (signal SIGKILL)" in fetch(queue_redis, crash).latest_result().exc_string
+    )
     echo = publish(redis_url, "echo", {"after": True})
     wait_status(queue_redis, echo, "finished")
     assert worker_pid_of(queue_redis, echo) == worker_pid  # the same process: it never died
@@ -163,8 +170,13 @@ def test_housekeeping_recovers_jobs_of_a_worker_that_vanished(
     # Given a job left `started` by a worker whose whole container died (heartbeat expired)
     job_id = publish(redis_url, "echo", {"n": 1}, max_retries=1)
     queue_redis.lpop(constants.queue_key("app-queue"))
-    queue_redis.hset(constants.job_key(job_id), mapping={"status": "started", "worker_name": "gone", "attempts": 1})
-    queue_redis.zadd(constants.registry_key("started", "app-queue"), {f"{job_id}:x1": int(time.time()) - 1})
+    queue_redis.hset(
+        constants.job_key(job_id),
+        mapping={"status": "started", "worker_name": "gone", "attempts": 1},
+    )
+    queue_redis.zadd(
+        constants.registry_key("started", "app-queue"), {f"{job_id}:x1": int(time.time()) - 1}
+    )
     # When a worker container runs its housekeeping
     start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
     # Then the job is re-queued and runs
@@ -213,10 +225,15 @@ def test_job_past_shutdown_timeout_is_put_back_as_interrupted(
     assert "1 interrupted" in worker.output
 
 
-@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)])
+@pytest.mark.parametrize(
+    "signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)]
+)
 def test_second_signal_forces_the_stop(
     signals: tuple[int, int],
-    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+    start_service: Start,
+    redis_url: str,
+    queue_redis: redis.Redis,
+    app_redis: redis.Redis,
 ) -> None:
     worker = start_service(worker=True, WORKER_CONCURRENCY="1", SHUTDOWN_TIMEOUT="60")
     job_id = publish(redis_url, "test.block", {"key": "never"})

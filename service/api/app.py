@@ -39,8 +39,12 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
         app.state.store = Store(client)
-        log.info("API: %d job types, queue %s on %s", len(registry), settings.queue_name,
-                 settings.queue_redis)  # fmt: skip
+        log.info(
+            "API: %d job types, queue %s on %s",
+            len(registry),
+            settings.queue_name,
+            settings.queue_redis,
+        )
         try:
             yield
         finally:

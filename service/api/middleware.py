@@ -30,8 +30,9 @@ class ApiKeyAuth:
         if scheme.lower() == b"bearer" and valid:
             return await self.app(scope, receive, send)
         message = "missing or invalid API key: send Authorization: Bearer <key>"
-        response = ApiError(401, "unauthorized", message,
-                            headers={"WWW-Authenticate": 'Bearer realm="jobs"'}).response()  # fmt: skip
+        response = ApiError(
+            401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="jobs"'}
+        ).response()
         await response(scope, receive, send)
 
 

@@ -64,36 +64,81 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     }
     if auth:
         errors["401"] = _response("Missing or invalid API key")
-    security = [{"bearer": []}] if auth else []
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if auth else []
     paths: dict[str, Any] = {
-        "/jobs": {"post": {
-            "summary": "Enqueue one job", "requestBody": job_body, "security": security,
-            "responses": {"202": _response("Accepted", {"$ref": "#/components/schemas/Accepted"}), **errors},
-        }},
-        "/jobs/batch": {"post": {
-            "summary": f"Enqueue up to {constants.MAX_BATCH_JOBS} jobs, all or nothing",
-            "security": security,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["jobs"],
-                "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/NewJob"},
-                                        "minItems": 1, "maxItems": constants.MAX_BATCH_JOBS}},
-            }}}},
-            "responses": {"202": _response("Accepted", {"type": "object"}), **errors},
-        }},
-        "/jobs/{job_id}": {"get": {
-            "summary": "A job's status, result, error and attempts", "security": security,
-            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": _response("The job", {"type": "object"}), "404": _response("Unknown id")},
-        }},
-        "/queues": {"get": {
-            "summary": "Per queue: waiting, started, scheduled, finished, failed, workers",
-            "security": security,
-            "responses": {"200": _response("Queue counts", {"type": "object"})},
-        }},
-        "/health": {"get": {"summary": "Liveness", "responses": {"200": _response("Alive", {"type": "object"})}}},
-        "/ready": {"get": {"summary": "Readiness (Redis reachable)", "responses": {
-            "200": _response("Ready", {"type": "object"}), "503": _response("Not ready", {"type": "object"})}}},
-    }  # fmt: skip
+        "/jobs": {
+            "post": {
+                "summary": "Enqueue one job",
+                "requestBody": job_body,
+                "security": security,
+                "responses": {
+                    "202": _response("Accepted", {"$ref": "#/components/schemas/Accepted"}),
+                    **errors,
+                },
+            }
+        },
+        "/jobs/batch": {
+            "post": {
+                "summary": f"Enqueue up to {constants.MAX_BATCH_JOBS} jobs, all or nothing",
+                "security": security,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["jobs"],
+                                "properties": {
+                                    "jobs": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/NewJob"},
+                                        "minItems": 1,
+                                        "maxItems": constants.MAX_BATCH_JOBS,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"202": _response("Accepted", {"type": "object"}), **errors},
+            }
+        },
+        "/jobs/{job_id}": {
+            "get": {
+                "summary": "A job's status, result, error and attempts",
+                "security": security,
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _response("The job", {"type": "object"}),
+                    "404": _response("Unknown id"),
+                },
+            }
+        },
+        "/queues": {
+            "get": {
+                "summary": "Per queue: waiting, started, scheduled, finished, failed, workers",
+                "security": security,
+                "responses": {"200": _response("Queue counts", {"type": "object"})},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness",
+                "responses": {"200": _response("Alive", {"type": "object"})},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness (Redis reachable)",
+                "responses": {
+                    "200": _response("Ready", {"type": "object"}),
+                    "503": _response("Not ready", {"type": "object"}),
+                },
+            }
+        },
+    }
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Job service", "version": "1"},

@@ -39,8 +39,11 @@ async def submit_batch(request: Request) -> Response:
     if not isinstance(items, list) or not items or set(body) != {"jobs"}:
         raise ApiError(422, "invalid_batch", 'expected {"jobs": [...]} with at least one job')
     if len(items) > constants.MAX_BATCH_JOBS:
-        raise ApiError(422, "batch_too_large",
-                       f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}")  # fmt: skip
+        raise ApiError(
+            422,
+            "batch_too_large",
+            f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
+        )
     batch = parse_jobs(items, registry, settings.queue_name, batch=True)
     await store.publish(batch)
     return JSONResponse(

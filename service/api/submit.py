@@ -17,8 +17,12 @@ JOB_FIELDS = {"type", "payload"}
 async def read_json(request: Request) -> Any:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json",
-                       {"content_type": media_type or None})  # fmt: skip
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the body as application/json",
+            {"content_type": media_type or None},
+        )
     body = await request.body()
     try:
         return orjson.loads(body)
@@ -58,9 +62,15 @@ def parse_jobs(
             ]
             continue
         parsed.append(
-            jobs.NewJob(jobs.new_id(), name, spec.queue or default_queue,
-                        item.get("payload", {}), spec.timeout, spec.max_retries)
-        )  # fmt: skip
+            jobs.NewJob(
+                jobs.new_id(),
+                name,
+                spec.queue or default_queue,
+                item.get("payload", {}),
+                spec.timeout,
+                spec.max_retries,
+            )
+        )
     if errors:
         details: dict[str, Any] = {"errors": errors}
         if unknown:

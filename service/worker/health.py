@@ -23,6 +23,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 check = checks.get(self.path.split("?", 1)[0])
+                body: dict[str, object]
                 if check is None:
                     status, body = 404, {"error": {"code": "not_found", "message": "not found"}}
                 else:

@@ -28,9 +28,17 @@ def recover(
     script = client.register_script(scripts.RECOVER)
     counts: list[int] = script(
         keys=[constants.registry_key("started", queue)],
-        args=[jobs.utc_iso(now), int(now), constants.RESULT_TTL, constants.FAILURE_TTL,
-              owner, mode, constants.MAX_CRASHES, jobs.encode_exc_string(LOST_REASON)],
-    )  # fmt: skip
+        args=[
+            jobs.utc_iso(now),
+            int(now),
+            constants.RESULT_TTL,
+            constants.FAILURE_TTL,
+            owner,
+            mode,
+            constants.MAX_CRASHES,
+            jobs.encode_exc_string(LOST_REASON),
+        ],
+    )
     return counts
 
 

@@ -146,17 +146,28 @@ class Worker:
 
     def _wait(self) -> None:
         key = constants.queue_key(self.queue)
-        self.redis.blmove(key, key, WAIT_SECONDS, "LEFT", "LEFT")
+        # Redis takes a fractional timeout; redis-py's annotation says int.
+        self.redis.blmove(key, key, WAIT_SECONDS, "LEFT", "LEFT")  # type: ignore[arg-type]
 
     def _claim_batch(self) -> list[Claimed]:
-        size = max(1, min(self.settings.worker_batch_size,
-                          int(constants.BATCH_TARGET_SECONDS / max(self._avg_seconds, 1e-6))))  # fmt: skip
+        size = max(
+            1,
+            min(
+                self.settings.worker_batch_size,
+                int(constants.BATCH_TARGET_SECONDS / max(self._avg_seconds, 1e-6)),
+            ),
+        )
         self._exec_seq += 1
         rows = self._claim(
             keys=[constants.queue_key(self.queue), constants.registry_key("started", self.queue)],
-            args=[size, self.name, jobs.utc_iso(), self._registry_score(),
-                  f"{self._exec_token}{self._exec_seq:x}x"],
-        )  # fmt: skip
+            args=[
+                size,
+                self.name,
+                jobs.utc_iso(),
+                self._registry_score(),
+                f"{self._exec_token}{self._exec_seq:x}x",
+            ],
+        )
         self.slot.set_ready(True)
         claimed = [
             Claimed(row[0].decode(), row[1].decode(), row[2], float(row[3]), int(row[4]))
@@ -191,14 +202,20 @@ class Worker:
             return
         now = time.time()
         ok, failed, retried, interrupted = self._complete(
-            args=[self.name, jobs.utc_iso(now), int(now), constants.RESULT_TTL,
-                  constants.FAILURE_TTL, *outcomes],
-        )  # fmt: skip
+            args=[
+                self.name,
+                jobs.utc_iso(now),
+                int(now),
+                constants.RESULT_TTL,
+                constants.FAILURE_TTL,
+                *outcomes,
+            ],
+        )
         self.slot.count(finished=ok, failed=failed, retried=retried, interrupted=interrupted)
 
     # --- one job ---
     def _execute(self, claimed: Claimed) -> list[Any]:
-        """Run one job; return its COMPLETE arguments: outcome, id, member, value, started, ended."""
+        """Run one job; return its COMPLETE args: outcome, id, member, value, started, ended."""
         started = time.time()
         job_type = "?"
         try:
@@ -220,7 +237,7 @@ class Worker:
         except JobTimeout:
             text = f"JobTimeout: job exceeded its timeout of {claimed.timeout:g}s"
             outcome, encoded = "fail", jobs.encode_exc_string(text)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a handler's failure, whatever it is, is the job's outcome
             outcome, encoded = "fail", jobs.encode_exc_string(traceback.format_exc())
         finally:
             self.slot.idle()
@@ -228,8 +245,15 @@ class Worker:
         self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * (ended - started)
         level = logging.INFO if outcome != "ok" or ended - started > 1 else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "job %s %s: %s in %.3fs (attempt %d)", claimed.id, job_type,
-                    outcome, ended - started, claimed.attempt)  # fmt: skip
+            log.log(
+                level,
+                "job %s %s: %s in %.3fs (attempt %d)",
+                claimed.id,
+                job_type,
+                outcome,
+                ended - started,
+                claimed.attempt,
+            )
         return [outcome, claimed.id, claimed.member, encoded, repr(started), repr(ended)]
 
     def _call(self, handler: Any, payload: Any, ctx: JobContext, timeout: float) -> Any:
@@ -251,7 +275,7 @@ class Worker:
                 signal.signal(signum, signal.SIG_DFL)
             try:
                 report = orjson.dumps({"value": handler(payload, ctx)})
-            except BaseException:
+            except BaseException:  # noqa: BLE001 - report everything; this process exits next
                 report = orjson.dumps({"error": traceback.format_exc()})
             os.write(write_fd, report)
             os._exit(0)
@@ -289,12 +313,17 @@ class Worker:
                 with self._lock:
                     members = list(self._in_flight)
                 with client.pipeline(transaction=False) as pipe:
-                    pipe.hset(key, mapping={
-                        "birth": self._birth, "last_heartbeat": jobs.utc_iso(),
-                        "queues": self.queue, "pid": os.getpid(),
-                        "hostname": socket.gethostname(),
-                        "state": "busy" if members else "idle",
-                    })  # fmt: skip
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "birth": self._birth,
+                            "last_heartbeat": jobs.utc_iso(),
+                            "queues": self.queue,
+                            "pid": os.getpid(),
+                            "hostname": socket.gethostname(),
+                            "state": "busy" if members else "idle",
+                        },
+                    )
                     pipe.expire(key, ttl)
                     pipe.sadd(constants.WORKERS_KEY, key)
                     pipe.sadd(constants.queue_workers_key(self.queue), key)

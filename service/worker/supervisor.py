@@ -68,9 +68,11 @@ class Supervisor:
         health.start()
         log.info(
             "worker supervisor: %d processes on queue %s, Redis %s, health on :%d",
-            self.settings.worker_concurrency, self.settings.queue_name,
-            self.settings.queue_redis, health.port,
-        )  # fmt: skip
+            self.settings.worker_concurrency,
+            self.settings.queue_name,
+            self.settings.queue_redis,
+            health.port,
+        )
         for index in range(self.settings.worker_concurrency):
             self._start(index)
         try:
@@ -82,9 +84,13 @@ class Supervisor:
         log.info(
             "worker stopped: %d finished, %d failed, %d retried, %d interrupted and re-queued, "
             "%d re-queued from lost processes, exit %d",
-            totals["finished"], totals["failed"], totals["retried"], totals["interrupted"],
-            self.lost_jobs, code,
-        )  # fmt: skip
+            totals["finished"],
+            totals["failed"],
+            totals["retried"],
+            totals["interrupted"],
+            self.lost_jobs,
+            code,
+        )
         return code
 
     def _start(self, index: int) -> None:
@@ -102,8 +108,9 @@ class Supervisor:
     def _supervise(self) -> None:
         next_housekeeping = time.monotonic()
         while not self.signals:
-            sentinels: list[object] = [p.sentinel for p in self.processes if p is not None]
-            if self._wakeup_read in wait([*sentinels, self._wakeup_read], timeout=1.0):
+            waitables: list[int | socket.socket] = [self._wakeup_read]
+            waitables += [p.sentinel for p in self.processes if p is not None]
+            if self._wakeup_read in wait(waitables, timeout=1.0):
                 self._wakeup_read.recv(64)
             for index, process in enumerate(self.processes):
                 if process is not None and not process.is_alive() and not self.signals:
@@ -115,8 +122,12 @@ class Supervisor:
     def _replace(self, index: int, process: BaseProcess) -> None:
         """A worker process died: re-queue its jobs now, then start another after a backoff."""
         self.restarts[index] += 1
-        log.error("worker process %s (pid %s) died with exit code %s; restarting",
-                  process.name, process.pid, process.exitcode)  # fmt: skip
+        log.error(
+            "worker process %s (pid %s) died with exit code %s; restarting",
+            process.name,
+            process.pid,
+            process.exitcode,
+        )
         self._recover(self.names[index], "lost")
         delay = min(constants.RESTART_BACKOFF_MAX, 0.1 * 2 ** min(self.restarts[index] - 1, 7))
         deadline = time.monotonic() + delay
@@ -138,8 +149,12 @@ class Supervisor:
             return
         self.lost_jobs += retried + interrupted
         if failed or retried or interrupted:
-            log.warning("worker %s: %d jobs re-queued, %d failed past their retries",
-                        name, retried + interrupted, failed)  # fmt: skip
+            log.warning(
+                "worker %s: %d jobs re-queued, %d failed past their retries",
+                name,
+                retried + interrupted,
+                failed,
+            )
 
     def _housekeeping(self) -> None:
         """Jobs of workers that died with their container, and stale registrations."""
@@ -164,22 +179,22 @@ class Supervisor:
         self.stopping = True
         graceful_until = time.monotonic() + self.settings.shutdown_timeout
         forced = False
-        if not _wait_exit(
-            alive, lambda: time.monotonic() >= graceful_until or self.signals > 1
-        ):
+        if not _wait_exit(alive, lambda: time.monotonic() >= graceful_until or self.signals > 1):
             forced = self.signals > 1
-            log.warning("shutdown: interrupting running jobs (%s)",
-                        "second signal" if forced else "SHUTDOWN_TIMEOUT passed")  # fmt: skip
+            log.warning(
+                "shutdown: interrupting running jobs (%s)",
+                "second signal" if forced else "SHUTDOWN_TIMEOUT passed",
+            )
             for process in alive:
                 _signal(process, signal.SIGUSR1)
             kill_at = time.monotonic() + constants.FORCE_KILL_GRACE
             if not _wait_exit(alive, lambda: time.monotonic() >= kill_at):
                 for process in alive:
                     _signal(process, signal.SIGKILL)
-        for index, process in enumerate(self.processes):
-            if process is not None:
-                process.join(1)
-                if process.exitcode == -signal.SIGKILL:  # it died holding jobs: put them back
+        for index, child in enumerate(self.processes):
+            if child is not None:
+                child.join(1)
+                if child.exitcode == -signal.SIGKILL:  # it died holding jobs: put them back
                     self._recover(self.names[index], "interrupted")
         return constants.EXIT_FORCED if forced else constants.EXIT_OK
 
