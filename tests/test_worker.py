@@ -243,3 +243,29 @@ def test_second_signal_forces_the_stop(
     worker.signal(signals[1])
     assert worker.wait(10) == constants.EXIT_FORCED
     assert status_of(queue_redis, job_id) == "queued"
+
+
+def test_worker_started_before_redis_waits_unready_then_consumes(
+    start_service: Start, tmp_path: Path
+) -> None:
+    from service.embedded_redis import EmbeddedRedis, free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+    worker = start_service(
+        worker=True, WORKER_CONCURRENCY="1", QUEUE_REDIS_URL=f"{url}/1", REDIS_URL=f"{url}/0"
+    )
+    assert http("GET", f"{worker.url}/ready")[0] == 503
+    assert http("GET", f"{worker.url}/health")[0] == 200  # alive: no crash loop
+    server = EmbeddedRedis()
+    server.port = port
+    server.start()
+    try:
+        wait_for(lambda: http("GET", f"{worker.url}/ready")[0] == 200, timeout=15)
+        client = redis.Redis.from_url(f"{url}/1")
+        job_id = publish(url, "noop")
+        wait_status(client, job_id, "finished")
+        client.close()
+    finally:
+        worker.stop()
+        server.stop()
