@@ -139,20 +139,24 @@ return {counts.ok, counts.failed, counts.retried, counts.interrupted}
 
 # Jobs whose worker is gone. KEYS: started registry. ARGV: now_iso, now, result_ttl,
 # failure_ttl, owner ('' = every entry whose heartbeat expired), mode (lost|interrupted),
-# max crashes, exc (b64 zlib text for a lost worker).
-# A lost job counts as a failed attempt; past MAX_CRASHES it fails whatever its retries.
+# max crashes, exc (b64 zlib text for a lost worker), current (the job the dead process was
+# running, '' if unknown).
+# lost: the running job is re-delivered (not counted against its retries) until it has
+# crashed its worker MAX_CRASHES times, then failed; the dead process's other claimed jobs never
+# started and go back to the head of the queue. interrupted: all go back to the head.
 RECOVER = (
     _TRANSITIONS
     + """
 local now_iso, now, failure_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local owner, mode, max_crashes, exc = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local current = ARGV[9]
 local members
 if owner == '' then
   members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 else
   members = redis.call('ZRANGE', KEYS[1], 0, -1)
 end
-local counts = {failed = 0, retried = 0, interrupted = 0}
+local counts = {failed = 0, redelivered = 0, interrupted = 0}
 for _, member in ipairs(members) do
   local id = string.match(member, '^[^:]+')
   local jk = 'rq:job:' .. id
@@ -160,17 +164,21 @@ for _, member in ipairs(members) do
   if owner == '' or who == owner then
     if redis.call('HGET', jk, 'status') ~= 'started' then
       redis.call('ZREM', KEYS[1], member)
-    elseif mode == 'interrupted' then
+    elseif mode == 'interrupted' or (current ~= '' and id ~= current) then
       counts.interrupted = counts.interrupted + interrupt(id, member)
+    elseif redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
+      redis.call('HSET', jk, 'retries_left', 0)
+      fail(id, member, who or '', exc, ARGV[2], ARGV[2], now_iso, now, failure_ttl)
+      counts.failed = counts.failed + 1
     else
-      if redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
-        redis.call('HSET', jk, 'retries_left', 0)
-      end
-      local r = fail(id, member, who or '', exc, ARGV[2], ARGV[2], now_iso, now, failure_ttl)
-      counts[r] = counts[r] + 1
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
+      redis.call('RPUSH', 'rq:queue:' .. queue_of(jk), id)
+      add_result(id, '4', who or '', 'exc_string', exc, member, ARGV[2], ARGV[2], failure_ttl)
+      counts.redelivered = counts.redelivered + 1
     end
   end
 end
-return {counts.failed, counts.retried, counts.interrupted}
+return {counts.failed, counts.redelivered, counts.interrupted}
 """
 )

@@ -6,6 +6,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+import orjson
 import pytest
 import redis
 
@@ -43,3 +44,17 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     assert response.startswith(b"HTTP/1.1 202")
     assert api.wait(15) == 0
     assert queue_redis.llen("rq:queue:app-queue") == 1
+
+
+def test_json_logs_at_the_configured_level(
+    start_service: Callable[..., ServiceProcess],
+) -> None:
+    api = start_service(LOG_FORMAT="json", LOG_LEVEL="WARNING")
+    api.stop()
+    quiet = api.output
+    assert "startup complete" not in quiet  # INFO lines are filtered out
+    api = start_service(LOG_FORMAT="json", LOG_LEVEL="INFO")
+    api.stop()
+    lines = [orjson.loads(line) for line in api.output.splitlines() if line.strip()]
+    assert any(entry["message"].startswith("API: ") for entry in lines)
+    assert {"time", "level", "logger", "message"} <= set(lines[0])

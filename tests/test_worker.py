@@ -269,3 +269,42 @@ def test_worker_started_before_redis_waits_unready_then_consumes(
     finally:
         worker.stop()
         server.stop()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_batch_size_and_queue_name_shape_what_a_process_claims(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, batch_size: int
+) -> None:
+    # Given 40 quick jobs waiting on a custom queue
+    ids = [publish(redis_url, "noop", queue="custom") for _ in range(40)]
+    # When one worker process with WORKER_BATCH_SIZE drains it
+    start_service(
+        worker=True, WORKER_CONCURRENCY="1", WORKER_BATCH_SIZE=str(batch_size), QUEUE_NAME="custom"
+    )
+    wait_for(lambda: all(status_of(queue_redis, i) == "finished" for i in ids))
+    # Then each claim held at most WORKER_BATCH_SIZE jobs (the execution id ends in x<index>)
+    executions = [queue_redis.xrange(constants.result_key(i))[0][1][b"execution_id"] for i in ids]
+    positions = {int(e.rsplit(b"x", 1)[1]) for e in executions}
+    assert max(positions) == batch_size
+
+
+def test_a_killed_process_blames_only_the_job_it_was_running(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    # Given a batch claimed by one process: warm-up jobs make claims grow to their cap,
+    # so the blocking job and the echo jobs behind it are claimed together
+    warm_up = [publish(redis_url, "noop") for _ in range(60)]
+    blocking = publish(redis_url, "test.block", {"key": "release"})
+    behind = [publish(redis_url, "echo", {"n": n}) for n in range(10)]
+    start_service(worker=True, WORKER_CONCURRENCY="1")
+    wait_for(lambda: app_redis.llen("started") == 1)
+    assert all(status_of(queue_redis, i) == "started" for i in behind)  # claimed, not run
+    # When the process dies mid-job
+    os.kill(worker_pid_of(queue_redis, blocking), signal.SIGKILL)
+    app_redis.set("release", 1)
+    # Then every job finishes; only the running one counts a crash and a second attempt
+    wait_for(lambda: all(status_of(queue_redis, i) == "finished" for i in [blocking, *behind]))
+    assert queue_redis.hmget(constants.job_key(blocking), "attempts", "crashes") == [b"2", b"1"]
+    for job_id in behind:
+        assert queue_redis.hmget(constants.job_key(job_id), "attempts", "crashes") == [b"1", None]
+    assert all(status_of(queue_redis, i) == "finished" for i in warm_up)

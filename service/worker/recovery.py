@@ -18,11 +18,14 @@ def recover(
     *,
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
+    current: str = "",
 ) -> list[int]:
     """Recover the started jobs of `owner`, or (owner '') those whose heartbeat expired.
 
-    lost: counts as a failed attempt (retried while retries and MAX_CRASHES allow).
-    interrupted: back at the head of the queue, not counted. Returns [failed, retried, interrupted].
+    lost: the job `current` (or, if unknown, every job) is re-delivered until MAX_CRASHES, then
+    failed; the owner's other jobs never started and go back to the head of the queue.
+    interrupted: all back at the head of the queue, not counted as attempts.
+    Returns [failed, redelivered, interrupted].
     """
     now = time.time()
     script = client.register_script(scripts.RECOVER)
@@ -37,6 +40,7 @@ def recover(
             mode,
             constants.MAX_CRASHES,
             jobs.encode_exc_string(LOST_REASON),
+            current,
         ],
     )
     return counts

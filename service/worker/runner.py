@@ -223,7 +223,7 @@ class Worker:
             spec = self.registry.get(job_type)
             timeout = claimed.timeout if claimed.timeout > 0 else spec.timeout
             ctx = JobContext(claimed.id, job_type, self.queue, claimed.attempt, self.app_redis)
-            self.slot.busy(timeout)
+            self.slot.busy(timeout, claimed.id)
             call = self._call_isolated if spec.isolated else self._call
             value = call(spec.handler, spec.validate(payload), ctx, timeout)
             outcome, encoded = "ok", (b"" if value is None else jobs.encode_return_value(value))

@@ -13,15 +13,18 @@ from typing import Any
 # Field offsets inside a slot.
 TICK, DEADLINE, READY, FINISHED, FAILED, RETRIED, INTERRUPTED = range(7)
 WIDTH = 7
+JOB_ID_BYTES = 64  # room for the running job's id (ours are 32 hex characters)
 COUNTERS = {"finished": FINISHED, "failed": FAILED, "retried": RETRIED, "interrupted": INTERRUPTED}
 
 
 class Slot:
     """One worker process's view of its own slot."""
 
-    def __init__(self, array: Any, index: int) -> None:
+    def __init__(self, array: Any, job_ids: Any, index: int) -> None:
         self._array = array
         self._base = index * WIDTH
+        self._job_ids = job_ids
+        self._id_base = index * JOB_ID_BYTES
 
     def _set(self, field: int, value: float) -> None:
         self._array[self._base + field] = value
@@ -33,14 +36,22 @@ class Slot:
         """The main loop is alive (monotonic clocks agree across processes on one host)."""
         self._set(TICK, time.monotonic())
 
-    def busy(self, timeout: float) -> None:
+    def busy(self, timeout: float, job_id: str) -> None:
         now = time.monotonic()
         self._set(TICK, now)
         self._set(DEADLINE, now + timeout)
+        encoded = job_id.encode()[:JOB_ID_BYTES].ljust(JOB_ID_BYTES, b"\0")
+        self._job_ids[self._id_base : self._id_base + JOB_ID_BYTES] = encoded
 
     def idle(self) -> None:
         self._set(DEADLINE, 0.0)
         self._set(TICK, time.monotonic())
+        self._job_ids[self._id_base] = b"\0"
+
+    def job_id(self) -> str:
+        """The job this process is running ('' between jobs): the one to blame if it dies."""
+        raw = bytes(self._job_ids[self._id_base : self._id_base + JOB_ID_BYTES])
+        return raw.split(b"\0", 1)[0].decode()
 
     def set_ready(self, ready: bool) -> None:
         self._set(READY, 1.0 if ready else 0.0)
@@ -53,15 +64,18 @@ class Slot:
         for field in (TICK, DEADLINE, READY):
             self._set(field, 0.0)
         self._set(TICK, time.monotonic())
+        self._job_ids[self._id_base] = b"\0"
 
 
 class Slots:
     def __init__(self, size: int) -> None:
-        self.array = multiprocessing.get_context("spawn").Array("d", size * WIDTH, lock=False)
+        context = multiprocessing.get_context("spawn")
+        self.array = context.Array("d", size * WIDTH, lock=False)
+        self.job_ids = context.Array("c", size * JOB_ID_BYTES, lock=False)
         self.size = size
 
     def __getitem__(self, index: int) -> Slot:
-        return Slot(self.array, index)
+        return Slot(self.array, self.job_ids, index)
 
     def totals(self) -> dict[str, int]:
         return {

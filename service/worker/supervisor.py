@@ -27,17 +27,17 @@ from service.settings import Settings
 from service.worker import recovery
 from service.worker.health import HealthServer
 from service.worker.runner import Worker, connect
-from service.worker.slots import DEADLINE, READY, TICK, Slot, Slots
+from service.worker.slots import DEADLINE, READY, TICK, Slots
 
 log = logging.getLogger("service.worker")
 _spawn = multiprocessing.get_context("spawn")
 
 
-def worker_main(settings: Settings, array: object, index: int, name: str) -> None:
+def worker_main(settings: Settings, slots: Slots, index: int, name: str) -> None:
     """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
     logs.configure(settings, f"worker-{index}")
     handlers = registry_module.load(settings.handler_modules)
-    worker = Worker(settings, handlers, Slot(array, index), settings.queue_name, name)
+    worker = Worker(settings, handlers, slots[index], settings.queue_name, name)
     raise SystemExit(worker.run())
 
 
@@ -98,7 +98,7 @@ class Supervisor:
         self.names[index] = f"{self.prefix}.{index}.{self.restarts[index]}"
         process = _spawn.Process(
             target=worker_main,
-            args=(self.settings, self.slots.array, index, self.names[index]),
+            args=(self.settings, self.slots, index, self.names[index]),
             name=f"worker-{index}",
             daemon=True,
         )
@@ -116,7 +116,7 @@ class Supervisor:
                 if process is not None and not process.is_alive() and not self.signals:
                     self._replace(index, process)
             if time.monotonic() >= next_housekeeping:
-                self._housekeeping()
+                self._recover()
                 next_housekeeping = time.monotonic() + self.settings.worker_processing_interval
 
     def _replace(self, index: int, process: BaseProcess) -> None:
@@ -128,7 +128,7 @@ class Supervisor:
             process.pid,
             process.exitcode,
         )
-        self._recover(self.names[index], "lost")
+        self._recover(self.names[index], "lost", self.slots[index].job_id())
         delay = min(constants.RESTART_BACKOFF_MAX, 0.1 * 2 ** min(self.restarts[index] - 1, 7))
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and not self.signals:
@@ -136,37 +136,32 @@ class Supervisor:
         if not self.signals:
             self._start(index)
 
-    def _recover(self, name: str, mode: Literal["lost", "interrupted"]) -> None:
-        """Put back the jobs a dead worker process held, and drop its registration."""
+    def _recover(
+        self, name: str = "", mode: Literal["lost", "interrupted"] = "lost", current: str = ""
+    ) -> None:
+        """Put back the jobs a dead worker process held (name), or those of any worker whose
+        heartbeat expired (no name: its whole container died), and prune dead registrations."""
         try:
-            failed, retried, interrupted = recovery.recover(
-                self.redis, self.settings.queue_name, owner=name, mode=mode
+            failed, redelivered, interrupted = recovery.recover(
+                self.redis, self.settings.queue_name, owner=name, mode=mode, current=current
             )
-            self.redis.delete(constants.worker_key(name))
+            if name:
+                self.redis.delete(constants.worker_key(name))
             recovery.prune_workers(self.redis, self.settings.queue_name)
         except redis.RedisError as exc:
-            log.warning("could not recover the jobs of worker %s: %s", name, exc)
+            log.warning("recovery skipped, Redis unavailable: %s", exc)
             return
-        self.lost_jobs += retried + interrupted
-        if failed or retried or interrupted:
+        self.lost_jobs += redelivered + interrupted
+        if failed or redelivered or interrupted:
             log.warning(
-                "worker %s: %d jobs re-queued, %d failed past their retries",
-                name,
-                retried + interrupted,
+                "jobs of lost worker %s: %d re-delivered, %d never started and re-queued, "
+                "%d failed after %d crashes",
+                name or "(heartbeat expired)",
+                redelivered,
+                interrupted,
                 failed,
+                constants.MAX_CRASHES,
             )
-
-    def _housekeeping(self) -> None:
-        """Jobs of workers that died with their container, and stale registrations."""
-        try:
-            failed, retried, _ = recovery.recover(self.redis, self.settings.queue_name)
-            recovery.prune_workers(self.redis, self.settings.queue_name)
-        except redis.RedisError as exc:
-            log.warning("housekeeping skipped, Redis unavailable: %s", exc)
-            return
-        if failed or retried:
-            log.warning("recovered jobs of lost workers: %d re-queued, %d failed", retried, failed)
-            self.lost_jobs += retried
 
     def _shut_down(self) -> int:
         """Stop taking jobs; let running ones finish within SHUTDOWN_TIMEOUT; then interrupt.
