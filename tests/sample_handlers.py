@@ -70,3 +70,14 @@ def crash_isolated(payload: Key, ctx: JobContext) -> None:
 def pid_isolated(payload: Key, ctx: JobContext) -> int:
     """Returns the pid it ran in."""
     return os.getpid()
+
+
+@job("test.swallow", timeout=1)
+def swallow(payload: Key, ctx: JobContext) -> None:
+    """Runs past its timeout while catching every Exception: the timeout must still win."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except Exception:  # noqa: BLE001, S110 - the point of this handler
+            pass

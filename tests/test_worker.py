@@ -98,11 +98,12 @@ def test_a_job_out_of_retries_fails(
     assert queue_redis.hget(constants.job_key(job_id), "attempts") == b"3"
 
 
+@pytest.mark.parametrize("job_type", ["test.slow", "test.swallow"])
 def test_a_job_past_its_timeout_is_stopped_and_failed(
-    start_service: Start, redis_url: str, queue_redis: redis.Redis
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, job_type: str
 ) -> None:
     start_service(worker=True, WORKER_CONCURRENCY="1")
-    job_id = publish(redis_url, "test.slow", {"key": "x"}, timeout=1)
+    job_id = publish(redis_url, job_type, {"key": "x"}, timeout=1)
     wait_status(queue_redis, job_id, "failed", timeout=10)
     assert "JobTimeout" in fetch(queue_redis, job_id).latest_result().exc_string
 
@@ -112,12 +113,14 @@ def test_unknown_type_fails_at_once_without_retry(
 ) -> None:
     start_service(worker=True, WORKER_CONCURRENCY="1")
     ghost = publish(redis_url, "ghost.type", {}, max_retries=5)
-    bad_payload = publish(redis_url, "sleep", {"seconds": "soon"})
+    bad_payload = publish(redis_url, "sleep", {"seconds": "soon"}, max_retries=3)
     wait_status(queue_redis, ghost, "failed")
     wait_status(queue_redis, bad_payload, "failed")
     assert queue_redis.hget(constants.job_key(ghost), "attempts") == b"1"
     assert "UnknownJobType" in fetch(queue_redis, ghost).latest_result().exc_string
-    assert "PayloadInvalid" in fetch(queue_redis, bad_payload).latest_result().exc_string
+    error = fetch(queue_redis, bad_payload).latest_result().exc_string
+    assert error.startswith("PayloadInvalid: 1 payload error(s): seconds: Input should be")
+    assert queue_redis.hget(constants.job_key(bad_payload), "attempts") == b"1"
 
 
 def test_killed_worker_process_job_runs_again_and_the_process_is_replaced(

@@ -24,7 +24,7 @@ import redis
 
 from service import constants, jobs, scripts
 from service.context import JobContext
-from service.registry import Registry, UnknownJobType
+from service.registry import PayloadInvalid, Registry, UnknownJobType
 from service.settings import RedisTarget, Settings
 from service.worker import recovery
 from service.worker.slots import Slot
@@ -32,8 +32,9 @@ from service.worker.slots import Slot
 log = logging.getLogger("service.worker")
 
 
-class JobTimeout(Exception):
-    """The job ran past its timeout."""
+class JobTimeout(BaseException):
+    """The job ran past its timeout. A BaseException, so a handler's `except Exception` cannot
+    swallow it."""
 
 
 class Interrupted(BaseException):
@@ -217,7 +218,7 @@ class Worker:
     def _execute(self, claimed: Claimed) -> list[Any]:
         """Run one job; return its COMPLETE args: outcome, id, member, value, started, ended."""
         started = time.time()
-        job_type = "?"
+        job_type, timeout = "?", claimed.timeout
         try:
             job_type, payload = jobs.decode_data(claimed.data)
             spec = self.registry.get(job_type)
@@ -229,13 +230,16 @@ class Worker:
             outcome, encoded = "ok", (b"" if value is None else jobs.encode_return_value(value))
         except Interrupted:
             outcome, encoded = "interrupt", b""
-        except UnknownJobType as exc:
-            outcome, encoded = "fail", jobs.encode_exc_string(f"UnknownJobType: {exc}")
+        except (UnknownJobType, PayloadInvalid) as exc:  # would fail again: no retry
+            text = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, PayloadInvalid):
+                text += ": " + "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
+            outcome, encoded = "fail", jobs.encode_exc_string(text)
             self._no_retry(claimed)
         except IsolatedJobFailed as exc:
             outcome, encoded = "fail", jobs.encode_exc_string(str(exc))
         except JobTimeout:
-            text = f"JobTimeout: job exceeded its timeout of {claimed.timeout:g}s"
+            text = f"JobTimeout: job exceeded its timeout of {timeout:g}s"
             outcome, encoded = "fail", jobs.encode_exc_string(text)
         except Exception:  # noqa: BLE001 - a handler's failure, whatever it is, is the job's outcome
             outcome, encoded = "fail", jobs.encode_exc_string(traceback.format_exc())
