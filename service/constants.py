@@ -39,8 +39,16 @@ QUEUES_KEY: Final = "rq:queues"  # set of queue keys
 WORKERS_KEY: Final = "rq:workers"  # set of worker keys
 
 
+WAKE_TOKENS_MAX: Final = 100  # wake-up tokens kept per queue (hints for idle workers)
+
+
 def queue_key(queue: str) -> str:
     return f"rq:queue:{queue}"
+
+
+def wake_key(queue: str) -> str:
+    """Wake-up tokens: one pushed per job, popped by an idle worker (ours, not RQ's)."""
+    return f"rq:wake:{queue}"
 
 
 def job_key(job_id: str) -> str:

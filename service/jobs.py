@@ -11,6 +11,7 @@ import contextlib
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,13 +38,9 @@ def utc_iso(timestamp: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def encode_data(job_type: str, payload: Any) -> bytes:
-    """RQ's `data` field: zlib(JSON [func_name, instance, args, kwargs]); the payload is args[0]."""
-    return zlib.compress(orjson.dumps([job_type, None, [payload], {}]))
-
-
 def decode_data(data: bytes) -> tuple[str, Any]:
-    """(job type, payload) from a `data` field; never unpickles."""
+    """(job type, payload) from RQ's `data` field, JSON [func_name, instance, args, kwargs],
+    zlib-compressed or not (RQ writes it compressed when it saves a job); never unpickles."""
     with contextlib.suppress(zlib.error):  # RQ also accepts uncompressed data
         data = zlib.decompress(data)
     func_name, _instance, args, _kwargs = orjson.loads(data)
@@ -61,23 +58,18 @@ class NewJob:
     timeout: int
     max_retries: int
 
-    def fields(self, now: float) -> dict[str, bytes | str | int | float]:
-        """The job hash fields, as RQ's `Queue.enqueue` writes them with a JSON serializer."""
-        stamp = utc_iso(now)
-        fields: dict[str, bytes | str | int | float] = {
-            "status": "queued",
-            "created_at": stamp,
-            "enqueued_at": stamp,
-            "data": encode_data(self.type, self.payload),
-            "origin": self.queue,
-            "description": self.type,
-            "timeout": self.timeout,
-            "result_ttl": constants.RESULT_TTL,
-            "failure_ttl": constants.FAILURE_TTL,
-            "attempts": 0,
-            "retries_left": self.max_retries,
-        }
-        return fields
+
+def publish_args(batch: Sequence[NewJob], now: float) -> list[str | bytes | int]:
+    """ARGV for the PUBLISH script: shared values once, then six per job.
+
+    `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
+    nothing from zlib.
+    """
+    args: list[str | bytes | int] = [utc_iso(now), constants.RESULT_TTL, constants.FAILURE_TTL]
+    for job in batch:
+        data = orjson.dumps([job.type, None, [job.payload], {}])
+        args += [job.id, job.queue, job.type, data, job.timeout, job.max_retries]
+    return args
 
 
 def encode_return_value(value: Any) -> bytes:

@@ -7,9 +7,24 @@ job hash `rq:job:<id>`, queue list `rq:queue:<q>`, started registry `rq:wip:<q>`
 
 from __future__ import annotations
 
+from service import constants
+
+# Every push onto a queue also leaves a wake-up token in `rq:wake:<q>`, where idle workers
+# block (BLPOP): one token wakes one worker, not all of them. Tokens are only hints; the
+# queue list is the truth, and a worker that finds nothing goes back to waiting.
+_PUSH = f"""
+local function push(q, id, front)
+  redis.call(front and 'LPUSH' or 'RPUSH', 'rq:queue:' .. q, id)
+  redis.call('LPUSH', 'rq:wake:' .. q, 1)
+  redis.call('LTRIM', 'rq:wake:' .. q, 0, {constants.WAKE_TOKENS_MAX - 1})
+end
+"""
+
 # Shared helpers, prepended to every script that changes a job's state after it started.
 # ARGV conventions for them: now_iso, now (int seconds), result_ttl, failure_ttl.
-_TRANSITIONS = """
+_TRANSITIONS = (
+    _PUSH
+    + """
 local function queue_of(jk) return redis.call('HGET', jk, 'origin') end
 
 local function add_result(id, kind, worker, field, value, exec, t0, t1, ttl)
@@ -43,7 +58,7 @@ local function fail(id, member, worker, exc, t0, t1, now_iso, now, ttl)
   if left > 0 then
     redis.call('HSET', jk, 'status', 'queued', 'retries_left', left - 1, 'worker_name', '',
       'enqueued_at', now_iso)
-    redis.call('RPUSH', 'rq:queue:' .. q, id)
+    push(q, id, false)
     add_result(id, '4', worker, 'exc_string', exc, member, t0, t1, ttl)
     return 'retried'
   end
@@ -62,33 +77,34 @@ local function interrupt(id, member)
   if redis.call('HGET', jk, 'status') ~= 'started' then return 0 end
   redis.call('HINCRBY', jk, 'attempts', -1)
   redis.call('HSET', jk, 'status', 'queued', 'worker_name', '')
-  redis.call('LPUSH', 'rq:queue:' .. q, id)
+  push(q, id, true)
   return 1
 end
 """
+)
 
-# KEYS: rq:queues. ARGV: field count F, F field names, then per job: id, queue, F values.
-PUBLISH = """
-local nf = tonumber(ARGV[1])
+# KEYS: rq:queues. ARGV: now_iso, result_ttl, failure_ttl, then per job: id, queue, type,
+# data, timeout, retries_left. Writes the job hash as RQ's enqueue does, then pushes it.
+PUBLISH = (
+    _PUSH
+    + """
+local now_iso, result_ttl, failure_ttl = ARGV[1], ARGV[2], ARGV[3]
 local seen = {}
-local i = nf + 2
-while i <= #ARGV do
+for i = 4, #ARGV, 6 do
   local id, q = ARGV[i], ARGV[i + 1]
-  local args = {}
-  for f = 1, nf do
-    args[2 * f - 1] = ARGV[1 + f]
-    args[2 * f] = ARGV[i + 1 + f]
-  end
-  redis.call('HSET', 'rq:job:' .. id, unpack(args))
-  redis.call('RPUSH', 'rq:queue:' .. q, id)
+  redis.call('HSET', 'rq:job:' .. id, 'status', 'queued', 'created_at', now_iso,
+    'enqueued_at', now_iso, 'data', ARGV[i + 3], 'origin', q, 'description', ARGV[i + 2],
+    'timeout', ARGV[i + 4], 'result_ttl', result_ttl, 'failure_ttl', failure_ttl,
+    'attempts', 0, 'retries_left', ARGV[i + 5])
+  push(q, id, false)
   if not seen[q] then
     redis.call('SADD', KEYS[1], 'rq:queue:' .. q)
     seen[q] = true
   end
-  i = i + nf + 2
 end
-return (#ARGV - nf - 1) / (nf + 2)
+return (#ARGV - 3) / 6
 """
+)
 
 # KEYS: queue, started registry. ARGV: count, worker name, now_iso, registry score, execution
 # id prefix. Returns per claimed job: id, member, data, timeout, attempt.
@@ -173,7 +189,7 @@ for _, member in ipairs(members) do
     else
       redis.call('ZREM', KEYS[1], member)
       redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
-      redis.call('RPUSH', 'rq:queue:' .. queue_of(jk), id)
+      push(queue_of(jk), id, false)
       add_result(id, '4', who or '', 'exc_string', exc, member, ARGV[2], ARGV[2], failure_ttl)
       counts.redelivered = counts.redelivered + 1
     end

@@ -33,12 +33,7 @@ class Store:
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script)."""
-        now = time.time()
-        rows = [job.fields(now) for job in batch]
-        names = list(rows[0])
-        args: list[Any] = [len(names), *names]
-        for job, row in zip(batch, rows, strict=True):
-            args += [job.id, job.queue, *row.values()]
+        args = jobs.publish_args(batch, time.time())
         await self._publish(keys=[constants.QUEUES_KEY], args=args)
 
     async def job(self, job_id: str) -> dict[str, Any] | None:

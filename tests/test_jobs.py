@@ -9,16 +9,26 @@ import fakeredis
 import orjson
 import pytest
 from rq.job import Job
+from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service import jobs
+from service import constants, jobs, scripts
 
 
-def test_data_round_trips_and_matches_rqs_layout() -> None:
-    data = jobs.encode_data("email.send", {"to": "a@b.c"})
+def published(batch: list[jobs.NewJob]) -> fakeredis.FakeRedis:
+    """Run the real PUBLISH script (fakeredis runs Lua) and return the Redis it wrote."""
+    client = fakeredis.FakeRedis()
+    publish = client.register_script(scripts.PUBLISH)
+    assert publish(keys=[constants.QUEUES_KEY], args=jobs.publish_args(batch, 1.8e9)) == len(batch)
+    return client
+
+
+def test_data_is_rqs_layout_and_round_trips() -> None:
+    job = jobs.NewJob("j1", "email.send", "mail", {"to": "a@b.c"}, 30, 0)
+    data = published([job]).hget("rq:job:j1", "data")
+    assert data == b'["email.send",null,[{"to":"a@b.c"}],{}]'
     assert jobs.decode_data(data) == ("email.send", {"to": "a@b.c"})
-    assert zlib.decompress(data) == b'["email.send",null,[{"to":"a@b.c"}],{}]'
-    assert jobs.decode_data(b'["noop",null,[{}],{}]') == ("noop", {})  # uncompressed, as RQ allows
+    assert jobs.decode_data(zlib.compress(data)) == ("email.send", {"to": "a@b.c"})  # as RQ saves
 
 
 def test_pickled_data_is_refused() -> None:
@@ -27,15 +37,18 @@ def test_pickled_data_is_refused() -> None:
         jobs.decode_data(data)
 
 
-def test_rq_reads_a_job_hash_we_write() -> None:
-    client = fakeredis.FakeRedis()
-    job = jobs.NewJob(jobs.new_id(), "echo", "app-queue", {"x": 1}, 30, 2)
-    client.hset(f"rq:job:{job.id}", mapping=job.fields(1_800_000_000.0))
-    fetched = Job.fetch(job.id, connection=client, serializer=JSONSerializer)
+def test_rq_reads_the_jobs_we_publish() -> None:
+    batch = [jobs.NewJob(jobs.new_id(), "echo", "app-queue", {"x": n}, 30, 2) for n in range(3)]
+    client = published(batch)
+    assert Queue("app-queue", connection=client).job_ids == [job.id for job in batch]
+    assert [q.name for q in Queue.all(connection=client)] == ["app-queue"]
+    fetched = Job.fetch(batch[1].id, connection=client, serializer=JSONSerializer)
     assert fetched.get_status() == "queued"
     assert (fetched.func_name, fetched.args, fetched.timeout) == ("echo", [{"x": 1}], 30)
-    assert fetched.retries_left == 2
-    assert fetched.enqueued_at is not None and fetched.enqueued_at.year == 2027
+    assert (fetched.retries_left, fetched.result_ttl) == (2, constants.RESULT_TTL)
+    assert fetched.enqueued_at is not None
+    assert fetched.enqueued_at.year == 2027
+    assert client.llen(constants.wake_key("app-queue")) == 3  # one wake-up token per job
 
 
 def test_result_entries_decode() -> None:

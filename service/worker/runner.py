@@ -1,8 +1,8 @@
 """One worker process: claim a batch of jobs, run their handlers, record the outcomes.
 
 Round trips per batch, whatever its size: one CLAIM script, one COMPLETE script. When the
-queue is empty the process blocks on `BLMOVE q q LEFT LEFT`, which wakes on the first push
-without taking the job out of the list, so a crash while waiting can lose nothing.
+queue is empty the process blocks on the queue's wake-up tokens: the job ids never leave the
+queue list except inside the CLAIM script, so a crash while waiting can lose nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Interrupted(BaseException):
 def connect(target: RedisTarget) -> redis.Redis:
     return redis.Redis.from_url(
         target.url,
-        socket_timeout=constants.REDIS_SOCKET_TIMEOUT + 1,  # above the longest BLMOVE wait
+        socket_timeout=constants.REDIS_SOCKET_TIMEOUT + 1,  # above the longest BLPOP wait
         socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
         health_check_interval=30,
     )
@@ -146,9 +146,11 @@ class Worker:
             time.sleep(min(0.05, seconds))
 
     def _wait(self) -> None:
-        key = constants.queue_key(self.queue)
-        # Redis takes a fractional timeout; redis-py's annotation says int.
-        self.redis.blmove(key, key, WAIT_SECONDS, "LEFT", "LEFT")  # type: ignore[arg-type]
+        """Block until a wake-up token arrives (one job, one woken worker) or WAIT_SECONDS pass.
+
+        Jobs pushed by other tools leave no token: the timeout still finds them.
+        """
+        self.redis.blpop([constants.wake_key(self.queue)], WAIT_SECONDS)
 
     def _claim_batch(self) -> list[Claimed]:
         size = max(
