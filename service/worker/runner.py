@@ -124,10 +124,11 @@ class Worker:
         while not self.stopping:
             self.slot.tick()
             try:
-                batch = self._claim_batch()
+                size = self._claim_size()
+                batch = self._claim_batch(size)
                 if batch:
                     self._run_batch(batch)
-                else:
+                if len(batch) < size:  # the queue ran dry: wait for a token, skip an empty claim
                     self._wait()
                 backoff = 0.1
             except redis.RedisError as exc:
@@ -152,14 +153,12 @@ class Worker:
         """
         self.redis.blpop([constants.wake_key(self.queue)], WAIT_SECONDS)
 
-    def _claim_batch(self) -> list[Claimed]:
-        size = max(
-            1,
-            min(
-                self.settings.worker_batch_size,
-                int(constants.BATCH_TARGET_SECONDS / max(self._avg_seconds, 1e-6)),
-            ),
-        )
+    def _claim_size(self) -> int:
+        """As many jobs as run in about BATCH_TARGET_SECONDS, within 1..WORKER_BATCH_SIZE."""
+        fit = int(constants.BATCH_TARGET_SECONDS / max(self._avg_seconds, 1e-6))
+        return max(1, min(self.settings.worker_batch_size, fit))
+
+    def _claim_batch(self, size: int) -> list[Claimed]:
         self._exec_seq += 1
         rows = self._claim(
             keys=[constants.queue_key(self.queue), constants.registry_key("started", self.queue)],
