@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def main() -> None:
     wheel = next(f for f in release["urls"] if f["filename"].endswith(".whl"))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / wheel["filename"]
-        with urllib.request.urlopen(wheel["url"], timeout=120) as response:  # noqa: S310
+        url = urllib.parse.urljoin(INDEX, wheel["url"])  # mirrors answer with relative URLs
+        with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310
             path.write_bytes(response.read())
         # A pip wheel can run itself: python pip.whl/pip install pip.whl
         subprocess.run([sys.executable, f"{path}/pip", "install", "--quiet", str(path)], check=True)
