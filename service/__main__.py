@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.worker_mode:
         from service.worker import supervisor
 
-        return supervisor.run(settings)
+        return supervisor.run(settings, handlers)
     from service.api import server
 
     return server.run(settings, handlers)

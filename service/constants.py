@@ -24,7 +24,9 @@ REDIS_CONNECT_TIMEOUT: Final = 2.0
 DEFAULT_JOB_TIMEOUT: Final = 180  # seconds, as in RQ
 RESULT_TTL: Final = 24 * 3600  # seconds a finished job and its result stay readable
 FAILURE_TTL: Final = 7 * 24 * 3600  # seconds a failed job stays in the failed registry
-MAX_CRASHES: Final = 3  # a job that kills its worker this often fails instead of looping
+RESULTS_KEPT: Final = 30  # attempts kept in a job's results stream (RQ keeps 10)
+MIN_PROMOTE_WAIT: Final = 0.05  # seconds: housekeeping never spins faster than this
+PROMOTE_BATCH: Final = 1000  # most due scheduled jobs moved per queue per promotion
 JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
 
 # --- Worker -------------------------------------------------------------------------------
@@ -66,6 +68,11 @@ def registry_key(kind: str, queue: str) -> str:
 
 def worker_key(name: str) -> str:
     return f"rq:worker:{name}"
+
+
+def command_channel(worker: str) -> str:
+    """RQ's per-worker command channel (`stop-job` cancels a running job)."""
+    return f"rq:pubsub:{worker}"
 
 
 def queue_workers_key(queue: str) -> str:

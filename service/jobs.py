@@ -49,26 +49,41 @@ def decode_data(data: bytes) -> tuple[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A validated job, ready to publish."""
+    """A validated job, ready to publish, with every policy resolved (request, else type)."""
 
     id: str
     type: str
-    queue: str
+    queue: str  # the RQ queue, priority applied
     payload: Any
     timeout: int
     max_retries: int
+    backoff: str = ""  # the Backoff policy as JSON; '' retries at once
+    result_ttl: int = constants.RESULT_TTL
+    failure_ttl: int = constants.FAILURE_TTL
+    run_at: float | None = None  # epoch seconds: scheduled until then
 
 
-def publish_args(batch: Sequence[NewJob], now: float) -> list[str | bytes | int]:
-    """ARGV for the PUBLISH script: shared values once, then six per job.
+def publish_args(batch: Sequence[NewJob], now: float) -> list[str | bytes | int | float]:
+    """ARGV for the PUBLISH script: the time once, then ten values per job.
 
     `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
     nothing from zlib.
     """
-    args: list[str | bytes | int] = [utc_iso(now), constants.RESULT_TTL, constants.FAILURE_TTL]
+    args: list[str | bytes | int | float] = [utc_iso(now)]
     for job in batch:
         data = orjson.dumps([job.type, None, [job.payload], {}])
-        args += [job.id, job.queue, job.type, data, job.timeout, job.max_retries]
+        args += [
+            job.id,
+            job.queue,
+            job.type,
+            data,
+            job.timeout,
+            job.max_retries,
+            job.backoff,
+            job.result_ttl,
+            job.failure_ttl,
+            "" if job.run_at is None else job.run_at,
+        ]
     return args
 
 
@@ -80,15 +95,32 @@ def encode_exc_string(text: str) -> bytes:
     return base64.b64encode(zlib.compress(text[-constants.JOB_ERROR_MAX_CHARS :].encode()))
 
 
+RESULT_OUTCOMES = {1: "finished", 2: "failed", 3: "stopped", 4: "retried"}
+
+
 def decode_result_entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """One results-stream entry as {"type", "result"?, "error"?, "worker"}."""
-    entry: dict[str, Any] = {"type": int(fields.get(b"type", b"0")), "worker": ""}
-    entry["worker"] = fields.get(b"worker_name", b"").decode()
+    """One results-stream entry (one attempt) as the API shows it."""
+    kind = int(fields.get(b"type", b"0"))
+    reason = fields.get(b"reason", b"").decode()
+    entry: dict[str, Any] = {
+        "outcome": reason if kind == 3 and reason else RESULT_OUTCOMES.get(kind, "unknown"),
+        "reason": reason or None,
+        "worker": fields.get(b"worker_name", b"").decode() or None,
+        "started_at": _stamp(fields.get(b"execution_started_at")),
+        "ended_at": _stamp(fields.get(b"execution_ended_at")),
+    }
     if b"return_value" in fields:
         entry["result"] = orjson.loads(base64.b64decode(fields[b"return_value"]))
     if b"exc_string" in fields:
         entry["error"] = zlib.decompress(base64.b64decode(fields[b"exc_string"])).decode()
     return entry
+
+
+def _stamp(raw: bytes | None) -> str | None:
+    try:
+        return utc_iso(float(raw)) if raw else None
+    except ValueError:
+        return None
 
 
 def error_summary(traceback_text: str) -> str:
@@ -98,31 +130,47 @@ def error_summary(traceback_text: str) -> str:
 
 
 def describe(
-    job_id: str, fields: dict[bytes, bytes], latest: dict[str, Any] | None
+    job_id: str, fields: dict[bytes, bytes], history: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The public view of a job, as GET /jobs/{id} returns it."""
+    """The public view of a job, as GET /jobs/{id} returns it. `history`: oldest attempt first."""
 
     def text(name: str) -> str | None:
         value = fields.get(name.encode())
         return value.decode() if value else None
 
     job_type, _payload = decode_data(fields[b"data"]) if b"data" in fields else ("", None)
+    status = text("status")
     view: dict[str, Any] = {
         "id": job_id,
         "type": job_type,
         "queue": text("origin"),
-        "status": text("status"),
+        "status": status,
         "attempts": int(fields.get(b"attempts", b"0") or 0),
         "retries_left": int(fields.get(b"retries_left", b"0") or 0),
+        "crashes": int(fields.get(b"crashes", b"0") or 0),
         "created_at": text("created_at"),
         "enqueued_at": text("enqueued_at"),
         "started_at": text("started_at"),
         "ended_at": text("ended_at"),
+        "run_at": utc_iso(float(fields[b"run_at"])) if status == "scheduled" else None,
         "worker": text("worker_name"),
+        "progress": None,
         "result": None,
         "error": None,
+        "history": [],
     }
-    if latest is not None:
+    if b"progress" in fields:
+        view["progress"] = orjson.loads(fields[b"progress"])
+    for entry in history:
+        view["history"].append(
+            {
+                k: (error_summary(v) if k == "error" else v)
+                for k, v in entry.items()
+                if k != "result"
+            }
+        )
+    if history:
+        latest = history[-1]
         view["result"] = latest.get("result")
         if "error" in latest:
             view["error"] = error_summary(latest["error"])

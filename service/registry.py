@@ -26,8 +26,12 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from service import constants
+from service import constants, queues
 from service.context import JobContext
+from service.policy import Backoff
+from service.queues import Priority
+
+DEFAULT_BACKOFF = Backoff()
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 
@@ -71,6 +75,10 @@ class JobType:
     timeout: int  # whole seconds (RQ's format); the job is stopped and failed past it
     max_retries: int  # re-runs after a failure, as in RQ's Retry(max=...)
     isolated: bool  # run each job in a forked child, for handlers that leak or crash
+    backoff: Backoff = DEFAULT_BACKOFF  # the wait before each retry
+    priority: Priority = "default"
+    result_ttl: int = constants.RESULT_TTL  # seconds a finished job and its result are kept
+    failure_ttl: int = constants.FAILURE_TTL  # seconds a failed (dead) job is kept
 
     def validate(self, payload: Any) -> BaseModel:
         try:
@@ -105,6 +113,10 @@ class Registry:
         timeout: int = constants.DEFAULT_JOB_TIMEOUT,
         max_retries: int = 0,
         isolated: bool = False,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        priority: Priority = "default",
+        result_ttl: int = constants.RESULT_TTL,
+        failure_ttl: int = constants.FAILURE_TTL,
     ) -> Callable[[H], H]:
         """Register the decorated function as the handler of job type `name`.
 
@@ -119,11 +131,25 @@ class Registry:
             raise ValueError(
                 f"job type {name!r}: timeout must be whole seconds > 0, max_retries >= 0"
             )
+        if queue is not None and not queues.valid_base(queue):
+            raise ValueError(f"job type {name!r}: queue {queue!r} must be a plain name")
+        if result_ttl <= 0 or failure_ttl <= 0:
+            raise ValueError(f"job type {name!r}: result_ttl and failure_ttl must be > 0")
 
         def register(handler: H) -> H:
             schema = payload or _payload_model(handler)
             self._types[name] = JobType(
-                name, handler, schema, queue, timeout, max_retries, isolated
+                name,
+                handler,
+                schema,
+                queue,
+                timeout,
+                max_retries,
+                isolated,
+                backoff,
+                priority,
+                result_ttl,
+                failure_ttl,
             )
             return handler
 

@@ -1,8 +1,9 @@
 """Every job state transition, as a Lua script: each runs atomically in one round trip.
 
-The scripts write RQ 3's data model (see `jobs.py` and README "Redis data model"):
-job hash `rq:job:<id>`, queue list `rq:queue:<q>`, started registry `rq:wip:<q>` holding
-`<id>:<execution id>`, finished/failed registries, and the results stream `rq:results:<id>`.
+The scripts write RQ 3's data model (see `jobs.py` and README "Redis data model"): job hash
+`rq:job:<id>`, queue list `rq:queue:<q>`, started registry `rq:wip:<q>` holding
+`<id>:<execution id>`, scheduled/finished/failed/canceled registries, and the results stream
+`rq:results:<id>`, one entry per attempt, with the reason it ended.
 """
 
 from __future__ import annotations
@@ -20,181 +21,253 @@ local function push(q, id, front)
 end
 """
 
-# Shared helpers, prepended to every script that changes a job's state after it started.
-# ARGV conventions for them: now_iso, now (int seconds), result_ttl, failure_ttl.
+# Shared by the scripts that end an attempt. `now` is epoch seconds, `now_iso` RQ's format.
 _TRANSITIONS = (
     _PUSH
-    + """
-local function queue_of(jk) return redis.call('HGET', jk, 'origin') end
+    + f"""
+local function ttl_of(jk, field, default)
+  return tonumber(redis.call('HGET', jk, field) or default) or default
+end
 
-local function add_result(id, kind, worker, field, value, exec, t0, t1, ttl)
+local function failure_ttl(jk) return ttl_of(jk, 'failure_ttl', {constants.FAILURE_TTL}) end
+
+-- One results-stream entry per attempt: RQ's Result (type 1 ok, 2 failed, 3 stopped,
+-- 4 retried) plus `reason`: exception, timeout, worker_lost, interrupted or canceled.
+local function add_result(id, kind, reason, worker, field, value, exec, t0, t1, ttl)
   local rk = 'rq:results:' .. id
-  if field ~= '' then
-    redis.call('XADD', rk, 'MAXLEN', '~', 10, '*', 'type', kind, 'worker_name', worker,
-      field, value, 'execution_id', exec, 'execution_started_at', t0, 'execution_ended_at', t1)
-  else
-    redis.call('XADD', rk, 'MAXLEN', '~', 10, '*', 'type', kind, 'worker_name', worker,
-      'execution_id', exec, 'execution_started_at', t0, 'execution_ended_at', t1)
-  end
+  local entry = {{'type', kind, 'worker_name', worker, 'execution_id', exec,
+    'execution_started_at', t0, 'execution_ended_at', t1}}
+  if reason ~= '' then table.insert(entry, 'reason'); table.insert(entry, reason) end
+  if field ~= '' then table.insert(entry, field); table.insert(entry, value) end
+  redis.call('XADD', rk, 'MAXLEN', '~', {constants.RESULTS_KEPT}, '*', unpack(entry))
   redis.call('EXPIRE', rk, ttl)
 end
 
-local function finish(id, member, worker, value, t0, t1, now_iso, now, ttl)
-  local jk = 'rq:job:' .. id
-  local q = queue_of(jk)
+local function finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
+  local ttl = ttl_of(jk, 'result_ttl', {constants.RESULT_TTL})
   redis.call('ZREM', 'rq:wip:' .. q, member)
   redis.call('HSET', jk, 'status', 'finished', 'ended_at', now_iso, 'last_heartbeat', now_iso)
   redis.call('ZADD', 'rq:finished:' .. q, now + ttl, id)
   redis.call('EXPIRE', jk, ttl)
-  add_result(id, '1', worker, value ~= '' and 'return_value' or '', value, member, t0, t1, ttl)
+  add_result(id, '1', '', worker, value ~= '' and 'return_value' or '', value, member, t0, t1, ttl)
 end
 
--- A failed attempt: re-queued while retries are left, else moved to the failed registry.
-local function fail(id, member, worker, exc, t0, t1, now_iso, now, ttl)
-  local jk = 'rq:job:' .. id
-  local q = queue_of(jk)
+-- A failed attempt: retried after `delay` seconds (scheduled, as RQ's retry intervals are)
+-- while retries are left, else moved to the failed registry, the dead-letter queue.
+local function fail(jk, id, q, member, worker, exc, reason, delay, t0, t1, now_iso, now)
+  local ttl = failure_ttl(jk)
   redis.call('ZREM', 'rq:wip:' .. q, member)
-  local left = tonumber(redis.call('HGET', jk, 'retries_left') or '0')
+  local left = tonumber(redis.call('HGET', jk, 'retries_left') or '0') or 0
   if left > 0 then
-    redis.call('HSET', jk, 'status', 'queued', 'retries_left', left - 1, 'worker_name', '',
-      'enqueued_at', now_iso)
-    push(q, id, false)
-    add_result(id, '4', worker, 'exc_string', exc, member, t0, t1, ttl)
+    redis.call('HSET', jk, 'retries_left', left - 1, 'worker_name', '')
+    if delay > 0 then
+      redis.call('HSET', jk, 'status', 'scheduled', 'run_at', now + delay)
+      redis.call('ZADD', 'rq:scheduled:' .. q, now + delay, id)
+    else
+      redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
+      push(q, id, false)
+    end
+    add_result(id, '4', reason, worker, 'exc_string', exc, member, t0, t1, ttl)
     return 'retried'
   end
   redis.call('HSET', jk, 'status', 'failed', 'ended_at', now_iso, 'last_heartbeat', now_iso)
   redis.call('ZADD', 'rq:failed:' .. q, now + ttl, id)
   redis.call('EXPIRE', jk, ttl)
-  add_result(id, '2', worker, 'exc_string', exc, member, t0, t1, ttl)
+  add_result(id, '2', reason, worker, 'exc_string', exc, member, t0, t1, ttl)
   return 'failed'
 end
 
--- Put a started job back at the head of its queue, not counted as an attempt.
-local function interrupt(id, member)
-  local jk = 'rq:job:' .. id
-  local q = queue_of(jk)
+-- Back at the head of its queue, not counted as an attempt (shutdown, or never started).
+local function interrupt(jk, id, q, member, worker, t0, t1, record)
   if redis.call('ZREM', 'rq:wip:' .. q, member) == 0 then return 0 end
   if redis.call('HGET', jk, 'status') ~= 'started' then return 0 end
   redis.call('HINCRBY', jk, 'attempts', -1)
   redis.call('HSET', jk, 'status', 'queued', 'worker_name', '')
   push(q, id, true)
+  if record then
+    local ttl = failure_ttl(jk)
+    add_result(id, '3', 'interrupted', worker, '', '', member, t0, t1, ttl)
+  end
   return 1
+end
+
+local function cancel(jk, id, q, member, worker, t0, t1, now_iso, now)
+  local ttl = failure_ttl(jk)
+  redis.call('ZREM', 'rq:wip:' .. q, member)
+  redis.call('HSET', jk, 'status', 'canceled', 'ended_at', now_iso)
+  redis.call('ZADD', 'rq:canceled:' .. q, now, id)
+  redis.call('EXPIRE', jk, ttl)
+  add_result(id, '3', 'canceled', worker, '', '', member, t0, t1, ttl)
 end
 """
 )
 
-# KEYS: rq:queues. ARGV: now_iso, result_ttl, failure_ttl, then per job: id, queue, type,
-# data, timeout, retries_left. Writes the job hash as RQ's enqueue does, then pushes it.
+# KEYS: rq:queues. ARGV: now_iso, then per job: id, queue, type, data, timeout, retries_left,
+# backoff, result_ttl, failure_ttl, run_at ('' = now). Writes the job hash as RQ's enqueue
+# does, then pushes it, or (run_at) adds it to the scheduled registry as RQ's enqueue_at does.
 PUBLISH = (
     _PUSH
     + """
-local now_iso, result_ttl, failure_ttl = ARGV[1], ARGV[2], ARGV[3]
+local now_iso = ARGV[1]
 local seen = {}
-for i = 4, #ARGV, 6 do
-  local id, q = ARGV[i], ARGV[i + 1]
-  redis.call('HSET', 'rq:job:' .. id, 'status', 'queued', 'created_at', now_iso,
-    'enqueued_at', now_iso, 'data', ARGV[i + 3], 'origin', q, 'description', ARGV[i + 2],
-    'timeout', ARGV[i + 4], 'result_ttl', result_ttl, 'failure_ttl', failure_ttl,
-    'attempts', 0, 'retries_left', ARGV[i + 5])
-  push(q, id, false)
+for i = 2, #ARGV, 10 do
+  local id, q, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 9]
+  local jk = 'rq:job:' .. id
+  redis.call('HSET', jk, 'created_at', now_iso, 'data', ARGV[i + 3], 'origin', q,
+    'description', ARGV[i + 2], 'timeout', ARGV[i + 4], 'retries_left', ARGV[i + 5],
+    'backoff', ARGV[i + 6], 'result_ttl', ARGV[i + 7], 'failure_ttl', ARGV[i + 8], 'attempts', 0)
+  if run_at == '' then
+    redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
+    push(q, id, false)
+  else
+    redis.call('HSET', jk, 'status', 'scheduled', 'run_at', run_at)
+    redis.call('ZADD', 'rq:scheduled:' .. q, run_at, id)
+  end
   if not seen[q] then
     redis.call('SADD', KEYS[1], 'rq:queue:' .. q)
     seen[q] = true
   end
 end
-return (#ARGV - 3) / 6
+return (#ARGV - 1) / 10
 """
 )
 
-# KEYS: queue, started registry. ARGV: count, worker name, now_iso, registry score, execution
-# id prefix. Returns per claimed job: id, member, data, timeout, attempt.
+# ARGV: count, worker name, now_iso, started-registry score, execution id prefix, then the
+# queues in drain order (high before default before low). Returns per claimed job:
+# id, member, data, timeout, attempt, queue, backoff.
 CLAIM = """
-local ids = redis.call('LPOP', KEYS[1], ARGV[1])
-if not ids then return {} end
+local want = tonumber(ARGV[1])
 local out = {}
-for i, id in ipairs(ids) do
-  local jk = 'rq:job:' .. id
-  local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts')
-  if f[1] == 'queued' then
-    local attempt = tonumber(f[4] or '0') + 1
-    local member = id .. ':' .. ARGV[5] .. i
-    redis.call('HSET', jk, 'status', 'started', 'started_at', ARGV[3], 'last_heartbeat', ARGV[3],
-      'worker_name', ARGV[2], 'attempts', attempt)
-    redis.call('PERSIST', jk)
-    redis.call('ZADD', KEYS[2], ARGV[4], member)
-    out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt}
+for qi = 6, #ARGV do
+  if want <= 0 then break end
+  local q = ARGV[qi]
+  local ids = redis.call('LPOP', 'rq:queue:' .. q, want)
+  if ids then
+    want = want - #ids
+    for _, id in ipairs(ids) do
+      local jk = 'rq:job:' .. id
+      local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts', 'backoff')
+      if f[1] == 'queued' then  -- skip ids whose job expired, was deleted or canceled
+        local attempt = tonumber(f[4] or '0') + 1
+        local member = id .. ':' .. ARGV[5] .. (#out + 1)
+        redis.call('HSET', jk, 'status', 'started', 'started_at', ARGV[3],
+          'last_heartbeat', ARGV[3], 'worker_name', ARGV[2], 'attempts', attempt)
+        redis.call('PERSIST', jk)
+        redis.call('ZADD', 'rq:wip:' .. q, ARGV[4], member)
+        out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or ''}
+      end
+    end
   end
 end
 return out
 """
 
-# ARGV: worker, now_iso, now, result_ttl, failure_ttl, then per job 6 values:
-# outcome (ok|fail|interrupt), id, member, value (b64 result or exc), started, ended.
+# ARGV: worker, now_iso, now, then per job 9 values: outcome (ok|fail|interrupt|skip|cancel),
+# id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
+# `skip` puts back a claimed job that never started, recording nothing.
 COMPLETE = (
     _TRANSITIONS
     + """
 local worker, now_iso, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local result_ttl, failure_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local counts = {ok = 0, failed = 0, retried = 0, interrupted = 0}
-for i = 6, #ARGV, 6 do
-  local outcome, id, member = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local value, t0, t1 = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+local counts = {ok = 0, failed = 0, retried = 0, interrupted = 0, canceled = 0}
+for i = 4, #ARGV, 9 do
+  local outcome, id, q, member = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local value, t0, t1 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local delay, reason = tonumber(ARGV[i + 7]), ARGV[i + 8]
+  local jk = 'rq:job:' .. id
   if outcome == 'ok' then
-    finish(id, member, worker, value, t0, t1, now_iso, now, result_ttl)
+    finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
     counts.ok = counts.ok + 1
   elseif outcome == 'fail' then
-    local r = fail(id, member, worker, value, t0, t1, now_iso, now, failure_ttl)
+    local r = fail(jk, id, q, member, worker, value, reason, delay, t0, t1, now_iso, now)
     counts[r] = counts[r] + 1
+  elseif outcome == 'cancel' then
+    cancel(jk, id, q, member, worker, t0, t1, now_iso, now)
+    counts.canceled = counts.canceled + 1
   else
-    counts.interrupted = counts.interrupted + interrupt(id, member)
+    local n = interrupt(jk, id, q, member, worker, t0, t1, outcome == 'interrupt')
+    counts.interrupted = counts.interrupted + n
   end
 end
-return {counts.ok, counts.failed, counts.retried, counts.interrupted}
+return {counts.ok, counts.failed, counts.retried, counts.interrupted, counts.canceled}
 """
 )
 
-# Jobs whose worker is gone. KEYS: started registry. ARGV: now_iso, now, result_ttl,
-# failure_ttl, owner ('' = every entry whose heartbeat expired), mode (lost|interrupted),
-# max crashes, exc (b64 zlib text for a lost worker), current (the job the dead process was
-# running, '' if unknown).
+# Jobs whose worker is gone, on one queue. ARGV: now_iso, now, owner ('' = every entry whose
+# heartbeat expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost
+# worker), current (the job the dead process was running, '' if unknown).
 # lost: the running job is re-delivered (not counted against its retries) until it has
 # crashed its worker MAX_CRASHES times, then failed; the dead process's other claimed jobs never
 # started and go back to the head of the queue. interrupted: all go back to the head.
 RECOVER = (
     _TRANSITIONS
     + """
-local now_iso, now, failure_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
-local owner, mode, max_crashes, exc = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local current = ARGV[9]
+local now_iso, now, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local max_crashes, exc, current = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local q = KEYS[1]
+local wip = 'rq:wip:' .. q
 local members
 if owner == '' then
-  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  members = redis.call('ZRANGEBYSCORE', wip, '-inf', now)
 else
-  members = redis.call('ZRANGE', KEYS[1], 0, -1)
+  members = redis.call('ZRANGE', wip, 0, -1)
 end
 local counts = {failed = 0, redelivered = 0, interrupted = 0}
 for _, member in ipairs(members) do
   local id = string.match(member, '^[^:]+')
   local jk = 'rq:job:' .. id
-  local who = redis.call('HGET', jk, 'worker_name')
+  local who = redis.call('HGET', jk, 'worker_name') or ''
   if owner == '' or who == owner then
     if redis.call('HGET', jk, 'status') ~= 'started' then
-      redis.call('ZREM', KEYS[1], member)
+      redis.call('ZREM', wip, member)
     elseif mode == 'interrupted' or (current ~= '' and id ~= current) then
-      counts.interrupted = counts.interrupted + interrupt(id, member)
+      local n = interrupt(jk, id, q, member, who, ARGV[2], ARGV[2], mode == 'interrupted')
+      counts.interrupted = counts.interrupted + n
     elseif redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
       redis.call('HSET', jk, 'retries_left', 0)
-      fail(id, member, who or '', exc, ARGV[2], ARGV[2], now_iso, now, failure_ttl)
+      fail(jk, id, q, member, who, exc, 'worker_lost', 0, ARGV[2], ARGV[2], now_iso, now)
       counts.failed = counts.failed + 1
     else
-      redis.call('ZREM', KEYS[1], member)
+      local ttl = failure_ttl(jk)
+      redis.call('ZREM', wip, member)
       redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
-      push(queue_of(jk), id, false)
-      add_result(id, '4', who or '', 'exc_string', exc, member, ARGV[2], ARGV[2], failure_ttl)
+      push(q, id, false)
+      add_result(id, '4', 'worker_lost', who, 'exc_string', exc, member, ARGV[2], ARGV[2], ttl)
       counts.redelivered = counts.redelivered + 1
     end
   end
 end
 return {counts.failed, counts.redelivered, counts.interrupted}
+"""
+)
+
+# Due scheduled jobs (delays, run_at, retry backoff) onto their queues. Any worker container
+# runs it; ZREM decides which caller moves a job, so none is moved twice. ARGV: now, now_iso,
+# then queue names. Returns {moved, next due epoch or ''}.
+PROMOTE = (
+    _PUSH
+    + f"""
+local now, now_iso = ARGV[1], ARGV[2]
+local moved, next_due = 0, nil
+for qi = 3, #ARGV do
+  local q = ARGV[qi]
+  local key = 'rq:scheduled:' .. q
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, {constants.PROMOTE_BATCH})
+  for _, id in ipairs(due) do
+    if redis.call('ZREM', key, id) == 1 then
+      local jk = 'rq:job:' .. id
+      if redis.call('HGET', jk, 'status') == 'scheduled' then
+        redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
+        push(q, id, false)
+        moved = moved + 1
+      end
+    end
+  end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] and (next_due == nil or tonumber(first[2]) < next_due) then
+    next_due = tonumber(first[2])
+  end
+end
+return {{moved, next_due and tostring(next_due) or ''}}
 """
 )

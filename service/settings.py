@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import environs
 from marshmallow import validate
 
-from service import constants
+from service import constants, queues
 
 AppEnv = Literal["development", "production"]
 LogFormat = Literal["json", "text"]
@@ -93,6 +93,9 @@ class Settings:
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
     handler_modules: tuple[str, ...] = field(default=())
+    worker_queues: tuple[str, ...] = ()  # empty: QUEUE_NAME and every queue a job type names
+    max_crashes: int = 3
+    idempotency_ttl: int = 24 * 3600
 
 
 def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
@@ -191,6 +194,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
     max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
     handler_modules: list[str] | None = env.list("HANDLER_MODULES", [])
+    worker_queues: list[str] | None = env.list("WORKER_QUEUES", [], validate=_queue_names)
+    max_crashes = env.int("MAX_CRASHES", 3, validate=validate.Range(min=1, max=100))
+    idempotency_ttl = env.int(
+        "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)
+    )
     try:
         env.seal()
     except environs.EnvValidationError as exc:
@@ -233,13 +241,21 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
         handler_modules=tuple(handler_modules or ()),
+        worker_queues=tuple(worker_queues or ()),
+        max_crashes=max_crashes,
+        idempotency_ttl=idempotency_ttl,
     )
 
 
 def _queue_name(value: str) -> None:
     # RQ accepts any name, but ours become key parts and URL segments: keep them plain.
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    if not value or not set(value) <= allowed:
+    if not queues.valid_base(value):
         raise environs.ValidationError(
-            "expected a non-empty name of letters, digits, '-', '_', '.'"
+            "expected a non-empty name of letters, digits, '-', '_', '.', "
+            "not ending in .high or .low (those are its priority queues)"
         )
+
+
+def _queue_names(values: list[str]) -> None:
+    for value in values:
+        _queue_name(value)

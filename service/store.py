@@ -40,18 +40,20 @@ class Store:
         """The public view of a job, or None if Redis does not have it."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(constants.job_key(job_id))
-            pipe.xrevrange(constants.result_key(job_id), count=1)
-            fields, latest = await pipe.execute()
+            pipe.xrange(constants.result_key(job_id))
+            fields, entries = await pipe.execute()
         if not fields:
             return None
-        entry = jobs.decode_result_entry(latest[0][1]) if latest else None
-        return jobs.describe(job_id, fields, entry)
+        history = [jobs.decode_result_entry(entry) for _, entry in entries]
+        return jobs.describe(job_id, fields, history)
 
     async def queues(self, names: Iterable[str]) -> list[dict[str, Any]]:
-        """Per queue: waiting, started, scheduled, finished, failed and live worker counts."""
+        """Per queue (`names` first, in order, then any other queue Redis knows): waiting,
+        started, scheduled, finished, failed and live worker counts."""
         members = await self.client.smembers(constants.QUEUES_KEY)
         known = {_text(key).removeprefix("rq:queue:") for key in members}
-        queues = sorted(known | set(names))
+        listed = list(dict.fromkeys(names))
+        queues = listed + sorted(known - set(listed))
         now = int(time.time())
         async with self.client.pipeline(transaction=False) as pipe:
             for q in queues:

@@ -118,11 +118,11 @@ def test_unknown_type_is_422_listing_known_types(
 
 def test_payload_errors_are_all_reported(client: TestClient, queue_redis: redis.Redis) -> None:
     response = client.post(
-        "/jobs", json={"type": "sleep", "payload": {"seconds": -1, "x": 1}, "priority": "high"}
+        "/jobs", json={"type": "sleep", "payload": {"seconds": -1, "x": 1}, "colour": "red"}
     )
     assert response.status_code == 422
     fields = {e["field"] for e in response.json()["error"]["details"]["errors"]}
-    assert fields == {"payload.seconds", "payload.x", "priority"}
+    assert fields == {"payload.seconds", "payload.x", "colour"}
     assert_nothing_enqueued(queue_redis)
 
 
@@ -170,19 +170,19 @@ def test_batch_size_is_capped(client: TestClient, queue_redis: redis.Redis) -> N
 
 def test_queues(client: TestClient) -> None:
     client.post("/jobs", json={"type": "noop"})
-    client.post("/jobs", json={"type": "noop"})
+    client.post("/jobs", json={"type": "noop", "priority": "low"})
     queues = client.get("/queues").json()["queues"]
-    assert queues == [
-        {
-            "name": "app-queue",
-            "waiting": 2,
-            "started": 0,
-            "scheduled": 0,
-            "finished": 0,
-            "failed": 0,
-            "workers": 0,
-        }
-    ]
+    assert [q["name"] for q in queues] == ["app-queue.high", "app-queue", "app-queue.low"]
+    assert [q["waiting"] for q in queues] == [0, 1, 1]
+    assert queues[1] == {
+        "name": "app-queue",
+        "waiting": 1,
+        "started": 0,
+        "scheduled": 0,
+        "finished": 0,
+        "failed": 0,
+        "workers": 0,
+    }
 
 
 def test_health_and_ready(client: TestClient) -> None:

@@ -77,9 +77,11 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
             status, _, health = http("GET", f"{worker.url}/health")
             assert status == 200 and health["alive"] == 2
             assert http("GET", f"{worker.url}/ready")[0] == 200
-        queues = http("GET", f"{api.url}/queues")[2]["queues"]
-        assert queues[0]["workers"] == 4 and queues[0]["finished"] == 70
-        assert queues[0]["failed"] == 1 and queues[0]["waiting"] == 0
+        queues = {q["name"]: q for q in http("GET", f"{api.url}/queues")[2]["queues"]}
+        default = queues["app-queue"]
+        assert default["workers"] == 4 and default["finished"] == 70
+        assert default["failed"] == 1 and default["waiting"] == 0
+        assert queues["app-queue.high"]["workers"] == 4
 
         # When they get SIGTERM, each exits cleanly
         for process in processes:

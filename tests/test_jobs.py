@@ -52,13 +52,29 @@ def test_rq_reads_the_jobs_we_publish() -> None:
 
 
 def test_result_entries_decode() -> None:
+    exc = jobs.encode_exc_string("T\nE: boom\n")
     entry = jobs.decode_result_entry(
-        {b"type": b"2", b"worker_name": b"w", b"exc_string": jobs.encode_exc_string("T\nE: boom\n")}
+        {
+            b"type": b"4",
+            b"worker_name": b"w",
+            b"reason": b"timeout",
+            b"exc_string": exc,
+            b"execution_started_at": b"0",
+        }
     )
-    assert entry == {"type": 2, "worker": "w", "error": "T\nE: boom\n"}
+    assert entry == {
+        "outcome": "retried",
+        "reason": "timeout",
+        "worker": "w",
+        "started_at": "1970-01-01T00:00:00.000000Z",
+        "ended_at": None,
+        "error": "T\nE: boom\n",
+    }
     assert jobs.error_summary(entry["error"]) == "E: boom"
     ok = jobs.decode_result_entry({b"type": b"1", b"return_value": jobs.encode_return_value([1])})
-    assert ok["result"] == [1]
+    assert (ok["outcome"], ok["result"]) == ("finished", [1])
+    stopped = jobs.decode_result_entry({b"type": b"3", b"reason": b"interrupted"})
+    assert stopped["outcome"] == "interrupted"
 
 
 def test_utc_iso_is_rqs_format() -> None:

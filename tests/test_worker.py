@@ -141,10 +141,11 @@ def test_killed_worker_process_job_runs_again_and_the_process_is_replaced(
 def test_a_job_that_kills_its_worker_every_time_stops_after_max_crashes(
     start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
 ) -> None:
-    start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    start_service(worker=True, WORKER_CONCURRENCY="1", MAX_CRASHES="2")
     job_id = publish(redis_url, "test.crash", {"key": "crashes"}, max_retries=10)
     wait_status(queue_redis, job_id, "failed", timeout=30)
-    assert app_redis.get("crashes") == str(constants.MAX_CRASHES).encode()
+    assert app_redis.get("crashes") == b"2"
+    assert queue_redis.hget(constants.job_key(job_id), "retries_left") == b"0"
     assert "WorkerLost" in fetch(queue_redis, job_id).latest_result().exc_string
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import constants
+from service import constants, jobs, queues
 from service.api.errors import ApiError, JSONResponse
 from service.api.submit import parse_jobs, read_json
 from service.registry import Registry
@@ -20,16 +20,19 @@ def _state(request: Request) -> tuple[Settings, Registry, Store]:
     return state.settings, state.registry, state.store
 
 
+def _accepted(job: jobs.NewJob) -> dict[str, Any]:
+    accepted = {"id": job.id, "type": job.type, "queue": job.queue}
+    if job.run_at is None:
+        return {**accepted, "status": "queued"}
+    return {**accepted, "status": "scheduled", "run_at": jobs.utc_iso(job.run_at)}
+
+
 async def submit_job(request: Request) -> Response:
     settings, registry, store = _state(request)
     body = await read_json(request)
-    (job,) = parse_jobs([body], registry, settings.queue_name, batch=False)
+    ((job, _),) = parse_jobs([body], registry, settings.queue_name, batch=False)
     await store.publish([job])
-    return JSONResponse(
-        {"id": job.id, "type": job.type, "queue": job.queue, "status": "queued"},
-        202,
-        headers={"Location": f"/jobs/{job.id}"},
-    )
+    return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
 
 
 async def submit_batch(request: Request) -> Response:
@@ -44,16 +47,9 @@ async def submit_batch(request: Request) -> Response:
             "batch_too_large",
             f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
         )
-    batch = parse_jobs(items, registry, settings.queue_name, batch=True)
+    batch = [job for job, _ in parse_jobs(items, registry, settings.queue_name, batch=True)]
     await store.publish(batch)
-    return JSONResponse(
-        {
-            "jobs": [
-                {"id": j.id, "type": j.type, "queue": j.queue, "status": "queued"} for j in batch
-            ]
-        },
-        202,
-    )
+    return JSONResponse({"jobs": [_accepted(job) for job in batch]}, 202)
 
 
 async def get_job(request: Request) -> Response:
@@ -72,8 +68,8 @@ def _valid_id(job_id: str) -> bool:
 
 async def list_queues(request: Request) -> Response:
     settings, registry, store = _state(request)
-    names = {settings.queue_name} | {t.queue for t in registry if t.queue}
-    return JSONResponse({"queues": await store.queues(names)})
+    bases = {settings.queue_name} | {t.queue for t in registry if t.queue}
+    return JSONResponse({"queues": await store.queues(queues.served(bases))})
 
 
 async def health(request: Request) -> Response:

@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
-from service import jobs
+from service import jobs, queues
 from service.api.errors import ApiError
+from service.policy import Backoff
+from service.queues import Priority
 from service.registry import PayloadInvalid, Registry, UnknownJobType
 
-JOB_FIELDS = {"type", "payload"}
+MAX_DELAY_SECONDS = 365 * 24 * 3600
+MAX_TTL_SECONDS = 365 * 24 * 3600
+
+
+class JobRequest(BaseModel):
+    """One job as a client submits it. Every option left out takes the job type's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100)
+    payload: Any = Field(default_factory=dict)
+    priority: Priority | None = None
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
+    run_at: AwareDatetime | None = None
+    max_retries: int | None = Field(default=None, ge=0, le=25)
+    backoff: Backoff | None = None
+    timeout: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    result_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
+    failure_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> JobRequest:
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError("give delay or run_at, not both")
+        return self
+
+    def run_at_epoch(self, now: float) -> float | None:
+        if self.delay:
+            return now + self.delay
+        if self.run_at is not None and self.run_at.timestamp() > now:
+            return self.run_at.timestamp()
+        return None  # due now (or in the past): queued at once
 
 
 async def read_json(request: Request) -> Any:
@@ -30,47 +66,59 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
 
 
+def _field(where: str, loc: tuple[int | str, ...]) -> str:
+    return where + ".".join(map(str, loc)) if loc else where.rstrip(".") or "body"
+
+
 def parse_jobs(
     items: list[Any], registry: Registry, default_queue: str, *, batch: bool
-) -> list[jobs.NewJob]:
+) -> list[tuple[jobs.NewJob, JobRequest]]:
     """Validate every item against the registry; raise one 422 listing all the errors."""
     errors: list[dict[str, Any]] = []
-    parsed: list[jobs.NewJob] = []
+    parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
+    now = time.time()
     for index, item in enumerate(items):
         where = f"jobs[{index}]." if batch else ""
-        if not isinstance(item, dict):
-            errors.append({"field": where.rstrip(".") or "body", "message": "expected an object"})
-            continue
-        for extra in sorted(set(item) - JOB_FIELDS):
-            errors.append({"field": f"{where}{extra}", "message": "unknown field"})
-        name = item.get("type")
-        if not isinstance(name, str):
-            errors.append({"field": f"{where}type", "message": "required: a job type name"})
-            continue
+        found: list[dict[str, Any]] = []
+        request = spec = None
         try:
-            spec = registry.get(name)
-            spec.validate(item.get("payload", {}))
-        except UnknownJobType:
-            unknown = True
-            errors.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
-            continue
-        except PayloadInvalid as exc:
-            errors += [
-                {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
-                for e in exc.errors
+            request = JobRequest.model_validate(item)
+        except ValidationError as exc:
+            found += [
+                {"field": _field(where, e["loc"]), "message": e["msg"]}
+                for e in exc.errors(include_url=False)
             ]
+        name = item.get("type") if isinstance(item, dict) else None
+        if isinstance(name, str):  # the payload is checked even when the options are not
+            try:
+                spec = registry.get(name)
+                spec.validate(item.get("payload", {}))
+            except UnknownJobType:
+                unknown = True
+                found.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
+            except PayloadInvalid as exc:
+                found += [
+                    {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
+                    for e in exc.errors
+                ]
+        if found or request is None or spec is None:
+            errors += found
             continue
-        parsed.append(
-            jobs.NewJob(
-                jobs.new_id(),
-                name,
-                spec.queue or default_queue,
-                item.get("payload", {}),
-                spec.timeout,
-                spec.max_retries,
-            )
+        backoff = request.backoff or spec.backoff
+        job = jobs.NewJob(
+            id=jobs.new_id(),
+            type=request.type,
+            queue=queues.concrete(spec.queue or default_queue, request.priority or spec.priority),
+            payload=request.payload,
+            timeout=request.timeout or spec.timeout,
+            max_retries=spec.max_retries if request.max_retries is None else request.max_retries,
+            backoff=backoff.model_dump_json(),
+            result_ttl=request.result_ttl or spec.result_ttl,
+            failure_ttl=request.failure_ttl or spec.failure_ttl,
+            run_at=request.run_at_epoch(now),
         )
+        parsed.append((job, request))
     if errors:
         details: dict[str, Any] = {"errors": errors}
         if unknown:

@@ -1,8 +1,11 @@
-"""Jobs whose worker is gone, put back on their queue (or failed, past their retries)."""
+"""Housekeeping any worker container may run: recover jobs of dead workers, promote due
+scheduled jobs, prune dead registrations. Each step is one atomic script per queue, so
+several containers running it at once never move a job twice."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import redis
@@ -16,34 +19,39 @@ def recover(
     client: redis.Redis,
     queue: str,
     *,
+    max_crashes: int,
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
     current: str = "",
 ) -> list[int]:
     """Recover the started jobs of `owner`, or (owner '') those whose heartbeat expired.
 
-    lost: the job `current` (or, if unknown, every job) is re-delivered until MAX_CRASHES, then
-    failed; the owner's other jobs never started and go back to the head of the queue.
-    interrupted: all back at the head of the queue, not counted as attempts.
+    lost: the job `current` (or, if unknown, every job) is re-delivered until it has crashed
+    its worker `max_crashes` times, then failed; the owner's other jobs never started and go
+    back to the head of the queue. interrupted: all back at the head, not counted as attempts.
     Returns [failed, redelivered, interrupted].
     """
     now = time.time()
     script = client.register_script(scripts.RECOVER)
-    counts: list[int] = script(
-        keys=[constants.registry_key("started", queue)],
-        args=[
-            jobs.utc_iso(now),
-            int(now),
-            constants.RESULT_TTL,
-            constants.FAILURE_TTL,
-            owner,
-            mode,
-            constants.MAX_CRASHES,
-            jobs.encode_exc_string(LOST_REASON),
-            current,
-        ],
-    )
+    args: list[str | bytes | float] = [
+        jobs.utc_iso(now),
+        now,
+        owner,
+        mode,
+        max_crashes,
+        jobs.encode_exc_string(LOST_REASON),
+        current,
+    ]
+    counts: list[int] = script(keys=[queue], args=args)
     return counts
+
+
+def promote(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float | None]:
+    """Move due scheduled jobs onto their queues; return (moved, when the next one is due)."""
+    now = time.time()
+    script = client.register_script(scripts.PROMOTE)
+    moved, next_due = script(args=[now, jobs.utc_iso(now), *queues])
+    return int(moved), float(next_due) if next_due else None
 
 
 def prune_workers(client: redis.Redis, queue: str) -> int:

@@ -1,12 +1,13 @@
 """One worker process: claim a batch of jobs, run their handlers, record the outcomes.
 
-Round trips per batch, whatever its size: one CLAIM script, one COMPLETE script. When the
-queue is empty the process blocks on the queue's wake-up tokens: the job ids never leave the
-queue list except inside the CLAIM script, so a crash while waiting can lose nothing.
+Round trips per batch, whatever its size: one CLAIM script, one COMPLETE script. When its
+queues are empty the process blocks on their wake-up tokens: job ids never leave a queue list
+except inside the CLAIM script, so a crash while waiting can lose nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -24,12 +26,16 @@ import redis
 
 from service import constants, jobs, scripts
 from service.context import JobContext
+from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
 from service.settings import RedisTarget, Settings
 from service.worker import recovery
+from service.worker.isolation import IsolatedJobFailed, run_isolated
 from service.worker.slots import Slot
 
 log = logging.getLogger("service.worker")
+
+WAIT_SECONDS = 0.5  # longest block on empty queues: bounds how late a stop is noticed
 
 
 class JobTimeout(BaseException):
@@ -39,6 +45,10 @@ class JobTimeout(BaseException):
 
 class Interrupted(BaseException):
     """A forced shutdown stopped the job; it goes back to its queue, not counted as a failure."""
+
+
+class Canceled(BaseException):
+    """DELETE /jobs/{id} stopped the job; it ends canceled, never retried."""
 
 
 def connect(target: RedisTarget) -> redis.Redis:
@@ -57,44 +67,31 @@ class Claimed:
     data: bytes
     timeout: float
     attempt: int
-
-
-class IsolatedJobFailed(Exception):
-    """The handler raised in its isolated process; the message is its traceback."""
-
-
-class IsolatedJobDied(Exception):
-    """The isolated process died without reporting (a signal, os._exit, out of memory)."""
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
-
-
-WAIT_SECONDS = 0.5  # longest block on an empty queue: bounds how late a stop is noticed
+    queue: str
+    backoff: str  # the job's Backoff policy as JSON ('' retries at once)
 
 
 class Worker:
     def __init__(
-        self, settings: Settings, registry: Registry, slot: Slot, queue: str, name: str
+        self, settings: Settings, registry: Registry, slot: Slot, queues: list[str], name: str
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.slot = slot
-        self.queue = queue
+        self.queues = queues  # drain order: every high queue, then default, then low
         self.name = name
         self.stopping = False
         self._in_handler = False
-        self._in_flight: list[str] = []  # started-registry members the heartbeat keeps fresh
+        self._current = ""  # the job running now
+        self._cancel: set[str] = set()  # cancel requests for jobs this process holds
+        self._in_flight: list[Claimed] = []  # claimed jobs: the heartbeat keeps them fresh
         self._lock = threading.Lock()
         self._avg_seconds = constants.BATCH_TARGET_SECONDS  # running mean job time
         self._exec_seq = 0
         self._birth = jobs.utc_iso()
         self._exec_token = uuid.uuid4().hex[:8]
 
-    # --- signals: first SIGTERM finishes the current job, SIGUSR1 interrupts it -------------------
+    # --- signals: SIGTERM finishes the current job; SIGUSR1 interrupts it; SIGUSR2 cancels it --
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
@@ -102,6 +99,10 @@ class Worker:
         self.stopping = True
         if self._in_handler:
             raise Interrupted
+
+    def _on_cancel(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_handler and self._current in self._cancel:
+            raise Canceled
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self._in_handler:
@@ -112,14 +113,15 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor relays Ctrl-C as SIGTERM
         signal.signal(signal.SIGUSR1, self._on_force)
+        signal.signal(signal.SIGUSR2, self._on_cancel)
         signal.signal(signal.SIGALRM, self._on_alarm)
         self.redis = connect(self.settings.queue_redis)
         self.app_redis = connect(self.settings.redis)
         self._claim = self.redis.register_script(scripts.CLAIM)
         self._complete = self.redis.register_script(scripts.COMPLETE)
-        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        heartbeat.start()
-        log.debug("worker %s started on queue %s", self.name, self.queue)
+        for target in (self._heartbeat_loop, self._command_loop):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+        log.debug("worker %s started on %s", self.name, ",".join(self.queues))
         backoff = 0.1
         while not self.stopping:
             self.slot.tick()
@@ -128,7 +130,7 @@ class Worker:
                 batch = self._claim_batch(size)
                 if batch:
                     self._run_batch(batch)
-                if len(batch) < size:  # the queue ran dry: wait for a token, skip an empty claim
+                if len(batch) < size:  # the queues ran dry: wait for a token, skip an empty claim
                     self._wait()
                 backoff = 0.1
             except redis.RedisError as exc:
@@ -151,7 +153,7 @@ class Worker:
 
         Jobs pushed by other tools leave no token: the timeout still finds them.
         """
-        self.redis.blpop([constants.wake_key(self.queue)], WAIT_SECONDS)
+        self.redis.blpop([constants.wake_key(q) for q in self.queues], WAIT_SECONDS)
 
     def _claim_size(self) -> int:
         """As many jobs as run in about BATCH_TARGET_SECONDS, within 1..WORKER_BATCH_SIZE."""
@@ -160,23 +162,25 @@ class Worker:
 
     def _claim_batch(self, size: int) -> list[Claimed]:
         self._exec_seq += 1
+        prefix = f"{self._exec_token}{self._exec_seq:x}x"
         rows = self._claim(
-            keys=[constants.queue_key(self.queue), constants.registry_key("started", self.queue)],
-            args=[
-                size,
-                self.name,
-                jobs.utc_iso(),
-                self._registry_score(),
-                f"{self._exec_token}{self._exec_seq:x}x",
-            ],
+            args=[size, self.name, jobs.utc_iso(), self._registry_score(), prefix, *self.queues]
         )
         self.slot.set_ready(True)
         claimed = [
-            Claimed(row[0].decode(), row[1].decode(), row[2], float(row[3]), int(row[4]))
-            for row in rows
+            Claimed(
+                r[0].decode(),
+                r[1].decode(),
+                r[2],
+                float(r[3]),
+                int(r[4]),
+                r[5].decode(),
+                r[6].decode(),
+            )
+            for r in rows
         ]
         with self._lock:
-            self._in_flight = [c.member for c in claimed]
+            self._in_flight = claimed
         return claimed
 
     def _registry_score(self) -> int:
@@ -188,66 +192,75 @@ class Worker:
         outcomes: list[Any] = []
         flushed_at = time.monotonic()
         for claimed in batch:
-            if self.stopping:
-                outcomes += ["interrupt", claimed.id, claimed.member, "", "", ""]
-                continue
-            outcomes += self._execute(claimed)
+            if self.stopping:  # claimed but not started: back to the head of its queue
+                outcomes += ["skip", claimed.id, claimed.queue, claimed.member, "", "", "", 0, ""]
+            elif claimed.id in self._cancel:
+                outcomes += ["cancel", claimed.id, claimed.queue, claimed.member, "", "", "", 0, ""]
+            else:
+                outcomes += self._execute(claimed)
             if time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS:
                 self._flush(outcomes)
                 outcomes, flushed_at = [], time.monotonic()
         self._flush(outcomes)
         with self._lock:
             self._in_flight = []
+            self._cancel.clear()
 
     def _flush(self, outcomes: list[Any]) -> None:
         if not outcomes:
             return
         now = time.time()
-        ok, failed, retried, interrupted = self._complete(
-            args=[
-                self.name,
-                jobs.utc_iso(now),
-                int(now),
-                constants.RESULT_TTL,
-                constants.FAILURE_TTL,
-                *outcomes,
-            ],
+        ok, failed, retried, interrupted, canceled = self._complete(
+            args=[self.name, jobs.utc_iso(now), now, *outcomes]
         )
-        self.slot.count(finished=ok, failed=failed, retried=retried, interrupted=interrupted)
+        self.slot.count(
+            finished=ok, failed=failed, retried=retried, interrupted=interrupted, canceled=canceled
+        )
 
     # --- one job ---
     def _execute(self, claimed: Claimed) -> list[Any]:
-        """Run one job; return its COMPLETE args: outcome, id, member, value, started, ended."""
+        """Run one job; return its COMPLETE args (see scripts.COMPLETE)."""
         started = time.time()
         job_type, timeout = "?", claimed.timeout
+        outcome, value, reason = "fail", b"", "exception"
         try:
             job_type, payload = jobs.decode_data(claimed.data)
             spec = self.registry.get(job_type)
             timeout = claimed.timeout if claimed.timeout > 0 else spec.timeout
-            ctx = JobContext(claimed.id, job_type, self.queue, claimed.attempt, self.app_redis)
+            ctx = JobContext(claimed.id, job_type, claimed.queue, claimed.attempt, self.app_redis)
+            arguments = spec.validate(payload)
+            self._current = claimed.id
             self.slot.busy(timeout, claimed.id)
-            call = self._call_isolated if spec.isolated else self._call
-            value = call(spec.handler, spec.validate(payload), ctx, timeout)
-            outcome, encoded = "ok", (b"" if value is None else jobs.encode_return_value(value))
+            if spec.isolated:
+                result = run_isolated(spec.handler, arguments, ctx, lambda: self._guard(timeout))
+            else:
+                with self._guard(timeout):
+                    result = spec.handler(arguments, ctx)
+            outcome = "ok"
+            value = b"" if result is None else jobs.encode_return_value(result)
         except Interrupted:
-            outcome, encoded = "interrupt", b""
+            outcome, reason = "interrupt", "interrupted"
+        except Canceled:
+            outcome, reason = "cancel", "canceled"
         except (UnknownJobType, PayloadInvalid) as exc:  # would fail again: no retry
             text = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, PayloadInvalid):
                 text += ": " + "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
-            outcome, encoded = "fail", jobs.encode_exc_string(text)
+            value = jobs.encode_exc_string(text)
             self._no_retry(claimed)
         except IsolatedJobFailed as exc:
-            outcome, encoded = "fail", jobs.encode_exc_string(str(exc))
+            value = jobs.encode_exc_string(str(exc))
         except JobTimeout:
-            text = f"JobTimeout: job exceeded its timeout of {timeout:g}s"
-            outcome, encoded = "fail", jobs.encode_exc_string(text)
+            value = jobs.encode_exc_string(f"JobTimeout: job exceeded its timeout of {timeout:g}s")
+            reason = "timeout"
         except Exception:  # noqa: BLE001 - a handler's failure, whatever it is, is the job's outcome
-            outcome, encoded = "fail", jobs.encode_exc_string(traceback.format_exc())
+            value = jobs.encode_exc_string(traceback.format_exc())
         finally:
+            self._current = ""
             self.slot.idle()
         ended = time.time()
         self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * (ended - started)
+        delay = self._retry_delay(claimed) if outcome == "fail" else 0
         level = logging.INFO if outcome != "ok" or ended - started > 1 else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(
@@ -255,88 +268,75 @@ class Worker:
                 "job %s %s: %s in %.3fs (attempt %d)",
                 claimed.id,
                 job_type,
-                outcome,
+                reason if outcome != "ok" else "ok",
                 ended - started,
                 claimed.attempt,
             )
-        return [outcome, claimed.id, claimed.member, encoded, repr(started), repr(ended)]
+        return [
+            outcome,
+            claimed.id,
+            claimed.queue,
+            claimed.member,
+            value,
+            repr(started),
+            repr(ended),
+            delay,
+            reason if outcome != "ok" else "",
+        ]
 
-    def _call(self, handler: Any, payload: Any, ctx: JobContext, timeout: float) -> Any:
+    @contextlib.contextmanager
+    def _guard(self, timeout: float) -> Iterator[None]:
+        """While inside: the job's timeout runs, and signals may interrupt or cancel it."""
         signal.setitimer(signal.ITIMER_REAL, timeout)
         self._in_handler = True
         try:
-            return handler(payload, ctx)
+            if self._current in self._cancel:  # canceled just before it started
+                raise Canceled
+            yield
         finally:
             self._in_handler = False
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def _call_isolated(self, handler: Any, payload: Any, ctx: JobContext, timeout: float) -> Any:
-        """Run the handler in a forked child, for job types that leak memory or may crash."""
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: run, report on the pipe, exit without cleanup
-            os.close(read_fd)
-            for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM):
-                signal.signal(signum, signal.SIG_DFL)
-            try:
-                report = orjson.dumps({"value": handler(payload, ctx)})
-            except BaseException:  # noqa: BLE001 - report everything; this process exits next
-                report = orjson.dumps({"error": traceback.format_exc()})
-            os.write(write_fd, report)
-            os._exit(0)
-        os.close(write_fd)
-        chunks: list[bytes] = []
-        try:
-            with os.fdopen(read_fd, "rb") as pipe:
-                signal.setitimer(signal.ITIMER_REAL, timeout)
-                self._in_handler = True
-                chunks.append(pipe.read())  # EOF when the child exits, however it exits
-        finally:
-            self._in_handler = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            if chunks == []:  # interrupted or timed out: stop the child
-                os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-        if not chunks[0]:
-            raise IsolatedJobDied(f"job process died ({_describe_status(status)})")
-        report = orjson.loads(chunks[0])
-        if "error" in report:
-            raise IsolatedJobFailed(report["error"])
-        return report["value"]
+    @staticmethod
+    def _retry_delay(claimed: Claimed) -> float:
+        if not claimed.backoff:
+            return 0.0
+        return Backoff.model_validate_json(claimed.backoff).delay(claimed.attempt)
 
     def _no_retry(self, claimed: Claimed) -> None:
         """A job that can never succeed here (unknown type) is failed at once, never retried."""
         self.redis.hset(constants.job_key(claimed.id), "retries_left", 0)
 
-    # --- liveness ---
+    # --- background threads: liveness and commands ---
     def _heartbeat_loop(self) -> None:
         client = connect(self.settings.queue_redis)
         key = constants.worker_key(self.name)
         ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
         while True:
+            with self._lock:
+                held = list(self._in_flight)
             try:
-                with self._lock:
-                    members = list(self._in_flight)
                 with client.pipeline(transaction=False) as pipe:
                     pipe.hset(
                         key,
                         mapping={
                             "birth": self._birth,
                             "last_heartbeat": jobs.utc_iso(),
-                            "queues": self.queue,
+                            "queues": ",".join(self.queues),
                             "pid": os.getpid(),
                             "hostname": socket.gethostname(),
-                            "state": "busy" if members else "idle",
+                            "state": "busy" if held else "idle",
                         },
                     )
                     pipe.expire(key, ttl)
                     pipe.sadd(constants.WORKERS_KEY, key)
-                    pipe.sadd(constants.queue_workers_key(self.queue), key)
-                    if members:
-                        score = self._registry_score()
+                    for queue in self.queues:
+                        pipe.sadd(constants.queue_workers_key(queue), key)
+                    score = self._registry_score()
+                    for claimed in held:
                         pipe.zadd(
-                            constants.registry_key("started", self.queue),
-                            dict.fromkeys(members, score),
+                            constants.registry_key("started", claimed.queue),
+                            {claimed.member: score},
                             xx=True,
                         )
                     pipe.execute()
@@ -344,14 +344,39 @@ class Worker:
                 log.debug("heartbeat failed: %s", exc)
             time.sleep(self.settings.worker_processing_interval)
 
+    def _command_loop(self) -> None:
+        """RQ's command channel: `stop-job` cancels a job this process holds."""
+        while True:
+            try:
+                client = connect(self.settings.queue_redis)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(constants.command_channel(self.name))
+                for message in pubsub.listen():
+                    command = orjson.loads(message["data"])
+                    if command.get("command") == "stop-job":
+                        self._cancel.add(str(command.get("job_id")))
+                        if command.get("job_id") == self._current:
+                            os.kill(os.getpid(), signal.SIGUSR2)
+            except (redis.RedisError, orjson.JSONDecodeError) as exc:
+                log.debug("command channel: %s", exc)
+                time.sleep(1)
+
     def _deregister(self) -> None:
         """Put back any job we still hold, then remove our worker registration."""
         key = constants.worker_key(self.name)
         try:
-            recovery.recover(self.redis, self.queue, owner=self.name, mode="interrupted")
+            for queue in self.queues:
+                recovery.recover(
+                    self.redis,
+                    queue,
+                    max_crashes=self.settings.max_crashes,
+                    owner=self.name,
+                    mode="interrupted",
+                )
             with self.redis.pipeline() as pipe:
                 pipe.srem(constants.WORKERS_KEY, key)
-                pipe.srem(constants.queue_workers_key(self.queue), key)
+                for queue in self.queues:
+                    pipe.srem(constants.queue_workers_key(queue), key)
                 pipe.delete(key)
                 pipe.execute()
         except redis.RedisError as exc:

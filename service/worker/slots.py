@@ -11,10 +11,16 @@ import time
 from typing import Any
 
 # Field offsets inside a slot.
-TICK, DEADLINE, READY, FINISHED, FAILED, RETRIED, INTERRUPTED = range(7)
-WIDTH = 7
+TICK, DEADLINE, READY, FINISHED, FAILED, RETRIED, INTERRUPTED, CANCELED = range(8)
+WIDTH = 8
 JOB_ID_BYTES = 64  # room for the running job's id (ours are 32 hex characters)
-COUNTERS = {"finished": FINISHED, "failed": FAILED, "retried": RETRIED, "interrupted": INTERRUPTED}
+COUNTERS = {
+    "finished": FINISHED,
+    "failed": FAILED,
+    "retried": RETRIED,
+    "interrupted": INTERRUPTED,
+    "canceled": CANCELED,
+}
 
 
 class Slot:

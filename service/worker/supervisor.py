@@ -21,8 +21,9 @@ from typing import Literal
 
 import redis
 
-from service import constants, logs
+from service import constants, logs, queues
 from service import registry as registry_module
+from service.registry import Registry
 from service.settings import Settings
 from service.worker import recovery
 from service.worker.health import HealthServer
@@ -33,17 +34,23 @@ log = logging.getLogger("service.worker")
 _spawn = multiprocessing.get_context("spawn")
 
 
-def worker_main(settings: Settings, slots: Slots, index: int, name: str) -> None:
+def worker_main(settings: Settings, slots: Slots, index: int, name: str, served: list[str]) -> None:
     """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
     logs.configure(settings, f"worker-{index}")
     handlers = registry_module.load(settings.handler_modules)
-    worker = Worker(settings, handlers, slots[index], settings.queue_name, name)
-    raise SystemExit(worker.run())
+    raise SystemExit(Worker(settings, handlers, slots[index], served, name).run())
+
+
+def served_queues(settings: Settings, registry: Registry) -> list[str]:
+    """WORKER_QUEUES, else QUEUE_NAME and every queue a job type names; three priorities each."""
+    bases = settings.worker_queues or {settings.queue_name} | {t.queue for t in registry if t.queue}
+    return queues.served(bases)
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
+        self.queues = served_queues(settings, registry)
         self.slots = Slots(settings.worker_concurrency)
         self.processes: list[BaseProcess | None] = [None] * settings.worker_concurrency
         self.names = [""] * settings.worker_concurrency
@@ -67,9 +74,9 @@ class Supervisor:
         health = HealthServer(self.settings, self.healthy, self.ready)
         health.start()
         log.info(
-            "worker supervisor: %d processes on queue %s, Redis %s, health on :%d",
+            "worker supervisor: %d processes on queues %s, Redis %s, health on :%d",
             self.settings.worker_concurrency,
-            self.settings.queue_name,
+            ",".join(self.queues),
             self.settings.queue_redis,
             health.port,
         )
@@ -98,7 +105,7 @@ class Supervisor:
         self.names[index] = f"{self.prefix}.{index}.{self.restarts[index]}"
         process = _spawn.Process(
             target=worker_main,
-            args=(self.settings, self.slots, index, self.names[index]),
+            args=(self.settings, self.slots, index, self.names[index], self.queues),
             name=f"worker-{index}",
             daemon=True,
         )
@@ -116,8 +123,21 @@ class Supervisor:
                 if process is not None and not process.is_alive() and not self.signals:
                     self._replace(index, process)
             if time.monotonic() >= next_housekeeping:
-                self._recover()
-                next_housekeeping = time.monotonic() + self.settings.worker_processing_interval
+                next_housekeeping = time.monotonic() + self._housekeeping()
+
+    def _housekeeping(self) -> float:
+        """Recover jobs of dead containers and promote due scheduled jobs; return the seconds
+        until the next round: WORKER_PROCESSING_INTERVAL, or sooner if a job falls due."""
+        interval = self.settings.worker_processing_interval
+        self._recover()
+        try:
+            _, next_due = recovery.promote(self.redis, self.queues)
+        except redis.RedisError as exc:
+            log.warning("promotion of scheduled jobs skipped, Redis unavailable: %s", exc)
+            return interval
+        if next_due is None:
+            return interval
+        return min(interval, max(constants.MIN_PROMOTE_WAIT, next_due - time.time()))
 
     def _replace(self, index: int, process: BaseProcess) -> None:
         """A worker process died: re-queue its jobs now, then start another after a backoff."""
@@ -141,16 +161,25 @@ class Supervisor:
     ) -> None:
         """Put back the jobs a dead worker process held (name), or those of any worker whose
         heartbeat expired (no name: its whole container died), and prune dead registrations."""
+        totals = [0, 0, 0]
         try:
-            failed, redelivered, interrupted = recovery.recover(
-                self.redis, self.settings.queue_name, owner=name, mode=mode, current=current
-            )
+            for queue in self.queues:
+                counts = recovery.recover(
+                    self.redis,
+                    queue,
+                    max_crashes=self.settings.max_crashes,
+                    owner=name,
+                    mode=mode,
+                    current=current,
+                )
+                totals = [a + b for a, b in zip(totals, counts, strict=True)]
+                recovery.prune_workers(self.redis, queue)
             if name:
                 self.redis.delete(constants.worker_key(name))
-            recovery.prune_workers(self.redis, self.settings.queue_name)
         except redis.RedisError as exc:
             log.warning("recovery skipped, Redis unavailable: %s", exc)
             return
+        failed, redelivered, interrupted = totals
         self.lost_jobs += redelivered + interrupted
         if failed or redelivered or interrupted:
             log.warning(
@@ -160,7 +189,7 @@ class Supervisor:
                 redelivered,
                 interrupted,
                 failed,
-                constants.MAX_CRASHES,
+                self.settings.max_crashes,
             )
 
     def _shut_down(self) -> int:
@@ -238,5 +267,5 @@ def _wait_exit(processes: list[BaseProcess], give_up: Callable[[], bool]) -> boo
     return True
 
 
-def run(settings: Settings) -> int:
-    return Supervisor(settings).run()
+def run(settings: Settings, registry: Registry) -> int:
+    return Supervisor(settings, registry).run()

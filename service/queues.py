@@ -1,0 +1,26 @@
+"""Queue names: each named queue is three RQ queues, one per priority, drained in order."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+Priority = Literal["high", "default", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "default", "low")
+_BASE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def valid_base(name: str) -> bool:
+    return bool(_BASE.match(name)) and not name.endswith((".high", ".low"))
+
+
+def concrete(base: str, priority: Priority) -> str:
+    """The RQ queue for a priority: `emails.high`, `emails`, `emails.low`."""
+    return base if priority == "default" else f"{base}.{priority}"
+
+
+def served(bases: Iterable[str]) -> list[str]:
+    """Every RQ queue of these named queues, in the order a worker drains them."""
+    names = sorted(set(bases))
+    return [concrete(base, priority) for priority in PRIORITIES for base in names]
