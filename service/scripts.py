@@ -115,6 +115,7 @@ for i = 2, #ARGV, 10 do
   local jk = 'rq:job:' .. id
   redis.call('HSET', jk, 'created_at', now_iso, 'data', ARGV[i + 3], 'origin', q,
     'description', ARGV[i + 2], 'timeout', ARGV[i + 4], 'retries_left', ARGV[i + 5],
+    'max_retries', ARGV[i + 5],
     'backoff', ARGV[i + 6], 'result_ttl', ARGV[i + 7], 'failure_ttl', ARGV[i + 8], 'attempts', 0)
   if run_at == '' then
     redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)

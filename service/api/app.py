@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from service import constants
-from service.api import routes
+from service.api import dead, routes
 from service.api.errors import ApiError, api_error_handler, http_error_handler
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
@@ -59,6 +59,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             Route("/health", routes.health, methods=["GET"]),
             Route("/ready", routes.ready, methods=["GET"]),
             Route("/openapi.json", routes.openapi, methods=["GET"]),
+            *dead.routes,
         ],
         exception_handlers={
             ApiError: api_error_handler,

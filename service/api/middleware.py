@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import ApiError
 from service.settings import Secret
 
-PROTECTED = ("/jobs", "/queues")  # health, readiness and the OpenAPI document stay open
+PROTECTED = ("/jobs", "/queues", "/dead")  # health, readiness and the OpenAPI document stay open
 
 
 class ApiKeyAuth:

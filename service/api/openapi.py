@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service import constants
+from service.api import dead
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -139,6 +140,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
             }
         },
     }
+    paths.update(dead.openapi_paths())
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Job service", "version": "1"},
