@@ -1,4 +1,4 @@
-"""The dead-letter queue over HTTP: failed jobs (RQ's failed registries), listed, retried, purged."""
+"""The dead-letter queue over HTTP: failed jobs (RQ's failed registries), listed, retried."""
 
 from __future__ import annotations
 
