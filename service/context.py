@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import redis
+import orjson
+from redis import Redis
+
+from service import constants, jobs
 
 
 @dataclass(slots=True)
 class JobContext:
-    """The running job: its identity, and the application's connections.
+    """The running job: its identity, the application's Redis, and a progress reporter.
 
     `redis` is the application's Redis (REDIS_*, db 0 by default), not the queue's.
     """
@@ -19,5 +22,17 @@ class JobContext:
     type: str
     queue: str
     attempt: int  # 1 on the first run
-    redis: redis.Redis
+    redis: Redis
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("service.job"))
+    queue_redis: Redis | None = None  # where progress is written
+
+    def progress(self, percent: float, message: str = "") -> None:
+        """Report progress (0-100, and a short message); GET /jobs/{id} shows the latest.
+
+        One Redis write per call: report per step, not per item of a tight loop.
+        """
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress percent must be within 0-100, got {percent}")
+        if self.queue_redis is not None:
+            report = {"percent": percent, "message": message[:500], "at": jobs.utc_iso()}
+            self.queue_redis.hset(constants.job_key(self.id), "progress", orjson.dumps(report))

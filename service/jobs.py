@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import time
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +28,24 @@ RESULT_FAILED = b"2"
 RESULT_RETRIED = b"4"
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex
+def new_id(now: float | None = None) -> str:
+    """A UUIDv7 in hex: time-ordered, and its first 12 digits are the creation time in ms,
+    so an id alone tells how old a job is (see `id_created_at`)."""
+    millis = int((time.time() if now is None else now) * 1000) & (2**48 - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)  # RFC 9562 variant
+    return f"{value:032x}"
+
+
+def id_created_at(job_id: str) -> float | None:
+    """The creation time (epoch seconds) in one of our ids; None for any other id."""
+    if len(job_id) != 32 or job_id[12] != "7":
+        return None
+    try:
+        return int(job_id[:12], 16) / 1000
+    except ValueError:
+        return None
 
 
 def utc_iso(timestamp: float | None = None) -> str:

@@ -102,34 +102,84 @@ end
 """
 )
 
-# KEYS: rq:queues. ARGV: now_iso, then per job: id, queue, type, data, timeout, retries_left,
-# backoff, result_ttl, failure_ttl, run_at ('' = now). Writes the job hash as RQ's enqueue
-# does, then pushes it, or (run_at) adds it to the scheduled registry as RQ's enqueue_at does.
-PUBLISH = (
+# Writes each job's hash as RQ's enqueue does, then pushes it, or (run_at) adds it to the
+# scheduled registry as RQ's enqueue_at does. argv[first]: now_iso, then per job: id, queue,
+# type, data, timeout, retries_left, backoff, result_ttl, failure_ttl, run_at ('' = now).
+_PUBLISH = (
     _PUSH
     + """
-local now_iso = ARGV[1]
-local seen = {}
-for i = 2, #ARGV, 10 do
-  local id, q, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 9]
-  local jk = 'rq:job:' .. id
-  redis.call('HSET', jk, 'created_at', now_iso, 'data', ARGV[i + 3], 'origin', q,
-    'description', ARGV[i + 2], 'timeout', ARGV[i + 4], 'retries_left', ARGV[i + 5],
-    'max_retries', ARGV[i + 5],
-    'backoff', ARGV[i + 6], 'result_ttl', ARGV[i + 7], 'failure_ttl', ARGV[i + 8], 'attempts', 0)
-  if run_at == '' then
-    redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
-    push(q, id, false)
-  else
-    redis.call('HSET', jk, 'status', 'scheduled', 'run_at', run_at)
-    redis.call('ZADD', 'rq:scheduled:' .. q, run_at, id)
-  end
-  if not seen[q] then
-    redis.call('SADD', KEYS[1], 'rq:queue:' .. q)
-    seen[q] = true
+local function publish(argv, first)
+  local now_iso = argv[first]
+  local seen = {}
+  for i = first + 1, #argv, 10 do
+    local id, q, run_at = argv[i], argv[i + 1], argv[i + 9]
+    local jk = 'rq:job:' .. id
+    redis.call('HSET', jk, 'created_at', now_iso, 'data', argv[i + 3], 'origin', q,
+      'description', argv[i + 2], 'timeout', argv[i + 4], 'retries_left', argv[i + 5],
+      'max_retries', argv[i + 5], 'backoff', argv[i + 6], 'result_ttl', argv[i + 7],
+      'failure_ttl', argv[i + 8], 'attempts', 0)
+    if run_at == '' then
+      redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
+      push(q, id, false)
+    else
+      redis.call('HSET', jk, 'status', 'scheduled', 'run_at', run_at)
+      redis.call('ZADD', 'rq:scheduled:' .. q, run_at, id)
+    end
+    if not seen[q] then
+      redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
+      seen[q] = true
+    end
   end
 end
-return (#ARGV - 1) / 10
+"""
+)
+
+# ARGV: as _PUBLISH's, from 1.
+PUBLISH = _PUBLISH + "publish(ARGV, 1)\nreturn 1\n"
+
+# The same for one job under an idempotency key. ARGV: key, fingerprint of the request,
+# key TTL, then as _PUBLISH's. Returns {id, 'new' | 'same' | 'different'}: an existing key
+# returns its job's id, and whether this request is the same as the one that made it.
+PUBLISH_ONCE = (
+    _PUBLISH
+    + """
+local key, fingerprint = 'rq:idempotency:' .. ARGV[1], ARGV[2]
+local existing = redis.call('HMGET', key, 'id', 'fingerprint')
+if existing[1] then
+  return {existing[1], existing[2] == fingerprint and 'same' or 'different'}
+end
+publish(ARGV, 4)
+redis.call('HSET', key, 'id', ARGV[5], 'fingerprint', fingerprint)
+redis.call('EXPIRE', key, ARGV[3])
+return {ARGV[5], 'new'}
+"""
+)
+
+# DELETE /jobs/{id}. ARGV: id, now, now_iso. A queued or scheduled job is canceled at once; a
+# started one gets a `stop-job` command on its worker's channel (RQ's), and ends canceled
+# when the worker stops it. Returns {outcome, status}: canceled | canceling | conflict | missing.
+CANCEL = (
+    _TRANSITIONS
+    + """
+local id, now, now_iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local jk = 'rq:job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'origin', 'worker_name')
+local status, q = f[1], f[2]
+if not status then return {'missing', ''} end
+local removed = 0
+if status == 'queued' then
+  removed = redis.call('LREM', 'rq:queue:' .. q, 1, id)
+elseif status == 'scheduled' then
+  removed = redis.call('ZREM', 'rq:scheduled:' .. q, id)
+elseif status == 'started' then
+  redis.call('HSET', jk, 'cancel_requested', now_iso)
+  redis.call('PUBLISH', 'rq:pubsub:' .. (f[3] or ''),
+    '{"command": "stop-job", "job_id": "' .. id .. '"}')
+  return {'canceling', status}
+end
+if removed == 0 then return {'conflict', status} end
+cancel(jk, id, q, '', '', ARGV[2], ARGV[2], now_iso, now)
+return {'canceled', 'canceled'}
 """
 )
 

@@ -30,11 +30,29 @@ class Store:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._publish = client.register_script(scripts.PUBLISH)
+        self._publish_once = client.register_script(scripts.PUBLISH_ONCE)
+        self._cancel = client.register_script(scripts.CANCEL)
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script)."""
-        args = jobs.publish_args(batch, time.time())
-        await self._publish(keys=[constants.QUEUES_KEY], args=args)
+        await self._publish(args=jobs.publish_args(batch, time.time()))
+
+    async def publish_once(
+        self, job: jobs.NewJob, key: str, fingerprint: str, ttl: int
+    ) -> tuple[str, str]:
+        """Publish under an idempotency key, atomically: (job id, 'new' | 'same' | 'different').
+
+        An existing key returns the id of the job it made, and whether `fingerprint` matches.
+        """
+        args = [key, fingerprint, ttl, *jobs.publish_args([job], time.time())]
+        job_id, verdict = await self._publish_once(args=args)
+        return job_id.decode(), verdict.decode()
+
+    async def cancel(self, job_id: str) -> tuple[str, str]:
+        """(canceled | canceling | conflict | missing, the job's status)."""
+        now = time.time()
+        outcome, status = await self._cancel(args=[job_id, now, jobs.utc_iso(now)])
+        return outcome.decode(), status.decode()
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """The public view of a job, or None if Redis does not have it."""

@@ -55,6 +55,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             Route("/jobs", routes.submit_job, methods=["POST"]),
             Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
             Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
+            Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
             Route("/queues", routes.list_queues, methods=["GET"]),
             Route("/health", routes.health, methods=["GET"]),
             Route("/ready", routes.ready, methods=["GET"]),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,9 +33,35 @@ def _accepted(job: jobs.NewJob) -> dict[str, Any]:
 async def submit_job(request: Request) -> Response:
     settings, registry, store = _state(request)
     body = await read_json(request)
-    ((job, _),) = parse_jobs([body], registry, settings.queue_name, batch=False)
-    await store.publish([job])
+    ((job, options),) = parse_jobs([body], registry, settings.queue_name, batch=False)
+    key = request.headers.get("idempotency-key") or options.idempotency_key
+    if key is None:
+        await store.publish([job])
+        return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
+    if not 0 < len(key) <= 200 or not key.isprintable():
+        raise ApiError(422, "invalid_job", "the Idempotency-Key must be 1-200 printable characters")
+    if options.idempotency_key not in (None, key):
+        raise ApiError(422, "invalid_job", "Idempotency-Key header and idempotency_key differ")
+    job_id, verdict = await store.publish_once(
+        job, key, _fingerprint(body), settings.idempotency_ttl
+    )
+    if verdict == "different":
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            "this Idempotency-Key was used for a different request",
+            {"id": job_id},
+        )
+    if verdict == "same":  # a repeat: the original job, as it is now
+        view = await store.job(job_id) or {"id": job_id, "status": "expired"}
+        return JSONResponse(view, 200, headers={"Location": f"/jobs/{job_id}"})
     return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
+
+
+def _fingerprint(body: dict[str, Any]) -> str:
+    """What makes two requests 'the same' for idempotency: every field but the key itself."""
+    request = {k: v for k, v in body.items() if k != "idempotency_key"}
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 async def submit_batch(request: Request) -> Response:
@@ -53,12 +82,45 @@ async def submit_batch(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
-    _, _, store = _state(request)
+    _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
     view = await store.job(job_id) if _valid_id(job_id) else None
     if view is None:
-        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+        raise _not_found(job_id, registry)
     return JSONResponse(view)
+
+
+async def cancel_job(request: Request) -> Response:
+    """Cancel a queued or scheduled job at once (200); ask a running one's worker to stop it
+    (202, it ends `canceled`); a finished, failed or canceled job is a 409."""
+    _, registry, store = _state(request)
+    job_id: str = request.path_params["job_id"]
+    outcome, status = await store.cancel(job_id) if _valid_id(job_id) else ("missing", "")
+    if outcome == "missing":
+        raise _not_found(job_id, registry)
+    if outcome == "conflict":
+        raise ApiError(
+            409,
+            "job_not_cancelable",
+            f"job {job_id} is {status}: too late to cancel",
+            {"status": status},
+        )
+    code = 200 if outcome == "canceled" else 202
+    return JSONResponse({"id": job_id, "status": outcome}, code)
+
+
+def _not_found(job_id: str, registry: Registry) -> ApiError:
+    """404, or 410 when the id itself shows the job is older than any job is kept."""
+    created = jobs.id_created_at(job_id)
+    kept = min((min(t.result_ttl, t.failure_ttl) for t in registry), default=0)
+    if created is not None and kept and time.time() - created > kept:
+        message = (
+            f"job {job_id} was created at {jobs.utc_iso(created)}; finished and failed "
+            f"jobs are kept result_ttl/failure_ttl seconds (here at least {kept}) after "
+            "they end, so it has expired"
+        )
+        return ApiError(410, "job_expired", message, {"created_at": jobs.utc_iso(created)})
+    return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
 
 
 def _valid_id(job_id: str) -> bool:

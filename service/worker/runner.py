@@ -227,7 +227,14 @@ class Worker:
             job_type, payload = jobs.decode_data(claimed.data)
             spec = self.registry.get(job_type)
             timeout = claimed.timeout if claimed.timeout > 0 else spec.timeout
-            ctx = JobContext(claimed.id, job_type, claimed.queue, claimed.attempt, self.app_redis)
+            ctx = JobContext(
+                claimed.id,
+                job_type,
+                claimed.queue,
+                claimed.attempt,
+                self.app_redis,
+                queue_redis=self.redis,
+            )
             arguments = spec.validate(payload)
             self._current = claimed.id
             self.slot.busy(timeout, claimed.id)
