@@ -81,3 +81,19 @@ def swallow(payload: Key, ctx: JobContext) -> None:
             time.sleep(0.05)
         except Exception:  # noqa: BLE001 - the point of this handler
             ctx.logger.info("swallowed")
+
+
+@job("test.report", queue="reports")
+def report(payload: Key, ctx: JobContext) -> str:
+    """A job type on its own queue, for worker specialization."""
+    return ctx.queue
+
+
+@job("test.progress")
+def progress(payload: Key, ctx: JobContext) -> str:
+    """Reports 50 %, then runs until `payload.key` exists."""
+    ctx.progress(50, "half way")
+    while not ctx.redis.exists(payload.key):
+        time.sleep(0.01)
+    ctx.progress(100, "done")
+    return "done"
