@@ -209,6 +209,20 @@ def test_openapi_is_generated_from_the_registry(client: TestClient) -> None:
     assert schemas["Job_sleep"]["properties"]["payload"]["properties"]["seconds"]["minimum"] == 0
     assert schemas["Job_test_flaky"]["properties"]["type"] == {"const": "test.flaky"}
     assert "/jobs/batch" in document["paths"]
+    options = schemas["Job_sleep"]["properties"]
+    assert {
+        "priority",
+        "delay",
+        "run_at",
+        "max_retries",
+        "backoff",
+        "timeout",
+        "idempotency_key",
+        "result_ttl",
+        "failure_ttl",
+    } <= set(options)
+    assert schemas["Backoff"]["properties"]["type"]["enum"] == ["fixed", "exponential"]
+    assert "delete" in document["paths"]["/jobs/{job_id}"]
 
 
 def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:

@@ -227,6 +227,8 @@ def test_job_past_shutdown_timeout_is_put_back_as_interrupted(
     assert queue_redis.lrange(constants.queue_key("app-queue"), 0, -1) == [job_id.encode()]
     assert queue_redis.zcard(constants.registry_key("started", "app-queue")) == 0
     assert "1 interrupted" in worker.output
+    ((_, entry),) = queue_redis.xrange(constants.result_key(job_id))
+    assert (entry[b"type"], entry[b"reason"]) == (b"3", b"interrupted")  # recorded, not a failure
 
 
 @pytest.mark.parametrize(

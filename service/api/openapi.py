@@ -6,6 +6,7 @@ from typing import Any
 
 from service import constants
 from service.api import dead
+from service.api.submit import JobRequest
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -37,6 +38,12 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
             "properties": {k: {"type": "string"} for k in ("id", "type", "queue", "status")},
         },
     }
+    # The options every job takes (priority, delay, retries...), from the request model.
+    options = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(options.pop("$defs", {}))
+    option_properties = {
+        k: v for k, v in options["properties"].items() if k not in ("type", "payload")
+    }
     refs = []
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
@@ -46,6 +53,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
             "properties": {
                 "type": {"const": job_type.name},
                 "payload": job_type.payload.model_json_schema(),
+                **option_properties,
             },
             "required": ["type"],
             "additionalProperties": False,
@@ -69,11 +77,25 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/jobs": {
             "post": {
-                "summary": "Enqueue one job",
+                "summary": "Enqueue one job (queued, or scheduled with delay/run_at)",
                 "requestBody": job_body,
                 "security": security,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "description": "Repeats with the same key and request return the "
+                        "original job (200); the same key with another request is a 409.",
+                    }
+                ],
                 "responses": {
                     "202": _response("Accepted", {"$ref": "#/components/schemas/Accepted"}),
+                    "200": _response(
+                        "A repeat of an idempotent request: the original job", {"type": "object"}
+                    ),
+                    "409": _response("Idempotency-Key already used for another request"),
                     **errors,
                 },
             }
@@ -114,8 +136,22 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "responses": {
                     "200": _response("The job", {"type": "object"}),
                     "404": _response("Unknown id"),
+                    "410": _response("The id shows the job is older than jobs are kept"),
                 },
-            }
+            },
+            "delete": {
+                "summary": "Cancel: queued or scheduled at once (200), running on its worker (202)",
+                "security": security,
+                "parameters": [
+                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _response("Canceled", {"type": "object"}),
+                    "202": _response("Canceling: its worker stops it", {"type": "object"}),
+                    "404": _response("Unknown id"),
+                    "409": _response("Finished, failed or canceled already"),
+                },
+            },
         },
         "/queues": {
             "get": {
