@@ -242,3 +242,14 @@ def test_an_expired_job_is_explained_not_just_404(start_service: Start) -> None:
     recent = jobs.new_id()
     assert http("GET", f"{api.url}/jobs/{recent}")[0] == 404
     assert http("GET", f"{api.url}/jobs/{'f' * 32}")[0] == 404  # not one of our ids
+
+
+def test_a_poison_job_is_quarantined_after_max_crashes(start_service: Start) -> None:
+    api = start_service()
+    start_service(worker=True, WORKER_CONCURRENCY="1", MAX_CRASHES="2")
+    _, job = post(api, {"type": "test.crash", "payload": {"key": "crashes"}})
+    dead = wait_job(api, job["id"], "failed", timeout=30)
+    assert dead["crashes"] == 2 and dead["attempts"] == 2
+    assert [h["reason"] for h in dead["history"]] == ["worker_lost", "worker_lost"]
+    assert [h["outcome"] for h in dead["history"]] == ["retried", "failed"]
+    assert dead["error"].startswith("WorkerLost")
