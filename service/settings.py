@@ -193,8 +193,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
     max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
-    handler_modules: list[str] | None = env.list("HANDLER_MODULES", [])
-    worker_queues: list[str] | None = env.list("WORKER_QUEUES", [], validate=_queue_names)
+    handler_modules: list[str] | None = env.list("HANDLER_MODULES", [], subcast=str.strip)
+    worker_queues: list[str] | None = env.list(
+        "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
+    )
     max_crashes = env.int("MAX_CRASHES", 3, validate=validate.Range(min=1, max=100))
     idempotency_ttl = env.int(
         "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)

@@ -79,3 +79,12 @@ def test_result_entries_decode() -> None:
 
 def test_utc_iso_is_rqs_format() -> None:
     assert jobs.utc_iso(0) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_ids_are_uuid7_and_tell_their_age() -> None:
+    first, second = jobs.new_id(1_800_000_000.0), jobs.new_id(1_800_000_000.5)
+    assert len(first) == 32 and first[12] == "7" and first[16] in "89ab"
+    assert first < second  # time-ordered
+    assert jobs.id_created_at(first) == 1_800_000_000.0
+    assert jobs.id_created_at("f" * 32) is None
+    assert jobs.id_created_at("short") is None

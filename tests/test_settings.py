@@ -266,3 +266,16 @@ def test_env_files_are_valid(name: str) -> None:
     assert (
         "API_KEYS" not in env_file(name) or not env_file(name)["API_KEYS"]
     )  # no secret in the repo
+
+
+def test_lifecycle_settings() -> None:
+    settings = load(
+        {"WORKER_QUEUES": "emails, reports", "MAX_CRASHES": "5", "IDEMPOTENCY_TTL": "3600"}
+    )
+    assert settings.worker_queues == ("emails", "reports")
+    assert (settings.max_crashes, settings.idempotency_ttl) == (5, 3600)
+    text = problems(
+        {"WORKER_QUEUES": "ok,bad name,x.high", "MAX_CRASHES": "0", "IDEMPOTENCY_TTL": "1"}
+    )
+    assert "WORKER_QUEUES='ok,bad name,x.high'" in text
+    assert "MAX_CRASHES='0'" in text and "IDEMPOTENCY_TTL='1'" in text
