@@ -89,11 +89,12 @@ class Supervisor:
             health.stop()
         totals = self.slots.totals()
         log.info(
-            "worker stopped: %d finished, %d failed, %d retried, %d interrupted and re-queued, "
-            "%d re-queued from lost processes, exit %d",
+            "worker stopped: %d finished, %d failed, %d retried, %d canceled, "
+            "%d interrupted and re-queued, %d re-queued from lost processes, exit %d",
             totals["finished"],
             totals["failed"],
             totals["retried"],
+            totals["canceled"],
             totals["interrupted"],
             self.lost_jobs,
             code,
