@@ -19,11 +19,12 @@ log = logging.getLogger("service.dev")
 REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "QUEUE_REDIS_URL", "QUEUE_REDIS_HOST")
 
 
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """Poll the process's /ready until it answers 200 (the worker's: its processes consume)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
                 return True
         except OSError:
             time.sleep(0.1)
@@ -42,13 +43,16 @@ def run(settings: Settings) -> int:
     api_port = int(environ.get("PORT", constants.API_PORT))
     worker_port = int(environ.get("WORKER_PORT", constants.WORKER_HEALTH_PORT))
     common = {**environ, "HOST": environ.get("HOST", "127.0.0.1")}
+    # Own sessions: Ctrl-C reaches only this process, which stops each child once, in order.
     api = subprocess.Popen(
         [sys.executable, "-m", "service"],
         env={**common, "WORKER_MODE": "false", "PORT": str(api_port)},
+        start_new_session=True,
     )
     worker = subprocess.Popen(
         [sys.executable, "-m", "service"],
         env={**common, "WORKER_MODE": "true", "PORT": str(worker_port)},
+        start_new_session=True,
     )
     stopping = []
 
@@ -61,7 +65,7 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        if _wait_healthy(api_port, api) and _wait_healthy(worker_port, worker):
+        if _wait_ready(api_port, api) and _wait_ready(worker_port, worker):
             key = (
                 f" -H 'Authorization: Bearer {settings.api_keys[0].reveal()}'"
                 if settings.api_keys

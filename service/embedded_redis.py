@@ -85,7 +85,10 @@ class EmbeddedRedis:
             os.path.join(self._dir.name, "redis.log"),
             *self.extra_args,
         ]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        # Its own session: a terminal's Ctrl-C must not stop Redis before its clients.
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_ready(timeout)
         return self
 
