@@ -29,6 +29,14 @@ MIN_PROMOTE_WAIT: Final = 0.05  # seconds: housekeeping never spins faster than 
 PROMOTE_BATCH: Final = 1000  # most due scheduled jobs moved per queue per promotion
 JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
 
+# --- Dead-letter queue (GET/POST/DELETE /dead) ----------------------------------------------
+DEAD_DEFAULT_LIMIT: Final = 50  # jobs per page of GET /dead
+DEAD_MAX_LIMIT: Final = 500
+DEAD_DRY_RUN_IDS: Final = 1000  # most ids a dry run lists (it counts them all)
+DEAD_REGISTRY_PAGE: Final = 200  # failed-registry entries read per queue in one round trip
+DEAD_FIELDS_PAGE: Final = 200  # most jobs read in one pipeline, or sent to one script
+DEAD_LIST_BUDGET: Final = 10_000  # most entries one listing examines before handing a cursor
+
 # --- Worker -------------------------------------------------------------------------------
 HEARTBEAT_MISSES: Final = 3  # a worker silent for this many intervals counts as dead
 BATCH_TARGET_SECONDS: Final = 0.02  # size claims so one batch takes about this long

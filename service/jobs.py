@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import time
 import zlib
 from collections.abc import Sequence
@@ -36,6 +37,15 @@ def new_id(now: float | None = None) -> str:
     value = (millis << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
     value = (value & ~(0b11 << 62)) | (0b10 << 62)  # RFC 9562 variant
     return f"{value:032x}"
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def valid_id(job_id: str) -> bool:
+    """RQ's rule for ids (letters, digits, '-', '_'): anything else cannot exist, and must
+    never reach a key name."""
+    return _ID.fullmatch(job_id) is not None
 
 
 def id_created_at(job_id: str) -> float | None:

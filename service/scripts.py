@@ -322,3 +322,63 @@ end
 return {{moved, next_due and tostring(next_due) or ''}}
 """
 )
+
+# --- The dead-letter queue (service/dead.py) ---------------------------------------------------
+
+# A job is dead while it is in its queue's failed registry with status `failed`.
+_DEAD = """
+local function dead_queue(id)
+  local f = redis.call('HMGET', 'rq:job:' .. id, 'status', 'origin')
+  if f[1] ~= 'failed' or not f[2] then return nil end
+  if not redis.call('ZSCORE', 'rq:failed:' .. f[2], id) then return nil end
+  return f[2]
+end
+"""
+
+# ARGV: now_iso, then job ids. Each job still dead goes back on its queue at once, as new:
+# queued, retries_left back to max_retries, crashes to 0, out of the failed registry, no
+# expiry. Its attempts count and its results stream (the history; no expiry while it waits)
+# are kept. Returns per id its queue, or '' if it was not dead.
+DEAD_RETRY = (
+    _PUSH
+    + _DEAD
+    + """
+local now_iso = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local q = dead_queue(id)
+  out[i - 1] = q or ''
+  if q then
+    local jk = 'rq:job:' .. id
+    redis.call('ZREM', 'rq:failed:' .. q, id)
+    redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso, 'crashes', 0,
+      'retries_left', redis.call('HGET', jk, 'max_retries') or 0, 'worker_name', '')
+    redis.call('HDEL', jk, 'started_at', 'ended_at')
+    redis.call('PERSIST', jk)
+    redis.call('PERSIST', 'rq:results:' .. id)
+    redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
+    push(q, id, false)
+  end
+end
+return out
+"""
+)
+
+# ARGV: job ids. Each job still dead is deleted: its hash, its results stream and its
+# failed-registry entry. Returns how many were.
+DEAD_DELETE = (
+    _DEAD
+    + """
+local deleted = 0
+for _, id in ipairs(ARGV) do
+  local q = dead_queue(id)
+  if q then
+    redis.call('ZREM', 'rq:failed:' .. q, id)
+    redis.call('DEL', 'rq:job:' .. id, 'rq:results:' .. id)
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+)

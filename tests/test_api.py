@@ -172,9 +172,16 @@ def test_queues(client: TestClient) -> None:
     client.post("/jobs", json={"type": "noop"})
     client.post("/jobs", json={"type": "noop", "priority": "low"})
     queues = client.get("/queues").json()["queues"]
-    assert [q["name"] for q in queues] == ["app-queue.high", "app-queue", "app-queue.low"]
-    assert [q["waiting"] for q in queues] == [0, 1, 1]
-    assert queues[1] == {
+    assert [q["name"] for q in queues] == [
+        "app-queue.high",
+        "reports.high",
+        "app-queue",
+        "reports",
+        "app-queue.low",
+        "reports.low",
+    ]  # each queue a job type names (tests.sample_handlers: reports), high first
+    assert [q["waiting"] for q in queues] == [0, 0, 1, 0, 1, 0]
+    assert queues[2] == {
         "name": "app-queue",
         "waiting": 1,
         "started": 0,

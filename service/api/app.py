@@ -19,6 +19,7 @@ from service.api import dead, routes
 from service.api.errors import ApiError, api_error_handler, http_error_handler
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
+from service.dead import DeadLetters
 from service.registry import Registry
 from service.settings import Settings
 from service.store import Store, connect_async
@@ -39,6 +40,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
         app.state.store = Store(client)
+        app.state.dead = DeadLetters(client)
         log.info(
             "API: %d job types, queue %s on %s",
             len(registry),

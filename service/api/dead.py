@@ -1,14 +1,415 @@
-"""The dead-letter queue over HTTP: failed jobs (RQ's failed registries), listed, retried."""
+"""The dead-letter queue over HTTP: failed jobs (RQ's failed registries), listed, retried, deleted.
+
+Every endpoint takes the same filter (type, queue, error, since, until; see `dead.Filter`). A
+listing's cursor is opaque to clients: base64url of `<score> <id>`, the registry position of
+the last job it examined (see service/dead.py), so a cursor stays valid while jobs are retried
+or deleted around it.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
-routes: list[Route] = []
+from service import constants, jobs, queues
+from service.api.errors import ApiError, JSONResponse
+from service.api.submit import read_json
+from service.dead import DeadLetters, Filter, Position
+
+_FILTERS = ("type", "queue", "error", "since", "until")
+_MAX_CHARS = {"type": 101, "queue": 200, "error": 200, "since": 64, "until": 64}
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+Problems = list[dict[str, str]]
 
 
-def openapi_paths() -> dict[str, Any]:
-    """The OpenAPI `paths` entries of these routes."""
-    return {}
+def _dead_letters(request: Request) -> DeadLetters:
+    dead: DeadLetters = request.app.state.dead
+    return dead
+
+
+async def _queues(request: Request, dead: DeadLetters, where: Filter) -> list[str]:
+    """The filter's queue, or every queue: those the API serves (as GET /queues lists them)
+    and any other Redis knows."""
+    if where.queue is not None:
+        return [where.queue]
+    state = request.app.state
+    bases = {state.settings.queue_name} | {t.queue for t in state.registry if t.queue}
+    return await dead.queues(queues.served(bases))
+
+
+async def list_dead(request: Request) -> Response:
+    problems: Problems = []
+    query = _query(request, (*_FILTERS, "limit", "cursor"), problems)
+    where = _filter(query, problems)
+    limit = _limit(query.get("limit"), problems)
+    after = _cursor(query.get("cursor"), problems)
+    _check(problems)
+    dead = _dead_letters(request)
+    found, position = await dead.page(await _queues(request, dead, where), where, limit, after)
+    next_cursor = None if position is None else _encode_cursor(position)
+    return JSONResponse({"jobs": [job.view() for job in found], "next_cursor": next_cursor})
+
+
+async def retry_one(request: Request) -> Response:
+    job_id: str = request.path_params["job_id"]
+    retried = await _dead_letters(request).retry([job_id]) if jobs.valid_id(job_id) else {}
+    if job_id not in retried:
+        raise _not_dead(job_id)
+    return JSONResponse({"id": job_id, "queue": retried[job_id], "status": "queued"})
+
+
+async def retry_matching(request: Request) -> Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise _invalid([{"field": "body", "message": 'expected an object: {"dry_run": true}'}])
+    problems: Problems = []
+    for name in sorted(body.keys() - {*_FILTERS, "dry_run"}):
+        problems.append({"field": name, "message": _unknown(("dry_run", *_FILTERS))})
+    dry_run = body.get("dry_run")
+    if not isinstance(dry_run, bool):
+        problems.append({"field": "dry_run", "message": "required: true or false"})
+    where = _filter(body, problems)
+    _check(problems)
+    dead = _dead_letters(request)
+    matches = dead.matching(await _queues(request, dead, where), where)
+    count = 0
+    ids: list[str] = []
+    async for found in matches:
+        if dry_run:
+            count += len(found)
+            ids += [job.id for job in found][: constants.DEAD_DRY_RUN_IDS - len(ids)]
+        else:
+            count += len(await dead.retry([job.id for job in found]))
+    if dry_run:
+        return JSONResponse({"dry_run": True, "count": count, "ids": ids})
+    return JSONResponse({"dry_run": False, "count": count})
+
+
+async def delete_one(request: Request) -> Response:
+    job_id: str = request.path_params["job_id"]
+    if not jobs.valid_id(job_id) or not await _dead_letters(request).delete([job_id]):
+        raise _not_dead(job_id)
+    return Response(status_code=204)
+
+
+async def delete_matching(request: Request) -> Response:
+    problems: Problems = []
+    query = _query(request, (*_FILTERS, "all"), problems)
+    where = _filter(query, problems)
+    everything = query.get("all")
+    if everything not in (None, "true", "false"):
+        problems.append({"field": "all", "message": "expected true or false"})
+    elif everything == "true" and not where.empty:
+        problems.append({"field": "all", "message": "all=true deletes everything: no filters"})
+    elif everything != "true" and where.empty and not problems:
+        message = f"give at least one filter ({', '.join(_FILTERS)}), or all=true"
+        problems.append({"field": "all", "message": message})
+    _check(problems)
+    dead = _dead_letters(request)
+    count = 0
+    async for found in dead.matching(await _queues(request, dead, where), where):
+        count += await dead.delete([job.id for job in found])
+    return JSONResponse({"count": count})
+
+
+routes: list[Route] = [
+    Route("/dead", list_dead, methods=["GET"]),
+    Route("/dead", delete_matching, methods=["DELETE"]),
+    Route("/dead/retry", retry_matching, methods=["POST"]),
+    Route("/dead/{job_id}/retry", retry_one, methods=["POST"]),
+    Route("/dead/{job_id}", delete_one, methods=["DELETE"]),
+]
+
+
+# --- Parameters: every problem reported at once, each naming its parameter -------------------
+def _not_dead(job_id: str) -> ApiError:
+    message = f"no job with id {job_id!r} in the dead-letter queue"
+    return ApiError(404, "not_in_dead_letter_queue", message)
+
+
+def _check(problems: Problems) -> None:
+    if problems:
+        raise _invalid(problems)
+
+
+def _invalid(problems: Problems) -> ApiError:
+    message = f"{len(problems)} invalid parameter(s); nothing was changed"
+    return ApiError(422, "invalid_parameters", message, {"errors": problems})
+
+
+def _unknown(known: tuple[str, ...]) -> str:
+    return f"unknown parameter; known: {', '.join(known)}"
+
+
+def _query(request: Request, known: tuple[str, ...], problems: Problems) -> dict[str, str]:
+    """The query parameters, each at most once; an empty value counts as not given."""
+    values: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            problems.append({"field": name, "message": _unknown(known)})
+        elif name in values:
+            problems.append({"field": name, "message": "given more than once"})
+        elif value:
+            values[name] = value
+    return values
+
+
+def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
+    """The filter in a query string or a JSON body; `null` or '' counts as not given."""
+    text: dict[str, str | None] = {}
+    for name in _FILTERS:
+        value = values.get(name)
+        if value is not None and not isinstance(value, str):
+            problems.append({"field": name, "message": "expected a string"})
+        elif value and len(value) > _MAX_CHARS[name]:
+            problems.append({"field": name, "message": f"at most {_MAX_CHARS[name]} characters"})
+        else:
+            text[name] = value or None
+    job_type, queue = text.get("type"), text.get("queue")
+    if job_type is not None and "*" in job_type[:-1]:
+        message = "a job type, or a prefix ending in '*' (email.*)"
+        problems.append({"field": "type", "message": message})
+    if queue is not None and not queues.valid_base(_base_of(queue)):
+        problems.append({"field": "queue", "message": "not a queue name"})
+    since = _instant("since", text.get("since"), problems)
+    until = _instant("until", text.get("until"), problems)
+    if since is not None and until is not None and since > until:
+        problems.append({"field": "until", "message": "until is before since"})
+    return Filter(type=job_type, queue=queue, error=text.get("error"), since=since, until=until)
+
+
+def _base_of(queue: str) -> str:
+    return queue.removesuffix(".high").removesuffix(".low")
+
+
+def _instant(name: str, value: str | None, problems: Problems) -> float | None:
+    """An RFC 3339 time with a timezone, as epoch seconds."""
+    if value is None:
+        return None
+    # A '+' sent unencoded in a query string arrives as a space: read it as the '+' it was.
+    value = re.sub(r" (\d\d:\d\d)$", r"+\1", value)
+    if _RFC3339.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value.upper()).timestamp()
+        except ValueError:
+            pass
+    message = "expected an RFC 3339 time with a timezone: 2026-11-29T10:00:00Z"
+    problems.append({"field": name, "message": message})
+    return None
+
+
+def _limit(value: str | None, problems: Problems) -> int:
+    if value is None:
+        return constants.DEAD_DEFAULT_LIMIT
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= constants.DEAD_MAX_LIMIT:
+        return int(value)
+    problems.append(
+        {"field": "limit", "message": f"expected a whole number 1-{constants.DEAD_MAX_LIMIT}"}
+    )
+    return constants.DEAD_DEFAULT_LIMIT
+
+
+def _encode_cursor(position: Position) -> str:
+    score, job_id = position
+    return base64.urlsafe_b64encode(f"{score!r} {job_id}".encode()).decode().rstrip("=")
+
+
+def _cursor(value: str | None, problems: Problems) -> Position | None:
+    if value is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        score_text, job_id = text.split(" ")
+        score = float(score_text)
+        if math.isfinite(score) and jobs.valid_id(job_id):
+            return score, job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    problems.append({"field": "cursor", "message": "not a cursor this API returned"})
+    return None
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_FILTER_DOCS = {
+    "type": "A job type, or a prefix ending in `*` (`email.*`)",
+    "queue": "One RQ queue, priority included (`emails.high`)",
+    "error": "Case-insensitive substring of the last attempt's error text (the whole traceback)",
+    "since": "Failed at or after this RFC 3339 time with a timezone",
+    "until": "Failed at or before this RFC 3339 time with a timezone",
+}
+_DEAD_JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": ["string", "null"]},
+        "queue": {"type": "string"},
+        "failed_at": {"type": ["string", "null"], "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "attempts": {"type": "integer"},
+        "crashes": {"type": "integer"},
+        "reason": {"enum": ["exception", "timeout", "worker_lost", None]},
+        "error": {"type": ["string", "null"], "description": "Last line of the traceback"},
+        "payload": {},
+    },
+}
+
+
+def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema or _ERROR}},
+    }
+
+
+def _object(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
+def _query_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
+    """The OpenAPI `paths` entries of these routes (`auth`: API_KEYS is set)."""
+    text = {"type": "string", "minLength": 1}
+    filters = [_query_param(name, doc, text) for name, doc in _FILTER_DOCS.items()]
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    invalid = _response("An invalid parameter (each named in details.errors); nothing changed")
+    common: dict[str, Any] = {"503": _response("Redis unavailable (see Retry-After)")}
+    security: list[dict[str, list[str]]] = []
+    if auth:
+        common["401"] = _response("Missing or invalid API key")
+        security = [{"bearer": []}]
+    not_dead = _response("Not in the dead-letter queue (not_in_dead_letter_queue)")
+    retry_body = {
+        "type": "object",
+        "required": ["dry_run"],
+        "additionalProperties": False,
+        "properties": {
+            "dry_run": {"type": "boolean", "description": "Count and list, change nothing"},
+            **{name: {**text, "description": doc} for name, doc in _FILTER_DOCS.items()},
+        },
+    }
+    return {
+        "/dead": {
+            "get": {
+                "summary": "Dead jobs (failed, out of retries), newest failure first",
+                "description": "Ordered by failed-registry score (failure time + failure_ttl). "
+                f"Follow `next_cursor` until it is null: one request examines at most "
+                f"{constants.DEAD_LIST_BUDGET} entries, so a sparse filter may answer fewer "
+                "jobs than `limit`, "
+                "even none.",
+                "security": security,
+                "parameters": [
+                    *filters,
+                    _query_param(
+                        "limit",
+                        "Most jobs returned",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": constants.DEAD_MAX_LIMIT,
+                            "default": constants.DEAD_DEFAULT_LIMIT,
+                        },
+                    ),
+                    _query_param("cursor", "`next_cursor` of the previous page", text),
+                ],
+                "responses": {
+                    "200": _response(
+                        "A page of dead jobs",
+                        _object(
+                            jobs={"type": "array", "items": _DEAD_JOB},
+                            next_cursor={"type": ["string", "null"]},
+                        ),
+                    ),
+                    "422": invalid,
+                    **common,
+                },
+            },
+            "delete": {
+                "summary": "Delete every matching dead job (a filter, or all=true, is required)",
+                "security": security,
+                "parameters": [
+                    *filters,
+                    _query_param(
+                        "all", "true: delete every dead job (no filters)", {"type": "boolean"}
+                    ),
+                ],
+                "responses": {
+                    "200": _response("How many were deleted", _object(count={"type": "integer"})),
+                    "422": invalid,
+                    **common,
+                },
+            },
+        },
+        "/dead/retry": {
+            "post": {
+                "summary": "Retry every matching dead job, or (dry_run) count them",
+                "security": security,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": retry_body}},
+                },
+                "responses": {
+                    "200": _response(
+                        "The count; a dry run also lists the ids "
+                        f"(at most {constants.DEAD_DRY_RUN_IDS})",
+                        _object(
+                            dry_run={"type": "boolean"},
+                            count={"type": "integer"},
+                            ids={"type": "array", "items": {"type": "string"}},
+                        ),
+                    ),
+                    "400": _response("Malformed JSON"),
+                    "413": _response("Body over MAX_BODY_BYTES"),
+                    "415": _response("Not application/json"),
+                    "422": invalid,
+                    **common,
+                },
+            }
+        },
+        "/dead/{job_id}/retry": {
+            "post": {
+                "summary": "Put a dead job back on its queue at once, as new; its history is kept",
+                "security": security,
+                "parameters": [job_id],
+                "responses": {
+                    "200": _response(
+                        "Queued",
+                        _object(
+                            id={"type": "string"},
+                            queue={"type": "string"},
+                            status={"const": "queued"},
+                        ),
+                    ),
+                    "404": not_dead,
+                    **common,
+                },
+            }
+        },
+        "/dead/{job_id}": {
+            "delete": {
+                "summary": "Delete a dead job: its record, history and dead-letter entry",
+                "security": security,
+                "parameters": [job_id],
+                "responses": {"204": {"description": "Deleted"}, "404": not_dead, **common},
+            }
+        },
+    }

@@ -176,7 +176,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
             }
         },
     }
-    paths.update(dead.openapi_paths())
+    paths.update(dead.openapi_paths(auth=auth))
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Job service", "version": "1"},

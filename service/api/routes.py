@@ -84,7 +84,7 @@ async def submit_batch(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
-    view = await store.job(job_id) if _valid_id(job_id) else None
+    view = await store.job(job_id) if jobs.valid_id(job_id) else None
     if view is None:
         raise _not_found(job_id, registry)
     return JSONResponse(view)
@@ -95,7 +95,7 @@ async def cancel_job(request: Request) -> Response:
     (202, it ends `canceled`); a finished, failed or canceled job is a 409."""
     _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
-    outcome, status = await store.cancel(job_id) if _valid_id(job_id) else ("missing", "")
+    outcome, status = await store.cancel(job_id) if jobs.valid_id(job_id) else ("missing", "")
     if outcome == "missing":
         raise _not_found(job_id, registry)
     if outcome == "conflict":
@@ -121,11 +121,6 @@ def _not_found(job_id: str, registry: Registry) -> ApiError:
         )
         return ApiError(410, "job_expired", message, {"created_at": jobs.utc_iso(created)})
     return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
-
-
-def _valid_id(job_id: str) -> bool:
-    # RQ's rule for ids; anything else cannot exist and must not reach a key name.
-    return 0 < len(job_id) <= 128 and job_id.replace("-", "").replace("_", "").isalnum()
 
 
 async def list_queues(request: Request) -> Response:
