@@ -30,12 +30,22 @@ PROMOTE_BATCH: Final = 1000  # most due scheduled jobs moved per queue per promo
 JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
 
 # --- Dead-letter queue (GET/POST/DELETE /dead) ----------------------------------------------
-DEAD_DEFAULT_LIMIT: Final = 50  # jobs per page of GET /dead
-DEAD_MAX_LIMIT: Final = 500
+LIST_DEFAULT_LIMIT: Final = 50  # jobs per page of GET /dead and GET /jobs
+LIST_MAX_LIMIT: Final = 500
 DEAD_DRY_RUN_IDS: Final = 1000  # most ids a dry run lists (it counts them all)
 DEAD_REGISTRY_PAGE: Final = 200  # failed-registry entries read per queue in one round trip
 DEAD_FIELDS_PAGE: Final = 200  # most jobs read in one pipeline, or sent to one script
 DEAD_LIST_BUDGET: Final = 10_000  # most entries one listing examines before handing a cursor
+
+# --- Job history (MongoDB) ------------------------------------------------------------------
+HISTORY_STREAM: Final = "rq:history"  # state-change events waiting to be shipped to MongoDB
+HISTORY_ON_KEY: Final = "rq:history:on"  # exists while a shipper runs: scripts record events
+HISTORY_LEASE_KEY: Final = "rq:history:lease"  # the one shipper allowed to ship
+HISTORY_DROPPED_KEY: Final = "rq:history:dropped"  # events dropped while MongoDB was behind
+HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB
+HISTORY_PAYLOAD_MAX: Final = 16 * 1024  # bytes of payload kept in a history record
+HISTORY_RESULT_MAX: Final = 16 * 1024  # bytes of result kept in a history record
+HISTORY_DRAIN_SECONDS: Final = 3.0  # on shutdown, how long the shipper may keep shipping
 
 # --- Worker -------------------------------------------------------------------------------
 HEARTBEAT_MISSES: Final = 3  # a worker silent for this many intervals counts as dead

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
+from pymongo.database import Database
 from redis import Redis
 
 from service import constants, jobs
+from service.mongo import MongoNotConfigured
 
 
 @dataclass(slots=True)
@@ -25,6 +28,14 @@ class JobContext:
     redis: Redis
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("service.job"))
     queue_redis: Redis | None = None  # where progress is written
+    database: Database[dict[str, Any]] | None = None
+
+    @property
+    def db(self) -> Database[dict[str, Any]]:
+        """The application's MongoDB database (MONGODB_URI)."""
+        if self.database is None:
+            raise MongoNotConfigured(f"job type {self.type!r} needs MongoDB: set MONGODB_URI")
+        return self.database
 
     def progress(self, percent: float, message: str = "") -> None:
         """Report progress (0-100, and a short message); GET /jobs/{id} shows the latest.

@@ -10,16 +10,31 @@ from __future__ import annotations
 
 from service import constants
 
+# Job history: while a history shipper runs (MONGODB_URI set), it keeps `rq:history:on` alive
+# and every state change is appended to the `rq:history` stream, in the same atomic script as
+# the change itself; the shipper moves them to MongoDB in bulk (service/history.py).
+_HISTORY = """
+local history_on = redis.call('EXISTS', 'rq:history:on') == 1
+local function record(id, status, ...)
+  if history_on then
+    redis.call('XADD', 'rq:history', '*', 'id', id, 'status', status, ...)
+  end
+end
+"""
+
 # Every push onto a queue also leaves a wake-up token in `rq:wake:<q>`, where idle workers
 # block (BLPOP): one token wakes one worker, not all of them. Tokens are only hints; the
 # queue list is the truth, and a worker that finds nothing goes back to waiting.
-_PUSH = f"""
+_PUSH = (
+    _HISTORY
+    + f"""
 local function push(q, id, front)
   redis.call(front and 'LPUSH' or 'RPUSH', 'rq:queue:' .. q, id)
   redis.call('LPUSH', 'rq:wake:' .. q, 1)
   redis.call('LTRIM', 'rq:wake:' .. q, 0, {constants.WAKE_TOKENS_MAX - 1})
 end
 """
+)
 
 # Shared by the scripts that end an attempt. `now` is epoch seconds, `now_iso` RQ's format.
 _TRANSITIONS = (
@@ -50,6 +65,7 @@ local function finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
   redis.call('ZADD', 'rq:finished:' .. q, now + ttl, id)
   redis.call('EXPIRE', jk, ttl)
   add_result(id, '1', '', worker, value ~= '' and 'return_value' or '', value, member, t0, t1, ttl)
+  record(id, 'finished', 'worker', worker, 'result', value, 't0', t0, 't1', t1)
 end
 
 -- A failed attempt: retried after `delay` seconds (scheduled, as RQ's retry intervals are)
@@ -68,25 +84,28 @@ local function fail(jk, id, q, member, worker, exc, reason, delay, t0, t1, now_i
       push(q, id, false)
     end
     add_result(id, '4', reason, worker, 'exc_string', exc, member, t0, t1, ttl)
+    record(id, 'retried', 'worker', worker, 'reason', reason, 'error', exc, 't0', t0, 't1', t1)
     return 'retried'
   end
   redis.call('HSET', jk, 'status', 'failed', 'ended_at', now_iso, 'last_heartbeat', now_iso)
   redis.call('ZADD', 'rq:failed:' .. q, now + ttl, id)
   redis.call('EXPIRE', jk, ttl)
   add_result(id, '2', reason, worker, 'exc_string', exc, member, t0, t1, ttl)
+  record(id, 'dead', 'worker', worker, 'reason', reason, 'error', exc, 't0', t0, 't1', t1)
   return 'failed'
 end
 
 -- Back at the head of its queue, not counted as an attempt (shutdown, or never started).
-local function interrupt(jk, id, q, member, worker, t0, t1, record)
+local function interrupt(jk, id, q, member, worker, t0, t1, keep)
   if redis.call('ZREM', 'rq:wip:' .. q, member) == 0 then return 0 end
   if redis.call('HGET', jk, 'status') ~= 'started' then return 0 end
   redis.call('HINCRBY', jk, 'attempts', -1)
   redis.call('HSET', jk, 'status', 'queued', 'worker_name', '')
   push(q, id, true)
-  if record then
+  if keep then
     local ttl = failure_ttl(jk)
     add_result(id, '3', 'interrupted', worker, '', '', member, t0, t1, ttl)
+    record(id, 'interrupted', 'worker', worker, 't0', t0, 't1', t1)
   end
   return 1
 end
@@ -98,6 +117,7 @@ local function cancel(jk, id, q, member, worker, t0, t1, now_iso, now)
   redis.call('ZADD', 'rq:canceled:' .. q, now, id)
   redis.call('EXPIRE', jk, ttl)
   add_result(id, '3', 'canceled', worker, '', '', member, t0, t1, ttl)
+  record(id, 'canceled', 'worker', worker)
 end
 """
 )
@@ -125,6 +145,8 @@ local function publish(argv, first)
       redis.call('HSET', jk, 'status', 'scheduled', 'run_at', run_at)
       redis.call('ZADD', 'rq:scheduled:' .. q, run_at, id)
     end
+    record(id, run_at == '' and 'queued' or 'scheduled', 'type', argv[i + 2], 'queue', q,
+      'data', argv[i + 3], 'run_at', run_at)
     if not seen[q] then
       redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
       seen[q] = true
@@ -186,7 +208,9 @@ return {'canceled', 'canceled'}
 # ARGV: count, worker name, now_iso, started-registry score, execution id prefix, then the
 # queues in drain order (high before default before low). Returns per claimed job:
 # id, member, data, timeout, attempt, queue, backoff.
-CLAIM = """
+CLAIM = (
+    _HISTORY
+    + """
 local want = tonumber(ARGV[1])
 local out = {}
 for qi = 6, #ARGV do
@@ -206,12 +230,14 @@ for qi = 6, #ARGV do
         redis.call('PERSIST', jk)
         redis.call('ZADD', 'rq:wip:' .. q, ARGV[4], member)
         out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or ''}
+        record(id, 'started', 'worker', ARGV[2], 'attempt', attempt)
       end
     end
   end
 end
 return out
 """
+)
 
 # ARGV: worker, now_iso, now, then per job 9 values: outcome (ok|fail|interrupt|skip|cancel),
 # id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
@@ -284,6 +310,7 @@ for _, member in ipairs(members) do
       redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
       push(q, id, false)
       add_result(id, '4', 'worker_lost', who, 'exc_string', exc, member, ARGV[2], ARGV[2], ttl)
+      record(id, 'retried', 'worker', who, 'reason', 'worker_lost', 'error', exc)
       counts.redelivered = counts.redelivered + 1
     end
   end
@@ -310,6 +337,7 @@ for qi = 3, #ARGV do
       if redis.call('HGET', jk, 'status') == 'scheduled' then
         redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
         push(q, id, false)
+        record(id, 'queued')
         moved = moved + 1
       end
     end
@@ -359,6 +387,7 @@ for i = 2, #ARGV do
     redis.call('PERSIST', 'rq:results:' .. id)
     redis.call('SADD', 'rq:queues', 'rq:queue:' .. q)
     push(q, id, false)
+    record(id, 'queued', 'reason', 'retried_from_dead_letter_queue')
   end
 end
 return out

@@ -96,6 +96,7 @@ class Settings:
     worker_queues: tuple[str, ...] = ()  # empty: QUEUE_NAME and every queue a job type names
     max_crashes: int = 3
     idempotency_ttl: int = 24 * 3600
+    history_ttl_days: int = 30  # job history kept in MongoDB (a TTL index)
 
 
 def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
@@ -198,6 +199,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
     )
     max_crashes = env.int("MAX_CRASHES", 3, validate=validate.Range(min=1, max=100))
+    history_ttl_days = env.int("HISTORY_TTL_DAYS", 30, validate=validate.Range(min=1, max=3650))
     idempotency_ttl = env.int(
         "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)
     )
@@ -218,8 +220,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if app_env == "production" and not api_keys and not worker_mode:
         problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
     mongodb_uri = environ.get("MONGODB_URI") or None
-    if mongodb_uri is not None and not mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
-        problems.append("MONGODB_URI='*****': expected a mongodb:// or mongodb+srv:// URI")
+    if mongodb_uri is not None and not _mongodb_uri_ok(mongodb_uri):
+        problems.append(
+            "MONGODB_URI='*****': expected mongodb://[user:password@]host[:port]/database "
+            "(or mongodb+srv://), with the database name"
+        )
 
     if problems:
         raise ConfigError(problems)
@@ -246,7 +251,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         worker_queues=tuple(worker_queues or ()),
         max_crashes=max_crashes,
         idempotency_ttl=idempotency_ttl,
+        history_ttl_days=history_ttl_days,
     )
+
+
+def _mongodb_uri_ok(uri: str) -> bool:
+    parts = urlsplit(uri)
+    return parts.scheme in ("mongodb", "mongodb+srv") and bool(parts.path.strip("/"))
 
 
 def _queue_name(value: str) -> None:

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from service import constants
-from service.api import dead, routes
+from service import constants, mongo
+from service.api import dead, history, routes
 from service.api.errors import ApiError, api_error_handler, http_error_handler
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
@@ -41,6 +41,9 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         client = connect_async(settings.queue_redis)
         app.state.store = Store(client)
         app.state.dead = DeadLetters(client)
+        app.state.mongo = (
+            mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
+        )
         log.info(
             "API: %d job types, queue %s on %s",
             len(registry),
@@ -51,10 +54,13 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             yield
         finally:
             await client.aclose()
+            if app.state.mongo is not None:
+                await app.state.mongo.client.close()
 
     app = Starlette(
         routes=[
             Route("/jobs", routes.submit_job, methods=["POST"]),
+            Route("/jobs", history.list_jobs, methods=["GET"]),
             Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
             Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
             Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),

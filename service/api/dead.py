@@ -210,13 +210,13 @@ def _instant(name: str, value: str | None, problems: Problems) -> float | None:
 
 def _limit(value: str | None, problems: Problems) -> int:
     if value is None:
-        return constants.DEAD_DEFAULT_LIMIT
-    if value.isascii() and value.isdigit() and 1 <= int(value) <= constants.DEAD_MAX_LIMIT:
+        return constants.LIST_DEFAULT_LIMIT
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= constants.LIST_MAX_LIMIT:
         return int(value)
     problems.append(
-        {"field": "limit", "message": f"expected a whole number 1-{constants.DEAD_MAX_LIMIT}"}
+        {"field": "limit", "message": f"expected a whole number 1-{constants.LIST_MAX_LIMIT}"}
     )
-    return constants.DEAD_DEFAULT_LIMIT
+    return constants.LIST_DEFAULT_LIMIT
 
 
 def _encode_cursor(position: Position) -> str:
@@ -325,8 +325,8 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                         {
                             "type": "integer",
                             "minimum": 1,
-                            "maximum": constants.DEAD_MAX_LIMIT,
-                            "default": constants.DEAD_DEFAULT_LIMIT,
+                            "maximum": constants.LIST_MAX_LIMIT,
+                            "default": constants.LIST_DEFAULT_LIMIT,
                         },
                     ),
                     _query_param("cursor", "`next_cursor` of the previous page", text),

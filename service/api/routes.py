@@ -10,7 +10,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import constants, jobs, queues
+from service import constants, jobs, mongo, queues
+from service.api import history
 from service.api.errors import ApiError, JSONResponse
 from service.api.submit import parse_jobs, read_json
 from service.registry import Registry
@@ -84,7 +85,9 @@ async def submit_batch(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
-    view = await store.job(job_id) if jobs.valid_id(job_id) else None
+    if not jobs.valid_id(job_id):
+        raise _not_found(job_id, registry)
+    view = await store.job(job_id) or await history.from_history(request, job_id)
     if view is None:
         raise _not_found(job_id, registry)
     return JSONResponse(view)
@@ -135,14 +138,20 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: Redis answers a PING."""
+    """Readiness: Redis answers a PING, and MongoDB too when MONGODB_URI is set."""
     _, _, store = _state(request)
+    body: dict[str, Any] = {"status": "ok", "redis": "ok"}
     try:
         await store.client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        body: dict[str, Any] = {"status": "unavailable", "redis": f"unavailable: {exc}"}
+        body["redis"] = f"unavailable: {exc}"
+    if request.app.state.mongo is not None:
+        up = await mongo.ping_async(request.app.state.mongo)
+        body["mongodb"] = "ok" if up else "unavailable"
+    if any(value != "ok" for value in body.values()):
+        body["status"] = "unavailable"
         return JSONResponse(body, 503, headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)})
-    return JSONResponse({"status": "ok", "redis": "ok"})
+    return JSONResponse(body)
 
 
 async def openapi(request: Request) -> Response:

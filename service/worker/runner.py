@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, mongo, scripts
 from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
@@ -117,6 +117,7 @@ class Worker:
         signal.signal(signal.SIGALRM, self._on_alarm)
         self.redis = connect(self.settings.queue_redis)
         self.app_redis = connect(self.settings.redis)
+        self.db = mongo.connect(self.settings.mongodb_uri) if self.settings.mongodb_uri else None
         self._claim = self.redis.register_script(scripts.CLAIM)
         self._complete = self.redis.register_script(scripts.COMPLETE)
         for target in (self._heartbeat_loop, self._command_loop):
@@ -207,12 +208,31 @@ class Worker:
             self._cancel.clear()
 
     def _flush(self, outcomes: list[Any]) -> None:
+        """Record outcomes. Jobs already ran: while Redis is unreachable, keep trying (with
+        backoff) rather than lose the results, until a shutdown gives up on them (the jobs then
+        run again elsewhere: at least once)."""
         if not outcomes:
             return
-        now = time.time()
-        ok, failed, retried, interrupted, canceled = self._complete(
-            args=[self.name, jobs.utc_iso(now), now, *outcomes]
-        )
+        backoff = 0.1
+        while True:
+            now = time.time()
+            try:
+                counts = self._complete(args=[self.name, jobs.utc_iso(now), now, *outcomes])
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self.stopping:
+                    raise
+                log.warning(
+                    "worker %s: cannot record %d outcomes yet (%s); retrying in %.1fs",
+                    self.name,
+                    len(outcomes) // 9,
+                    exc,
+                    backoff,
+                )
+                self.slot.tick()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        ok, failed, retried, interrupted, canceled = counts
         self.slot.count(
             finished=ok, failed=failed, retried=retried, interrupted=interrupted, canceled=canceled
         )
@@ -234,6 +254,7 @@ class Worker:
                 claimed.attempt,
                 self.app_redis,
                 queue_redis=self.redis,
+                database=self.db,
             )
             arguments = spec.validate(payload)
             self._current = claimed.id

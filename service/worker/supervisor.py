@@ -6,23 +6,28 @@ shuts everything down in bounded time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import redis
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
-from service import constants, logs, queues
+from service import constants, logs, mongo, queues
 from service import registry as registry_module
+from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
 from service.worker import recovery
@@ -59,6 +64,9 @@ class Supervisor:
         self.signals = 0
         self.stopping = False  # set once the worker processes have been told to stop
         self.lost_jobs = 0
+        self.db: Database[dict[str, Any]] | None = None
+        self.shipper: Shipper | None = None
+        self._history_stop = threading.Event()
         # A signal writes a byte here, so the main loop wakes at once instead of at its timeout.
         self._wakeup_read, self._wakeup_write = socket.socketpair()
 
@@ -82,10 +90,14 @@ class Supervisor:
         )
         for index in range(self.settings.worker_concurrency):
             self._start(index)
+        history = self._start_history()
         try:
             self._supervise()
             code = self._shut_down()
         finally:
+            if history is not None:  # after the workers: their last events ship too
+                self._history_stop.set()
+                history.join(constants.HISTORY_DRAIN_SECONDS + 2)
             health.stop()
         totals = self.slots.totals()
         log.info(
@@ -100,6 +112,28 @@ class Supervisor:
             code,
         )
         return code
+
+    def _start_history(self) -> threading.Thread | None:
+        """With MONGODB_URI: indexes (idempotent), then the history shipper's thread."""
+        if self.settings.mongodb_uri is None:
+            return None
+        self.db = mongo.connect(self.settings.mongodb_uri)
+        try:
+            mongo.ensure_indexes(self.db, self.settings.history_ttl_days)
+        except PyMongoError as exc:  # not fatal: history waits in Redis until MongoDB is back
+            log.warning("MongoDB unavailable at start (%s); job history will catch up", exc)
+        self.shipper = Shipper(
+            connect(self.settings.queue_redis),
+            self.db,
+            self.prefix,
+            self.settings.worker_batch_size,
+            self.settings.worker_processing_interval,
+        )
+        thread = threading.Thread(
+            target=self.shipper.run, args=(self._history_stop,), name="history", daemon=True
+        )
+        thread.start()
+        return thread
 
     def _start(self, index: int) -> None:
         self.slots[index].reset()
@@ -243,14 +277,23 @@ class Supervisor:
         return ok, {"processes": len(self.processes), "alive": alive, "wedged": wedged}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        """Ready: Redis answers and the worker processes are consuming."""
+        """Ready: Redis (and MongoDB, when configured) answer, and the processes consume."""
         consuming = sum(self.slots[i].get(READY) > 0 for i in range(len(self.processes)))
         try:
             redis_ok = bool(self.redis.ping())
         except redis.RedisError:
             redis_ok = False
-        ok = redis_ok and consuming > 0 and not self.stopping
-        return ok, {"redis": "ok" if redis_ok else "unavailable", "consuming": consuming}
+        details: dict[str, object] = {
+            "redis": "ok" if redis_ok else "unavailable",
+            "consuming": consuming,
+        }
+        mongo_ok = True
+        if self.db is not None and self.shipper is not None:
+            mongo_ok = mongo.ping(self.db)
+            details["mongodb"] = "ok" if mongo_ok else "unavailable"
+            details["history"] = dataclasses.asdict(self.shipper.stats)
+        ok = redis_ok and mongo_ok and consuming > 0 and not self.stopping
+        return ok, details
 
 
 def _signal(process: BaseProcess, signum: int) -> None:

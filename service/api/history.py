@@ -1,0 +1,143 @@
+"""Job history over HTTP (MongoDB): GET /jobs, and GET /jobs/{id} once Redis has let go."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import constants, jobs
+from service.api.errors import ApiError, JSONResponse
+from service.mongo import HISTORY_COLLECTION
+
+STATUSES = ("queued", "scheduled", "started", "finished", "failed", "canceled")
+_LIST_FIELDS = (
+    "type",
+    "queue",
+    "status",
+    "attempts",
+    "worker",
+    "error",
+    "created_at",
+    "updated_at",
+)
+
+
+def _database(request: Request) -> AsyncDatabase[dict[str, Any]]:
+    db: AsyncDatabase[dict[str, Any]] | None = request.app.state.mongo
+    if db is None:
+        raise ApiError(
+            501,
+            "history_disabled",
+            "job history needs MongoDB: set MONGODB_URI to enable GET /jobs",
+        )
+    return db
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return jobs.utc_iso(value.replace(tzinfo=UTC).timestamp())
+    return value
+
+
+def _time(name: str, raw: str, problems: list[dict[str, str]]) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(raw.replace(" ", "+"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        problems.append({"field": name, "message": "expected an RFC 3339 time with a timezone"})
+        return None
+    return moment.astimezone(UTC)
+
+
+def _decode_cursor(raw: str) -> tuple[datetime, str]:
+    try:
+        stamp, job_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().split("|")
+        return datetime.fromisoformat(stamp), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            422,
+            "invalid_parameters",
+            "the cursor is not one this API gave",
+            {"errors": [{"field": "cursor", "message": "invalid"}]},
+        ) from None
+
+
+def _encode_cursor(doc: dict[str, Any]) -> str:
+    raw = f"{doc['updated_at'].replace(tzinfo=UTC).isoformat()}|{doc['_id']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+async def list_jobs(request: Request) -> Response:
+    """History, newest change first: ?type=&status=&since=&until=&limit=&cursor=."""
+    db = _database(request)
+    params = request.query_params
+    problems: list[dict[str, str]] = []
+    query: dict[str, Any] = {}
+    if params.get("type"):
+        query["type"] = params["type"]
+    if params.get("status"):
+        if params["status"] not in STATUSES:
+            problems.append({"field": "status", "message": f"one of {', '.join(STATUSES)}"})
+        query["status"] = params["status"]
+    window = {
+        op: _time(name, params[name], problems)
+        for name, op in (("since", "$gte"), ("until", "$lte"))
+        if params.get(name)
+    }
+    if window:
+        query["updated_at"] = window
+    limit_text = params.get("limit", str(constants.LIST_DEFAULT_LIMIT))
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= constants.LIST_MAX_LIMIT:
+        problems.append({"field": "limit", "message": f"1 to {constants.LIST_MAX_LIMIT}"})
+    if problems:
+        raise ApiError(
+            422, "invalid_parameters", f"{len(problems)} invalid parameter(s)", {"errors": problems}
+        )
+    if params.get("cursor"):
+        stamp, last_id = _decode_cursor(params["cursor"])
+        query["$or"] = [
+            {"updated_at": {"$lt": stamp}},
+            {"updated_at": stamp, "_id": {"$lt": last_id}},
+        ]
+    limit = int(limit_text)
+    try:
+        cursor = db[HISTORY_COLLECTION].find(query, {f: 1 for f in _LIST_FIELDS})
+        docs = await cursor.sort([("updated_at", -1), ("_id", -1)]).limit(limit).to_list()
+    except PyMongoError as exc:
+        raise _unavailable(exc) from None
+    listed = [{"id": d["_id"], **{f: _iso(d.get(f)) for f in _LIST_FIELDS}} for d in docs]
+    next_cursor = _encode_cursor(docs[-1]) if len(docs) == limit else None
+    return JSONResponse({"jobs": listed, "next_cursor": next_cursor})
+
+
+async def from_history(request: Request, job_id: str) -> dict[str, Any] | None:
+    """The job as MongoDB remembers it (after Redis let it expire), or None."""
+    db: AsyncDatabase[dict[str, Any]] | None = request.app.state.mongo
+    if db is None:
+        return None
+    try:
+        doc = await db[HISTORY_COLLECTION].find_one({"_id": job_id})
+    except PyMongoError:
+        return None  # the 404 / 410 that follows is still true of Redis
+    if doc is None:
+        return None
+    events = [{k: _iso(v) for k, v in e.items()} for e in doc.pop("events", [])]
+    view = {"id": doc.pop("_id"), **{k: _iso(v) for k, v in doc.items()}}
+    return {**view, "events": events, "source": "history"}
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    return ApiError(
+        503,
+        "history_unavailable",
+        f"MongoDB is unavailable: {exc}",
+        headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)},
+    )
