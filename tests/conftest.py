@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pymongo
 import pytest
 import redis
 import redis.asyncio
 
+from service.embedded_mongo import EmbeddedMongo
 from service.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +193,21 @@ def publish(
 
     asyncio.run(run())
     return job.id
+
+
+@pytest.fixture
+def mongo_server(tmp_path: Path) -> Iterator[EmbeddedMongo]:
+    """A MongoDB stand-in of our own (nx-27017, a file database so it survives restarts)."""
+    server = EmbeddedMongo(path=str(tmp_path / "mongo.sqlite")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_uri(mongo_server: EmbeddedMongo) -> str:
+    """TEST_MONGODB_URI (a real MongoDB, emptied first) if set, else the stand-in's."""
+    uri = os.environ.get("TEST_MONGODB_URI") or mongo_server.uri
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri)
+    client.get_default_database().drop_collection("jobs")
+    client.close()
+    return uri

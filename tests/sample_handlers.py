@@ -97,3 +97,10 @@ def progress(payload: Key, ctx: JobContext) -> str:
         time.sleep(0.01)
     ctx.progress(100, "done")
     return "done"
+
+
+@job("test.db")
+def db(payload: Key, ctx: JobContext) -> str:
+    """Writes a document to the application's MongoDB (ctx.db), returns its key."""
+    ctx.db["notes"].insert_one({"key": payload.key, "job": ctx.id})
+    return payload.key
