@@ -1,4 +1,5 @@
-"""Zero-setup local mode: a private Redis (unless one is configured), the API and a worker."""
+"""Zero-setup local mode: a private Redis and MongoDB stand-in (unless configured), the API
+and a worker."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from types import FrameType
 
 from service import constants, logs
+from service.embedded_mongo import EmbeddedMongo, find_nx_server
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
 log = logging.getLogger("service.dev")
+DEV_DATA = Path(".service-dev")  # dev mode's files (the history database), in the current folder
 REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "QUEUE_REDIS_URL", "QUEUE_REDIS_HOST")
 
 
@@ -40,6 +44,13 @@ def run(settings: Settings) -> int:
         log.info("started a private Redis (%s) on %s", embedded.binary or "fakeredis", embedded.url)
         environ["REDIS_URL"] = f"{embedded.url}/0"
         environ["QUEUE_REDIS_URL"] = f"{embedded.url}/1"
+    embedded_mongo = None
+    if not environ.get("MONGODB_URI") and find_nx_server() is not None:
+        # A file database, so the job history outlives a restart of dev mode.
+        DEV_DATA.mkdir(exist_ok=True)
+        embedded_mongo = EmbeddedMongo(path=str(DEV_DATA / "mongo.sqlite")).start()
+        log.info("started a private MongoDB stand-in (nx-27017) on %s", embedded_mongo.uri)
+        environ["MONGODB_URI"] = embedded_mongo.uri
     api_port = int(environ.get("PORT", constants.API_PORT))
     worker_port = int(environ.get("WORKER_PORT", constants.WORKER_HEALTH_PORT))
     common = {**environ, "HOST": environ.get("HOST", "127.0.0.1")}
@@ -86,6 +97,7 @@ def run(settings: Settings) -> int:
             stop(signal.SIGTERM, None)
         codes = [api.wait(), worker.wait()]
     finally:
-        if embedded is not None:
-            embedded.stop()
+        for server in (embedded, embedded_mongo):
+            if server is not None:
+                server.stop()
     return 0 if stopping and codes == [0, 0] else max(codes) or 1

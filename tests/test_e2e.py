@@ -106,7 +106,7 @@ def test_dev_mode_runs_everything_with_a_private_redis(tmp_path: Path) -> None:
         dev = subprocess.Popen(
             [sys.executable, "-m", "service", "dev"],
             env=env,
-            cwd=ROOT,
+            cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -123,6 +123,10 @@ def test_dev_mode_runs_everything_with_a_private_redis(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{api_port}/jobs/{job[2]['id']}"
         wait_for(lambda: http("GET", url)[2]["status"] == "finished")
         assert http("GET", f"http://127.0.0.1:{worker_port}/health")[0] == 200
+        # history works in dev mode too, in a file database under .service-dev/
+        history = f"http://127.0.0.1:{api_port}/jobs?status=finished"
+        wait_for(lambda: [j["id"] for j in http("GET", history)[2]["jobs"]] == [job[2]["id"]])
+        assert (tmp_path / ".service-dev" / "mongo.sqlite").exists()
 
         dev.send_signal(signal.SIGINT)  # Ctrl-C
         assert dev.wait(30) == 0
