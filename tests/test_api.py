@@ -230,6 +230,7 @@ def test_openapi_is_generated_from_the_registry(client: TestClient) -> None:
     } <= set(options)
     assert schemas["Backoff"]["properties"]["type"]["enum"] == ["fixed", "exponential"]
     assert "delete" in document["paths"]["/jobs/{job_id}"]
+    assert "get" in document["paths"]["/jobs"] and "post" in document["paths"]["/jobs"]
 
 
 def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:

@@ -176,6 +176,41 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
             }
         },
     }
+    paths["/jobs"]["get"] = {
+        "summary": "Job history (MongoDB), newest change first; 501 without MONGODB_URI",
+        "security": security,
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": description,
+            }
+            for name, schema, description in (
+                ("type", {"type": "string"}, "a job type"),
+                (
+                    "status",
+                    {"enum": ["queued", "scheduled", "started", "finished", "failed", "canceled"]},
+                    "the job's latest status",
+                ),
+                ("since", {"type": "string", "format": "date-time"}, "last change at or after"),
+                ("until", {"type": "string", "format": "date-time"}, "last change at or before"),
+                (
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": constants.LIST_MAX_LIMIT},
+                    f"default {constants.LIST_DEFAULT_LIMIT}",
+                ),
+                ("cursor", {"type": "string"}, "next_cursor of the previous page"),
+            )
+        ],
+        "responses": {
+            "200": _response("`{jobs, next_cursor}`", {"type": "object"}),
+            "422": _response("A bad parameter"),
+            "501": _response("History is off: MONGODB_URI is not set"),
+            "503": _response("MongoDB unavailable"),
+        },
+    }
     paths.update(dead.openapi_paths(auth=auth))
     document: dict[str, Any] = {
         "openapi": "3.1.0",
