@@ -77,11 +77,16 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
             status, _, health = http("GET", f"{worker.url}/health")
             assert status == 200 and health["alive"] == 2
             assert http("GET", f"{worker.url}/ready")[0] == 200
-        queues = {q["name"]: q for q in http("GET", f"{api.url}/queues")[2]["queues"]}
-        default = queues["app-queue"]
-        assert default["workers"] == 4 and default["finished"] == 70
+
+        def queues() -> dict[str, dict[str, int]]:
+            return {q["name"]: q for q in http("GET", f"{api.url}/queues")[2]["queues"]}
+
+        # every worker process registers as it starts (a slow start may trail the jobs)
+        wait_for(lambda: queues()["app-queue"]["workers"] == 4)
+        default = queues()["app-queue"]
+        assert default["finished"] == 70
         assert default["failed"] == 1 and default["waiting"] == 0
-        assert queues["app-queue.high"]["workers"] == 4
+        assert queues()["app-queue.high"]["workers"] == 4
 
         # When they get SIGTERM, each exits cleanly
         for process in processes:

@@ -142,6 +142,8 @@ class Worker:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self._deregister()
+        if self.db is not None:
+            self.db.client.close()
         return constants.EXIT_OK
 
     def _sleep(self, seconds: float) -> None:

@@ -98,6 +98,8 @@ class Supervisor:
             if history is not None:  # after the workers: their last events ship too
                 self._history_stop.set()
                 history.join(constants.HISTORY_DRAIN_SECONDS + 2)
+            if self.db is not None:
+                self.db.client.close()
             health.stop()
         totals = self.slots.totals()
         log.info(
