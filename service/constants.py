@@ -54,7 +54,6 @@ RESTART_BACKOFF_MAX: Final = 10.0  # seconds between restarts of a child that ke
 FORCE_KILL_GRACE: Final = 5.0  # after a forced stop, seconds before SIGKILL
 
 # --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
-RQ_PREFIX: Final = "rq:"
 QUEUES_KEY: Final = "rq:queues"  # set of queue keys
 WORKERS_KEY: Final = "rq:workers"  # set of worker keys
 

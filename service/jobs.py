@@ -15,18 +15,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from service import constants
-
-Status = Literal["queued", "scheduled", "started", "finished", "failed", "canceled"]
-
-# RQ's Result.Type values, in the `type` field of a results-stream entry.
-RESULT_SUCCESSFUL = b"1"
-RESULT_FAILED = b"2"
-RESULT_RETRIED = b"4"
 
 
 def new_id(now: float | None = None) -> str:
