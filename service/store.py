@@ -65,6 +65,25 @@ class Store:
         history = [jobs.decode_result_entry(entry) for _, entry in entries]
         return jobs.describe(job_id, fields, history)
 
+    async def backlog(self, names: Iterable[str]) -> dict[str, Any]:
+        """The work waiting for workers: queued jobs plus scheduled jobs already due, per queue
+        and in total. Cheap (no scans): what autoscalers and alerts read."""
+        queues = list(dict.fromkeys(names))
+        now = time.time()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for q in queues:
+                pipe.llen(constants.queue_key(q))
+                pipe.zcount(constants.registry_key("scheduled", q), "-inf", now)
+            counts = await pipe.execute()
+        waiting, due = counts[0::2], counts[1::2]
+        per_queue = {q: w + d for q, w, d in zip(queues, waiting, due, strict=True)}
+        return {
+            "backlog": sum(per_queue.values()),
+            "waiting": sum(waiting),
+            "due_scheduled": sum(due),
+            "queues": per_queue,
+        }
+
     async def queues(self, names: Iterable[str]) -> list[dict[str, Any]]:
         """Per queue (`names` first, in order, then any other queue Redis knows): waiting,
         started, scheduled, finished, failed and live worker counts."""

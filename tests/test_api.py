@@ -272,3 +272,16 @@ class TestApiKeys:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 200
         assert client.get("/openapi.json").json()["components"]["securitySchemes"]["bearer"]
+
+
+def test_backlog_counts_every_priority_and_due_scheduled_jobs(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    client.post("/jobs", json={"type": "noop", "priority": "high"})
+    client.post("/jobs", json={"type": "noop", "priority": "low"})
+    due = client.post("/jobs", json={"type": "noop", "delay": 3600}).json()["id"]
+    client.post("/jobs", json={"type": "noop", "delay": 3600})  # not due: not backlog
+    queue_redis.zadd("rq:scheduled:app-queue", {due: 1})  # its time has come
+    body = client.get("/backlog").json()
+    assert (body["backlog"], body["waiting"], body["due_scheduled"]) == (3, 2, 1)
+    assert body["queues"]["app-queue.high"] == 1 and body["queues"]["app-queue"] == 1

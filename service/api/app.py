@@ -66,6 +66,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
             Route("/queues", routes.list_queues, methods=["GET"]),
             Route("/health", routes.health, methods=["GET"]),
+            Route("/backlog", routes.backlog, methods=["GET"]),
             Route("/ready", routes.ready, methods=["GET"]),
             Route("/openapi.json", routes.openapi, methods=["GET"]),
             *dead.routes,

@@ -160,6 +160,17 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "responses": {"200": _response("Queue counts", {"type": "object"})},
             }
         },
+        "/backlog": {
+            "get": {
+                "summary": "The true backlog (waiting in every priority + due scheduled), for "
+                "autoscaling; open like /health",
+                "responses": {
+                    "200": _response(
+                        "`{backlog, waiting, due_scheduled, queues}`", {"type": "object"}
+                    )
+                },
+            }
+        },
         "/health": {
             "get": {
                 "summary": "Liveness",

@@ -132,6 +132,14 @@ async def list_queues(request: Request) -> Response:
     return JSONResponse({"queues": await store.queues(queues.served(bases))})
 
 
+async def backlog(request: Request) -> Response:
+    """The true backlog, for autoscaling (KEDA's metrics-api scaler reads `backlog`): every
+    priority of every queue, plus scheduled jobs that are due. Open, like /health: counts only."""
+    settings, registry, store = _state(request)
+    bases = {settings.queue_name} | {t.queue for t in registry if t.queue}
+    return JSONResponse(await store.backlog(queues.served(bases)))
+
+
 async def health(request: Request) -> Response:
     """Liveness: the process answers. No dependency is checked here."""
     return JSONResponse({"status": "ok"})
