@@ -154,7 +154,8 @@ class Supervisor:
         while not self.signals:
             waitables: list[int | socket.socket] = [self._wakeup_read]
             waitables += [p.sentinel for p in self.processes if p is not None]
-            if self._wakeup_read in wait(waitables, timeout=1.0):
+            timeout = min(1.0, max(0.0, next_housekeeping - time.monotonic()))
+            if self._wakeup_read in wait(waitables, timeout=timeout):
                 self._wakeup_read.recv(64)
             for index, process in enumerate(self.processes):
                 if process is not None and not process.is_alive() and not self.signals:
