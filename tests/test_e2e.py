@@ -75,8 +75,9 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
         assert http("GET", f"{api.url}/health")[0] == 200
         for worker in workers:
             status, _, health = http("GET", f"{worker.url}/health")
-            assert status == 200 and health["alive"] == 2
-            assert http("GET", f"{worker.url}/ready")[0] == 200
+            assert (status, health["alive"]) == (200, 2), health
+            ready = http("GET", f"{worker.url}/ready")
+            assert ready[0] == 200, ready[2]
 
         def queues() -> dict[str, dict[str, int]]:
             return {q["name"]: q for q in http("GET", f"{api.url}/queues")[2]["queues"]}
@@ -84,14 +85,14 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
         # every worker process registers as it starts (a slow start may trail the jobs)
         wait_for(lambda: queues()["app-queue"]["workers"] == 4)
         default = queues()["app-queue"]
-        assert default["finished"] == 70
-        assert default["failed"] == 1 and default["waiting"] == 0
+        assert (default["finished"], default["failed"], default["waiting"]) == (70, 1, 0), default
         assert queues()["app-queue.high"]["workers"] == 4
 
         # When they get SIGTERM, each exits cleanly
         for process in processes:
             process.signal(signal.SIGTERM)
-        assert [p.wait(20) for p in processes] == [0, 0, 0]
+        codes = [p.wait(30) for p in processes]
+        assert codes == [0, 0, 0], [p.output[-2000:] for p in processes]
     finally:
         for process in processes:
             process.stop()
