@@ -106,12 +106,14 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        # Its own process group, so a forced stop can take its worker processes with it.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", *args],
             env=env,
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
@@ -142,7 +144,7 @@ class ServiceProcess:
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         if self._log is not subprocess.DEVNULL:
             self._log.close()

@@ -314,3 +314,23 @@ def test_a_killed_process_blames_only_the_job_it_was_running(
     for job_id in behind:
         assert queue_redis.hmget(constants.job_key(job_id), "attempts", "crashes") == [b"1", None]
     assert all(status_of(queue_redis, i) == "finished" for i in warm_up)
+
+
+def test_worker_processes_do_not_outlive_a_killed_supervisor(
+    start_service: Start, queue_redis: redis.Redis
+) -> None:
+    worker = start_service(worker=True, WORKER_CONCURRENCY="2")
+    key = constants.queue_workers_key("app-queue")
+    wait_for(lambda: queue_redis.scard(key) == 2)
+    children = [int(queue_redis.hget(k, "pid") or 0) for k in queue_redis.smembers(key)]
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    worker.signal(signal.SIGKILL)  # the supervisor only: no chance to stop its children
+    wait_for(lambda: all(gone(pid) for pid in children), timeout=10)
+    assert queue_redis.scard(key) == 0  # and they deregistered on their way out

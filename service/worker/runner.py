@@ -124,8 +124,12 @@ class Worker:
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.debug("worker %s started on %s", self.name, ",".join(self.queues))
         backoff = 0.1
+        supervisor = os.getppid()
         while not self.stopping:
             self.slot.tick()
+            if os.getppid() != supervisor:  # the supervisor died (SIGKILL): do not linger
+                log.warning("worker %s: supervisor gone; stopping", self.name)
+                break
             try:
                 size = self._claim_size()
                 batch = self._claim_batch(size)
