@@ -113,7 +113,7 @@ class DeadLetters:
     async def queues(self, served: Iterable[str]) -> list[str]:
         """Every RQ queue that may hold dead jobs: `served`, and every queue Redis knows."""
         members = await self.client.smembers(constants.QUEUES_KEY)
-        known = {_text(key).removeprefix("rq:queue:") for key in members}
+        known = {jobs.as_text(key).removeprefix("rq:queue:") for key in members}
         return sorted(known | set(served))
 
     async def page(
@@ -161,7 +161,7 @@ class DeadLetters:
         if not ids:
             return {}
         queues = await self._retry(args=[jobs.utc_iso(), *ids])
-        return {job_id: _text(q) for job_id, q in zip(ids, queues, strict=True) if q}
+        return {job_id: jobs.as_text(q) for job_id, q in zip(ids, queues, strict=True) if q}
 
     async def delete(self, ids: Sequence[str]) -> int:
         """Delete these jobs, those still dead (one script): how many were."""
@@ -264,7 +264,7 @@ class _Walk:
                 # The bound's score is read inclusively: drop the ties at it already passed.
                 fresh = [
                     entry
-                    for entry in (_Entry(score, _text(member), q) for member, score in rows)
+                    for entry in (_Entry(score, jobs.as_text(member), q) for member, score in rows)
                     if bound is None or (entry.score, entry.id) < bound
                 ]
                 if len(rows) < constants.DEAD_REGISTRY_PAGE:
@@ -296,7 +296,3 @@ def _epoch(stamp: str | None) -> float | None:
     if moment is None:
         return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -51,6 +51,11 @@ def id_created_at(job_id: str) -> float | None:
         return None
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def utc_iso(timestamp: float | None = None) -> str:
     """RQ's timestamp format: `2026-11-29T05:58:37.000167Z`."""
     moment = datetime.fromtimestamp(time.time() if timestamp is None else timestamp, UTC)

@@ -22,10 +22,6 @@ def connect_async(target: RedisTarget) -> aioredis.Redis:
     )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Store:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
@@ -88,7 +84,7 @@ class Store:
         """Per queue (`names` first, in order, then any other queue Redis knows): waiting,
         started, scheduled, finished, failed and live worker counts."""
         members = await self.client.smembers(constants.QUEUES_KEY)
-        known = {_text(key).removeprefix("rq:queue:") for key in members}
+        known = {jobs.as_text(key).removeprefix("rq:queue:") for key in members}
         listed = list(dict.fromkeys(names))
         queues = listed + sorted(known - set(listed))
         now = int(time.time())

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -21,15 +19,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import constants, jobs, queues
+from service.api import params
 from service.api.errors import ApiError, JSONResponse
+from service.api.params import Problems
 from service.api.submit import read_json
 from service.dead import DeadLetters, Filter, Position
 
 _FILTERS = ("type", "queue", "error", "since", "until")
 _MAX_CHARS = {"type": 101, "queue": 200, "error": 200, "since": 64, "until": 64}
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
-
-Problems = list[dict[str, str]]
 
 
 def _dead_letters(request: Request) -> DeadLetters:
@@ -51,7 +48,7 @@ async def list_dead(request: Request) -> Response:
     problems: Problems = []
     query = _query(request, (*_FILTERS, "limit", "cursor"), problems)
     where = _filter(query, problems)
-    limit = _limit(query.get("limit"), problems)
+    limit = params.limit(query.get("limit"), problems)
     after = _cursor(query.get("cursor"), problems)
     _check(problems)
     dead = _dead_letters(request)
@@ -181,8 +178,8 @@ def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
         problems.append({"field": "type", "message": message})
     if queue is not None and not queues.valid_base(_base_of(queue)):
         problems.append({"field": "queue", "message": "not a queue name"})
-    since = _instant("since", text.get("since"), problems)
-    until = _instant("until", text.get("until"), problems)
+    since = params.instant("since", text.get("since"), problems)
+    until = params.instant("until", text.get("until"), problems)
     if since is not None and until is not None and since > until:
         problems.append({"field": "until", "message": "until is before since"})
     return Filter(type=job_type, queue=queue, error=text.get("error"), since=since, until=until)
@@ -190,33 +187,6 @@ def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
 
 def _base_of(queue: str) -> str:
     return queue.removesuffix(".high").removesuffix(".low")
-
-
-def _instant(name: str, value: str | None, problems: Problems) -> float | None:
-    """An RFC 3339 time with a timezone, as epoch seconds."""
-    if value is None:
-        return None
-    # A '+' sent unencoded in a query string arrives as a space: read it as the '+' it was.
-    value = re.sub(r" (\d\d:\d\d)$", r"+\1", value)
-    if _RFC3339.fullmatch(value):
-        try:
-            return datetime.fromisoformat(value.upper()).timestamp()
-        except ValueError:
-            pass
-    message = "expected an RFC 3339 time with a timezone: 2026-11-29T10:00:00Z"
-    problems.append({"field": name, "message": message})
-    return None
-
-
-def _limit(value: str | None, problems: Problems) -> int:
-    if value is None:
-        return constants.LIST_DEFAULT_LIMIT
-    if value.isascii() and value.isdigit() and 1 <= int(value) <= constants.LIST_MAX_LIMIT:
-        return int(value)
-    problems.append(
-        {"field": "limit", "message": f"expected a whole number 1-{constants.LIST_MAX_LIMIT}"}
-    )
-    return constants.LIST_DEFAULT_LIMIT
 
 
 def _encode_cursor(position: Position) -> str:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import constants, jobs
+from service.api import params
 from service.api.errors import ApiError, JSONResponse
 from service.mongo import HISTORY_COLLECTION
 
@@ -46,17 +47,6 @@ def _iso(value: Any) -> Any:
     return value
 
 
-def _time(name: str, raw: str, problems: list[dict[str, str]]) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(raw.replace(" ", "+"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        problems.append({"field": name, "message": "expected an RFC 3339 time with a timezone"})
-        return None
-    return moment.astimezone(UTC)
-
-
 def _decode_cursor(raw: str) -> tuple[datetime, str]:
     try:
         stamp, job_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().split("|")
@@ -78,36 +68,33 @@ def _encode_cursor(doc: dict[str, Any]) -> str:
 async def list_jobs(request: Request) -> Response:
     """History, newest change first: ?type=&status=&since=&until=&limit=&cursor=."""
     db = _database(request)
-    params = request.query_params
-    problems: list[dict[str, str]] = []
+    given = {k: v for k, v in request.query_params.items() if v}
+    problems: params.Problems = []
     query: dict[str, Any] = {}
-    if params.get("type"):
-        query["type"] = params["type"]
-    if params.get("status"):
-        if params["status"] not in STATUSES:
+    if "type" in given:
+        query["type"] = given["type"]
+    if "status" in given:
+        if given["status"] not in STATUSES:
             problems.append({"field": "status", "message": f"one of {', '.join(STATUSES)}"})
-        query["status"] = params["status"]
-    window = {
-        op: _time(name, params[name], problems)
-        for name, op in (("since", "$gte"), ("until", "$lte"))
-        if params.get(name)
-    }
+        query["status"] = given["status"]
+    window = {}
+    for name, op in (("since", "$gte"), ("until", "$lte")):
+        moment = params.instant(name, given.get(name), problems)
+        if moment is not None:
+            window[op] = datetime.fromtimestamp(moment, UTC)
     if window:
         query["updated_at"] = window
-    limit_text = params.get("limit", str(constants.LIST_DEFAULT_LIMIT))
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= constants.LIST_MAX_LIMIT:
-        problems.append({"field": "limit", "message": f"1 to {constants.LIST_MAX_LIMIT}"})
+    limit = params.limit(given.get("limit"), problems)
     if problems:
         raise ApiError(
             422, "invalid_parameters", f"{len(problems)} invalid parameter(s)", {"errors": problems}
         )
-    if params.get("cursor"):
-        stamp, last_id = _decode_cursor(params["cursor"])
+    if "cursor" in given:
+        stamp, last_id = _decode_cursor(given["cursor"])
         query["$or"] = [
             {"updated_at": {"$lt": stamp}},
             {"updated_at": stamp, "_id": {"$lt": last_id}},
         ]
-    limit = int(limit_text)
     try:
         cursor = db[HISTORY_COLLECTION].find(query, {f: 1 for f in _LIST_FIELDS})
         docs = await cursor.sort([("updated_at", -1), ("_id", -1)]).limit(limit).to_list()
