@@ -7,8 +7,14 @@ healthcheck     GET the running process's own /health on PORT; exit 0 if healthy
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 from service import constants, logs, registry
 from service.settings import ConfigError, Settings, load
@@ -25,6 +31,24 @@ def healthcheck(settings: Settings) -> int:
     except OSError as exc:
         print(f"healthcheck: {url}: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def worker_metrics_dir() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the worker's processes (set before prometheus_client is
+    imported: it picks its storage at import). Ours is removed on exit; one you set is emptied
+    at start, as prometheus_client asks."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given or tempfile.mkdtemp(prefix="service-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid configuration:\n  HANDLER_MODULES={modules!r}: {exc}", file=sys.stderr)
         return constants.EXIT_CONFIG
     if settings.worker_mode:
-        from service.worker import supervisor
+        with worker_metrics_dir():
+            from service.worker import supervisor
 
-        return supervisor.run(settings, handlers)
+            return supervisor.run(settings, handlers)
     from service.api import server
 
     return server.run(settings, handlers)

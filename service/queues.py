@@ -20,6 +20,17 @@ def concrete(base: str, priority: Priority) -> str:
     return base if priority == "default" else f"{base}.{priority}"
 
 
+def base(queue: str) -> str:
+    """The named queue an RQ queue belongs to: `emails.high` -> `emails`."""
+    return queue.removesuffix(".high").removesuffix(".low")
+
+
+def priority(queue: str) -> Priority:
+    if queue.endswith(".high"):
+        return "high"
+    return "low" if queue.endswith(".low") else "default"
+
+
 def served(bases: Iterable[str]) -> list[str]:
     """Every RQ queue of these named queues, in the order a worker drains them."""
     names = sorted(set(bases))

@@ -207,7 +207,7 @@ return {'canceled', 'canceled'}
 
 # ARGV: count, worker name, now_iso, started-registry score, execution id prefix, then the
 # queues in drain order (high before default before low). Returns per claimed job:
-# id, member, data, timeout, attempt, queue, backoff.
+# id, member, data, timeout, attempt, queue, backoff, enqueued_at.
 CLAIM = (
     _HISTORY
     + """
@@ -221,7 +221,8 @@ for qi = 6, #ARGV do
     want = want - #ids
     for _, id in ipairs(ids) do
       local jk = 'rq:job:' .. id
-      local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts', 'backoff')
+      local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts', 'backoff',
+        'enqueued_at')
       if f[1] == 'queued' then  -- skip ids whose job expired, was deleted or canceled
         local attempt = tonumber(f[4] or '0') + 1
         local member = id .. ':' .. ARGV[5] .. (#out + 1)
@@ -229,7 +230,7 @@ for qi = 6, #ARGV do
           'last_heartbeat', ARGV[3], 'worker_name', ARGV[2], 'attempts', attempt)
         redis.call('PERSIST', jk)
         redis.call('ZADD', 'rq:wip:' .. q, ARGV[4], member)
-        out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or ''}
+        out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or '', f[6] or ''}
         record(id, 'started', 'worker', ARGV[2], 'attempt', attempt)
       end
     end
@@ -241,32 +242,34 @@ return out
 
 # ARGV: worker, now_iso, now, then per job 9 values: outcome (ok|fail|interrupt|skip|cancel),
 # id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
-# `skip` puts back a claimed job that never started, recording nothing.
+# `skip` puts back a claimed job that never started, recording nothing. Returns, per job, what
+# became of it: finished | retried | failed (dead-lettered) | canceled | interrupted | ''.
 COMPLETE = (
     _TRANSITIONS
     + """
 local worker, now_iso, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local counts = {ok = 0, failed = 0, retried = 0, interrupted = 0, canceled = 0}
+local results = {}
 for i = 4, #ARGV, 9 do
   local outcome, id, q, member = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local value, t0, t1 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local delay, reason = tonumber(ARGV[i + 7]), ARGV[i + 8]
   local jk = 'rq:job:' .. id
+  local result
   if outcome == 'ok' then
     finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
-    counts.ok = counts.ok + 1
+    result = 'finished'
   elseif outcome == 'fail' then
-    local r = fail(jk, id, q, member, worker, value, reason, delay, t0, t1, now_iso, now)
-    counts[r] = counts[r] + 1
+    result = fail(jk, id, q, member, worker, value, reason, delay, t0, t1, now_iso, now)
   elseif outcome == 'cancel' then
     cancel(jk, id, q, member, worker, t0, t1, now_iso, now)
-    counts.canceled = counts.canceled + 1
+    result = 'canceled'
   else
     local n = interrupt(jk, id, q, member, worker, t0, t1, outcome == 'interrupt')
-    counts.interrupted = counts.interrupted + n
+    result = (n == 1 and outcome == 'interrupt') and 'interrupted' or ''
   end
+  results[#results + 1] = result
 end
-return {counts.ok, counts.failed, counts.retried, counts.interrupted, counts.canceled}
+return results
 """
 )
 
@@ -276,6 +279,7 @@ return {counts.ok, counts.failed, counts.retried, counts.interrupted, counts.can
 # lost: the running job is re-delivered (not counted against its retries) until it has
 # crashed its worker MAX_CRASHES times, then failed; the dead process's other claimed jobs never
 # started and go back to the head of the queue. interrupted: all go back to the head.
+# Returns {failed, redelivered, interrupted, {type, 'failed' | 'retried', ...} per blamed job}.
 RECOVER = (
     _TRANSITIONS
     + """
@@ -290,6 +294,7 @@ else
   members = redis.call('ZRANGE', wip, 0, -1)
 end
 local counts = {failed = 0, redelivered = 0, interrupted = 0}
+local lost = {}  -- per job blamed for the crash: its type, then 'failed' or 'retried'
 for _, member in ipairs(members) do
   local id = string.match(member, '^[^:]+')
   local jk = 'rq:job:' .. id
@@ -304,6 +309,8 @@ for _, member in ipairs(members) do
       redis.call('HSET', jk, 'retries_left', 0)
       fail(jk, id, q, member, who, exc, 'worker_lost', 0, ARGV[2], ARGV[2], now_iso, now)
       counts.failed = counts.failed + 1
+      lost[#lost + 1] = redis.call('HGET', jk, 'description') or ''
+      lost[#lost + 1] = 'failed'
     else
       local ttl = failure_ttl(jk)
       redis.call('ZREM', wip, member)
@@ -312,10 +319,12 @@ for _, member in ipairs(members) do
       add_result(id, '4', 'worker_lost', who, 'exc_string', exc, member, ARGV[2], ARGV[2], ttl)
       record(id, 'retried', 'worker', who, 'reason', 'worker_lost', 'error', exc)
       counts.redelivered = counts.redelivered + 1
+      lost[#lost + 1] = redis.call('HGET', jk, 'description') or ''
+      lost[#lost + 1] = 'retried'
     end
   end
 end
-return {counts.failed, counts.redelivered, counts.interrupted}
+return {counts.failed, counts.redelivered, counts.interrupted, lost}
 """
 )
 

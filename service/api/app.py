@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from service import constants, mongo
-from service.api import dead, history, routes
+from service.api import dead, history, metrics, routes
 from service.api.errors import ApiError, api_error_handler, http_error_handler
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
@@ -57,20 +57,22 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             if app.state.mongo is not None:
                 await app.state.mongo.client.close()
 
+    table = [
+        Route("/jobs", routes.submit_job, methods=["POST"]),
+        Route("/jobs", history.list_jobs, methods=["GET"]),
+        Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
+        Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
+        Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
+        Route("/queues", routes.list_queues, methods=["GET"]),
+        Route("/health", routes.health, methods=["GET"]),
+        Route("/backlog", routes.backlog, methods=["GET"]),
+        Route("/ready", routes.ready, methods=["GET"]),
+        Route("/openapi.json", routes.openapi, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        *dead.routes,
+    ]
     app = Starlette(
-        routes=[
-            Route("/jobs", routes.submit_job, methods=["POST"]),
-            Route("/jobs", history.list_jobs, methods=["GET"]),
-            Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
-            Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
-            Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
-            Route("/queues", routes.list_queues, methods=["GET"]),
-            Route("/health", routes.health, methods=["GET"]),
-            Route("/backlog", routes.backlog, methods=["GET"]),
-            Route("/ready", routes.ready, methods=["GET"]),
-            Route("/openapi.json", routes.openapi, methods=["GET"]),
-            *dead.routes,
-        ],
+        routes=table,
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
@@ -84,4 +86,5 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app.state.settings = settings
     app.state.registry = registry
     app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
-    return ApiKeyAuth(BodyLimit(app, settings.max_body_bytes), settings.api_keys)
+    protected = ApiKeyAuth(BodyLimit(app, settings.max_body_bytes), settings.api_keys)
+    return metrics.RequestMetrics(protected, table)

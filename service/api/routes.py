@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import constants, jobs, mongo, queues
-from service.api import history
+from service.api import history, metrics
 from service.api.errors import ApiError, JSONResponse
 from service.api.submit import parse_jobs, read_json
 from service.registry import Registry
@@ -37,15 +37,18 @@ async def submit_job(request: Request) -> Response:
     ((job, options),) = parse_jobs([body], registry, settings.queue_name, batch=False)
     key = request.headers.get("idempotency-key") or options.idempotency_key
     if key is None:
-        await store.publish([job])
+        with metrics.PUBLISH_SECONDS.time():
+            await store.publish([job])
+        metrics.accepted([job])
         return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
     if not 0 < len(key) <= 200 or not key.isprintable():
         raise ApiError(422, "invalid_job", "the Idempotency-Key must be 1-200 printable characters")
     if options.idempotency_key not in (None, key):
         raise ApiError(422, "invalid_job", "Idempotency-Key header and idempotency_key differ")
-    job_id, verdict = await store.publish_once(
-        job, key, _fingerprint(body), settings.idempotency_ttl
-    )
+    with metrics.PUBLISH_SECONDS.time():
+        job_id, verdict = await store.publish_once(
+            job, key, _fingerprint(body), settings.idempotency_ttl
+        )
     if verdict == "different":
         raise ApiError(
             409,
@@ -56,6 +59,7 @@ async def submit_job(request: Request) -> Response:
     if verdict == "same":  # a repeat: the original job, as it is now
         view = await store.job(job_id) or {"id": job_id, "status": "expired"}
         return JSONResponse(view, 200, headers={"Location": f"/jobs/{job_id}"})
+    metrics.accepted([job])
     return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
 
 
@@ -78,7 +82,9 @@ async def submit_batch(request: Request) -> Response:
             f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
         )
     batch = [job for job, _ in parse_jobs(items, registry, settings.queue_name, batch=True)]
-    await store.publish(batch)
+    with metrics.PUBLISH_SECONDS.time():
+        await store.publish(batch)
+    metrics.accepted(batch)
     return JSONResponse({"jobs": [_accepted(job) for job in batch]}, 202)
 
 

@@ -1,4 +1,5 @@
-"""The worker container's tiny HTTP server: GET /health (liveness) and GET /ready (readiness).
+"""The worker container's tiny HTTP server: GET /health (liveness), GET /ready (readiness) and
+GET /metrics (Prometheus).
 
 Standard library only, on its own thread: the supervisor's main loop never waits on it.
 """
@@ -11,18 +12,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 
+from service.metrics import CONTENT_TYPE
 from service.settings import Settings
 
 Check = Callable[[], tuple[bool, dict[str, object]]]
 
 
 class HealthServer:
-    def __init__(self, settings: Settings, healthy: Check, ready: Check) -> None:
+    def __init__(
+        self, settings: Settings, healthy: Check, ready: Check, metrics: Callable[[], bytes]
+    ) -> None:
         checks = {"/health": healthy, "/ready": ready}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                check = checks.get(self.path.split("?", 1)[0])
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    return self._send(200, CONTENT_TYPE, metrics())
+                check = checks.get(path)
                 body: dict[str, object]
                 if check is None:
                     status, body = 404, {"error": {"code": "not_found", "message": "not found"}}
@@ -30,9 +37,11 @@ class HealthServer:
                     ok, details = check()
                     status, body = (200 if ok else 503), {"status": "ok" if ok else "unavailable"}
                     body.update(details)
-                data = orjson.dumps(body)
+                self._send(status, "application/json", orjson.dumps(body))
+
+            def _send(self, status: int, content_type: str, data: bytes) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -23,13 +23,14 @@ def recover(
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
     current: str = "",
-) -> list[int]:
+) -> tuple[list[int], list[tuple[str, str]]]:
     """Recover the started jobs of `owner`, or (owner '') those whose heartbeat expired.
 
     lost: the job `current` (or, if unknown, every job) is re-delivered until it has crashed
     its worker `max_crashes` times, then failed; the owner's other jobs never started and go
     back to the head of the queue. interrupted: all back at the head, not counted as attempts.
-    Returns [failed, redelivered, interrupted].
+    Returns [failed, redelivered, interrupted] and, per job blamed for a crash, its type and
+    fate ('failed' or 'retried').
     """
     now = time.time()
     script = client.register_script(scripts.RECOVER)
@@ -42,8 +43,9 @@ def recover(
         jobs.encode_exc_string(LOST_REASON),
         current,
     ]
-    counts: list[int] = script(keys=[queue], args=args)
-    return counts
+    *counts, lost = script(keys=[queue], args=args)
+    fates = [(jobs.as_text(lost[i]), jobs.as_text(lost[i + 1])) for i in range(0, len(lost), 2)]
+    return [int(n) for n in counts], fates
 
 
 def promote(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float | None]:

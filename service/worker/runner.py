@@ -29,7 +29,7 @@ from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
 from service.settings import RedisTarget, Settings
-from service.worker import recovery
+from service.worker import metrics, recovery
 from service.worker.isolation import IsolatedJobFailed, run_isolated
 from service.worker.slots import Slot
 
@@ -69,6 +69,27 @@ class Claimed:
     attempt: int
     queue: str
     backoff: str  # the job's Backoff policy as JSON ('' retries at once)
+    enqueued_at: str  # RQ's ISO timestamp of the (re-)enqueue this attempt waited from
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One claimed job's end, as the COMPLETE script takes it."""
+
+    claimed: Claimed
+    kind: str  # ok | fail | interrupt | cancel | skip (claimed, never started)
+    type: str = "unknown"
+    value: bytes = b""  # the result (ok), or the error text
+    reason: str = ""  # why an attempt failed: exception, timeout, interrupted, canceled
+    started: float = 0.0
+    ended: float = 0.0
+    delay: float = 0.0  # before a retry
+    error: str = ""  # the error text, for the log line
+
+    def args(self) -> list[Any]:
+        c = self.claimed
+        times = [repr(self.started), repr(self.ended)] if self.started else ["", ""]
+        return [self.kind, c.id, c.queue, c.member, self.value, *times, self.delay, self.reason]
 
 
 class Worker:
@@ -183,6 +204,7 @@ class Worker:
                 int(r[4]),
                 r[5].decode(),
                 r[6].decode(),
+                r[7].decode(),
             )
             for r in rows
         ]
@@ -196,15 +218,15 @@ class Worker:
         return int(time.time() + ttl) + 1
 
     def _run_batch(self, batch: list[Claimed]) -> None:
-        outcomes: list[Any] = []
+        outcomes: list[Outcome] = []
         flushed_at = time.monotonic()
         for claimed in batch:
             if self.stopping:  # claimed but not started: back to the head of its queue
-                outcomes += ["skip", claimed.id, claimed.queue, claimed.member, "", "", "", 0, ""]
+                outcomes.append(Outcome(claimed, "skip"))
             elif claimed.id in self._cancel:
-                outcomes += ["cancel", claimed.id, claimed.queue, claimed.member, "", "", "", 0, ""]
+                outcomes.append(Outcome(claimed, "cancel", reason="canceled"))
             else:
-                outcomes += self._execute(claimed)
+                outcomes.append(self._execute(claimed))
             if time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS:
                 self._flush(outcomes)
                 outcomes, flushed_at = [], time.monotonic()
@@ -213,17 +235,18 @@ class Worker:
             self._in_flight = []
             self._cancel.clear()
 
-    def _flush(self, outcomes: list[Any]) -> None:
+    def _flush(self, outcomes: list[Outcome]) -> None:
         """Record outcomes. Jobs already ran: while Redis is unreachable, keep trying (with
         backoff) rather than lose the results, until a shutdown gives up on them (the jobs then
         run again elsewhere: at least once)."""
         if not outcomes:
             return
         backoff = 0.1
+        args = [value for outcome in outcomes for value in outcome.args()]
         while True:
             now = time.time()
             try:
-                counts = self._complete(args=[self.name, jobs.utc_iso(now), now, *outcomes])
+                results = self._complete(args=[self.name, jobs.utc_iso(now), now, *args])
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if self.stopping:
@@ -231,27 +254,32 @@ class Worker:
                 log.warning(
                     "worker %s: cannot record %d outcomes yet (%s); retrying in %.1fs",
                     self.name,
-                    len(outcomes) // 9,
+                    len(outcomes),
                     exc,
                     backoff,
                 )
                 self.slot.tick()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        ok, failed, retried, interrupted, canceled = counts
-        self.slot.count(
-            finished=ok, failed=failed, retried=retried, interrupted=interrupted, canceled=canceled
-        )
+        fates = [result.decode() for result in results]
+        self.slot.count(*fates)
+        for outcome, fate in zip(outcomes, fates, strict=True):
+            if fate:
+                duration = outcome.ended - outcome.started if outcome.started else None
+                metrics.ended(outcome.type, fate, outcome.reason, duration)
+                _log_outcome(outcome, fate)
 
     # --- one job ---
-    def _execute(self, claimed: Claimed) -> list[Any]:
-        """Run one job; return its COMPLETE args (see scripts.COMPLETE)."""
+    def _execute(self, claimed: Claimed) -> Outcome:
+        """Run one job; return its outcome."""
         started = time.time()
-        job_type, timeout = "?", claimed.timeout
-        outcome, value, reason = "fail", b"", "exception"
+        job_type, timeout = "unknown", claimed.timeout
+        outcome, error, reason = "fail", "", "exception"
+        value = b""
         try:
             job_type, payload = jobs.decode_data(claimed.data)
             spec = self.registry.get(job_type)
+            metrics.started(job_type, claimed.enqueued_at, started)
             timeout = claimed.timeout if claimed.timeout > 0 else spec.timeout
             ctx = JobContext(
                 claimed.id,
@@ -277,46 +305,28 @@ class Worker:
         except Canceled:
             outcome, reason = "cancel", "canceled"
         except (UnknownJobType, PayloadInvalid) as exc:  # would fail again: no retry
-            text = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, PayloadInvalid):
-                text += ": " + "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
-            value = jobs.encode_exc_string(text)
+                error += ": " + "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
             self._no_retry(claimed)
         except IsolatedJobFailed as exc:
-            value = jobs.encode_exc_string(str(exc))
+            error = str(exc)
         except JobTimeout:
-            value = jobs.encode_exc_string(f"JobTimeout: job exceeded its timeout of {timeout:g}s")
+            error = f"JobTimeout: job exceeded its timeout of {timeout:g}s"
             reason = "timeout"
         except Exception:  # noqa: BLE001 - a handler's failure, whatever it is, is the job's outcome
-            value = jobs.encode_exc_string(traceback.format_exc())
+            error = traceback.format_exc()
         finally:
             self._current = ""
             self.slot.idle()
         ended = time.time()
         self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * (ended - started)
         delay = self._retry_delay(claimed) if outcome == "fail" else 0
-        level = logging.INFO if outcome != "ok" or ended - started > 1 else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "job %s %s: %s in %.3fs (attempt %d)",
-                claimed.id,
-                job_type,
-                reason if outcome != "ok" else "ok",
-                ended - started,
-                claimed.attempt,
-            )
-        return [
-            outcome,
-            claimed.id,
-            claimed.queue,
-            claimed.member,
-            value,
-            repr(started),
-            repr(ended),
-            delay,
-            reason if outcome != "ok" else "",
-        ]
+        if outcome == "ok":
+            reason = ""
+        elif error:
+            value = jobs.encode_exc_string(error)
+        return Outcome(claimed, outcome, job_type, value, reason, started, ended, delay, error)
 
     @contextlib.contextmanager
     def _guard(self, timeout: float) -> Iterator[None]:
@@ -415,3 +425,50 @@ class Worker:
                 pipe.execute()
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
+
+
+_LEVELS = {
+    "finished": logging.INFO,
+    "canceled": logging.INFO,
+    "interrupted": logging.INFO,
+    "retried": logging.WARNING,
+    "failed": logging.ERROR,
+}
+
+
+def _log_outcome(outcome: Outcome, fate: str) -> None:
+    """One line per job outcome: id, type, attempt, duration and what happened next. The
+    error's last line only (payloads and tracebacks can carry secrets; the job keeps them)."""
+    level = _LEVELS[fate]
+    if not log.isEnabledFor(level):
+        return
+    claimed = outcome.claimed
+    duration = outcome.ended - outcome.started if outcome.started else 0.0
+    detail = ""
+    if fate in ("retried", "failed"):
+        detail = f" ({outcome.reason}: {_last_line(outcome.error)})"
+        detail += "; will retry" if fate == "retried" else "; dead-lettered"
+    log.log(
+        level,
+        "job %s %s %s in %.3fs, attempt %d%s",
+        claimed.id,
+        outcome.type,
+        fate,
+        duration,
+        claimed.attempt,
+        detail,
+        extra={
+            "job_id": claimed.id,
+            "job_type": outcome.type,
+            "queue": claimed.queue,
+            "attempt": claimed.attempt,
+            "duration": round(duration, 6),
+            "outcome": fate,
+        },
+    )
+
+
+def _last_line(text: str, limit: int = 200) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else "no error text"
+    return last if len(last) <= limit else last[: limit - 1] + "…"

@@ -62,9 +62,11 @@ class Slot:
     def set_ready(self, ready: bool) -> None:
         self._set(READY, 1.0 if ready else 0.0)
 
-    def count(self, **amounts: int) -> None:
-        for name, amount in amounts.items():
-            self._set(COUNTERS[name], self.get(COUNTERS[name]) + amount)
+    def count(self, *fates: str) -> None:
+        """Add each job's fate (a COMPLETE result: finished, failed, ...) to its counter."""
+        for fate in fates:
+            if fate in COUNTERS:
+                self._set(COUNTERS[fate], self.get(COUNTERS[fate]) + 1)
 
     def reset(self) -> None:
         for field in (TICK, DEADLINE, READY):

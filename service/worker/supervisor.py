@@ -26,11 +26,12 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from service import constants, logs, mongo, queues
+from service import metrics as backlog_metrics
 from service import registry as registry_module
 from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
-from service.worker import recovery
+from service.worker import metrics, recovery
 from service.worker.health import HealthServer
 from service.worker.runner import Worker, connect
 from service.worker.slots import DEADLINE, READY, TICK, Slots
@@ -67,6 +68,8 @@ class Supervisor:
         self.db: Database[dict[str, Any]] | None = None
         self.shipper: Shipper | None = None
         self._history_stop = threading.Event()
+        self.backlog = backlog_metrics.BacklogCollector()
+        self._backlog_plan = backlog_metrics.BacklogPlan({queues.base(q) for q in self.queues})
         # A signal writes a byte here, so the main loop wakes at once instead of at its timeout.
         self._wakeup_read, self._wakeup_write = socket.socketpair()
 
@@ -79,7 +82,10 @@ class Supervisor:
         self._wakeup_write.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         self.redis = connect(self.settings.queue_redis)
-        health = HealthServer(self.settings, self.healthy, self.ready)
+        exposed = metrics.registry(metrics.SupervisorCollector(self.live_figures), self.backlog)
+        health = HealthServer(
+            self.settings, self.healthy, self.ready, lambda: backlog_metrics.exposition(exposed)
+        )
         health.start()
         log.info(
             "worker supervisor: %d processes on queues %s, Redis %s, health on :%d",
@@ -168,6 +174,7 @@ class Supervisor:
         until the next round: WORKER_PROCESSING_INTERVAL, or sooner if a job falls due."""
         interval = self.settings.worker_processing_interval
         self._recover()
+        self._refresh_backlog(interval)
         try:
             _, next_due = recovery.promote(self.redis, self.queues)
         except redis.RedisError as exc:
@@ -176,6 +183,22 @@ class Supervisor:
         if next_due is None:
             return interval
         return min(interval, max(constants.MIN_PROMOTE_WAIT, next_due - time.time()))
+
+    def _refresh_backlog(self, interval: float) -> None:
+        """The backlog gauges, at most once per interval (housekeeping may run more often)."""
+        if not self.backlog.stale(interval * 0.9):
+            return
+        try:
+            self.backlog.latest = backlog_metrics.read_backlog(self.redis, self._backlog_plan)
+        except redis.RedisError as exc:
+            self.backlog.latest = None  # no figures rather than stale ones
+            log.debug("backlog figures skipped, Redis unavailable: %s", exc)
+
+    def live_figures(self) -> tuple[int, int, int]:
+        """(processes alive, jobs running now, restarts so far): read at scrape time."""
+        alive = [i for i, p in enumerate(self.processes) if p is not None and p.is_alive()]
+        running = sum(self.slots[i].get(DEADLINE) > 0 for i in alive)
+        return len(alive), running, sum(self.restarts)
 
     def _replace(self, index: int, process: BaseProcess) -> None:
         """A worker process died: re-queue its jobs now, then start another after a backoff."""
@@ -202,7 +225,7 @@ class Supervisor:
         totals = [0, 0, 0]
         try:
             for queue in self.queues:
-                counts = recovery.recover(
+                counts, fates = recovery.recover(
                     self.redis,
                     queue,
                     max_crashes=self.settings.max_crashes,
@@ -211,6 +234,8 @@ class Supervisor:
                     current=current,
                 )
                 totals = [a + b for a, b in zip(totals, counts, strict=True)]
+                for job_type, fate in fates:
+                    metrics.ended(job_type or "unknown", fate, "worker_lost", None)
                 recovery.prune_workers(self.redis, queue)
             if name:
                 self.redis.delete(constants.worker_key(name))

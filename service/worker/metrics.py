@@ -1,0 +1,106 @@
+"""The worker container's Prometheus metrics, summed over its processes.
+
+Worker processes count jobs with prometheus_client in multiprocess mode: each process writes
+its own memory-mapped files in PROMETHEUS_MULTIPROC_DIR (a few files per process, never per
+job; `python -m service` makes the folder and removes it on exit). The supervisor adds what
+only it knows at scrape time: processes alive, jobs in progress, restarts, and the backlog.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from service.metrics import BacklogCollector
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds: from a millisecond no-op to an hour-long job (or wait).
+BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)  # fmt: skip
+
+STARTED = Counter("service_jobs_started", "Job attempts started", ["type"])
+FINISHED = Counter("service_jobs_finished", "Job attempts that succeeded", ["type"])
+FAILED = Counter(
+    "service_jobs_failed",
+    "Job attempts that failed (reason: exception, timeout, worker_lost)",
+    ["type", "reason"],
+)
+RETRIED = Counter("service_jobs_retried", "Failed attempts scheduled to run again", ["type"])
+DEAD = Counter("service_jobs_dead", "Jobs moved to the dead-letter queue", ["type"])
+CANCELED = Counter("service_jobs_canceled", "Jobs canceled while held by a worker", ["type"])
+INTERRUPTED = Counter(
+    "service_jobs_interrupted", "Attempts stopped by a shutdown and put back", ["type"]
+)
+DURATION = Histogram(
+    "service_job_duration_seconds", "Handler run time per attempt", ["type"], buckets=BUCKETS
+)
+QUEUE_WAIT = Histogram(
+    "service_job_queue_wait_seconds",
+    "From (re-)enqueue to the start of an attempt",
+    ["type"],
+    buckets=BUCKETS,
+)
+
+# What each COMPLETE result adds to (see scripts.COMPLETE).
+_BY_RESULT = {
+    "finished": (FINISHED,),
+    "retried": (RETRIED,),
+    "failed": (DEAD,),
+    "canceled": (CANCELED,),
+    "interrupted": (INTERRUPTED,),
+}
+
+
+def started(job_type: str, enqueued_at: str, now: float) -> None:
+    STARTED.labels(job_type).inc()
+    if enqueued_at:
+        wait = now - datetime.fromisoformat(enqueued_at).timestamp()
+        QUEUE_WAIT.labels(job_type).observe(max(wait, 0.0))
+
+
+def ended(job_type: str, result: str, reason: str, duration: float | None) -> None:
+    """One attempt's end, as COMPLETE or RECOVER decided it."""
+    for counter in _BY_RESULT.get(result, ()):
+        counter.labels(job_type).inc()
+    if result in ("retried", "failed"):
+        FAILED.labels(job_type, reason).inc()
+    if duration is not None:
+        DURATION.labels(job_type).observe(duration)
+
+
+class SupervisorCollector(Collector):
+    """Live figures the supervisor reads from its process table and shared memory."""
+
+    def __init__(self, figures: Callable[[], tuple[int, int, int]]) -> None:
+        self.figures = figures  # () -> (processes alive, jobs in progress, restarts)
+
+    def collect(self) -> Iterator[Metric]:
+        alive, in_progress, restarts = self.figures()
+        yield GaugeMetricFamily(
+            "service_worker_processes", "Worker processes alive in this container", value=alive
+        )
+        yield GaugeMetricFamily(
+            "service_jobs_in_progress", "Jobs running in this container now", value=in_progress
+        )
+        yield CounterMetricFamily(
+            "service_worker_process_restarts",
+            "Worker processes that died and were restarted",
+            value=restarts,
+        )
+
+
+def registry(live: Collector, backlog: BacklogCollector) -> CollectorRegistry:
+    """What the health server's /metrics shows: every process's counts, plus live figures."""
+    collected = CollectorRegistry()
+    MultiProcessCollector(collected, os.environ[MULTIPROC_DIR])  # type: ignore[no-untyped-call]
+    collected.register(live)
+    collected.register(backlog)
+    return collected
