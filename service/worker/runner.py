@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis
 
-from service import constants, jobs, mongo, scripts
+from service import constants, jobs, logs, mongo, scripts
 from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
@@ -111,6 +111,7 @@ class Worker:
         self._exec_seq = 0
         self._birth = jobs.utc_iso()
         self._exec_token = uuid.uuid4().hex[:8]
+        self.outcome_log = logs.BatchLog(log, settings)
 
     # --- signals: SIGTERM finishes the current job; SIGUSR1 interrupts it; SIGUSR2 cancels it --
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -267,7 +268,8 @@ class Worker:
             if fate:
                 duration = outcome.ended - outcome.started if outcome.started else None
                 metrics.ended(outcome.type, fate, outcome.reason, duration)
-                _log_outcome(outcome, fate)
+                self.outcome_log.add(*_outcome_line(outcome, fate))
+        self.outcome_log.flush()
 
     # --- one job ---
     def _execute(self, claimed: Claimed) -> Outcome:
@@ -436,36 +438,28 @@ _LEVELS = {
 }
 
 
-def _log_outcome(outcome: Outcome, fate: str) -> None:
-    """One line per job outcome: id, type, attempt, duration and what happened next. The
-    error's last line only (payloads and tracebacks can carry secrets; the job keeps them)."""
-    level = _LEVELS[fate]
-    if not log.isEnabledFor(level):
-        return
+def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]]:
+    """One line per job outcome: id, type, attempt, duration and what happens next; of the
+    error only its last line (payloads and tracebacks can carry secrets; the job keeps them)."""
     claimed = outcome.claimed
     duration = outcome.ended - outcome.started if outcome.started else 0.0
     detail = ""
     if fate in ("retried", "failed"):
         detail = f" ({outcome.reason}: {_last_line(outcome.error)})"
         detail += "; will retry" if fate == "retried" else "; dead-lettered"
-    log.log(
-        level,
-        "job %s %s %s in %.3fs, attempt %d%s",
-        claimed.id,
-        outcome.type,
-        fate,
-        duration,
-        claimed.attempt,
-        detail,
-        extra={
-            "job_id": claimed.id,
-            "job_type": outcome.type,
-            "queue": claimed.queue,
-            "attempt": claimed.attempt,
-            "duration": round(duration, 6),
-            "outcome": fate,
-        },
+    message = (
+        f"job {claimed.id} {outcome.type} {fate} in {duration:.3f}s, "
+        f"attempt {claimed.attempt}{detail}"
     )
+    fields = {
+        "job_id": claimed.id,
+        "job_type": outcome.type,
+        "queue": claimed.queue,
+        "attempt": claimed.attempt,
+        "duration": round(duration, 6),
+        "outcome": fate,
+    }
+    return _LEVELS[fate], message, fields
 
 
 def _last_line(text: str, limit: int = 200) -> str:
