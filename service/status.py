@@ -3,8 +3,9 @@
 For an operator at a shell (`docker compose exec worker python -m service status`): per named
 queue, its waiting jobs by priority, scheduled jobs (and how many are due), running and dead
 jobs, and how long the oldest waiting job has waited; the live worker processes, from their
-registrations; the most recent failures in the dead-letter queue. It reads the keys GET /queues
-and GET /dead read, with the service's own settings (QUEUE_REDIS_*), and writes nothing.
+registrations; the most recent failures in the dead-letter queue. The figures are the backlog
+gauges' (service/metrics.py reads them), the failures GET /dead's first page; the service's own
+settings (QUEUE_REDIS_*) say where Redis is. Nothing is written.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import orjson
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, queues, store
+from service import constants, jobs, metrics, queues, store
 from service.dead import DeadLetters, Filter
 from service.settings import Settings
 
-# Priorities as the metrics label them (service_queue_waiting_jobs{priority}).
-PRIORITY_LABELS: dict[queues.Priority, str] = {"high": "high", "default": "normal", "low": "low"}
 DEFAULT_FAILURES = 10
 ERROR_WIDTH = 100  # characters of an error the text output shows (--json has it whole)
 
@@ -34,13 +33,13 @@ ERROR_WIDTH = 100  # characters of an error the text output shows (--json has it
 @dataclass(frozen=True, slots=True)
 class QueueStatus:
     queue: str  # a named queue: its RQ queues `<queue>.high`, `<queue>`, `<queue>.low` together
-    waiting: dict[str, int]  # by priority: high, normal, low
+    waiting: dict[str, int]  # by priority: high, default, low (as the metrics label them)
     scheduled: int  # delayed jobs, run_at jobs and retries waiting out their backoff
     due: int  # of those, already due (workers promote them within one processing interval)
     running: int  # claimed by a worker process (in a started registry)
     dead: int  # in a failed registry: the dead-letter queue
     oldest_waiting_seconds: float | None  # since the job at the head was queued; None if none
-    workers: int  # live worker processes registered for it
+    workers: int  # live worker processes registered for it (for its default priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,83 +74,51 @@ class Status:
 
 
 async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> Status:
-    """Read everything in five round trips, plus the dead-letter queue's pages."""
+    """The backlog as the metrics read it (service.metrics), then the worker registrations,
+    the dropped-events count and the dead-letter queue's first page."""
     now = time.time()
-    served = queues.served({settings.queue_name, *settings.worker_queues})
-    counts = await store.Store(client).queues(served)  # and every other queue Redis knows
-    names = [row["name"] for row in counts]
+    known = await client.smembers(constants.QUEUES_KEY)
+    bases = {settings.queue_name, *settings.worker_queues}
+    bases |= {queues.base(jobs.as_text(key).removeprefix("rq:queue:")) for key in known}
+    plan = metrics.BacklogPlan(bases)
+    backlog = await metrics.read_backlog_async(client, plan)
     async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.zcount(constants.registry_key("scheduled", name), "-inf", now)
-            pipe.lindex(constants.queue_key(name), 0)
         pipe.smembers(constants.WORKERS_KEY)
-        pipe.xlen(constants.HISTORY_STREAM)
         pipe.get(constants.HISTORY_DROPPED_KEY)
-        *per_queue, worker_keys, pending, dropped = await pipe.execute()
-    due, heads = per_queue[0::2], [jobs.as_text(h) if h else None for h in per_queue[1::2]]
+        worker_keys, dropped = await pipe.execute()
     keys = sorted(jobs.as_text(key) for key in worker_keys)
     async with client.pipeline(transaction=False) as pipe:
-        for head in heads:
-            if head is not None:
-                pipe.hget(constants.job_key(head), "enqueued_at")
         for key in keys:
             pipe.hgetall(key)
-        replies = iter(await pipe.execute())
-    ages = [None if head is None else _waited(head, next(replies), now) for head in heads]
-    workers = [w for key in keys if (w := _worker(key, next(replies), now)) is not None]
+        registrations = await pipe.execute()
+    workers = [
+        worker
+        for key, fields in zip(keys, registrations, strict=True)
+        if (worker := _worker(key, fields, now)) is not None
+    ]
     return Status(
         redis=str(settings.queue_redis),
         at=jobs.utc_iso(now),
-        queues=_by_named_queue(counts, due, ages),
+        queues=[_queue(base, figures) for base, figures in backlog.queues.items()],
         workers=workers,
-        failures=await _failures(client, served, failures),
-        history_pending=int(pending),
+        failures=await _failures(client, queues.served(bases), failures),
+        history_pending=backlog.history_pending,
         history_dropped=int(dropped or 0),
     )
 
 
-def _by_named_queue(
-    counts: list[dict[str, Any]], due: list[int], ages: list[float | None]
-) -> list[QueueStatus]:
-    """Fold each named queue's three RQ queues (one per priority) into one row."""
-    rows: dict[str, dict[str, Any]] = {}
-    for count, due_now, age in zip(counts, due, ages, strict=True):
-        base, priority = queues.base(count["name"]), queues.priority(count["name"])
-        row = rows.setdefault(
-            base,
-            {
-                "waiting": dict.fromkeys(PRIORITY_LABELS.values(), 0),
-                **dict.fromkeys(("scheduled", "due", "running", "dead", "workers"), 0),
-                "oldest": None,
-            },
-        )
-        row["waiting"][PRIORITY_LABELS[priority]] += count["waiting"]
-        row["scheduled"] += count["scheduled"]
-        row["due"] += due_now
-        row["running"] += count["started"]
-        row["dead"] += count["failed"]
-        row["workers"] = max(row["workers"], count["workers"])  # one serves all three
-        if age is not None:
-            row["oldest"] = max(age, row["oldest"] or 0.0)
-    return [
-        QueueStatus(
-            queue=base,
-            waiting=row["waiting"],
-            scheduled=row["scheduled"],
-            due=row["due"],
-            running=row["running"],
-            dead=row["dead"],
-            oldest_waiting_seconds=row["oldest"],
-            workers=row["workers"],
-        )
-        for base, row in rows.items()
-    ]
-
-
-def _waited(job_id: str, enqueued_at: bytes | None, now: float) -> float | None:
-    """Seconds since the job was queued (its id's creation time if it has no enqueued_at)."""
-    since = jobs.epoch(jobs.as_text(enqueued_at)) if enqueued_at else jobs.id_created_at(job_id)
-    return None if since is None else max(0.0, now - since)
+def _queue(base: str, figures: metrics.QueueFigures) -> QueueStatus:
+    waiting: dict[str, int] = {p: figures.waiting.get(p, 0) for p in queues.PRIORITIES}
+    return QueueStatus(
+        queue=base,
+        waiting=waiting,
+        scheduled=figures.scheduled,
+        due=figures.due,
+        running=figures.running,
+        dead=figures.dead,
+        oldest_waiting_seconds=figures.oldest_age if any(waiting.values()) else None,
+        workers=figures.workers,
+    )
 
 
 def _worker(key: str, fields: dict[bytes, bytes], now: float) -> WorkerStatus | None:
@@ -192,7 +159,7 @@ async def _failures(client: aioredis.Redis, served: list[str], limit: int) -> li
 def render(status: Status) -> str:
     """Aligned text for a terminal."""
     lines = [f"Redis {status.redis} at {status.at}", ""]
-    header = ["QUEUE", "HIGH", "NORMAL", "LOW", "SCHEDULED", "DUE", "RUNNING", "DEAD"]
+    header = ["QUEUE", "HIGH", "DEFAULT", "LOW", "SCHEDULED", "DUE", "RUNNING", "DEAD"]
     header += ["OLDEST WAITING", "WORKERS"]
     rows = [
         [

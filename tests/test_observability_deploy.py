@@ -112,6 +112,33 @@ def test_metric_names_finds_every_selector_and_nothing_else() -> None:
     }
 
 
+# What the code registers: every family's `# TYPE` line, from a fresh interpreter (importing
+# the worker's counters here would add them to this process's default registry).
+EXPOSE_ALL = """
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from service import metrics
+from service.api import metrics as api_metrics
+from service.worker import metrics as worker_metrics
+
+live = CollectorRegistry()
+live.register(worker_metrics.SupervisorCollector(lambda: (1, 0, 0)))
+backlog = metrics.BacklogCollector()
+backlog.latest = metrics.Snapshot({"q": metrics.QueueFigures(waiting={"high": 0})}, 0, 0.0)
+live.register(backlog)
+print(generate_latest(REGISTRY).decode() + generate_latest(live).decode())
+"""
+
+
+def test_the_contract_is_what_the_code_exports() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", EXPOSE_ALL], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    families = dict(re.findall(r"^# TYPE (service_\w+) (\w+)$", result.stdout, re.M))
+    # prometheus_client's creation timestamps (`<name>_created`): not part of the contract.
+    assert {k: v for k, v in families.items() if not k.endswith("_created")} == CONTRACT
+
+
 # --- promtool, or a schema where it is missing ------------------------------------------------
 def promtool() -> str | None:
     """promtool's path; None outside CI when it is not installed. CI must have it."""

@@ -92,12 +92,12 @@ def test_counts_per_queue_and_priority_from_redis(
 
     # Then
     app = queue_row(document, "app-queue")
-    assert app["waiting"] == {"high": 1, "normal": 2, "low": 1}
+    assert app["waiting"] == {"high": 1, "default": 2, "low": 1}
     assert (app["scheduled"], app["due"], app["running"], app["dead"]) == (1, 0, 0, 0)
     assert 120 <= app["oldest_waiting_seconds"] < 180
     assert app["workers"] == 1
     reports = queue_row(document, "reports")
-    assert reports["waiting"] == {"high": 0, "normal": 0, "low": 0}
+    assert reports["waiting"] == {"high": 0, "default": 0, "low": 0}
     assert (reports["scheduled"], reports["due"], reports["workers"]) == (2, 1, 0)
     assert reports["oldest_waiting_seconds"] is None
     (worker,) = document["workers"]
@@ -148,7 +148,7 @@ def test_status_of_a_running_worker(
     wait_for(lambda: queue_redis.zcard(constants.registry_key("failed", "app-queue")) == 1)
     blocked = publish(redis_url, "test.block", {"key": "release"})
     wait_for(lambda: app_redis.lrange("started", 0, -1) == [blocked.encode()])
-    # so jobs published now wait: two of normal priority, one high, one low.
+    # so jobs published now wait: two of default priority, one high, one low.
     for queue in ("app-queue", "app-queue", "app-queue.high", "app-queue.low"):
         publish(redis_url, "echo", queue=queue)
     settings = settings_for(redis_url)
@@ -163,7 +163,7 @@ def test_status_of_a_running_worker(
 
     # Then
     app = queue_row(document, "app-queue")
-    assert app["waiting"] == {"high": 1, "normal": 2, "low": 1}
+    assert app["waiting"] == {"high": 1, "default": 2, "low": 1}
     assert (app["scheduled"], app["due"], app["running"], app["dead"]) == (0, 0, 1, 1)
     assert app["workers"] == 1
     assert 0 <= app["oldest_waiting_seconds"] < 30
