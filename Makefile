@@ -32,9 +32,9 @@ logs-api: ## follow the API's logs
 	$(PROD) logs -f app
 logs-worker: ## follow the workers' logs
 	$(PROD) logs -f worker
-status: ## containers, their health, and the queues
+status: ## containers, their health, then queues, workers and recent failures
 	$(PROD) ps
-	$(PROD) exec app python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:3001/backlog').read().decode())"
+	$(PROD) exec app python -m service status
 restart: ## restart the API and the workers
 	$(PROD) restart app worker
 restart-api: ## restart the API only (workers keep running)

@@ -1,8 +1,9 @@
-"""`python -m service [run|dev|healthcheck]`: load settings, then run one mode.
+"""`python -m service [run|dev|healthcheck|status]`: load settings, then run one mode.
 
 run (default)   WORKER_MODE=false: the HTTP publisher; WORKER_MODE=true: the worker supervisor
 dev             API and worker together, with a private Redis when none is configured
 healthcheck     GET the running process's own /health on PORT; exit 0 if healthy (for Docker)
+status          queues, live workers and recent failures, read from Redis (`status --help`)
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from pathlib import Path
 from service import constants, logs, registry
 from service.settings import ConfigError, Settings, load
 
-COMMANDS = ("run", "dev", "healthcheck")
-EX_USAGE = 64
+COMMANDS = ("run", "dev", "healthcheck", "status")
 
 
 def healthcheck(settings: Settings) -> int:
@@ -54,9 +54,9 @@ def worker_metrics_dir() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "run"
-    if command not in COMMANDS or len(args) > 1:
+    if command not in COMMANDS or (len(args) > 1 and command != "status"):
         print(f"usage: python -m service [{'|'.join(COMMANDS)}]", file=sys.stderr)
-        return EX_USAGE
+        return constants.EXIT_USAGE
     try:
         settings = load()
     except ConfigError as exc:
@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return constants.EXIT_CONFIG
     if command == "healthcheck":
         return healthcheck(settings)
+    if command == "status":
+        from service import status
+
+        return status.main(settings, args[1:])
     if command == "dev":
         from service import dev
 

@@ -7,6 +7,8 @@ from typing import Final
 # --- Exit codes (documented in the README) -------------------------------------------------
 EXIT_OK: Final = 0
 EXIT_FORCED: Final = 1  # a second signal forced the stop; work may have been interrupted
+EXIT_USAGE: Final = 64  # EX_USAGE: an unknown command or option
+EXIT_UNAVAILABLE: Final = 69  # EX_UNAVAILABLE: `status` could not reach Redis
 EXIT_STARTUP: Final = 70  # EX_SOFTWARE: could not start (port in use, handler import failed)
 EXIT_CONFIG: Final = 78  # EX_CONFIG: a setting is invalid; nothing was started
 

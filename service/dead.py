@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -189,7 +188,7 @@ class DeadLetters:
                 type=job_type,
                 payload=payload,
                 failed_at=failed_at,
-                failed_epoch=_epoch(failed_at),
+                failed_epoch=jobs.epoch(failed_at),
                 attempts=int(attempts or 0),
                 crashes=int(crashes or 0),
             )
@@ -285,14 +284,3 @@ def _decode(data: bytes | None) -> tuple[str | None, Any]:
         return jobs.decode_data(data)
     except (ValueError, TypeError, LookupError):  # not our JSON layout (pickled by RQ itself)
         return None, None
-
-
-def _epoch(stamp: str | None) -> float | None:
-    """Epoch seconds of an RQ timestamp (UTC, `Z` or not)."""
-    try:
-        moment = datetime.fromisoformat(stamp) if stamp else None
-    except ValueError:
-        return None
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

@@ -62,6 +62,17 @@ def utc_iso(timestamp: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def epoch(stamp: str | None) -> float | None:
+    """Epoch seconds of an RQ timestamp (UTC, `Z` or not); None for none or a malformed one."""
+    try:
+        moment = datetime.fromisoformat(stamp) if stamp else None
+    except ValueError:
+        return None
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def decode_data(data: bytes) -> tuple[str, Any]:
     """(job type, payload) from RQ's `data` field, JSON [func_name, instance, args, kwargs],
     zlib-compressed or not (RQ writes it compressed when it saves a job); never unpickles."""

@@ -1,0 +1,303 @@
+"""`python -m service status [--json] [--failures N]`: queues, workers and failures, from Redis.
+
+For an operator at a shell (`docker compose exec worker python -m service status`): per named
+queue, its waiting jobs by priority, scheduled jobs (and how many are due), running and dead
+jobs, and how long the oldest waiting job has waited; the live worker processes, from their
+registrations; the most recent failures in the dead-letter queue. The figures are the backlog
+gauges' (service/metrics.py reads them), the failures GET /dead's first page; the service's own
+settings (QUEUE_REDIS_*) say where Redis is. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import NoReturn
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from service import constants, jobs, metrics, queues, store
+from service.dead import DeadLetters, Filter
+from service.settings import Settings
+
+DEFAULT_FAILURES = 10
+ERROR_WIDTH = 100  # characters of an error the text output shows (--json has it whole)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    queue: str  # a named queue: its RQ queues `<queue>.high`, `<queue>`, `<queue>.low` together
+    waiting: dict[str, int]  # by priority: high, default, low (as the metrics label them)
+    scheduled: int  # delayed jobs, run_at jobs and retries waiting out their backoff
+    due: int  # of those, already due (workers promote them within one processing interval)
+    running: int  # claimed by a worker process (in a started registry)
+    dead: int  # in a failed registry: the dead-letter queue
+    oldest_waiting_seconds: float | None  # since the job at the head was queued; None if none
+    workers: int  # live worker processes registered for it (for its default priority)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    name: str
+    host: str | None
+    pid: int | None
+    state: str | None  # busy or idle
+    queues: list[str]
+    last_heartbeat: str | None
+    heartbeat_age_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: str
+    type: str | None
+    queue: str
+    ended_at: str | None
+    error: str | None  # the last line of the traceback, as GET /dead shows it
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    redis: str  # the queue's Redis, password masked
+    at: str
+    queues: list[QueueStatus]
+    workers: list[WorkerStatus]
+    failures: list[Failure]  # newest first
+    history_pending: int  # job state changes waiting in Redis for MongoDB
+    history_dropped: int
+
+
+async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> Status:
+    """The backlog as the metrics read it (service.metrics), then the worker registrations,
+    the dropped-events count and the dead-letter queue's first page."""
+    now = time.time()
+    known = await client.smembers(constants.QUEUES_KEY)
+    bases = {settings.queue_name, *settings.worker_queues}
+    bases |= {queues.base(jobs.as_text(key).removeprefix("rq:queue:")) for key in known}
+    plan = metrics.BacklogPlan(bases)
+    backlog = await metrics.read_backlog_async(client, plan)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.smembers(constants.WORKERS_KEY)
+        pipe.get(constants.HISTORY_DROPPED_KEY)
+        worker_keys, dropped = await pipe.execute()
+    keys = sorted(jobs.as_text(key) for key in worker_keys)
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        registrations = await pipe.execute()
+    workers = [
+        worker
+        for key, fields in zip(keys, registrations, strict=True)
+        if (worker := _worker(key, fields, now)) is not None
+    ]
+    return Status(
+        redis=str(settings.queue_redis),
+        at=jobs.utc_iso(now),
+        queues=[_queue(base, figures) for base, figures in backlog.queues.items()],
+        workers=workers,
+        failures=await _failures(client, queues.served(bases), failures),
+        history_pending=backlog.history_pending,
+        history_dropped=int(dropped or 0),
+    )
+
+
+def _queue(base: str, figures: metrics.QueueFigures) -> QueueStatus:
+    waiting: dict[str, int] = {p: figures.waiting.get(p, 0) for p in queues.PRIORITIES}
+    return QueueStatus(
+        queue=base,
+        waiting=waiting,
+        scheduled=figures.scheduled,
+        due=figures.due,
+        running=figures.running,
+        dead=figures.dead,
+        oldest_waiting_seconds=figures.oldest_age if any(waiting.values()) else None,
+        workers=figures.workers,
+    )
+
+
+def _worker(key: str, fields: dict[bytes, bytes], now: float) -> WorkerStatus | None:
+    """A worker registration, or None when it expired after the set was read (it died)."""
+    if not fields:
+        return None
+    text = {jobs.as_text(k): jobs.as_text(v) for k, v in fields.items()}
+    heartbeat = text.get("last_heartbeat")
+    beat = jobs.epoch(heartbeat)
+    pid = text.get("pid", "")
+    return WorkerStatus(
+        name=key.removeprefix(constants.worker_key("")),
+        host=text.get("hostname"),
+        pid=int(pid) if pid.isdigit() else None,
+        state=text.get("state"),
+        queues=[q for q in text.get("queues", "").split(",") if q],
+        last_heartbeat=heartbeat,
+        heartbeat_age_seconds=None if beat is None else max(0.0, now - beat),
+    )
+
+
+async def _failures(client: aioredis.Redis, served: list[str], limit: int) -> list[Failure]:
+    """The dead-letter queue's first page (GET /dead's order: by failure time plus
+    failure_ttl, so newest first among jobs that share a failure_ttl)."""
+    if limit == 0:
+        return []
+    dead = DeadLetters(client)
+    found, _ = await dead.page(await dead.queues(served), Filter(), limit, None)
+    found.sort(key=lambda job: job.failed_epoch or 0.0, reverse=True)
+    failures = []
+    for job in found:
+        view = job.view()
+        failures.append(Failure(job.id, job.type, job.queue, job.failed_at, view["error"]))
+    return failures
+
+
+# --- output ----------------------------------------------------------------------------------
+def render(status: Status) -> str:
+    """Aligned text for a terminal."""
+    lines = [f"Redis {status.redis} at {status.at}", ""]
+    header = ["QUEUE", "HIGH", "DEFAULT", "LOW", "SCHEDULED", "DUE", "RUNNING", "DEAD"]
+    header += ["OLDEST WAITING", "WORKERS"]
+    rows = [
+        [
+            q.queue,
+            *(str(n) for n in q.waiting.values()),
+            *(str(n) for n in (q.scheduled, q.due, q.running, q.dead)),
+            _age(q.oldest_waiting_seconds),
+            str(q.workers),
+        ]
+        for q in status.queues
+    ]
+    lines += _table(header, rows, right=set(range(1, 10)))
+    lines.append("")
+    if status.workers:
+        lines.append(f"WORKERS ({len(status.workers)} alive)")
+        header = ["NAME", "HOST", "PID", "STATE", "QUEUES", "HEARTBEAT"]
+        rows = [
+            [
+                w.name,
+                w.host or "-",
+                str(w.pid or "-"),
+                w.state or "-",
+                ",".join(w.queues),
+                f"{_age(w.heartbeat_age_seconds)} ago",
+            ]
+            for w in status.workers
+        ]
+        lines += _table(header, rows, right={2})
+    else:
+        lines.append("WORKERS: none alive")
+    lines.append("")
+    if status.failures:
+        lines.append(f"RECENT FAILURES ({len(status.failures)}, newest first)")
+        header = ["ID", "TYPE", "QUEUE", "ENDED AT", "ERROR"]
+        rows = [
+            [f.id, f.type or "-", f.queue, f.ended_at or "-", _clip(f.error or "-")]
+            for f in status.failures
+        ]
+        lines += _table(header, rows, right=set())
+    else:
+        lines.append("RECENT FAILURES: none in the dead-letter queue")
+    lines.append("")
+    lines.append(
+        f"HISTORY: {status.history_pending} events waiting for MongoDB,"
+        f" {status.history_dropped} dropped"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def to_json(status: Status) -> str:
+    return orjson.dumps(asdict(status), option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns padded to their widest cell; the `right` ones (numbers) aligned right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _age(seconds: float | None) -> str:
+    """3.2s, 45s, 12m05s, 3h07m, 2d04h; '-' for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
+
+
+# --- command line ----------------------------------------------------------------------------
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _count(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= constants.LIST_MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected 0-{constants.LIST_MAX_LIMIT}, got {text!r}")
+    return value
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _Parser(
+        prog="python -m service status",
+        description="Queues, live workers and recent failures, read from the queue's Redis.",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    parser.add_argument(
+        "--failures",
+        type=_count,
+        default=DEFAULT_FAILURES,
+        metavar="N",
+        help=f"most recent failures to list (default {DEFAULT_FAILURES}, 0 for none)",
+    )
+    return parser.parse_args(list(argv))
+
+
+async def _read(settings: Settings, failures: int) -> Status:
+    client = store.connect_async(settings.queue_redis)
+    try:
+        return await collect(client, settings, failures)
+    finally:
+        await client.aclose()
+
+
+def main(settings: Settings, argv: Sequence[str]) -> int:
+    """Print the status; exit 0, 64 on a bad command line, 69 when Redis is unreachable."""
+    try:
+        options = parse(argv)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return constants.EXIT_USAGE
+    try:
+        status = asyncio.run(_read(settings, options.failures))
+    except (redis.RedisError, OSError) as exc:
+        print(f"status: Redis at {settings.queue_redis} is unavailable: {exc}", file=sys.stderr)
+        return constants.EXIT_UNAVAILABLE
+    sys.stdout.write(to_json(status) if options.json else render(status))
+    return constants.EXIT_OK
