@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -110,9 +109,9 @@ class BacklogPlan:
                 queue.dead += int(dead)
             for _ in heads:
                 enqueued = next(answers)
-                if enqueued:
-                    age = now - _epoch(jobs.as_text(enqueued))
-                    queue.oldest_age = max(queue.oldest_age, age, 0.0)
+                since = jobs.epoch(jobs.as_text(enqueued)) if enqueued else None
+                if since is not None:
+                    queue.oldest_age = max(queue.oldest_age, now - since, 0.0)
             queue.workers = sum(bool(next(answers)) for _ in members)
             figures[self.bases[index]] = queue
         return Snapshot(figures, int(first[-1]), time.monotonic())
@@ -124,10 +123,6 @@ class BacklogPlan:
             rows = replies[index * stride : (index + 1) * stride]
             heads = [rows[p * _PER_LIST + 5] for p in range(len(PRIORITIES))]
             yield [h for h in heads if h is not None], sorted(rows[-1])
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
 
 
 class BacklogCollector(Collector):
