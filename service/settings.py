@@ -17,6 +17,7 @@ from marshmallow import validate
 
 from service import constants, queues
 
+Durability = Literal["relaxed", "strict"]
 AppEnv = Literal["development", "production"]
 LogFormat = Literal["json", "text"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -97,6 +98,7 @@ class Settings:
     max_crashes: int = 3
     idempotency_ttl: int = 24 * 3600
     history_ttl_days: int = 30  # job history kept in MongoDB (a TTL index)
+    durability: Durability = "relaxed"  # strict: refuse a Redis that can lose accepted jobs
 
 
 def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
@@ -200,6 +202,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
     max_crashes = env.int("MAX_CRASHES", 3, validate=validate.Range(min=1, max=100))
     history_ttl_days = env.int("HISTORY_TTL_DAYS", 30, validate=validate.Range(min=1, max=3650))
+    durability = env.str("DURABILITY", "relaxed", validate=validate.OneOf(["relaxed", "strict"]))
     idempotency_ttl = env.int(
         "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)
     )
@@ -252,6 +255,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_crashes=max_crashes,
         idempotency_ttl=idempotency_ttl,
         history_ttl_days=history_ttl_days,
+        durability=durability,  # type: ignore[arg-type]
     )
 
 

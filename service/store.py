@@ -1,4 +1,5 @@
-"""The API's side of Redis: publish jobs, read a job, count queues. Async, one round trip each."""
+"""Redis clients that fail fast, and the API's side of Redis: publish jobs, read a job, count
+queues (async, one round trip each)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,22 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from service import constants, jobs, scripts
 from service.settings import RedisTarget
+
+
+def connect(target: RedisTarget) -> redis.Redis:
+    """A synchronous client that fails fast (workers, start-up checks); its socket timeout
+    stays above the workers' longest blocking wait."""
+    return redis.Redis.from_url(
+        target.url,
+        socket_timeout=constants.REDIS_SOCKET_TIMEOUT + 1,  # above the longest BLPOP wait
+        socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
+        health_check_interval=30,
+    )
 
 
 def connect_async(target: RedisTarget) -> aioredis.Redis:

@@ -20,6 +20,7 @@ from service.api.errors import ApiError, api_error_handler, http_error_handler
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
 from service.dead import DeadLetters
+from service.durability import StrictGate
 from service.registry import Registry
 from service.settings import Settings
 from service.store import Store, connect_async
@@ -84,6 +85,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.strict = StrictGate() if settings.durability == "strict" else None
     app.state.registry = registry
     app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
     protected = ApiKeyAuth(BodyLimit(app, settings.max_body_bytes), settings.api_keys)

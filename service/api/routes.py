@@ -31,10 +31,24 @@ def _accepted(job: jobs.NewJob) -> dict[str, Any]:
     return {**accepted, "status": "scheduled", "run_at": jobs.utc_iso(job.run_at)}
 
 
+async def _ensure_durable(request: Request) -> None:
+    """DURABILITY=strict: accept jobs only while Redis is configured not to lose them."""
+    gate = request.app.state.strict
+    if gate is not None and (problems := await gate.check(request.app.state.store.client)):
+        raise ApiError(
+            503,
+            "redis_not_durable",
+            "Redis is not configured to keep accepted jobs (DURABILITY=strict); nothing was "
+            "enqueued: " + "; ".join(problems),
+            headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)},
+        )
+
+
 async def submit_job(request: Request) -> Response:
     settings, registry, store = _state(request)
     body = await read_json(request)
     ((job, options),) = parse_jobs([body], registry, settings.queue_name, batch=False)
+    await _ensure_durable(request)
     key = request.headers.get("idempotency-key") or options.idempotency_key
     if key is None:
         with metrics.PUBLISH_SECONDS.time():
@@ -82,6 +96,7 @@ async def submit_batch(request: Request) -> Response:
             f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
         )
     batch = [job for job, _ in parse_jobs(items, registry, settings.queue_name, batch=True)]
+    await _ensure_durable(request)
     with metrics.PUBLISH_SECONDS.time():
         await store.publish(batch)
     metrics.accepted(batch)
@@ -159,6 +174,9 @@ async def ready(request: Request) -> Response:
         await store.client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         body["redis"] = f"unavailable: {exc}"
+    if body["redis"] == "ok" and request.app.state.strict is not None:
+        problems = await request.app.state.strict.check(store.client)
+        body["durability"] = "; ".join(problems) or "ok"
     if request.app.state.mongo is not None:
         up = await mongo.ping_async(request.app.state.mongo)
         body["mongodb"] = "ok" if up else "unavailable"

@@ -7,10 +7,11 @@ from types import FrameType
 
 import uvicorn
 
-from service import constants
+from service import constants, durability
 from service.api.app import create_app
 from service.registry import Registry
 from service.settings import Settings
+from service.store import connect
 
 log = logging.getLogger("service.api")
 
@@ -25,6 +26,11 @@ class Server(uvicorn.Server):
 
 
 def run(settings: Settings, registry: Registry) -> int:
+    with connect(settings.queue_redis) as client:
+        refused = durability.problems_at_start(client, settings.durability == "strict")
+    if refused:  # before any port is bound
+        log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
+        return constants.EXIT_CONFIG
     config = uvicorn.Config(
         create_app(settings, registry),
         host=settings.host,

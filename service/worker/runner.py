@@ -28,7 +28,8 @@ from service import constants, jobs, logs, mongo, scripts
 from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
-from service.settings import RedisTarget, Settings
+from service.settings import Settings
+from service.store import connect
 from service.worker import metrics, recovery
 from service.worker.isolation import IsolatedJobFailed, run_isolated
 from service.worker.slots import Slot
@@ -49,15 +50,6 @@ class Interrupted(BaseException):
 
 class Canceled(BaseException):
     """DELETE /jobs/{id} stopped the job; it ends canceled, never retried."""
-
-
-def connect(target: RedisTarget) -> redis.Redis:
-    return redis.Redis.from_url(
-        target.url,
-        socket_timeout=constants.REDIS_SOCKET_TIMEOUT + 1,  # above the longest BLPOP wait
-        socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
-        health_check_interval=30,
-    )
 
 
 @dataclass(slots=True)

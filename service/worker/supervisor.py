@@ -25,15 +25,16 @@ import redis
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from service import constants, logs, mongo, queues
+from service import constants, durability, logs, mongo, queues
 from service import metrics as backlog_metrics
 from service import registry as registry_module
 from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
+from service.store import connect
 from service.worker import metrics, recovery
 from service.worker.health import HealthServer
-from service.worker.runner import Worker, connect
+from service.worker.runner import Worker
 from service.worker.slots import DEADLINE, READY, TICK, Slots
 
 log = logging.getLogger("service.worker")
@@ -82,6 +83,11 @@ class Supervisor:
         self._wakeup_write.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_write.fileno(), warn_on_full_buffer=False)
         self.redis = connect(self.settings.queue_redis)
+        strict = self.settings.durability == "strict"
+        refused = durability.problems_at_start(self.redis, strict)
+        if refused:  # before the health server binds its port
+            log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
+            return constants.EXIT_CONFIG
         exposed = metrics.registry(metrics.SupervisorCollector(self.live_figures), self.backlog)
         health = HealthServer(
             self.settings, self.healthy, self.ready, lambda: backlog_metrics.exposition(exposed)
