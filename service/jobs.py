@@ -56,10 +56,20 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def utc_iso(timestamp: float | None = None) -> str:
-    """RQ's timestamp format: `2026-11-29T05:58:37.000167Z`."""
-    moment = datetime.fromtimestamp(time.time() if timestamp is None else timestamp, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RQ's timestamp format: `2026-11-29T05:58:37.000167Z`. Called for every job, so the
+    seconds part is formatted once per second (strftime costs microseconds)."""
+    global _second
+    now = time.time() if timestamp is None else timestamp
+    whole = int(now)
+    cached, text = _second
+    if whole != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{int((now - whole) * 1_000_000):06d}Z"
 
 
 def epoch(stamp: str | None) -> float | None:
