@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from pymongo.database import Database
 from redis import Redis
 
 from service import constants, jobs
-from service.mongo import MongoNotConfigured
+
+if TYPE_CHECKING:  # pymongo is imported only where MongoDB is configured (worker memory)
+    from pymongo.database import Database
+
+
+class MongoNotConfigured(RuntimeError):
+    """A handler asked for the database, but MONGODB_URI is not set."""
 
 
 @dataclass(slots=True)

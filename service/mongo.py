@@ -24,10 +24,6 @@ TIMEOUTS: dict[str, Any] = {
 }
 
 
-class MongoNotConfigured(RuntimeError):
-    """A handler asked for the database, but MONGODB_URI is not set."""
-
-
 def connect(uri: Secret) -> Database[dict[str, Any]]:
     """The database named in MONGODB_URI, on a new client (connects lazily)."""
     client: MongoClient[dict[str, Any]] = MongoClient(uri.reveal(), **TIMEOUTS)

@@ -186,7 +186,9 @@ def test_without_mongodb_history_is_off_and_ctx_db_fails_clearly(start_service: 
     failed = wait_for(
         lambda: (v := http("GET", f"{bare.url}/jobs/{job_id}")[2])["status"] == "failed" and v
     )
-    assert failed["error"].startswith("service.mongo.MongoNotConfigured: job type 'test.db' needs")
+    assert failed["error"].startswith(
+        "service.context.MongoNotConfigured: job type 'test.db' needs"
+    )
 
 
 def test_update_for_caps_payloads_and_maps_statuses() -> None:

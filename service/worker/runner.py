@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 import redis
 
-from service import constants, jobs, logs, mongo, scripts
+from service import constants, jobs, logs, scripts
+from service import registry as registry_module
 from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
@@ -32,11 +33,19 @@ from service.settings import Settings
 from service.store import connect
 from service.worker import metrics, recovery
 from service.worker.isolation import IsolatedJobFailed, run_isolated
-from service.worker.slots import Slot
+from service.worker.slots import Slot, Slots
 
 log = logging.getLogger("service.worker")
 
 WAIT_SECONDS = 0.5  # longest block on empty queues: bounds how late a stop is noticed
+
+
+def main(settings: Settings, slots: Slots, index: int, name: str, served: list[str]) -> None:
+    """Entry point of one worker process, spawned by the supervisor: nothing is inherited, and
+    only what running jobs needs is imported here (not the supervisor's modules)."""
+    logs.configure(settings, f"worker-{index}")
+    handlers = registry_module.load(settings.handler_modules)
+    raise SystemExit(Worker(settings, handlers, slots[index], served, name).run())
 
 
 class JobTimeout(BaseException):
@@ -131,7 +140,11 @@ class Worker:
         signal.signal(signal.SIGALRM, self._on_alarm)
         self.redis = connect(self.settings.queue_redis)
         self.app_redis = connect(self.settings.redis)
-        self.db = mongo.connect(self.settings.mongodb_uri) if self.settings.mongodb_uri else None
+        self.db = None
+        if self.settings.mongodb_uri:  # imported here: pymongo costs a process ~15 MiB
+            from service import mongo
+
+            self.db = mongo.connect(self.settings.mongodb_uri)
         self._claim = self.redis.register_script(scripts.CLAIM)
         self._complete = self.redis.register_script(scripts.COMPLETE)
         for target in (self._heartbeat_loop, self._command_loop):

@@ -25,27 +25,18 @@ import redis
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from service import constants, durability, logs, mongo, queues
+from service import constants, durability, mongo, queues
 from service import metrics as backlog_metrics
-from service import registry as registry_module
 from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
 from service.store import connect
-from service.worker import metrics, recovery
+from service.worker import metrics, recovery, runner
 from service.worker.health import HealthServer
-from service.worker.runner import Worker
 from service.worker.slots import DEADLINE, READY, TICK, Slots
 
 log = logging.getLogger("service.worker")
 _spawn = multiprocessing.get_context("spawn")
-
-
-def worker_main(settings: Settings, slots: Slots, index: int, name: str, served: list[str]) -> None:
-    """Entry point of one worker process (spawned: no state inherited from the supervisor)."""
-    logs.configure(settings, f"worker-{index}")
-    handlers = registry_module.load(settings.handler_modules)
-    raise SystemExit(Worker(settings, handlers, slots[index], served, name).run())
 
 
 def served_queues(settings: Settings, registry: Registry) -> list[str]:
@@ -153,7 +144,7 @@ class Supervisor:
         self.slots[index].reset()
         self.names[index] = f"{self.prefix}.{index}.{self.restarts[index]}"
         process = _spawn.Process(
-            target=worker_main,
+            target=runner.main,
             args=(self.settings, self.slots, index, self.names[index], self.queues),
             name=f"worker-{index}",
             daemon=True,
