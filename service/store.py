@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 
@@ -25,6 +26,28 @@ def connect(target: RedisTarget) -> redis.Redis:
     )
 
 
+class _CPacking:
+    """Commands packed by hiredis, in C, as redis-py's synchronous connections already do; its
+    asyncio connections pack in Python: 10 µs for a publish's 16 arguments (1.5 here), 9 µs of
+    every job in a batch (1.7 here). The bytes are the same."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # 'CONFIG GET' and the like: one argument per word
+            args = (*args[0].encode().split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise redis.DataError(str(exc)) from None
+
+
+class _Connection(_CPacking, aioredis.Connection):
+    pass
+
+
+class _SSLConnection(_CPacking, aioredis.SSLConnection):
+    pass
+
+
 def connect_async(target: RedisTarget) -> aioredis.Redis:
     """A client that fails fast: a dead or stalled Redis costs seconds, never a hang."""
     return aioredis.Redis.from_url(
@@ -32,6 +55,7 @@ def connect_async(target: RedisTarget) -> aioredis.Redis:
         socket_timeout=constants.REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
         health_check_interval=30,
+        connection_class=_SSLConnection if target.ssl else _Connection,
     )
 
 

@@ -55,7 +55,9 @@ def test_a_single_worker_drains_high_before_default_before_low(start_service: St
 
 def test_a_delayed_job_is_scheduled_then_runs_on_time(start_service: Start) -> None:
     api = start_service()
-    start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    # Consuming, not just alive: a loaded machine can take seconds to start a process.
+    wait_for(lambda: http("GET", f"{worker.url}/ready")[0] == 200, timeout=30)
     status, accepted = post(api, {"type": "noop", "delay": 1.5})
     assert status == 202 and accepted["status"] == "scheduled"
     run_at = epoch(accepted["run_at"])
