@@ -49,6 +49,9 @@ HISTORY_PAYLOAD_MAX: Final = 16 * 1024  # bytes of payload kept in a history rec
 HISTORY_RESULT_MAX: Final = 16 * 1024  # bytes of result kept in a history record
 HISTORY_DRAIN_SECONDS: Final = 3.0  # on shutdown, how long the shipper may keep shipping
 
+# --- Tracing (OpenTelemetry, optional) ---------------------------------------------------------
+TRACING_FLUSH_SECONDS: Final = 3.0  # on exit, how long a process may take to export its spans
+
 # --- Worker -------------------------------------------------------------------------------
 HEARTBEAT_MISSES: Final = 3  # a worker silent for this many intervals counts as dead
 BATCH_TARGET_SECONDS: Final = 0.02  # size claims so one batch takes about this long

@@ -108,13 +108,16 @@ class NewJob:
     run_at: float | None = None  # epoch seconds: scheduled until then
 
 
-def publish_args(batch: Sequence[NewJob], now: float) -> list[str | bytes | int | float]:
-    """ARGV for the PUBLISH script: the time once, then ten values per job.
+def publish_args(
+    batch: Sequence[NewJob], now: float, traceparent: str = ""
+) -> list[str | bytes | int | float]:
+    """ARGV for the PUBLISH script: the time and the trace context once, then ten values per job.
 
     `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
-    nothing from zlib.
+    nothing from zlib. `traceparent` ('' when tracing is off: nothing is written) is stored on
+    every job of the batch, for its execution spans.
     """
-    args: list[str | bytes | int | float] = [utc_iso(now)]
+    args: list[str | bytes | int | float] = [utc_iso(now), traceparent]
     for job in batch:
         data = orjson.dumps([job.type, None, [job.payload], {}])
         args += [

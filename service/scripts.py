@@ -123,21 +123,24 @@ end
 )
 
 # Writes each job's hash as RQ's enqueue does, then pushes it, or (run_at) adds it to the
-# scheduled registry as RQ's enqueue_at does. argv[first]: now_iso, then per job: id, queue,
-# type, data, timeout, retries_left, backoff, result_ttl, failure_ttl, run_at ('' = now).
+# scheduled registry as RQ's enqueue_at does. argv[first]: now_iso, argv[first + 1]: the W3C
+# traceparent of the enqueue span, stored on every job ('' = tracing off: no field), then per
+# job: id, queue, type, data, timeout, retries_left, backoff, result_ttl, failure_ttl, run_at
+# ('' = now).
 _PUBLISH = (
     _PUSH
     + """
 local function publish(argv, first)
-  local now_iso = argv[first]
+  local now_iso, traceparent = argv[first], argv[first + 1]
   local seen = {}
-  for i = first + 1, #argv, 10 do
+  for i = first + 2, #argv, 10 do
     local id, q, run_at = argv[i], argv[i + 1], argv[i + 9]
     local jk = 'rq:job:' .. id
     redis.call('HSET', jk, 'created_at', now_iso, 'data', argv[i + 3], 'origin', q,
       'description', argv[i + 2], 'timeout', argv[i + 4], 'retries_left', argv[i + 5],
       'max_retries', argv[i + 5], 'backoff', argv[i + 6], 'result_ttl', argv[i + 7],
       'failure_ttl', argv[i + 8], 'attempts', 0)
+    if traceparent ~= '' then redis.call('HSET', jk, 'traceparent', traceparent) end
     if run_at == '' then
       redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
       push(q, id, false)
@@ -171,9 +174,9 @@ if existing[1] then
   return {existing[1], existing[2] == fingerprint and 'same' or 'different'}
 end
 publish(ARGV, 4)
-redis.call('HSET', key, 'id', ARGV[5], 'fingerprint', fingerprint)
+redis.call('HSET', key, 'id', ARGV[6], 'fingerprint', fingerprint)
 redis.call('EXPIRE', key, ARGV[3])
-return {ARGV[5], 'new'}
+return {ARGV[6], 'new'}
 """
 )
 
@@ -207,7 +210,7 @@ return {'canceled', 'canceled'}
 
 # ARGV: count, worker name, now_iso, started-registry score, execution id prefix, then the
 # queues in drain order (high before default before low). Returns per claimed job:
-# id, member, data, timeout, attempt, queue, backoff, enqueued_at.
+# id, member, data, timeout, attempt, queue, backoff, enqueued_at, traceparent ('' if none).
 CLAIM = (
     _HISTORY
     + """
@@ -222,7 +225,7 @@ for qi = 6, #ARGV do
     for _, id in ipairs(ids) do
       local jk = 'rq:job:' .. id
       local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts', 'backoff',
-        'enqueued_at')
+        'enqueued_at', 'traceparent')
       if f[1] == 'queued' then  -- skip ids whose job expired, was deleted or canceled
         local attempt = tonumber(f[4] or '0') + 1
         local member = id .. ':' .. ARGV[5] .. (#out + 1)
@@ -230,7 +233,8 @@ for qi = 6, #ARGV do
           'last_heartbeat', ARGV[3], 'worker_name', ARGV[2], 'attempts', attempt)
         redis.call('PERSIST', jk)
         redis.call('ZADD', 'rq:wip:' .. q, ARGV[4], member)
-        out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or '', f[6] or ''}
+        out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or '', f[6] or '',
+          f[7] or ''}
         record(id, 'started', 'worker', ARGV[2], 'attempt', attempt)
       end
     end

@@ -11,7 +11,7 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, scripts, tracing
 from service.settings import RedisTarget
 
 
@@ -68,7 +68,8 @@ class Store:
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script)."""
-        await self._publish(args=jobs.publish_args(batch, time.time()))
+        with tracing.enqueue(batch) as traceparent:
+            await self._publish(args=jobs.publish_args(batch, time.time(), traceparent))
 
     async def publish_once(
         self, job: jobs.NewJob, key: str, fingerprint: str, ttl: int
@@ -77,8 +78,9 @@ class Store:
 
         An existing key returns the id of the job it made, and whether `fingerprint` matches.
         """
-        args = [key, fingerprint, ttl, *jobs.publish_args([job], time.time())]
-        job_id, verdict = await self._publish_once(args=args)
+        with tracing.enqueue([job]) as traceparent:
+            args = [key, fingerprint, ttl, *jobs.publish_args([job], time.time(), traceparent)]
+            job_id, verdict = await self._publish_once(args=args)
         return job_id.decode(), verdict.decode()
 
     async def cancel(self, job_id: str) -> tuple[str, str]:

@@ -8,7 +8,8 @@ import time
 
 from pydantic import BaseModel
 
-from service import JobContext, job
+from service import JobContext, job, tracing
+from service.registry import EmptyPayload
 
 
 class Key(BaseModel):
@@ -104,3 +105,9 @@ def db(payload: Key, ctx: JobContext) -> str:
     """Writes a document to the application's MongoDB (ctx.db), returns its key."""
     ctx.db["notes"].insert_one({"key": payload.key, "job": ctx.id})
     return payload.key
+
+
+@job("test.trace_id")
+def trace_id(payload: EmptyPayload, ctx: JobContext) -> str:
+    """Returns the trace id current while it runs ('' with tracing off)."""
+    return tracing.current_trace_id()

@@ -14,11 +14,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from service import constants, mongo
+from service import constants, mongo, tracing
 from service.api import dead, history, metrics, routes
 from service.api.errors import ApiError, api_error_handler, http_error_handler
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
+from service.api.tracing import TraceRequests
 from service.dead import DeadLetters
 from service.durability import StrictGate
 from service.registry import Registry
@@ -89,4 +90,6 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app.state.registry = registry
     app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
     protected = ApiKeyAuth(BodyLimit(app, settings.max_body_bytes), settings.api_keys)
-    return metrics.RequestMetrics(protected, table)
+    measured = metrics.RequestMetrics(protected, table)
+    # Outermost, so a request refused by the key check or the body limit is traced too.
+    return TraceRequests(measured) if tracing.enabled() else measured

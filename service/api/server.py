@@ -7,7 +7,7 @@ from types import FrameType
 
 import uvicorn
 
-from service import constants, durability
+from service import constants, durability, tracing
 from service.api.app import create_app
 from service.registry import Registry
 from service.settings import Settings
@@ -31,6 +31,7 @@ def run(settings: Settings, registry: Registry) -> int:
     if refused:  # before any port is bound
         log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
         return constants.EXIT_CONFIG
+    tracing.start("service-api")  # before the app is built: it adds the request span if on
     config = uvicorn.Config(
         create_app(settings, registry),
         host=settings.host,
@@ -42,7 +43,10 @@ def run(settings: Settings, registry: Registry) -> int:
         proxy_headers=False,
     )
     server = Server(config)
-    server.run()
+    try:
+        server.run()
+    finally:
+        tracing.shutdown()  # export the last spans
     if not server.started:
         return constants.EXIT_STARTUP
     log.info("API stopped")

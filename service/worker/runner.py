@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import redis
 
-from service import constants, jobs, logs, scripts
+from service import constants, jobs, logs, scripts, tracing
 from service import registry as registry_module
 from service.context import JobContext
 from service.policy import Backoff
@@ -44,8 +44,13 @@ def main(settings: Settings, slots: Slots, index: int, name: str, served: list[s
     """Entry point of one worker process, spawned by the supervisor: nothing is inherited, and
     only what running jobs needs is imported here (not the supervisor's modules)."""
     logs.configure(settings, f"worker-{index}")
+    tracing.start("service-worker")
     handlers = registry_module.load(settings.handler_modules)
-    raise SystemExit(Worker(settings, handlers, slots[index], served, name).run())
+    try:
+        code = Worker(settings, handlers, slots[index], served, name).run()
+    finally:
+        tracing.shutdown()  # export the last spans
+    raise SystemExit(code)
 
 
 class JobTimeout(BaseException):
@@ -71,6 +76,7 @@ class Claimed:
     queue: str
     backoff: str  # the job's Backoff policy as JSON ('' retries at once)
     enqueued_at: str  # RQ's ISO timestamp of the (re-)enqueue this attempt waited from
+    traceparent: str = ""  # the trace context the job carries ('' if published untraced)
 
 
 @dataclass(slots=True)
@@ -86,6 +92,7 @@ class Outcome:
     ended: float = 0.0
     delay: float = 0.0  # before a retry
     error: str = ""  # the error text, for the log line
+    trace_id: str = ""  # the attempt's trace, for the log line ('' with tracing off)
 
     def args(self) -> list[Any]:
         c = self.claimed
@@ -211,6 +218,7 @@ class Worker:
                 r[5].decode(),
                 r[6].decode(),
                 r[7].decode(),
+                r[8].decode(),
             )
             for r in rows
         ]
@@ -231,6 +239,8 @@ class Worker:
                 outcomes.append(Outcome(claimed, "skip"))
             elif claimed.id in self._cancel:
                 outcomes.append(Outcome(claimed, "cancel", reason="canceled"))
+            elif tracing.enabled():
+                outcomes.append(self._execute_traced(claimed))
             else:
                 outcomes.append(self._execute(claimed))
             if time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS:
@@ -277,6 +287,17 @@ class Worker:
         self.outcome_log.flush()
 
     # --- one job ---
+    def _execute_traced(self, claimed: Claimed) -> Outcome:
+        """`_execute` inside the attempt's span, a child of the context the job carries; the
+        outcome keeps the trace id for its log line, written once the batch is recorded."""
+        with tracing.job_span(
+            claimed.traceparent, claimed.id, claimed.queue, claimed.attempt
+        ) as span:
+            outcome = self._execute(claimed)
+            tracing.set_outcome(span, outcome.type, outcome.kind, outcome.reason, outcome.error)
+            outcome.trace_id = tracing.current_trace_id()
+        return outcome
+
     def _execute(self, claimed: Claimed) -> Outcome:
         """Run one job; return its outcome."""
         started = time.time()
@@ -456,7 +477,7 @@ def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]
         f"job {claimed.id} {outcome.type} {fate} in {duration:.3f}s, "
         f"attempt {claimed.attempt}{detail}"
     )
-    fields = {
+    fields: dict[str, Any] = {
         "job_id": claimed.id,
         "job_type": outcome.type,
         "queue": claimed.queue,
@@ -464,6 +485,9 @@ def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]
         "duration": round(duration, 6),
         "outcome": fate,
     }
+    if outcome.trace_id:  # tracing on: the line leads to the attempt's trace
+        message += f", trace {outcome.trace_id}"
+        fields["trace_id"] = outcome.trace_id
     return _LEVELS[fate], message, fields
 
 
