@@ -1,8 +1,9 @@
 """OpenTelemetry tracing, optional: one trace from the HTTP request to each run of the job.
 
 On only when the standard OTEL_* variables ask for an exporter (OTEL_TRACES_EXPORTER, or an
-OTLP endpoint) and the `otel` extra is installed. Off, nothing imports opentelemetry, no job
-carries a trace context, and every hook below returns after one check of `_tracer`.
+OTLP endpoint) and the `otel` extra is installed. Off, nothing here imports opentelemetry
+(redis-py 8 does import its metrics API whenever it is installed), no job carries a trace
+context, and every hook below returns after one check of `_tracer`.
 
 Spans: the API's request span (SERVER, honoring an incoming `traceparent`), its `enqueue` child
 (PRODUCER) around the publish script, and in the worker one execution span per attempt
