@@ -421,8 +421,9 @@ def run(args: argparse.Namespace) -> None:
             scraper = threading.Thread(target=scrape_loop, args=(targets, recorder, stop))
             scraper.start()
             sender = Sender(services.api_url)
+            driver = Driver(sender, services, recorder, args.seed)
             try:
-                Driver(sender, services, recorder, args.seed).run(script)
+                driver.run(script)
                 recorder.event("phase", phase="load stopped")
                 stop.wait(args.tail)
             finally:
@@ -430,7 +431,7 @@ def run(args: argparse.Namespace) -> None:
                 sender.close()
                 scraper.join()
             recorder.event("end")
-            log(f"answers by status: {dict(sender.statuses)}")
+            log(f"jobs sent: {dict(driver.sent)}; answers by status: {dict(sender.statuses)}")
         finally:
             services.stop()
 

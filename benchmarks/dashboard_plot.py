@@ -266,7 +266,9 @@ def _panel(
 def _y_axis(axes: Axes, panel: Panel) -> None:
     if panel.log:
         axes.set_yscale("log")
-        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        low, high = axes.get_ylim()
+        crowded = high / low > 300  # past 2.5 decades, 1-2-5 ticks would touch each other
+        axes.yaxis.set_major_locator(LogLocator(subs=(1.0,) if crowded else (1.0, 2.0, 5.0)))
         axes.yaxis.set_major_formatter(FuncFormatter(_seconds))
         axes.yaxis.set_minor_formatter(NullFormatter())
         return
