@@ -443,7 +443,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-csv", action="store_true", help="redraw --csv; run nothing")
     parser.add_argument("--scale", type=float, default=1.0, help="stretch every phase by this")
     parser.add_argument("--rate", type=float, default=40.0, help="steady jobs/s (default 40)")
-    parser.add_argument("--imports", type=float, default=100.0, help="bulk-import jobs/s")
+    parser.add_argument("--imports", type=float, default=150.0, help="bulk-import jobs/s")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, choices=range(2, 6))
     parser.add_argument("--tail", type=float, default=4.0, help="seconds scraped after the load")
     parser.add_argument("--seed", type=int, default=1)
