@@ -1,7 +1,7 @@
 """Run the service under a scripted load, scrape its metrics, draw the dashboard to a PNG.
 
     .venv/bin/python benchmarks/dashboard.py                    # about 90 s
-    .venv/bin/python benchmarks/dashboard.py --from-csv benchmarks/results/dashboard.csv
+    .venv/bin/python benchmarks/dashboard.py --from-csv      # redraw the last run's CSV
 
 Starts a private redis-server (EmbeddedRedis, a free port; never the Redis on 6379), one API
 process and one worker container (`python -m service`) running benchmarks/demo_handlers.py,
