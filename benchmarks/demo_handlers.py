@@ -1,0 +1,54 @@
+"""Demo job types for benchmarks/dashboard.py (HANDLER_MODULES=benchmarks.demo_handlers).
+
+They do nothing useful: they sleep, fail and hang in known proportions, so the dashboard's
+panels have something to show. Random draws use the job's id as the seed, so a re-delivered
+or retried attempt of the same job draws the same way (except `demo.flaky`, which draws per
+attempt, as a flaky dependency would).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from service import JobContext, job
+from service.policy import Backoff
+from service.registry import EmptyPayload
+
+OUTAGE_KEY = "demo:outage"  # in the application Redis: while it exists, demo.flaky fails
+FLAKY_FAILURE = 0.10  # share of demo.flaky attempts that fail in normal times
+OUTAGE_FAILURE = 0.80  # and while OUTAGE_KEY exists (its "dependency" is down)
+HANG_SHARE = 0.04  # share of demo.slow jobs that hang past their timeout
+
+
+class DependencyError(Exception):
+    """demo.flaky's dependency refused the call."""
+
+
+@job("demo.work")
+def work(payload: EmptyPayload, ctx: JobContext) -> None:
+    """The everyday job: 5-50 ms of waiting on something."""
+    time.sleep(random.Random(ctx.id).uniform(0.005, 0.050))
+
+
+@job("demo.import", priority="low")
+def bulk_import(payload: EmptyPayload, ctx: JobContext) -> None:
+    """One row of a bulk import: low priority, 5-15 ms."""
+    time.sleep(random.Random(ctx.id).uniform(0.005, 0.015))
+
+
+@job("demo.flaky", max_retries=2, backoff=Backoff(type="fixed", base=1.0, jitter=False))
+def flaky(payload: EmptyPayload, ctx: JobContext) -> None:
+    """Calls a dependency that fails 10 % of the time, 80 % while OUTAGE_KEY exists; retried
+    twice, a second apart, then dead-lettered."""
+    time.sleep(random.uniform(0.005, 0.020))
+    failure = OUTAGE_FAILURE if ctx.redis.exists(OUTAGE_KEY) else FLAKY_FAILURE
+    if random.random() < failure:
+        raise DependencyError("the dependency refused the call")
+
+
+@job("demo.slow", timeout=1, max_retries=1)
+def slow(payload: EmptyPayload, ctx: JobContext) -> None:
+    """50-200 ms; 4 % of jobs hang for 2 s and hit their 1 s timeout (twice: one retry)."""
+    draw = random.Random(ctx.id)
+    time.sleep(2.0 if draw.random() < HANG_SHARE else draw.uniform(0.05, 0.2))
