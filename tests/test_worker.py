@@ -45,7 +45,10 @@ def fetch(queue_redis: redis.Redis, job_id: str) -> Job:
 def worker_pid_of(queue_redis: redis.Redis, job_id: str) -> int:
     name = queue_redis.hget(constants.job_key(job_id), "worker_name")
     assert name
-    return int(queue_redis.hget(constants.worker_key(name.decode()), "pid") or 0)
+    key = constants.worker_key(name.decode())
+    # The registration is written by the worker's heartbeat thread, which a loaded machine
+    # may run after the first job finished.
+    return int(wait_for(lambda: queue_redis.hget(key, "pid")))
 
 
 def test_results_and_failures_are_readable_with_rqs_own_tools(
