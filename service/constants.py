@@ -21,6 +21,7 @@ RETRY_AFTER_SECONDS: Final = 5  # the Retry-After we send with a 503
 # --- Redis client ------------------------------------------------------------------------------
 REDIS_SOCKET_TIMEOUT: Final = 2.0  # seconds; a stalled Redis fails a request fast, not a hang
 REDIS_CONNECT_TIMEOUT: Final = 2.0
+WORKER_SOCKET_TIMEOUT: Final = REDIS_SOCKET_TIMEOUT + 1  # the worker's: above its longest BLPOP
 
 # --- Jobs ----------------------------------------------------------------------------------------
 DEFAULT_JOB_TIMEOUT: Final = 180  # seconds, as in RQ

@@ -140,6 +140,14 @@ class EmbeddedRedis:
             self._dir.cleanup()
             self._dir = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown, no final save; `start()` again reloads the
+        append-only file from the same port and directory (for fault tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start on the same port and data directory (for fault tests)."""
         if self._process is not None and self._process.poll() is None:

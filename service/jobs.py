@@ -109,15 +109,16 @@ class NewJob:
 
 
 def publish_args(
-    batch: Sequence[NewJob], now: float, traceparent: str = ""
+    batch: Sequence[NewJob], now: float, traceparent: str = "", max_backlog: int = 0
 ) -> list[str | bytes | int | float]:
-    """ARGV for the PUBLISH script: the time and the trace context once, then ten values per job.
+    """ARGV for the PUBLISH script: the time, the trace context and MAX_BACKLOG (0 = no
+    limit) once, then ten values per job.
 
     `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
     nothing from zlib. `traceparent` ('' when tracing is off: nothing is written) is stored on
     every job of the batch, for its execution spans.
     """
-    args: list[str | bytes | int | float] = [utc_iso(now), traceparent]
+    args: list[str | bytes | int | float] = [utc_iso(now), traceparent, max_backlog]
     for job in batch:
         data = orjson.dumps([job.type, None, [job.payload], {}])
         args += [

@@ -122,18 +122,50 @@ end
 """
 )
 
+# Backpressure (MAX_BACKLOG): a request is refused whole, before anything is written, when it
+# would take a queue's backlog (its waiting jobs, over its three priority lists) past `limit`.
+# Jobs scheduled for later do not add to it, but a queue already at its limit takes none.
+# Checked inside the publishing script, so parallel publishers cannot overshoot.
+_BACKLOG = """
+local function base_of(q)
+  return string.match(q, '^(.*)%.high$') or string.match(q, '^(.*)%.low$') or q
+end
+
+local function over_limit(argv, first, limit)
+  if limit <= 0 then return nil end
+  local order, adding = {}, {}
+  for i = first, #argv, 10 do
+    local base = base_of(argv[i + 1])
+    if not adding[base] then order[#order + 1] = base; adding[base] = 0 end
+    if argv[i + 9] == '' then adding[base] = adding[base] + 1 end
+  end
+  for _, base in ipairs(order) do
+    local waiting = redis.call('LLEN', 'rq:queue:' .. base .. '.high')
+      + redis.call('LLEN', 'rq:queue:' .. base) + redis.call('LLEN', 'rq:queue:' .. base .. '.low')
+    if waiting + math.max(adding[base], 1) > limit then return {base, waiting} end
+  end
+  return nil
+end
+"""
+
 # Writes each job's hash as RQ's enqueue does, then pushes it, or (run_at) adds it to the
 # scheduled registry as RQ's enqueue_at does. argv[first]: now_iso, argv[first + 1]: the W3C
-# traceparent of the enqueue span, stored on every job ('' = tracing off: no field), then per
-# job: id, queue, type, data, timeout, retries_left, backoff, result_ttl, failure_ttl, run_at
-# ('' = now).
+# traceparent of the enqueue span, stored on every job ('' = tracing off: no field),
+# argv[first + 2]: MAX_BACKLOG (0 = off), then per job: id, queue, type, data, timeout,
+# retries_left, backoff, result_ttl, failure_ttl, run_at ('' = now). Returns nil, or
+# {queue, its backlog} when the backlog refused the request (nothing written).
+# A full Redis (maxmemory, noeviction) refuses the first HSET, and with it the whole script:
+# Redis refuses a memory-growing command in a script only while the script has written nothing.
 _PUBLISH = (
     _PUSH
+    + _BACKLOG
     + """
 local function publish(argv, first)
   local now_iso, traceparent = argv[first], argv[first + 1]
+  local full = over_limit(argv, first + 3, tonumber(argv[first + 2]))
+  if full then return full end
   local seen = {}
-  for i = first + 2, #argv, 10 do
+  for i = first + 3, #argv, 10 do
     local id, q, run_at = argv[i], argv[i + 1], argv[i + 9]
     local jk = 'rq:job:' .. id
     redis.call('HSET', jk, 'created_at', now_iso, 'data', argv[i + 3], 'origin', q,
@@ -155,16 +187,18 @@ local function publish(argv, first)
       seen[q] = true
     end
   end
+  return nil
 end
 """
 )
 
-# ARGV: as _PUBLISH's, from 1.
-PUBLISH = _PUBLISH + "publish(ARGV, 1)\nreturn 1\n"
+# ARGV: as _PUBLISH's, from 1. Returns 1, or {queue, backlog} if MAX_BACKLOG refused it.
+PUBLISH = _PUBLISH + "return publish(ARGV, 1) or 1\n"
 
 # The same for one job under an idempotency key. ARGV: key, fingerprint of the request,
 # key TTL, then as _PUBLISH's. Returns {id, 'new' | 'same' | 'different'}: an existing key
-# returns its job's id, and whether this request is the same as the one that made it.
+# returns its job's id, and whether this request is the same as the one that made it; or
+# {queue, 'full', backlog} when MAX_BACKLOG refused a new job (a repeat is still answered).
 PUBLISH_ONCE = (
     _PUBLISH
     + """
@@ -173,10 +207,11 @@ local existing = redis.call('HMGET', key, 'id', 'fingerprint')
 if existing[1] then
   return {existing[1], existing[2] == fingerprint and 'same' or 'different'}
 end
-publish(ARGV, 4)
-redis.call('HSET', key, 'id', ARGV[6], 'fingerprint', fingerprint)
+local full = publish(ARGV, 4)
+if full then return {full[1], 'full', full[2]} end
+redis.call('HSET', key, 'id', ARGV[7], 'fingerprint', fingerprint)
 redis.call('EXPIRE', key, ARGV[3])
-return {ARGV[6], 'new'}
+return {ARGV[7], 'new'}
 """
 )
 
@@ -277,39 +312,66 @@ return results
 """
 )
 
-# Jobs whose worker is gone, on one queue. ARGV: now_iso, now, owner ('' = every entry whose
-# heartbeat expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost
-# worker), current (the job the dead process was running, '' if unknown).
+# Jobs whose worker is gone. ARGV: now_iso, now, owner ('' = every entry whose heartbeat
+# expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost worker),
+# current (the job the dead process was running, '' if unknown), then the queues.
 # lost: the running job is re-delivered (not counted against its retries) until it has
 # crashed its worker MAX_CRASHES times, then failed; the dead process's other claimed jobs never
 # started and go back to the head of the queue. interrupted: all go back to the head.
+# When the running job is unknown (a whole container died), it is taken to be the first job
+# still held of each claimed batch: a process runs its batch in claim order, and the execution
+# id of each entry is `<batch>x<position>`. (A job that finished less than
+# BATCH_TARGET_SECONDS before the crash has no outcome recorded yet: it runs again, and takes
+# the blame instead of the one after it.)
 # Returns {failed, redelivered, interrupted, {type, 'failed' | 'retried', ...} per blamed job}.
 RECOVER = (
     _TRANSITIONS
     + """
 local now_iso, now, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max_crashes, exc, current = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local q = KEYS[1]
-local wip = 'rq:wip:' .. q
-local members
-if owner == '' then
-  members = redis.call('ZRANGEBYSCORE', wip, '-inf', now)
-else
-  members = redis.call('ZRANGE', wip, 0, -1)
+local held = {}
+for qi = 8, #ARGV do
+  local q = ARGV[qi]
+  local members
+  if owner == '' then
+    members = redis.call('ZRANGEBYSCORE', 'rq:wip:' .. q, '-inf', now)
+  else
+    members = redis.call('ZRANGE', 'rq:wip:' .. q, 0, -1)
+  end
+  for _, member in ipairs(members) do
+    local id = string.match(member, '^[^:]+')
+    local f = redis.call('HMGET', 'rq:job:' .. id, 'worker_name', 'status')
+    local who = f[1] or ''
+    if owner == '' or who == owner then held[#held + 1] = {q, member, id, who, f[2]} end
+  end
 end
+local first_of_batch = {}
+for _, h in ipairs(held) do
+  if h[5] == 'started' then
+    local batch, position = string.match(h[2], '^[^:]+:(.*x)(%d+)$')
+    batch, position = batch or h[2], tonumber(position or '0')
+    local best = first_of_batch[batch]
+    if not best or position < best[1] then first_of_batch[batch] = {position, h[2]} end
+  end
+end
+local running = {}
+for _, best in pairs(first_of_batch) do running[best[2]] = true end
 local counts = {failed = 0, redelivered = 0, interrupted = 0}
 local lost = {}  -- per job blamed for the crash: its type, then 'failed' or 'retried'
-for _, member in ipairs(members) do
-  local id = string.match(member, '^[^:]+')
-  local jk = 'rq:job:' .. id
-  local who = redis.call('HGET', jk, 'worker_name') or ''
-  if owner == '' or who == owner then
-    if redis.call('HGET', jk, 'status') ~= 'started' then
-      redis.call('ZREM', wip, member)
-    elseif mode == 'interrupted' or (current ~= '' and id ~= current) then
-      local n = interrupt(jk, id, q, member, who, ARGV[2], ARGV[2], mode == 'interrupted')
-      counts.interrupted = counts.interrupted + n
-    elseif redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
+for _, h in ipairs(held) do
+  local q, member, id, who = h[1], h[2], h[3], h[4]
+  local wip, jk = 'rq:wip:' .. q, 'rq:job:' .. id
+  local was_running = (current ~= '' and id == current) or (current == '' and running[member])
+  if h[5] ~= 'started' then
+    redis.call('ZREM', wip, member)
+  elseif mode == 'interrupted' or not was_running then
+    local n = interrupt(jk, id, q, member, who, ARGV[2], ARGV[2], mode == 'interrupted')
+    counts.interrupted = counts.interrupted + n
+  else
+    -- ZREM first: Redis refuses a memory-growing command (HINCRBY) in a script only while
+    -- the script has written nothing, so a full Redis (noeviction) still recovers the job.
+    redis.call('ZREM', wip, member)
+    if redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
       redis.call('HSET', jk, 'retries_left', 0)
       fail(jk, id, q, member, who, exc, 'worker_lost', 0, ARGV[2], ARGV[2], now_iso, now)
       counts.failed = counts.failed + 1
@@ -317,7 +379,6 @@ for _, member in ipairs(members) do
       lost[#lost + 1] = 'failed'
     else
       local ttl = failure_ttl(jk)
-      redis.call('ZREM', wip, member)
       redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
       push(q, id, false)
       add_result(id, '4', 'worker_lost', who, 'exc_string', exc, member, ARGV[2], ARGV[2], ttl)
@@ -331,6 +392,32 @@ end
 return {counts.failed, counts.redelivered, counts.interrupted, lost}
 """
 )
+
+# A worker process's heartbeat: its registration (as RQ's), and the started-registry entries
+# of the jobs it holds pushed ahead of the clock (XX: never re-adds a recovered entry).
+# ARGV: worker key, ttl, registry score, then the registration's fields as name/value pairs
+# up to '--', then the queues it serves up to '--', then queue/member pairs of held jobs.
+# EXPIRE comes first: a write that cannot grow memory, after which Redis lets the script's
+# memory-growing commands run even when it is full; a heartbeat only replaces values in place,
+# and a full Redis must not make running jobs look abandoned.
+HEARTBEAT = """
+local key, ttl, score = ARGV[1], ARGV[2], ARGV[3]
+redis.call('EXPIRE', key, ttl)
+local i, fields = 4, {}
+while ARGV[i] ~= '--' do fields[#fields + 1] = ARGV[i]; i = i + 1 end
+redis.call('HSET', key, unpack(fields))
+redis.call('EXPIRE', key, ttl)
+redis.call('SADD', 'rq:workers', key)
+i = i + 1
+while ARGV[i] ~= '--' do
+  redis.call('SADD', 'rq:workers:' .. ARGV[i], key)
+  i = i + 1
+end
+for j = i + 1, #ARGV, 2 do
+  redis.call('ZADD', 'rq:wip:' .. ARGV[j], 'XX', score, ARGV[j + 1])
+end
+return 1
+"""
 
 # Due scheduled jobs (delays, run_at, retry backoff) onto their queues. Any worker container
 # runs it; ZREM decides which caller moves a job, so none is moved twice. ARGV: now, now_iso,

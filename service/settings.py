@@ -97,6 +97,7 @@ class Settings:
     worker_queues: tuple[str, ...] = ()  # empty: QUEUE_NAME and every queue a job type names
     max_crashes: int = 3
     idempotency_ttl: int = 24 * 3600
+    max_backlog: int = 0  # most waiting jobs per queue (all priorities) before 429; 0 = no limit
     history_ttl_days: int = 30  # job history kept in MongoDB (a TTL index)
     durability: Durability = "relaxed"  # strict: refuse a Redis that can lose accepted jobs
 
@@ -201,6 +202,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
     )
     max_crashes = env.int("MAX_CRASHES", 3, validate=validate.Range(min=1, max=100))
+    max_backlog = env.int("MAX_BACKLOG", 0, validate=validate.Range(min=0, max=10**9))
     history_ttl_days = env.int("HISTORY_TTL_DAYS", 30, validate=validate.Range(min=1, max=3650))
     durability = env.str("DURABILITY", "relaxed", validate=validate.OneOf(["relaxed", "strict"]))
     idempotency_ttl = env.int(
@@ -254,6 +256,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         worker_queues=tuple(worker_queues or ()),
         max_crashes=max_crashes,
         idempotency_ttl=idempotency_ttl,
+        max_backlog=max_backlog,
         history_ttl_days=history_ttl_days,
         durability=durability,  # type: ignore[arg-type]
     )

@@ -20,7 +20,7 @@ def connect(target: RedisTarget) -> redis.Redis:
     stays above the workers' longest blocking wait."""
     return redis.Redis.from_url(
         target.url,
-        socket_timeout=constants.REDIS_SOCKET_TIMEOUT + 1,  # above the longest BLPOP wait
+        socket_timeout=constants.WORKER_SOCKET_TIMEOUT,  # above the longest BLPOP wait
         socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
         health_check_interval=30,
     )
@@ -59,17 +59,35 @@ def connect_async(target: RedisTarget) -> aioredis.Redis:
     )
 
 
+class QueueFull(Exception):
+    """MAX_BACKLOG refused a publish: nothing was written."""
+
+    def __init__(self, queue: str, backlog: int, limit: int) -> None:
+        super().__init__(f"queue {queue} has {backlog} waiting jobs; MAX_BACKLOG is {limit}")
+        self.queue = queue
+        self.backlog = backlog
+        self.limit = limit
+
+
 class Store:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, max_backlog: int = 0) -> None:
         self.client = client
+        self.max_backlog = max_backlog
         self._publish = client.register_script(scripts.PUBLISH)
         self._publish_once = client.register_script(scripts.PUBLISH_ONCE)
         self._cancel = client.register_script(scripts.CANCEL)
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
-        """Write every job and push it on its queue, all or nothing (one Lua script)."""
+        """Write every job and push it on its queue, all or nothing (one Lua script).
+
+        Raises QueueFull (MAX_BACKLOG) with nothing written. A full Redis (maxmemory) refuses
+        the script before its first write (see scripts._PUBLISH): nothing written either.
+        """
         with tracing.enqueue(batch) as traceparent:
-            await self._publish(args=jobs.publish_args(batch, time.time(), traceparent))
+            args = jobs.publish_args(batch, time.time(), traceparent, self.max_backlog)
+            reply = await self._publish(args=args)
+        if isinstance(reply, list):
+            raise QueueFull(jobs.as_text(reply[0]), int(reply[1]), self.max_backlog)
 
     async def publish_once(
         self, job: jobs.NewJob, key: str, fingerprint: str, ttl: int
@@ -77,11 +95,14 @@ class Store:
         """Publish under an idempotency key, atomically: (job id, 'new' | 'same' | 'different').
 
         An existing key returns the id of the job it made, and whether `fingerprint` matches.
+        Raises QueueFull as `publish` does.
         """
         with tracing.enqueue([job]) as traceparent:
-            args = [key, fingerprint, ttl, *jobs.publish_args([job], time.time(), traceparent)]
-            job_id, verdict = await self._publish_once(args=args)
-        return job_id.decode(), verdict.decode()
+            published = jobs.publish_args([job], time.time(), traceparent, self.max_backlog)
+            reply = await self._publish_once(args=[key, fingerprint, ttl, *published])
+        if reply[1] == b"full":
+            raise QueueFull(jobs.as_text(reply[0]), int(reply[2]), self.max_backlog)
+        return reply[0].decode(), reply[1].decode()
 
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """(canceled | canceling | conflict | missing, the job's status)."""

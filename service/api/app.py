@@ -24,24 +24,51 @@ from service.dead import DeadLetters
 from service.durability import StrictGate
 from service.registry import Registry
 from service.settings import Settings
-from service.store import Store, connect_async
+from service.store import QueueFull, Store, connect_async
 
 log = logging.getLogger("service.api")
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
-    """Redis down, stalled, loading or full: 503 with Retry-After, never a 500 or a hang."""
+    """Redis down, stalled or loading: 503 with Retry-After, never a 500 or a hang."""
     log.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
-    message = "the queue is unavailable; nothing was enqueued, retry later"
+    # A command that timed out on a stalled Redis may still run when it wakes up: only an
+    # Idempotency-Key makes the client's retry safe.
+    message = (
+        "the queue is unavailable; retry later, with an Idempotency-Key: a request that "
+        "timed out may still have been enqueued"
+    )
     headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
     return ApiError(503, "queue_unavailable", message, headers=headers).response()
+
+
+async def redis_refused(request: Request, exc: Exception) -> Response:
+    """Redis full (maxmemory with noeviction): 503 `redis_full`. Any other refusal is a bug."""
+    assert isinstance(exc, redis.exceptions.ResponseError)
+    # Redis 7 reports OOM inside a script as such; Redis 6.2 wraps it in a script error.
+    oom = "command not allowed when used memory > 'maxmemory'"
+    if not isinstance(exc, redis.exceptions.OutOfMemoryError) and oom not in str(exc):
+        raise exc
+    log.warning("Redis full for %s %s: %s", request.method, request.url.path, exc)
+    message = "Redis is out of memory (maxmemory); nothing was written, retry later"
+    headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
+    return ApiError(503, "redis_full", message, headers=headers).response()
+
+
+async def queue_full(request: Request, exc: Exception) -> Response:
+    """MAX_BACKLOG: 429 `queue_full` with Retry-After; nothing was enqueued."""
+    assert isinstance(exc, QueueFull)
+    details = {"queue": exc.queue, "backlog": exc.backlog, "max_backlog": exc.limit}
+    headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
+    message = f"{exc}: nothing was enqueued, retry later"
+    return ApiError(429, "queue_full", message, details, headers).response()
 
 
 def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
-        app.state.store = Store(client)
+        app.state.store = Store(client, settings.max_backlog)
         app.state.dead = DeadLetters(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
@@ -81,7 +108,8 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             redis.exceptions.ConnectionError: redis_unavailable,
             redis.exceptions.TimeoutError: redis_unavailable,
             redis.exceptions.BusyLoadingError: redis_unavailable,
-            redis.exceptions.OutOfMemoryError: redis_unavailable,
+            redis.exceptions.ResponseError: redis_refused,
+            QueueFull: queue_full,
         },
         lifespan=lifespan,
     )

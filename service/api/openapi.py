@@ -69,7 +69,11 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         "413": _response("Body over MAX_BODY_BYTES"),
         "415": _response("Not application/json"),
         "422": _response("Unknown job type or invalid payload; nothing was enqueued"),
-        "503": _response("Redis unavailable; nothing was enqueued (see Retry-After)"),
+        "429": _response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
+        "503": _response(
+            "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "
+            "see Retry-After"
+        ),
     }
     if auth:
         errors["401"] = _response("Missing or invalid API key")

@@ -17,20 +17,21 @@ LOST_REASON = "WorkerLost: the worker running this job died (killed, out of memo
 
 def recover(
     client: redis.Redis,
-    queue: str,
+    queues: Sequence[str],
     *,
     max_crashes: int,
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
     current: str = "",
 ) -> tuple[list[int], list[tuple[str, str]]]:
-    """Recover the started jobs of `owner`, or (owner '') those whose heartbeat expired.
+    """Recover the started jobs of `owner`, or (owner '') those whose heartbeat expired, on
+    every queue at once (a claimed batch may span a queue's priorities).
 
-    lost: the job `current` (or, if unknown, every job) is re-delivered until it has crashed
-    its worker `max_crashes` times, then failed; the owner's other jobs never started and go
-    back to the head of the queue. interrupted: all back at the head, not counted as attempts.
-    Returns [failed, redelivered, interrupted] and, per job blamed for a crash, its type and
-    fate ('failed' or 'retried').
+    lost: the job `current` (if unknown, the first job still held of each claimed batch) is
+    re-delivered until it has crashed its worker `max_crashes` times, then failed; the owner's
+    other jobs never started and go back to the head of the queue. interrupted: all back at the
+    head, not counted as attempts. Returns [failed, redelivered, interrupted] and, per job
+    blamed for a crash, its type and fate ('failed' or 'retried').
     """
     now = time.time()
     script = client.register_script(scripts.RECOVER)
@@ -42,8 +43,9 @@ def recover(
         max_crashes,
         jobs.encode_exc_string(LOST_REASON),
         current,
+        *queues,
     ]
-    *counts, lost = script(keys=[queue], args=args)
+    *counts, lost = script(args=args)
     fates = [(jobs.as_text(lost[i]), jobs.as_text(lost[i + 1])) for i in range(0, len(lost), 2)]
     return [int(n) for n in counts], fates
 

@@ -8,6 +8,7 @@ except inside the CLAIM script, so a crash while waiting can lose nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -185,8 +186,10 @@ class Worker:
         return constants.EXIT_OK
 
     def _sleep(self, seconds: float) -> None:
+        """Back off, still alive: a process waiting for Redis to return is not wedged."""
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
+            self.slot.tick()
             time.sleep(min(0.05, seconds))
 
     def _wait(self) -> None:
@@ -382,36 +385,25 @@ class Worker:
     # --- background threads: liveness and commands ---
     def _heartbeat_loop(self) -> None:
         client = connect(self.settings.queue_redis)
+        heartbeat = client.register_script(scripts.HEARTBEAT)
         key = constants.worker_key(self.name)
         ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
         while True:
             with self._lock:
                 held = list(self._in_flight)
+            registration = {
+                "birth": self._birth,
+                "last_heartbeat": jobs.utc_iso(),
+                "queues": ",".join(self.queues),
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "state": "busy" if held else "idle",
+            }
+            args: list[Any] = [key, ttl, self._registry_score()]
+            args += [*itertools.chain(*registration.items()), "--", *self.queues, "--"]
+            args += [*itertools.chain(*((c.queue, c.member) for c in held))]
             try:
-                with client.pipeline(transaction=False) as pipe:
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "birth": self._birth,
-                            "last_heartbeat": jobs.utc_iso(),
-                            "queues": ",".join(self.queues),
-                            "pid": os.getpid(),
-                            "hostname": socket.gethostname(),
-                            "state": "busy" if held else "idle",
-                        },
-                    )
-                    pipe.expire(key, ttl)
-                    pipe.sadd(constants.WORKERS_KEY, key)
-                    for queue in self.queues:
-                        pipe.sadd(constants.queue_workers_key(queue), key)
-                    score = self._registry_score()
-                    for claimed in held:
-                        pipe.zadd(
-                            constants.registry_key("started", claimed.queue),
-                            {claimed.member: score},
-                            xx=True,
-                        )
-                    pipe.execute()
+                heartbeat(args=args)
             except redis.RedisError as exc:
                 log.debug("heartbeat failed: %s", exc)
             time.sleep(self.settings.worker_processing_interval)
@@ -437,14 +429,13 @@ class Worker:
         """Put back any job we still hold, then remove our worker registration."""
         key = constants.worker_key(self.name)
         try:
-            for queue in self.queues:
-                recovery.recover(
-                    self.redis,
-                    queue,
-                    max_crashes=self.settings.max_crashes,
-                    owner=self.name,
-                    mode="interrupted",
-                )
+            recovery.recover(
+                self.redis,
+                self.queues,
+                max_crashes=self.settings.max_crashes,
+                owner=self.name,
+                mode="interrupted",
+            )
             with self.redis.pipeline() as pipe:
                 pipe.srem(constants.WORKERS_KEY, key)
                 for queue in self.queues:

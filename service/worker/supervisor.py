@@ -57,6 +57,7 @@ class Supervisor:
         self.signals = 0
         self.stopping = False  # set once the worker processes have been told to stop
         self.lost_jobs = 0
+        self._redis_since: float | None = None  # since when housekeeping has reached Redis
         self.db: Database[dict[str, Any]] | None = None
         self.shipper: Shipper | None = None
         self._history_stop = threading.Event()
@@ -167,16 +168,25 @@ class Supervisor:
                 next_housekeeping = time.monotonic() + self._housekeeping()
 
     def _housekeeping(self) -> float:
-        """Recover jobs of dead containers and promote due scheduled jobs; return the seconds
+        """Promote due scheduled jobs and recover jobs of dead containers; return the seconds
         until the next round: WORKER_PROCESSING_INTERVAL, or sooner if a job falls due."""
         interval = self.settings.worker_processing_interval
-        self._recover()
         self._refresh_backlog(interval)
         try:
             _, next_due = recovery.promote(self.redis, self.queues)
         except redis.RedisError as exc:
-            log.warning("promotion of scheduled jobs skipped, Redis unavailable: %s", exc)
+            self._redis_since = None
+            log.warning("housekeeping skipped, Redis unavailable: %s", exc)
             return interval
+        now = time.monotonic()
+        if self._redis_since is None:
+            self._redis_since = now
+        # While Redis is out of reach, every worker's heartbeat stops: an expired entry means
+        # its worker is gone only once live workers have had time to beat again (one blocked
+        # call, then one interval), or a stall would re-deliver jobs that are still running.
+        settle = constants.HEARTBEAT_MISSES * interval + constants.WORKER_SOCKET_TIMEOUT
+        if now - self._redis_since >= settle:
+            self._recover()
         if next_due is None:
             return interval
         return min(interval, max(constants.MIN_PROMOTE_WAIT, next_due - time.time()))
@@ -219,20 +229,18 @@ class Supervisor:
     ) -> None:
         """Put back the jobs a dead worker process held (name), or those of any worker whose
         heartbeat expired (no name: its whole container died), and prune dead registrations."""
-        totals = [0, 0, 0]
         try:
+            totals, fates = recovery.recover(
+                self.redis,
+                self.queues,
+                max_crashes=self.settings.max_crashes,
+                owner=name,
+                mode=mode,
+                current=current,
+            )
+            for job_type, fate in fates:
+                metrics.ended(job_type or "unknown", fate, "worker_lost", None)
             for queue in self.queues:
-                counts, fates = recovery.recover(
-                    self.redis,
-                    queue,
-                    max_crashes=self.settings.max_crashes,
-                    owner=name,
-                    mode=mode,
-                    current=current,
-                )
-                totals = [a + b for a, b in zip(totals, counts, strict=True)]
-                for job_type, fate in fates:
-                    metrics.ended(job_type or "unknown", fate, "worker_lost", None)
                 recovery.prune_workers(self.redis, queue)
             if name:
                 self.redis.delete(constants.worker_key(name))
@@ -286,7 +294,11 @@ class Supervisor:
     def healthy(self) -> tuple[bool, dict[str, object]]:
         """Alive: every worker process is running and none is wedged past its job's deadline."""
         now = time.monotonic()
-        stale_after = constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval
+        # A main loop blocked on a stalled Redis is silent for one socket timeout, not wedged.
+        stale_after = max(
+            constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval,
+            2 * constants.WORKER_SOCKET_TIMEOUT,
+        )
         alive = wedged = 0
         for index, process in enumerate(self.processes):
             if process is None or not process.is_alive():
