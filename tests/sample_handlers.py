@@ -16,6 +16,10 @@ class Key(BaseModel):
     key: str
 
 
+class Gate(BaseModel):
+    gate: str
+
+
 class Flaky(BaseModel):
     fail_times: int
 
@@ -111,3 +115,14 @@ def db(payload: Key, ctx: JobContext) -> str:
 def trace_id(payload: EmptyPayload, ctx: JobContext) -> str:
     """Returns the trace id current while it runs ('' with tracing off)."""
     return tracing.current_trace_id()
+
+
+@job("test.gated")
+def gated(payload: Gate, ctx: JobContext) -> int:
+    """Counts its starts and completions per job id (hashes `starts`, `completions`); in
+    between, runs until `payload.gate` exists."""
+    ctx.redis.hincrby("starts", ctx.id, 1)
+    while not ctx.redis.exists(payload.gate):
+        time.sleep(0.01)
+    ctx.redis.hincrby("completions", ctx.id, 1)
+    return ctx.attempt

@@ -279,3 +279,11 @@ def test_lifecycle_settings() -> None:
     )
     assert "WORKER_QUEUES='ok,bad name,x.high'" in text
     assert "MAX_CRASHES='0'" in text and "IDEMPOTENCY_TTL='1'" in text
+
+
+def test_max_backlog() -> None:
+    assert load({}).max_backlog == 0  # no limit
+    assert load({"MAX_BACKLOG": "10000"}).max_backlog == 10000
+    text = problems({"MAX_BACKLOG": "-1"})
+    assert "MAX_BACKLOG='-1'" in text
+    assert "MAX_BACKLOG='many'" in problems({"MAX_BACKLOG": "many"})
