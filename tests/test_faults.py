@@ -289,6 +289,7 @@ def test_redis_crash_and_restart_under_load(
         # Then both are ready again by themselves, and new jobs are accepted
         wait_for(lambda: status(f"{api.url}/ready") == 200, 15)
         wait_for(lambda: status(f"{worker.url}/ready") == 200, 15)
+        ready_after = time.monotonic() - up_at
         wait_for(lambda: len(poster.accepted(up_at)) >= 50, 20)
     after = poster.accepted(up_at)
 
@@ -304,7 +305,8 @@ def test_redis_crash_and_restart_under_load(
     wait_for(lambda: all_finished(queue, accepted), 30)
     print(
         f"\n{len(before)} jobs accepted before the crash, {len(after)} after; "
-        f"{len(refused)} answered 503 (slowest request {slowest * 1000:.0f} ms); "
+        f"{len(refused)} answered 503 (slowest request {slowest * 1000:.0f} ms); Redis down "
+        f"{up_at - down_at:.1f}s, both ready {ready_after:.1f}s after its restart; "
         f"all accepted jobs finished"
     )
     # The worker reconnected by itself: the same processes, none restarted
