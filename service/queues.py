@@ -8,11 +8,11 @@ from typing import Literal
 
 Priority = Literal["high", "default", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "default", "low")
-_BASE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_BASE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def valid_base(name: str) -> bool:
-    return bool(_BASE.match(name)) and not name.endswith((".high", ".low"))
+    return bool(_BASE.fullmatch(name)) and not name.endswith((".high", ".low"))
 
 
 def concrete(base: str, priority: Priority) -> str:

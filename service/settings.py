@@ -93,6 +93,8 @@ class Settings:
     api_keys: tuple[Secret, ...] = ()
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
+    request_header_timeout: float = 10.0  # seconds for a request line and headers to arrive
+    request_body_timeout: float = 30.0  # seconds for a request body to arrive, once begun
     handler_modules: tuple[str, ...] = field(default=())
     worker_queues: tuple[str, ...] = ()  # empty: QUEUE_NAME and every queue a job type names
     max_crashes: int = 3
@@ -197,6 +199,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
     max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
+    header_timeout = env.float(
+        "REQUEST_HEADER_TIMEOUT", 10.0, validate=validate.Range(min=0.1, max=300)
+    )
+    body_timeout = env.float(
+        "REQUEST_BODY_TIMEOUT", 30.0, validate=validate.Range(min=0.1, max=3600)
+    )
     handler_modules: list[str] | None = env.list("HANDLER_MODULES", [], subcast=str.strip)
     worker_queues: list[str] | None = env.list(
         "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
@@ -252,6 +260,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         api_keys=api_keys,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
+        request_header_timeout=header_timeout,
+        request_body_timeout=body_timeout,
         handler_modules=tuple(handler_modules or ()),
         worker_queues=tuple(worker_queues or ()),
         max_crashes=max_crashes,

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 
 from service import constants, mongo, tracing
 from service.api import dead, history, metrics, routes
-from service.api.errors import ApiError, api_error_handler, http_error_handler
+from service.api.errors import ApiError, api_error_handler, http_error_handler, internal_error
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
 from service.api.tracing import TraceRequests
@@ -103,6 +103,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app = Starlette(
         routes=table,
         exception_handlers={
+            Exception: internal_error,  # anything unexpected: a generic 500, logged by uvicorn
             ApiError: api_error_handler,
             HTTPException: http_error_handler,
             redis.exceptions.ConnectionError: redis_unavailable,
@@ -117,7 +118,13 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app.state.strict = StrictGate() if settings.durability == "strict" else None
     app.state.registry = registry
     app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
-    protected = ApiKeyAuth(BodyLimit(app, settings.max_body_bytes), settings.api_keys)
-    measured = metrics.RequestMetrics(protected, table)
+    # The body limits wrap the rest, so an early answer (a 401 too) closes a connection whose
+    # body was never read.
+    limited = BodyLimit(
+        ApiKeyAuth(app, settings.api_keys),
+        settings.max_body_bytes,
+        settings.request_body_timeout,
+    )
+    measured = metrics.RequestMetrics(limited, table)
     # Outermost, so a request refused by the key check or the body limit is traced too.
     return TraceRequests(measured) if tracing.enabled() else measured

@@ -218,6 +218,15 @@ _FILTER_DOCS = {
     "since": "Failed at or after this RFC 3339 time with a timezone",
     "until": "Failed at or before this RFC 3339 time with a timezone",
 }
+# What `_filter` accepts (an empty value counts as not given); `since` after `until` is a 422
+# that no schema can say.
+_FILTER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "type": {"maxLength": _MAX_CHARS["type"], "pattern": r"^[^*]*[*]?$"},
+    "queue": {"maxLength": _MAX_CHARS["queue"], "pattern": r"^[A-Za-z0-9_.-]*$"},
+    "error": {"maxLength": _MAX_CHARS["error"]},
+    "since": {"format": "date-time"},
+    "until": {"format": "date-time"},
+}
 _DEAD_JOB = {
     "type": "object",
     "properties": {
@@ -258,8 +267,10 @@ def _query_param(name: str, description: str, schema: dict[str, Any]) -> dict[st
 
 def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
     """The OpenAPI `paths` entries of these routes (`auth`: API_KEYS is set)."""
-    text = {"type": "string", "minLength": 1}
-    filters = [_query_param(name, doc, text) for name, doc in _FILTER_DOCS.items()]
+    filters = [
+        _query_param(name, doc, {"type": "string", **_FILTER_SCHEMAS[name]})
+        for name, doc in _FILTER_DOCS.items()
+    ]
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
     invalid = _response("An invalid parameter (each named in details.errors); nothing changed")
     common: dict[str, Any] = {"503": _response("Redis unavailable (see Retry-After)")}
@@ -274,7 +285,10 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "dry_run": {"type": "boolean", "description": "Count and list, change nothing"},
-            **{name: {**text, "description": doc} for name, doc in _FILTER_DOCS.items()},
+            **{
+                name: {"type": ["string", "null"], **_FILTER_SCHEMAS[name], "description": doc}
+                for name, doc in _FILTER_DOCS.items()
+            },
         },
     }
     return {
@@ -299,7 +313,9 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                             "default": constants.LIST_DEFAULT_LIMIT,
                         },
                     ),
-                    _query_param("cursor", "`next_cursor` of the previous page", text),
+                    _query_param(
+                        "cursor", "`next_cursor` of the previous page", {"type": "string"}
+                    ),
                 ],
                 "responses": {
                     "200": _response(

@@ -51,3 +51,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers).response()
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: a generic 500 in our error shape. Nothing about the exception
+    reaches the client; Starlette re-raises it afterwards, so the server logs its traceback."""
+    return ApiError(500, "internal_error", "internal server error").response()

@@ -1,7 +1,8 @@
-"""Pure ASGI middleware (BaseHTTPMiddleware would turn a 413 into a 500): API keys, body limit."""
+"""Pure ASGI middleware (BaseHTTPMiddleware would turn a 413 into a 500): API keys, body limits."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,34 +38,68 @@ class ApiKeyAuth:
 
 
 class BodyLimit:
-    """413 for a body over `limit` bytes, declared or streamed (chunked), before it is all read.
+    """The request body's size and time limits, and what happens to a body left unread.
 
-    A streamed body raises ApiError from `receive`; the app's ApiError handler answers 413.
+    - 413 for a body over `limit` bytes: a declared one at once, unread; a streamed (chunked)
+      one as soon as the running count passes the limit, so at most `limit` bytes (plus one
+      message) are ever held. A streamed body raises ApiError from `receive`; the app's
+      ApiError handler answers.
+    - 408 when the body has not all arrived `timeout` seconds after the headers did, however
+      slowly it trickles in.
+    - A response that starts before the body was read to its end (a 401, 413, 408, 415...)
+      carries `Connection: close`, so the server ends the connection instead of reading and
+      discarding the rest of a body that may have no end.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large().response()(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        unread = declared not in (None, b"0") or b"transfer-encoding" in headers
         received = 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, unread
+            if not unread:  # the body is in: from now on only a disconnect can come
+                return await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), deadline - asyncio.get_running_loop().time()
+                )
+            except TimeoutError:
+                raise self._too_slow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise self._too_large()
+                unread = message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and unread:
+                message = {**message, "headers": [*message["headers"], _CLOSE]}
+            await send(message)
+
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large().response()(scope, receive, closing_send)
+        await self.app(scope, limited_receive, closing_send)
 
     def _too_large(self) -> ApiError:
         message = f"request body is larger than the limit of {self.limit} bytes (MAX_BODY_BYTES)"
         return ApiError(413, "body_too_large", message)
+
+    def _too_slow(self) -> ApiError:
+        message = (
+            f"the request body did not arrive within {self.timeout:g} s (REQUEST_BODY_TIMEOUT)"
+        )
+        return ApiError(408, "request_timeout", message)
+
+
+_CLOSE = (b"connection", b"close")

@@ -47,15 +47,17 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     refs = []
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
+        payload = job_type.payload.model_json_schema()
         schemas[name] = {
             "type": "object",
             "description": (job_type.handler.__doc__ or "").strip(),
             "properties": {
                 "type": {"const": job_type.name},
-                "payload": job_type.payload.model_json_schema(),
+                "payload": payload,
                 **option_properties,
             },
-            "required": ["type"],
+            # The payload defaults to {}: required when {} would not do.
+            "required": ["type", "payload"] if payload.get("required") else ["type"],
             "additionalProperties": False,
         }
         refs.append({"$ref": f"#/components/schemas/{name}"})
@@ -75,8 +77,6 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
             "see Retry-After"
         ),
     }
-    if auth:
-        errors["401"] = _response("Missing or invalid API key")
     security: list[dict[str, list[str]]] = [{"bearer": []}] if auth else []
     paths: dict[str, Any] = {
         "/jobs": {
@@ -115,6 +115,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                             "schema": {
                                 "type": "object",
                                 "required": ["jobs"],
+                                "additionalProperties": False,
                                 "properties": {
                                     "jobs": {
                                         "type": "array",
@@ -227,6 +228,10 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         },
     }
     paths.update(dead.openapi_paths(auth=auth))
+    for operations in paths.values():  # every operation that takes a key can answer 401
+        for operation in operations.values():
+            if operation.get("security"):
+                operation["responses"]["401"] = _response("Missing or invalid API key")
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Job service", "version": "1"},

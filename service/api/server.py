@@ -9,6 +9,7 @@ import uvicorn
 
 from service import constants, durability, tracing
 from service.api.app import create_app
+from service.api.protocol import guarded_protocol
 from service.registry import Registry
 from service.settings import Settings
 from service.store import connect
@@ -36,6 +37,10 @@ def run(settings: Settings, registry: Registry) -> int:
         create_app(settings, registry),
         host=settings.host,
         port=settings.port,
+        # uvicorn has no request-head timeout or size limit: our protocol adds both.
+        http=guarded_protocol(settings.request_header_timeout, constants.MAX_HEAD_BYTES),
+        ws="none",  # no WebSocket routes: do not offer the upgrade
+        timeout_keep_alive=constants.KEEP_ALIVE_SECONDS,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),

@@ -9,7 +9,7 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
-from service import jobs, queues
+from service import constants, jobs, queues
 from service.api.errors import ApiError
 from service.policy import Backoff
 from service.queues import Priority
@@ -17,6 +17,7 @@ from service.registry import PayloadInvalid, Registry, UnknownJobType
 
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 MAX_TTL_SECONDS = 365 * 24 * 3600
+MAX_TYPE_CHARS = 100  # the longest name the registry allows
 
 
 class JobRequest(BaseModel):
@@ -24,7 +25,7 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field(min_length=1, max_length=100)
+    type: str = Field(min_length=1, max_length=MAX_TYPE_CHARS)
     payload: Any = Field(default_factory=dict)
     priority: Priority | None = None
     delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
@@ -61,9 +62,15 @@ async def read_json(request: Request) -> Any:
         )
     body = await request.body()
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    try:  # a body orjson cannot write back (too deep) would fail later, as a 500
+        orjson.dumps([value])  # the job record nests the payload one level deeper
+    except orjson.JSONEncodeError:
+        message = f"the body is nested deeper than {constants.MAX_JSON_DEPTH} levels"
+        raise ApiError(400, "malformed_json", message) from None
+    return value
 
 
 def _field(where: str, loc: tuple[int | str, ...]) -> str:
@@ -90,7 +97,9 @@ def parse_jobs(
                 for e in exc.errors(include_url=False)
             ]
         name = item.get("type") if isinstance(item, dict) else None
-        if isinstance(name, str):  # the payload is checked even when the options are not
+        # The payload is checked even when the options are not; a name too long to be a job
+        # type is already an error above, and is not echoed back as an unknown one.
+        if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
             try:
                 spec = registry.get(name)
                 spec.validate(item.get("payload", {}))

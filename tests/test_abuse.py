@@ -1,0 +1,641 @@
+"""Abuse and bad input (issue #7): every bad request gets a precise 4xx in the API's error shape,
+never a 500 and never a traceback, and enqueues nothing; huge and slow clients are cut off
+within stated bounds without starving anyone else.
+
+In-process tests (TestClient) cover statuses and bodies; the real API process (`start_service`)
+covers what only a real server shows: memory while a huge body streams in, and slow clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from starlette.testclient import TestClient
+from starlette.types import Message
+
+from service import constants
+from service.store import Store
+
+from .conftest import ServiceProcess, http, wait_for
+from .test_api import make_client
+
+KEY = "abuse-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {"Content-Type": "application/json", **AUTH}
+ANY_ID = "01a2267684ba758eb71207722f70c588"  # well-formed, never published
+
+
+def enqueued(queue_redis: redis.Redis) -> dict[str, int]:
+    """What publishing leaves in the queue's Redis: job hashes, ids waiting in a queue, scheduled
+    entries and idempotency keys."""
+    counts = {"jobs": 0, "queued": 0, "scheduled": 0, "idempotency_keys": 0}
+    for key in queue_redis.scan_iter("rq:*", count=1000):
+        if key.startswith(b"rq:job:"):
+            counts["jobs"] += 1
+        elif key.startswith(b"rq:queue:"):
+            counts["queued"] += queue_redis.llen(key)
+        elif key.startswith(b"rq:scheduled:"):
+            counts["scheduled"] += queue_redis.zcard(key)
+        elif key.startswith(b"rq:idempotency:"):
+            counts["idempotency_keys"] += 1
+    return counts
+
+
+NOTHING = {"jobs": 0, "queued": 0, "scheduled": 0, "idempotency_keys": 0}
+
+
+def error_of(response: Any, status: int) -> dict[str, Any]:
+    """The error body of a response that must have this status and the API's error shape."""
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == "application/json"
+    error: dict[str, Any] = response.json()["error"]
+    assert isinstance(error["code"], str) and isinstance(error["message"], str)
+    return error
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[TestClient]:
+    with make_client(redis_url, API_KEYS=KEY, MAX_BODY_BYTES="65536") as test_client:
+        yield test_client
+
+
+# --- API keys -------------------------------------------------------------------------------------
+# Every endpoint that reads or changes jobs, each with a request it would otherwise accept.
+JOB_ENDPOINTS = [
+    ("POST", "/jobs", {"type": "noop"}),
+    ("POST", "/jobs/batch", {"jobs": [{"type": "noop"}]}),
+    ("GET", "/jobs", None),
+    ("GET", f"/jobs/{ANY_ID}", None),
+    ("DELETE", f"/jobs/{ANY_ID}", None),
+    ("GET", "/queues", None),
+    ("GET", "/dead", None),
+    ("DELETE", "/dead?all=true", None),
+    ("POST", "/dead/retry", {"dry_run": False}),
+    ("POST", f"/dead/{ANY_ID}/retry", None),
+    ("DELETE", f"/dead/{ANY_ID}", None),
+]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Bearer wrong", f"Basic {KEY}", KEY, f"Bearer {KEY}x"],
+)
+def test_every_job_endpoint_needs_a_valid_key(
+    client: TestClient, queue_redis: redis.Redis, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path, body in JOB_ENDPOINTS:
+        response = client.request(method, path, json=body, headers=headers)
+        error = error_of(response, 401)
+        assert error["code"] == "unauthorized", path
+        assert response.headers["www-authenticate"] == 'Bearer realm="jobs"'
+        assert KEY not in response.text
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_the_key_is_accepted_in_any_scheme_case(client: TestClient) -> None:
+    """The control for the test above: the same requests pass with the key."""
+    response = client.post(
+        "/jobs", json={"type": "noop"}, headers={"Authorization": f"bearer {KEY}"}
+    )
+    assert response.status_code == 202
+
+
+# --- Malformed bodies -----------------------------------------------------------------------------
+BODY_ENDPOINTS = ["/jobs", "/jobs/batch", "/dead/retry"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b'{"type": ',
+        b'{"type": "noop",}',
+        b"{'type': 'noop'}",
+        b'{"type": "noop"} {"type": "noop"}',
+        b'{"type": "\xff"}',  # not UTF-8
+        b'\xef\xbb\xbf{"type": "noop"}',  # a byte order mark
+        b'{"type": "noop", "payload": {"x": "\\ud800"}}',  # a lone surrogate
+        b'{"type": "noop", "delay": NaN}',
+        b'{"type": "noop", "delay": Infinity}',
+        b"[" * 60_000,  # far deeper than any parser should follow
+        b'{"a":' * 12_000,
+    ],
+    ids=lambda body: repr(body[:24]),
+)
+def test_malformed_json_is_400(client: TestClient, queue_redis: redis.Redis, body: bytes) -> None:
+    for path in BODY_ENDPOINTS:
+        error = error_of(client.post(path, content=body, headers=JSON), 400)
+        assert error["code"] == "malformed_json", path
+    assert enqueued(queue_redis) == NOTHING
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "application/json-patch+json",
+        "json",
+    ],
+)
+def test_wrong_content_type_is_415(
+    client: TestClient, queue_redis: redis.Redis, content_type: str | None
+) -> None:
+    headers = dict(AUTH) if content_type is None else {**AUTH, "Content-Type": content_type}
+    bodies = {"/jobs": {"type": "noop"}, "/jobs/batch": {"jobs": [{"type": "noop"}]}}
+    bodies["/dead/retry"] = {"dry_run": True}
+    for path, body in bodies.items():
+        error = error_of(client.post(path, content=orjson.dumps(body), headers=headers), 415)
+        assert error["code"] == "unsupported_media_type"
+    assert enqueued(queue_redis) == NOTHING
+    # The control: the same bodies with a JSON content type (parameters allowed) are accepted.
+    headers = {**AUTH, "Content-Type": "Application/JSON; charset=utf-8"}
+    assert client.post("/jobs", content=b'{"type": "noop"}', headers=headers).status_code == 202
+
+
+# --- Bodies over MAX_BODY_BYTES (65536 here) ------------------------------------------------------
+def test_declared_body_over_the_limit_is_413_before_it_is_read(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    body = orjson.dumps({"type": "echo", "payload": {"x": "a" * 70_000}})
+    for path in BODY_ENDPOINTS:
+        response = client.post(path, content=body, headers=JSON)
+        assert error_of(response, 413)["code"] == "body_too_large"
+        assert response.headers["connection"] == "close"  # the unread rest is never read
+    assert enqueued(queue_redis) == NOTHING
+
+
+async def post_endless_body(app: Any, path: str, chunk: bytes) -> tuple[list[Message], int]:
+    """POST a chunked body that never ends straight to the ASGI app: (messages sent, bytes the
+    app asked for). The starlette TestClient cannot do this: it reads a whole body first."""
+    pulled = 0
+
+    async def receive() -> Message:
+        nonlocal pulled
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in JSON.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    await app(scope, receive, send)
+    return sent, pulled
+
+
+def test_streamed_body_is_read_no_further_than_the_limit(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    """A chunked body with no end: the API stops asking for more once it passed the limit."""
+    chunk = b" " * 4096
+    assert client.portal is not None  # the app's lifespan runs there
+    for path in BODY_ENDPOINTS:
+        sent, pulled = client.portal.call(post_endless_body, client.app, path, chunk)
+        start, body = sent
+        assert start["status"] == 413
+        assert (b"connection", b"close") in start["headers"]  # the rest is never read
+        assert orjson.loads(body["body"])["error"]["code"] == "body_too_large"
+        assert 65536 < pulled <= 65536 + len(chunk), (path, pulled)
+    assert enqueued(queue_redis) == NOTHING
+
+
+# --- Validation: 422 with every error -------------------------------------------------------------
+def test_unknown_type_and_failing_payloads_list_every_error(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    one = {"type": "sleep", "payload": {"seconds": -1, "extra": 1}, "priority": "urgent"}
+    error = error_of(client.post("/jobs", json=one, headers=AUTH), 422)
+    assert error["code"] == "invalid_job"
+    assert {e["field"] for e in error["details"]["errors"]} == {
+        "priority",
+        "payload.seconds",
+        "payload.extra",
+    }
+    jobs = [
+        {"type": "noop"},  # valid: still not enqueued, the batch is all or nothing
+        {"type": "no.such.type", "payload": {}},
+        {"type": "sleep", "payload": {}, "delay": -5, "max_retries": 99},
+        {"type": "echo", "delay": 1, "run_at": "2030-01-01T00:00:00Z"},
+        {"payload": {}},
+        "not a job",
+    ]
+    error = error_of(client.post("/jobs/batch", json={"jobs": jobs}, headers=AUTH), 422)
+    errors = error["details"]["errors"]
+    assert [e["field"] for e in errors] == [
+        "jobs[1].type",
+        "jobs[2].delay",
+        "jobs[2].max_retries",
+        "jobs[2].payload.seconds",
+        "jobs[3]",
+        "jobs[4].type",
+        "jobs[5]",
+    ]
+    assert errors[0]["message"] == "unknown job type 'no.such.type'"
+    assert {"echo", "noop", "sleep"} <= set(error["details"]["known_types"])
+    assert error["message"] == "7 validation error(s)"
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_thousands_of_errors_are_all_listed(client: TestClient, queue_redis: redis.Redis) -> None:
+    payload = {f"k{i}": i for i in range(3000)}
+    error = error_of(
+        client.post("/jobs", json={"type": "noop", "payload": payload}, headers=AUTH), 422
+    )
+    assert len(error["details"]["errors"]) == 3000
+    assert enqueued(queue_redis) == NOTHING
+
+
+# --- Deep and huge JSON: a 4xx, never a 500 -------------------------------------------------------
+def nested(depth: int) -> bytes:
+    """A body whose payload makes the whole document `depth` levels deep."""
+    inner = depth - 2  # the body object and the payload object are two levels
+    return b'{"type": "echo", "payload": {"x": ' + b"[" * inner + b"]" * inner + b"}}"
+
+
+def test_nesting_up_to_the_limit_is_accepted_beyond_it_400(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    limit = constants.MAX_JSON_DEPTH
+    for depth in (limit + 1, limit + 50, 1000):  # orjson itself refuses beyond 1024
+        error = error_of(client.post("/jobs", content=nested(depth), headers=JSON), 400)
+        assert error["code"] == "malformed_json"
+        assert error["message"] == f"the body is nested deeper than {limit} levels"
+        batch = b'{"jobs": [' + nested(depth - 2) + b"]}"  # the batch adds two levels
+        assert error_of(client.post("/jobs/batch", content=batch, headers=JSON), 400)
+    assert enqueued(queue_redis) == NOTHING
+    # The control: exactly at the limit it is a job, stored and readable.
+    response = client.post("/jobs", content=nested(limit), headers=JSON)
+    assert response.status_code == 202
+    view = client.get(f"/jobs/{response.json()['id']}", headers=AUTH)
+    assert view.status_code == 200
+    assert enqueued(queue_redis)["queued"] == 1
+
+
+def long_string(chars: int) -> str:
+    return "é" * (chars // 2)  # two bytes each in UTF-8
+
+
+# Each body is under the limit (65536 here), and each is wrong somewhere: (body, status, code).
+HUGE_BUT_UNDER_THE_LIMIT: list[tuple[bytes, int, str]] = [
+    (b'{"type": "echo", "delay": 1e400}', 400, "malformed_json"),
+    (b'{"type": "echo", "payload": {"x": -1e400}}', 400, "malformed_json"),
+    (b'{"type": "echo", "payload": {"x": 1' + b"0" * 5000 + b"}}", 400, "malformed_json"),
+    (b'{"type": "echo", "max_retries": 1' + b"0" * 30 + b"}", 422, "invalid_job"),
+    (b'{"type": "echo", "timeout": 18446744073709551616}', 422, "invalid_job"),
+    (b'{"type": "echo", "delay": 0.' + b"0" * 5000 + b'1, "run_at": 1}', 422, "invalid_job"),
+    (orjson.dumps({"type": long_string(60_000)}), 422, "invalid_job"),
+    (orjson.dumps({"type": "noop", "payload": {long_string(60_000): 1}}), 422, "invalid_job"),
+    (orjson.dumps({f"k{i}": [i] for i in range(4000)}), 422, "invalid_job"),
+    (
+        orjson.dumps({"type": "noop", "payload": {f"k{i}": None for i in range(5000)}}),
+        422,
+        "invalid_job",
+    ),
+    (
+        orjson.dumps({"type": "sleep", "payload": {"seconds": "\u0000" * 10_000}}),
+        422,
+        "invalid_job",
+    ),
+    (orjson.dumps({"type": "echo", "idempotency_key": "k" * 60_000}), 422, "invalid_job"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"), HUGE_BUT_UNDER_THE_LIMIT, ids=lambda v: repr(v)[:30]
+)
+def test_huge_but_under_the_limit_is_a_4xx(
+    client: TestClient, queue_redis: redis.Redis, body: bytes, status: int, code: str
+) -> None:
+    assert len(body) <= 65536
+    error = error_of(client.post("/jobs", content=body, headers=JSON), status)
+    assert error["code"] == code
+    messages = [error["message"]] + [
+        e["message"] for e in error.get("details", {}).get("errors", [])
+    ]
+    assert max(map(len, messages)) < 1000  # a huge input is not echoed back
+    # The same item inside a batch, and the same body as a dead-letter retry filter.
+    batch = b'{"jobs": [' + body + b"]}"
+    assert 400 <= client.post("/jobs/batch", content=batch, headers=JSON).status_code < 500
+    assert 400 <= client.post("/dead/retry", content=body, headers=JSON).status_code < 500
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_huge_but_valid_bodies_are_accepted(client: TestClient, queue_redis: redis.Redis) -> None:
+    """The control: size alone is no error below the limit."""
+    for payload in (
+        {"x": long_string(60_000)},
+        {f"k{i}": i for i in range(4000)},
+        {"big": 18446744073709551615, "small": -9223372036854775808, "tiny": 1e-300},
+    ):
+        body = orjson.dumps({"type": "echo", "payload": payload})
+        assert client.post("/jobs", content=body, headers=JSON).status_code == 202
+    assert enqueued(queue_redis)["queued"] == 3
+
+
+# --- Unknown and malformed ids: 404 ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        ANY_ID,
+        "f" * 32,
+        "a" * 128,
+        "a" * 129,
+        "no:such",
+        "a.b",
+        "*",
+        "rq:job:*",
+        "%00",
+        "%20",
+        "ü",
+        "x" * 5000,
+    ],
+)
+def test_unknown_or_malformed_ids_are_404(
+    client: TestClient, queue_redis: redis.Redis, job_id: str
+) -> None:
+    """An id that cannot exist (RQ allows letters, digits, - and _) is simply not found: 404,
+    like an unknown one; it never becomes part of a Redis key."""
+    for method, path, code in [
+        ("GET", f"/jobs/{job_id}", "job_not_found"),
+        ("DELETE", f"/jobs/{job_id}", "job_not_found"),
+        ("POST", f"/dead/{job_id}/retry", "not_in_dead_letter_queue"),
+        ("DELETE", f"/dead/{job_id}", "not_in_dead_letter_queue"),
+    ]:
+        error = error_of(client.request(method, path, headers=AUTH), 404)
+        assert error["code"] == code, (method, path)
+    assert enqueued(queue_redis) == NOTHING
+
+
+# --- Unhandled errors: a generic 500 --------------------------------------------------------------
+SECRET = "secret-detail /srv/app/store.py line 42"
+
+
+def explode(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError(SECRET)
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "path", "body"),
+    [
+        ("publish", "POST", "/jobs", {"type": "noop"}),
+        ("publish", "POST", "/jobs/batch", {"jobs": [{"type": "noop"}]}),
+        ("job", "GET", f"/jobs/{ANY_ID}", None),
+        ("cancel", "DELETE", f"/jobs/{ANY_ID}", None),
+        ("queues", "GET", "/queues", None),
+    ],
+)
+def test_an_unhandled_error_is_a_generic_500(
+    client: TestClient,
+    queue_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    method: str,
+    path: str,
+    body: Any,
+) -> None:
+    monkeypatch.setattr(Store, target, explode)
+    response = client.request(method, path, json=body, headers=AUTH)
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "internal server error"}
+    }
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_a_failing_handler_registry_is_a_generic_500(
+    client: TestClient, queue_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.registry import Registry
+
+    monkeypatch.setattr(Registry, "get", explode)
+    response = client.post("/jobs", json={"type": "noop"}, headers=AUTH)
+    assert error_of(response, 500)["code"] == "internal_error"
+    assert "secret" not in response.text and "Traceback" not in response.text
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_an_unhandled_error_in_a_real_process_is_logged_not_answered(
+    start_service: Callable[..., ServiceProcess], queue_redis: redis.Redis
+) -> None:
+    """A job type whose payload validator has a bug: the client gets the generic 500, the
+    operator gets the traceback in the log."""
+    from .broken_handlers import SECRET as BUG
+
+    api = start_service(HANDLER_MODULES="tests.sample_handlers,tests.broken_handlers")
+    status, _, body = http("POST", f"{api.url}/jobs", {"type": "test.broken"})
+    assert (status, body) == (
+        500,
+        {"error": {"code": "internal_error", "message": "internal server error"}},
+    )
+    wait_for(lambda: BUG in api.output)
+    assert "Traceback" in api.output
+    assert enqueued(queue_redis) == NOTHING
+
+
+# --- Real processes: huge bodies and heads ---------------------------------------------------
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmHWM"].split()[0]) / 1024
+
+
+def read_response(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+def stream(conn: socket.socket, head: bytes, chunks: Iterator[bytes]) -> int:
+    """Send a head, then chunks until the server stops taking them; the bytes sent."""
+    sent = 0
+    try:
+        conn.sendall(head)
+        for chunk in chunks:
+            conn.sendall(chunk)
+            sent += len(chunk)
+    except OSError:  # reset or broken pipe: the server closed the connection
+        pass
+    return sent
+
+
+FIFTY_MIB = 50 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_a_50_mib_body_is_cut_off_at_the_limit_in_bounded_memory(
+    start_service: Callable[..., ServiceProcess], queue_redis: redis.Redis
+) -> None:
+    api = start_service(API_KEYS=KEY)  # MAX_BODY_BYTES: the default, 1 MiB
+    head = b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Authorization: Bearer {KEY}\r\n".encode()
+    piece = b"a" * 65536
+    chunked = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(FIFTY_MIB // len(piece)))
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as warm_up:
+        stream(warm_up, head + b"Transfer-Encoding: chunked\r\n\r\n", iter([next(chunked)] * 20))
+        assert read_response(warm_up).startswith(b"HTTP/1.1 413 ")
+    before = peak_rss_mib(api.process.pid)
+
+    # A chunked body (no Content-Length): read up to the limit, then the connection is closed.
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+        sent = stream(conn, head + b"Transfer-Encoding: chunked\r\n\r\n", chunked)
+        response = read_response(conn)
+    assert response.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in response
+    assert b'"code":"body_too_large"' in response
+    assert sent < FIFTY_MIB  # the server stopped reading; it did not drain the rest
+    growth = peak_rss_mib(api.process.pid) - before
+    assert growth < 8, f"peak RSS grew {growth:.1f} MiB while 50 MiB were offered"
+
+    # A declared Content-Length over the limit: answered before a byte of the body is sent.
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+        conn.sendall(head + f"Content-Length: {FIFTY_MIB}\r\n\r\n".encode())
+        response = read_response(conn)
+    assert response.startswith(b"HTTP/1.1 413 ") and b"connection: close" in response
+    assert enqueued(queue_redis) == NOTHING
+
+
+@pytest.mark.slow
+def test_an_oversized_request_head_is_431_in_bounded_memory(
+    start_service: Callable[..., ServiceProcess], queue_redis: redis.Redis
+) -> None:
+    api = start_service()
+    before = peak_rss_mib(api.process.pid)
+    huge_header = (b"a" * 65536 for _ in range(FIFTY_MIB // 65536))
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+        sent = stream(conn, b"POST /jobs HTTP/1.1\r\nHost: x\r\nX-Filler: ", huge_header)
+        response = read_response(conn)
+    assert response.startswith(b"HTTP/1.1 431 ")
+    assert b'"code":"headers_too_large"' in response and b"connection: close" in response
+    assert sent < FIFTY_MIB
+    growth = peak_rss_mib(api.process.pid) - before
+    assert growth < 8, f"peak RSS grew {growth:.1f} MiB while a 50 MiB header was offered"
+    # A long URL, and many small headers, are heads too.
+    for head in (
+        b"GET /jobs/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\n" + b"X-A: b\r\n" * 3000 + b"\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as conn:
+            stream(conn, head, iter(()))
+            assert read_response(conn).startswith(b"HTTP/1.1 431 ")
+    # The control: a head under the limit (16 KiB) is served.
+    status, _, _ = http("GET", f"{api.url}/health", headers={"X-Filler": "a" * 12_000})
+    assert status == 200
+    assert enqueued(queue_redis) == NOTHING
+
+
+# --- Real processes: slow clients (slowloris) ------------------------------------------------
+HEAD_TIMEOUT = 4.0  # REQUEST_HEADER_TIMEOUT and REQUEST_BODY_TIMEOUT for this test
+SLACK = 2.0  # how much later than its timeout a slow connection may be cut off
+TRICKLE = 0.05  # seconds between the bytes a slow client sends
+
+
+@dataclass
+class SlowClient:
+    """One connection that sends its request a byte at a time (or nothing at all)."""
+
+    kind: str  # head: the request line and headers trickle; body: the body does; idle: nothing;
+    # keep-alive: a first request at once, then the next one's head trickles
+    port: int
+    ready: asyncio.Event
+    started: float = 0.0  # when its clock started: connected, or its first response read
+    ended: float = 0.0  # when the server closed the connection
+    response: bytes = b""
+
+    async def run(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        head = f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        head += "Content-Type: application/json\r\nContent-Length: 100000\r\n"
+        if self.kind == "keep-alive":
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b'{"status":"ok"}')
+            self.started = loop.time()
+        if self.kind == "body":
+            writer.write(f"{head}\r\n".encode())
+        trickle = {"head": head, "keep-alive": head, "body": "{" + " " * 99_999, "idle": ""}
+        sender = asyncio.create_task(self._trickle(writer, trickle[self.kind].encode()))
+        self.response = await reader.read()  # until the server closes the connection
+        self.ended = loop.time()
+        sender.cancel()
+        writer.close()
+
+    async def _trickle(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+            if i == 2:
+                self.ready.set()
+            await asyncio.sleep(TRICKLE)  # the pace of the attack, not a synchronization
+        self.ready.set()  # (idle: nothing to send, ready at once)
+
+
+@pytest.mark.slow
+def test_slow_clients_do_not_starve_others_and_are_cut_off(
+    start_service: Callable[..., ServiceProcess], queue_redis: redis.Redis
+) -> None:
+    timeout = str(HEAD_TIMEOUT)
+    api = start_service(API_KEYS=KEY, REQUEST_HEADER_TIMEOUT=timeout, REQUEST_BODY_TIMEOUT=timeout)
+
+    async def attack() -> tuple[list[SlowClient], float, bool]:
+        kinds = ["head", "body", "idle", "keep-alive"] * 15  # 60 slow connections
+        clients = [SlowClient(kind, api.port, asyncio.Event()) for kind in kinds]
+        tasks = [asyncio.create_task(client.run()) for client in clients]
+        await asyncio.gather(*(client.ready.wait() for client in clients))
+        # Given 60 slow connections open and trickling, a normal request answers at once.
+        begun = time.monotonic()
+        status, _, body = await asyncio.to_thread(
+            http, "POST", f"{api.url}/jobs", {"type": "noop"}, AUTH
+        )
+        assert status == 202, body
+        waited = time.monotonic() - begun
+        all_open = not any(client.ended for client in clients)
+        await asyncio.gather(*tasks)
+        return clients, waited, all_open
+
+    clients, waited, all_open = asyncio.run(attack())
+    assert all_open, "a slow connection was dropped before the normal request was answered"
+    assert waited < HEAD_TIMEOUT, f"the normal request took {waited:.2f} s"
+    for client in clients:
+        lasted = client.ended - client.started
+        # Then each slow connection is cut off within its timeout (and not before it).
+        assert HEAD_TIMEOUT - 0.5 <= lasted <= HEAD_TIMEOUT + SLACK, (client.kind, lasted)
+        if client.kind == "idle":
+            assert client.response == b""  # an idle connection is just closed
+        else:
+            assert client.response.startswith(b"HTTP/1.1 408 "), (client.kind, client.response)
+            assert b'"code":"request_timeout"' in client.response
+    # The job of the normal request is the only one.
+    assert enqueued(queue_redis) == {**NOTHING, "jobs": 1, "queued": 1}
