@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import constants, queues
@@ -80,8 +81,11 @@ class JobType:
     result_ttl: int = constants.RESULT_TTL  # seconds a finished job and its result are kept
     failure_ttl: int = constants.FAILURE_TTL  # seconds a failed (dead) job is kept
 
-    def validate(self, payload: Any) -> BaseModel:
+    def validate(self, payload: Any, *, strict: bool = False) -> BaseModel:
+        """The payload as its model; `strict`: as the API takes it (see `validate_json`)."""
         try:
+            if strict:
+                return validate_json(self.payload, payload)
             return self.payload.model_validate(payload)
         except ValidationError as exc:
             raise PayloadInvalid(
@@ -90,6 +94,36 @@ class JobType:
                     for e in exc.errors(include_url=False)
                 ]
             ) from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_json(model: type[M], data: Any) -> M:
+    """Validate parsed JSON as the model's JSON Schema (and so the OpenAPI document) reads it:
+    strictly typed, so "5" or true is no number and 1 no boolean, where pydantic's lax mode
+    would convert them; yet an integral float (5.0) is an integer, as in JSON Schema."""
+    try:
+        return model.model_validate_json(orjson.dumps(data), strict=True)
+    except ValidationError as exc:
+        if not any(_integral_float(e["input"]) for e in exc.errors() if e["type"] == "int_type"):
+            raise
+    return model.model_validate_json(orjson.dumps(_integral_floats_as_ints(data)), strict=True)
+
+
+def _integral_float(value: Any) -> bool:
+    """5.0, but not 1e300: orjson writes integers of at most 64 bits."""
+    return isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if _integral_float(value):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def _payload_model(handler: Callable[..., Any]) -> type[BaseModel]:

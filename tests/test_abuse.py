@@ -9,6 +9,7 @@ covers what only a real server shows: memory while a huge body streams in, and s
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,13 +19,21 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import BaseSchema, Case, GenerationMode
 from starlette.testclient import TestClient
 from starlette.types import Message
 
-from service import constants
+from service import constants, registry
+from service.api import params
+from service.api.openapi import build_openapi
+from service.embedded_mongo import EmbeddedMongo
+from service.embedded_redis import free_port
 from service.store import Store
 
-from .conftest import ServiceProcess, http, wait_for
+from .conftest import ServiceProcess, base_env, http, wait_for
 from .test_api import make_client
 
 KEY = "abuse-key"
@@ -639,3 +648,96 @@ def test_slow_clients_do_not_starve_others_and_are_cut_off(
             assert b'"code":"request_timeout"' in client.response
     # The job of the normal request is the only one.
     assert enqueued(queue_redis) == {**NOTHING, "jobs": 1, "queued": 1}
+
+
+# --- Property-based fuzz from the API's own OpenAPI document ---------------------------------
+FUZZ_EXAMPLES = int(
+    os.environ.get("FUZZ_EXAMPLES", "40")
+)  # per operation, half valid and half invalid requests, on average
+OPERATIONS = [
+    (method.upper(), path)
+    for path, operations in build_openapi(registry.load(), auth=True)["paths"].items()
+    for method in operations
+]
+
+
+@dataclass
+class Fuzzed:
+    api: ServiceProcess
+    queue_redis: redis.Redis
+    schema: BaseSchema
+
+
+@pytest.fixture(scope="module")
+def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+    """One API process for every operation, with API keys and job history (MongoDB) on, so
+    every documented answer can happen; the schema is what its GET /openapi.json says."""
+    mongo = EmbeddedMongo(path=str(tmp_path_factory.mktemp("fuzz") / "mongo.sqlite")).start()
+    env = base_env(redis_server, PORT=str(free_port()), API_KEYS=KEY, MONGODB_URI=mongo.uri)
+    api = ServiceProcess(env).wait_healthy()
+    config = schemathesis.Config.from_dict({"auth": {"openapi": {"bearer": {"bearer": KEY}}}})
+    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json", config=config)
+    queue_redis = redis.Redis.from_url(f"{redis_server}/1")
+    yield Fuzzed(api, queue_redis, schema)
+    queue_redis.close()
+    api.stop()
+    mongo.stop()
+
+
+def obeying_cross_field_rules(case: Case) -> Case:
+    """Make a valid (positive) case obey the rules that span fields, which a JSON Schema cannot
+    state and which the API answers with a 422: an opaque cursor it never gave, `since` after
+    `until`, DELETE /dead with no filter (or `all=true` with one), `delay` with `run_at`, and an
+    Idempotency-Key header that differs from the body's `idempotency_key`."""
+    label = case.operation.label
+    query = case.query if isinstance(case.query, dict) else {}
+    body = case.body if isinstance(case.body, dict) else {}
+    query.pop("cursor", None)
+    for where in (query, body):
+        since, until = where.get("since"), where.get("until")
+        if isinstance(since, str) and isinstance(until, str):
+            moments = [params.instant(name, where[name], []) for name in ("since", "until")]
+            if None not in moments and moments[0] > moments[1]:  # type: ignore[operator]
+                where["since"], where["until"] = until, since
+    if label == "DELETE /dead":
+        if any(query.get(name) for name in ("type", "queue", "error", "since", "until")):
+            query.pop("all", None)
+        else:
+            query["all"] = "true"
+    jobs = body.get("jobs", []) if label == "POST /jobs/batch" else [body]
+    for job in jobs:
+        if isinstance(job, dict) and job.get("delay") is not None:
+            job.pop("run_at", None)
+    headers = case.headers if case.headers is not None else {}
+    if label == "POST /jobs" and body.get("idempotency_key") and "Idempotency-Key" in headers:
+        headers["Idempotency-Key"] = body["idempotency_key"]
+    return case
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def test_fuzz_every_operation_from_the_openapi_document(
+    fuzzed: Fuzzed, method: str, path: str
+) -> None:
+    """Schemathesis' checks (no 5xx, every status, content type and body as documented, valid
+    requests accepted, invalid ones and requests without the key rejected) on valid and
+    invalid requests, deterministically; and no error response enqueues anything."""
+    operation = fuzzed.schema[path][method]
+    valid = operation.as_strategy(GenerationMode.POSITIVE).map(obeying_cross_field_rules)
+    invalid = operation.as_strategy(GenerationMode.NEGATIVE)
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=st.one_of(valid, invalid))
+    def fuzz(case: Case) -> None:
+        before = enqueued(fuzzed.queue_redis)
+        response = case.call_and_validate()
+        if response.status_code >= 400:
+            assert enqueued(fuzzed.queue_redis) == before, response.status_code
+
+    fuzz()

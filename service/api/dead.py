@@ -268,7 +268,7 @@ def _query_param(name: str, description: str, schema: dict[str, Any]) -> dict[st
 def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
     """The OpenAPI `paths` entries of these routes (`auth`: API_KEYS is set)."""
     filters = [
-        _query_param(name, doc, {"type": "string", **_FILTER_SCHEMAS[name]})
+        _query_param(name, doc, params.or_empty({"type": "string", **_FILTER_SCHEMAS[name]}))
         for name, doc in _FILTER_DOCS.items()
     ]
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -286,7 +286,14 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
         "properties": {
             "dry_run": {"type": "boolean", "description": "Count and list, change nothing"},
             **{
-                name: {"type": ["string", "null"], **_FILTER_SCHEMAS[name], "description": doc}
+                name: {
+                    "anyOf": [
+                        {"type": "string", **_FILTER_SCHEMAS[name]},
+                        {"const": ""},  # '' and null count as not given
+                        {"type": "null"},
+                    ],
+                    "description": doc,
+                }
                 for name, doc in _FILTER_DOCS.items()
             },
         },
@@ -306,12 +313,14 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                     _query_param(
                         "limit",
                         "Most jobs returned",
-                        {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": constants.LIST_MAX_LIMIT,
-                            "default": constants.LIST_DEFAULT_LIMIT,
-                        },
+                        params.or_empty(
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": constants.LIST_MAX_LIMIT,
+                                "default": constants.LIST_DEFAULT_LIMIT,
+                            }
+                        ),
                     ),
                     _query_param(
                         "cursor", "`next_cursor` of the previous page", {"type": "string"}
@@ -335,7 +344,9 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                 "parameters": [
                     *filters,
                     _query_param(
-                        "all", "true: delete every dead job (no filters)", {"type": "boolean"}
+                        "all",
+                        "true: delete every dead job (no filters)",
+                        params.or_empty({"type": "boolean"}),
                     ),
                 ],
                 "responses": {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from service import constants
-from service.api import dead
-from service.api.submit import JobRequest
+from service.api import dead, params
+from service.api.submit import IDEMPOTENCY_KEY, JobRequest
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -15,6 +15,22 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     content = {"application/json": {"schema": schema or _ERROR}}
     return {"description": description, "content": content}
+
+
+def _int64(schema: Any) -> Any:
+    """The schema with every unbounded integer bounded to 64 bits: a larger one reaches the
+    service as an inexact float (orjson's limit), which it refuses rather than round."""
+    if isinstance(schema, list):
+        return [_int64(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: _int64(value) for key, value in schema.items()}
+    if schema.get("type") == "integer":
+        if "minimum" not in schema and "exclusiveMinimum" not in schema:
+            bounded["minimum"] = -(2**63)
+        if "maximum" not in schema and "exclusiveMaximum" not in schema:
+            bounded["maximum"] = 2**63 - 1
+    return bounded
 
 
 def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
@@ -47,7 +63,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     refs = []
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
-        payload = job_type.payload.model_json_schema()
+        payload = _int64(job_type.payload.model_json_schema())
         schemas[name] = {
             "type": "object",
             "description": (job_type.handler.__doc__ or "").strip(),
@@ -89,7 +105,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
                         "description": "Repeats with the same key and request return the "
                         "original job (200); the same key with another request is a 409.",
                     }
@@ -200,7 +216,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "name": name,
                 "in": "query",
                 "required": False,
-                "schema": schema,
+                "schema": params.or_empty(schema),
                 "description": description,
             }
             for name, schema, description in (

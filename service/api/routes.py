@@ -13,7 +13,7 @@ from starlette.responses import Response
 from service import constants, jobs, mongo, queues
 from service.api import history, metrics
 from service.api.errors import ApiError, JSONResponse
-from service.api.submit import parse_jobs, read_json
+from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
 from service.registry import Registry
 from service.settings import Settings
 from service.store import Store
@@ -49,14 +49,19 @@ async def submit_job(request: Request) -> Response:
     body = await read_json(request)
     ((job, options),) = parse_jobs([body], registry, settings.queue_name, batch=False)
     await _ensure_durable(request)
-    key = request.headers.get("idempotency-key") or options.idempotency_key
+    header = request.headers.get("idempotency-key")  # present but empty is an invalid key
+    key = options.idempotency_key if header is None else header
     if key is None:
         with metrics.PUBLISH_SECONDS.time():
             await store.publish([job])
         metrics.accepted([job])
         return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
-    if not 0 < len(key) <= 200 or not key.isprintable():
-        raise ApiError(422, "invalid_job", "the Idempotency-Key must be 1-200 printable characters")
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        message = (
+            "the Idempotency-Key must be 1-200 printable ASCII characters, "
+            "not starting or ending with a space"
+        )
+        raise ApiError(422, "invalid_job", message)
     if options.idempotency_key not in (None, key):
         raise ApiError(422, "invalid_job", "Idempotency-Key header and idempotency_key differ")
     with metrics.PUBLISH_SECONDS.time():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -13,11 +14,13 @@ from service import constants, jobs, queues
 from service.api.errors import ApiError
 from service.policy import Backoff
 from service.queues import Priority
-from service.registry import PayloadInvalid, Registry, UnknownJobType
+from service.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
 
 MAX_DELAY_SECONDS = 365 * 24 * 3600
 MAX_TTL_SECONDS = 365 * 24 * 3600
 MAX_TYPE_CHARS = 100  # the longest name the registry allows
+# Printable ASCII, as a header carries it (and without the spaces HTTP trims at either end).
+IDEMPOTENCY_KEY = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
 
 
 class JobRequest(BaseModel):
@@ -35,7 +38,9 @@ class JobRequest(BaseModel):
     timeout: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     result_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
     failure_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=f"^{IDEMPOTENCY_KEY.pattern}$"
+    )
 
     @model_validator(mode="after")
     def _one_schedule(self) -> JobRequest:
@@ -90,7 +95,7 @@ def parse_jobs(
         found: list[dict[str, Any]] = []
         request = spec = None
         try:
-            request = JobRequest.model_validate(item)
+            request = validate_json(JobRequest, item)
         except ValidationError as exc:
             found += [
                 {"field": _field(where, e["loc"]), "message": e["msg"]}
@@ -102,7 +107,7 @@ def parse_jobs(
         if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
             try:
                 spec = registry.get(name)
-                spec.validate(item.get("payload", {}))
+                spec.validate(item.get("payload", {}), strict=True)
             except UnknownJobType:
                 unknown = True
                 found.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
