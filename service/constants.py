@@ -19,9 +19,9 @@ MAX_BATCH_JOBS: Final = 1000  # most jobs accepted by one POST /jobs/batch
 RETRY_AFTER_SECONDS: Final = 5  # the Retry-After we send with a 503
 KEEP_ALIVE_SECONDS: Final = 5  # an idle keep-alive connection is closed after this (uvicorn's)
 MAX_HEAD_BYTES: Final = 16 * 1024  # request line + headers (uvicorn's own limit with h11); 431
-# Deepest nesting of a request body: orjson writes at most 254 levels, and a job's record
-# nests the payload one level deeper than the body does (service/api/submit.py checks both).
-MAX_JSON_DEPTH: Final = 253
+# Deepest nesting of a request body (400 beyond): under the limits of the libraries that read
+# and write it (pydantic's JSON parser stops at 201 levels, orjson's writer at 254).
+MAX_JSON_DEPTH: Final = 200
 
 # --- Redis client ------------------------------------------------------------------------------
 REDIS_SOCKET_TIMEOUT: Final = 2.0  # seconds; a stalled Redis fails a request fast, not a hang

@@ -369,6 +369,45 @@ def test_huge_but_valid_bodies_are_accepted(client: TestClient, queue_redis: red
     assert enqueued(queue_redis)["queued"] == 3
 
 
+# Fields are typed as the OpenAPI document says, strictly: (body, the field in error or None).
+TYPED = [
+    ({"type": "sleep", "payload": {"seconds": "2"}}, "payload.seconds"),
+    ({"type": "sleep", "payload": {"seconds": True}}, "payload.seconds"),
+    ({"type": "noop", "max_retries": "3"}, "max_retries"),
+    ({"type": "noop", "max_retries": True}, "max_retries"),
+    ({"type": "noop", "max_retries": 2.5}, "max_retries"),
+    ({"type": "noop", "delay": False}, "delay"),
+    ({"type": "noop", "backoff": {"jitter": 1}}, "backoff.jitter"),
+    ({"type": "noop", "run_at": 1700000000}, "run_at"),
+    ({"type": "noop", "idempotency_key": "caf\u00e9"}, "idempotency_key"),
+    ({"type": "noop", "max_retries": 3.0, "delay": 2, "backoff": {"base": 1}}, None),
+    ({"type": "sleep", "payload": {"seconds": 1}, "run_at": "2020-01-01T00:00:00+01:00"}, None),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), TYPED, ids=lambda v: repr(v)[:40])
+def test_fields_are_typed_strictly(
+    client: TestClient, queue_redis: redis.Redis, body: dict[str, Any], field: str | None
+) -> None:
+    response = client.post("/jobs", json=body, headers=AUTH)
+    if field is None:  # the control: JSON's own types, and an integral float for an integer
+        assert response.status_code == 202, response.text
+        return
+    errors = error_of(response, 422)["details"]["errors"]
+    assert [e["field"] for e in errors] == [field]
+    assert enqueued(queue_redis) == NOTHING
+
+
+@pytest.mark.parametrize("key", [b"", b"caf\xe9", b"a" * 201, b"tab\there"])
+def test_a_bad_idempotency_key_header_is_422(
+    client: TestClient, queue_redis: redis.Redis, key: bytes
+) -> None:
+    headers: dict[str, str | bytes] = {**JSON, "Idempotency-Key": key}
+    response = client.post("/jobs", content=b'{"type": "noop"}', headers=headers)
+    assert error_of(response, 422)["code"] == "invalid_job"
+    assert enqueued(queue_redis) == NOTHING
+
+
 # --- Unknown and malformed ids: 404 ---------------------------------------------------------------
 @pytest.mark.parametrize(
     "job_id",

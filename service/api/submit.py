@@ -70,12 +70,26 @@ async def read_json(request: Request) -> Any:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-    try:  # a body orjson cannot write back (too deep) would fail later, as a 500
-        orjson.dumps([value])  # the job record nests the payload one level deeper
-    except orjson.JSONEncodeError:
+    # Fewer brackets than the limit cannot nest deeper than it: most bodies skip the walk.
+    deep = body.count(b"[") + body.count(b"{") > constants.MAX_JSON_DEPTH
+    if deep and not _nested_within(value, constants.MAX_JSON_DEPTH):
         message = f"the body is nested deeper than {constants.MAX_JSON_DEPTH} levels"
-        raise ApiError(400, "malformed_json", message) from None
+        raise ApiError(400, "malformed_json", message)
     return value
+
+
+def _nested_within(value: Any, depth: int) -> bool:
+    """No array or object in `value` lies deeper than `depth` levels (iterative, so a deep
+    document cannot exhaust the stack)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, level = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                if level >= depth:
+                    return False
+                stack.append((child, level + 1))
+    return True
 
 
 def _field(where: str, loc: tuple[int | str, ...]) -> str:
