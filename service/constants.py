@@ -18,6 +18,7 @@ WORKER_HEALTH_PORT: Final = 3003
 MAX_BATCH_JOBS: Final = 1000  # most jobs accepted by one POST /jobs/batch
 RETRY_AFTER_SECONDS: Final = 5  # the Retry-After we send with a 503
 KEEP_ALIVE_SECONDS: Final = 5  # an idle keep-alive connection is closed after this (uvicorn's)
+LINGER_SECONDS: Final = 2.0  # after an answer to an unread body: its rest is dropped this long
 MAX_HEAD_BYTES: Final = 16 * 1024  # request line + headers (uvicorn's own limit with h11); 431
 # Deepest nesting of a request body (400 beyond): under the limits of the libraries that read
 # and write it (pydantic's JSON parser stops at 201 levels, orjson's writer at 254).

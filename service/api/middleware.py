@@ -46,9 +46,9 @@ class BodyLimit:
       ApiError handler answers.
     - 408 when the body has not all arrived `timeout` seconds after the headers did, however
       slowly it trickles in.
-    - A response that starts before the body was read to its end (a 401, 413, 408, 415...)
-      carries `Connection: close`, so the server ends the connection instead of reading and
-      discarding the rest of a body that may have no end.
+
+    An answer sent before the body was all read ends the connection (service/api/protocol.py
+    lingers, then closes): the rest of a body that may have no end is never read.
     """
 
     def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
@@ -82,14 +82,9 @@ class BodyLimit:
                 unread = message.get("more_body", False)
             return message
 
-        async def closing_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and unread:
-                message = {**message, "headers": [*message["headers"], _CLOSE]}
-            await send(message)
-
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large().response()(scope, receive, closing_send)
-        await self.app(scope, limited_receive, closing_send)
+            return await self._too_large().response()(scope, receive, send)
+        await self.app(scope, limited_receive, send)
 
     def _too_large(self) -> ApiError:
         message = f"request body is larger than the limit of {self.limit} bytes (MAX_BODY_BYTES)"
@@ -100,6 +95,3 @@ class BodyLimit:
             f"the request body did not arrive within {self.timeout:g} s (REQUEST_BODY_TIMEOUT)"
         )
         return ApiError(408, "request_timeout", message)
-
-
-_CLOSE = (b"connection", b"close")

@@ -12,6 +12,12 @@ before the ASGI app is called, so no middleware can see them: they live here.
   ends. Complete headers are counted as the parser hands them over; one header (or URL) still
   arriving is counted by the bytes read since it began, so at most one socket read more than
   the limit is ever held.
+- Unread bodies: after an answer sent before its request's body was all read (a 401, 413,
+  408...), uvicorn would read and drop the rest, however long it is. Instead the connection
+  lingers (as nginx does): the answer is followed by a FIN, what still arrives is dropped
+  unparsed for `linger_seconds`, then the connection is closed. Closing at once would make
+  the kernel answer the unread data with a reset, which can destroy the answer before the
+  client has read it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class HeadTooLarge(Exception):
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head_timeout: float = 10.0  # set by `guarded_protocol`
     max_head_bytes: int = 16 * 1024
+    linger_seconds: float = 2.0
 
     _head_timer: asyncio.TimerHandle | None = None
     _awaiting_head = False  # the timer runs: waiting for a request head, or part way through
@@ -38,6 +45,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _head_reads = 0  # bytes read since the head began, but for the read that began it
     _head_began = False  # the current head began in the read being parsed
     _head_too_large = False
+    _lingering: asyncio.TimerHandle | None = None  # the close that ends the linger
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -45,9 +53,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # the answer is sent: the rest of the request is dropped unread
         self._head_began = False
         super().data_received(data)
         if not self._in_head or self.transport.is_closing():
@@ -85,6 +97,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        if self.cycle.response_complete and self.cycle.more_body:  # answered, body unread
+            self.server_state.total_requests += 1
+            self._linger()
+            return
         super().on_response_complete()
         # Unless a pipelined request is already being served, the next head's clock starts.
         if not self.transport.is_closing() and self.cycle.response_complete:
@@ -122,8 +138,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer in the API's error shape, then close: the rest of the head is never read."""
-        if self.transport.is_closing():
+        """Answer in the API's error shape, then linger: the rest is never parsed."""
+        if self.transport.is_closing() or self._lingering is not None:
             return
         body = orjson.dumps({"error": {"code": code, "message": message}})
         phrase = http.HTTPStatus(status).phrase
@@ -132,13 +148,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body)
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send a FIN after the answer, drop what still comes, close after `linger_seconds`
+        (at once if the client closes first)."""
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.flow.resume_reading()  # uvicorn pauses reading while a body waits to be read
+        self._lingering = self.loop.call_later(self.linger_seconds, self.transport.close)
 
 
-def guarded_protocol(head_timeout: float, max_head_bytes: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    head_timeout: float, max_head_bytes: int, linger_seconds: float
+) -> type[HttpToolsProtocol]:
     """The protocol class to give uvicorn (`Config(http=...)`), with these limits."""
-    return type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {"head_timeout": head_timeout, "max_head_bytes": max_head_bytes},
-    )
+    limits = {
+        "head_timeout": head_timeout,
+        "max_head_bytes": max_head_bytes,
+        "linger_seconds": linger_seconds,
+    }
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)

@@ -38,7 +38,9 @@ def run(settings: Settings, registry: Registry) -> int:
         host=settings.host,
         port=settings.port,
         # uvicorn has no request-head timeout or size limit: our protocol adds both.
-        http=guarded_protocol(settings.request_header_timeout, constants.MAX_HEAD_BYTES),
+        http=guarded_protocol(
+            settings.request_header_timeout, constants.MAX_HEAD_BYTES, constants.LINGER_SECONDS
+        ),
         ws="none",  # no WebSocket routes: do not offer the upgrade
         timeout_keep_alive=constants.KEEP_ALIVE_SECONDS,
         log_config=None,
