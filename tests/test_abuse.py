@@ -24,6 +24,8 @@ import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rq.job import Job
+from rq.serializers import JSONSerializer
 from schemathesis import BaseSchema, Case, GenerationMode
 from starlette.testclient import TestClient
 from starlette.types import Message
@@ -396,6 +398,15 @@ def test_fields_are_typed_strictly(
     errors = error_of(response, 422)["details"]["errors"]
     assert [e["field"] for e in errors] == [field]
     assert enqueued(queue_redis) == NOTHING
+
+
+def test_the_payload_is_stored_as_sent(client: TestClient, queue_redis: redis.Redis) -> None:
+    """Strict validation reads 3.0 as the integer 3; the payload itself is kept as it came."""
+    body = {"type": "echo", "payload": {"x": 5.0, "y": [1, 2.0]}, "max_retries": 3.0}
+    job_id = client.post("/jobs", json=body, headers=AUTH).json()["id"]
+    job = Job.fetch(job_id, connection=queue_redis, serializer=JSONSerializer)
+    assert job.args == [{"x": 5.0, "y": [1, 2.0]}]
+    assert isinstance(job.args[0]["x"], float) and job.retries_left == 3
 
 
 @pytest.mark.parametrize("key", [b"", b"caf\xe9", b"a" * 201, b"tab\there"])

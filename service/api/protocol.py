@@ -97,7 +97,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        if self.cycle.response_complete and self.cycle.more_body:  # answered, body unread
+        answered, unread = self.cycle.response_complete, self.cycle.more_body
+        if answered and unread and not self.transport.is_closing():
             self.server_state.total_requests += 1
             self._linger()
             return

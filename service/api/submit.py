@@ -138,7 +138,7 @@ def parse_jobs(
             id=jobs.new_id(),
             type=request.type,
             queue=queues.concrete(spec.queue or default_queue, request.priority or spec.priority),
-            payload=request.payload,
+            payload=item.get("payload", {}),  # as sent (the validated copy may differ: 5.0 is 5)
             timeout=request.timeout or spec.timeout,
             max_retries=spec.max_retries if request.max_retries is None else request.max_retries,
             backoff=backoff.model_dump_json(),
