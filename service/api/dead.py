@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from service.api.submit import read_json
 from service.dead import DeadLetters, Filter, Position
 
 _FILTERS = ("type", "queue", "error", "since", "until")
+_QUEUE = re.compile(r"[A-Za-z0-9_.-]+")
 _MAX_CHARS = {"type": 101, "queue": 200, "error": 200, "since": 64, "until": 64}
 
 
@@ -176,17 +178,15 @@ def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
     if job_type is not None and "*" in job_type[:-1]:
         message = "a job type, or a prefix ending in '*' (email.*)"
         problems.append({"field": "type", "message": message})
-    if queue is not None and not queues.valid_base(_base_of(queue)):
+    # Any name of queue characters, as the OpenAPI pattern says: one that cannot exist
+    # (`a.high.high`) matches nothing.
+    if queue is not None and not _QUEUE.fullmatch(queue):
         problems.append({"field": "queue", "message": "not a queue name"})
     since = params.instant("since", text.get("since"), problems)
     until = params.instant("until", text.get("until"), problems)
     if since is not None and until is not None and since > until:
         problems.append({"field": "until", "message": "until is before since"})
     return Filter(type=job_type, queue=queue, error=text.get("error"), since=since, until=until)
-
-
-def _base_of(queue: str) -> str:
-    return queue.removesuffix(".high").removesuffix(".low")
 
 
 def _encode_cursor(position: Position) -> str:
