@@ -32,7 +32,8 @@ REQUEST_SECONDS = Histogram(
 ACCEPTED = Counter("service_jobs_accepted", "Jobs accepted (202)", ["type", "priority"])
 REJECTED = Counter(
     "service_jobs_rejected",
-    "Job submissions refused (auth, validation, content_type, size, backpressure, redis_down)",
+    "Job submissions refused (auth, validation, content_type, size, timeout, backpressure, "
+    "redis_down)",
     ["reason"],
 )
 PUBLISH_SECONDS = Histogram(
@@ -47,6 +48,7 @@ SUBMIT_ROUTES = ("/jobs", "/jobs/batch")
 REJECTION_REASONS = {
     400: "validation",
     401: "auth",
+    408: "timeout",  # a body slower than REQUEST_BODY_TIMEOUT
     413: "size",
     415: "content_type",
     422: "validation",
