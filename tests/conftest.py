@@ -177,15 +177,23 @@ def publish(
     timeout: int = 180,
     max_retries: int = 0,
     queue: str = "app-queue",
+    run_at: float | None = None,
 ) -> str:
-    """Publish one job exactly as the API does, bypassing its validation (for worker tests)."""
+    """Publish one job exactly as the API does, bypassing its validation (for worker tests);
+    `queue` is the RQ queue (priority included); `run_at` schedules it."""
     import asyncio
 
     from service.jobs import NewJob, new_id
     from service.store import Store
 
     job = NewJob(
-        new_id(), job_type, queue, {} if payload is None else payload, timeout, max_retries
+        new_id(),
+        job_type,
+        queue,
+        {} if payload is None else payload,
+        timeout,
+        max_retries,
+        run_at=run_at,
     )
 
     async def run() -> None:

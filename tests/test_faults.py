@@ -39,6 +39,16 @@ CLIENT_TIMEOUT = 10.0  # the test's HTTP client: a hang shows as a latency, not 
 LATENCY_MARGIN = 1.5
 
 
+def own_env(own_redis: EmbeddedRedis, redis_url: str) -> dict[str, str]:
+    """Queues on this test's own Redis (it is killed, paused or filled), the application's
+    Redis on the shared one."""
+    return {
+        "QUEUE_REDIS_URL": f"{own_redis.url}/1",
+        "REDIS_URL": f"{redis_url}/0",
+        "WORKER_PROCESSING_INTERVAL": str(int(INTERVAL * 1000)),
+    }
+
+
 @pytest.fixture
 def own_redis() -> Iterator[EmbeddedRedis]:
     """A redis-server for this test alone (it gets killed, paused or filled), with an
@@ -252,11 +262,7 @@ def test_sigkilled_worker_container_every_job_ends_once(
 def test_redis_crash_and_restart_under_load(
     start_service: Start, own_redis: EmbeddedRedis, app_redis: redis.Redis, redis_url: str
 ) -> None:
-    env = {
-        "QUEUE_REDIS_URL": f"{own_redis.url}/1",
-        "REDIS_URL": f"{redis_url}/0",
-        "WORKER_PROCESSING_INTERVAL": str(int(INTERVAL * 1000)),
-    }
+    env = own_env(own_redis, redis_url)
     api = start_service(**env)
     worker = start_service(worker=True, WORKER_CONCURRENCY="2", **env)
     wait_for(lambda: status(f"{worker.url}/ready") == 200, 15)
@@ -330,11 +336,7 @@ def test_redis_paused_fails_fast_and_recovers_without_restarts(
 ) -> None:
     assert PAUSE > constants.REDIS_SOCKET_TIMEOUT + 1
     assert PAUSE > constants.HEARTBEAT_MISSES * INTERVAL + 1
-    env = {
-        "QUEUE_REDIS_URL": f"{own_redis.url}/1",
-        "REDIS_URL": f"{redis_url}/0",
-        "WORKER_PROCESSING_INTERVAL": str(int(INTERVAL * 1000)),
-    }
+    env = own_env(own_redis, redis_url)
     api = start_service(**env)
     worker = start_service(worker=True, WORKER_CONCURRENCY="2", **env)
     wait_for(lambda: status(f"{worker.url}/ready") == 200, 15)
@@ -499,11 +501,7 @@ def test_full_redis_refuses_publish_whole_and_runs_every_worker_script(
 def test_full_redis_refuses_new_jobs_with_503_and_finishes_queued_ones(
     start_service: Start, own_redis: EmbeddedRedis, app_redis: redis.Redis, redis_url: str
 ) -> None:
-    env = {
-        "QUEUE_REDIS_URL": f"{own_redis.url}/1",
-        "REDIS_URL": f"{redis_url}/0",
-        "WORKER_PROCESSING_INTERVAL": str(int(INTERVAL * 1000)),
-    }
+    env = own_env(own_redis, redis_url)
     api = start_service(**env)
     start_service(worker=True, WORKER_CONCURRENCY="2", **env)
     queue = redis.Redis.from_url(f"{own_redis.url}/1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
@@ -19,9 +18,7 @@ import redis.asyncio
 from service import __main__ as entry
 from service import constants, jobs, status
 from service.embedded_redis import free_port
-from service.jobs import NewJob
 from service.settings import Settings, load
-from service.store import Store
 
 from .conftest import ROOT, ServiceProcess, base_env, publish, wait_for
 
@@ -33,16 +30,7 @@ def settings_for(redis_url: str, **env: str) -> Settings:
 def publish_job(
     redis_url: str, queue: str, job_type: str = "echo", run_at: float | None = None
 ) -> str:
-    """Publish one job as the API does, onto `queue` (priority included), maybe scheduled."""
-    job = NewJob(jobs.new_id(), job_type, queue, {}, 60, 0, run_at=run_at)
-
-    async def run() -> None:
-        client = redis.asyncio.Redis.from_url(f"{redis_url}/1")
-        await Store(client).publish([job])
-        await client.aclose()
-
-    asyncio.run(run())
-    return job.id
+    return publish(redis_url, job_type, queue=queue, timeout=60, run_at=run_at)
 
 
 def status_json(settings: Settings, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
