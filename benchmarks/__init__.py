@@ -1,0 +1,1 @@
+"""Benchmarks of the job service (see README.md); run `python benchmarks/bench.py`."""

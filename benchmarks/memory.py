@@ -1,0 +1,100 @@
+"""Memory over a long drain: VmRSS of every worker process at each tenth of M jobs (100,000).
+
+The curve shows whether a worker grows with the jobs it has run. It is printed, added to the
+report, and saved as CSV (benchmarks/results/memory.csv by default, beside --output).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from benchmarks.common import DB_SERVICE, fmt_rate, log, vm_kib
+from benchmarks.drain import PARKED_KEY, preload_parked, start_and_release
+from benchmarks.harness import FAILED_KEY, FINISHED_KEY, QUEUE_KEY, Bench, Row
+
+SAMPLES = 10  # one sample at each tenth of the run
+SAMPLE_POLL = 0.01  # seconds between progress polls: ~100 jobs late at 10,000 jobs/s
+
+
+def run(bench: Bench) -> None:
+    n = bench.args.memory_jobs
+    step = max(1, n // SAMPLES)
+    log(f"\n== memory: VmRSS of each worker process every {step:,} jobs of {n:,} (defaults)")
+    client = bench.db(DB_SERVICE)
+    preload_parked(bench, n)
+    worker, workers = start_and_release(bench, concurrency=5)
+    pids = [worker.pid, *workers]
+    rows = [_sample(0, 0, pids)]  # before the first job
+    released = time.perf_counter()
+    client.rename(PARKED_KEY, QUEUE_KEY)
+    deadline = released + max(120.0, n / 200)
+    target = step
+    while target <= n:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.zcard(FINISHED_KEY)
+            pipe.zcard(FAILED_KEY)
+            done = sum(pipe.execute())
+        if done >= target:
+            rows.append(_sample(target, done, pids))
+            target += step
+            continue
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"memory run: {done:,} of {n:,} jobs done in time")
+        time.sleep(SAMPLE_POLL)
+    elapsed = time.perf_counter() - released
+    bench.procs.stop(worker)
+    path = bench.args.output.parent / "memory.csv"
+    _write_csv(path, rows, len(workers))
+    _report(bench, rows, n, elapsed, path)
+
+
+def _sample(target: int, done: int, pids: list[int]) -> list[int]:
+    """[target, jobs done, supervisor KiB, worker KiB...]"""
+    return [target, done, *(vm_kib(pid) for pid in pids)]
+
+
+def _write_csv(path: Path, rows: list[list[int]], workers: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ["jobs_target", "jobs_done", "supervisor_rss_kib"]
+    header += [f"worker_{i}_rss_kib" for i in range(1, workers + 1)]
+    with path.open("w", newline="") as output:
+        writer = csv.writer(output)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _report(bench: Bench, rows: list[list[int]], n: int, elapsed: float, path: Path) -> None:
+    workers = len(rows[0]) - 3
+    head = "| jobs done | supervisor | " + " | ".join(f"worker {i}" for i in range(1, workers + 1))
+    table = [head + " |", "|---" * (workers + 2) + "|"]
+    for target, done, supervisor, *rss in rows:
+        cells = [f"{done:,}" if target else "0 (before)", f"{supervisor / 1024:.1f}"]
+        table.append("| " + " | ".join(cells + [f"{k / 1024:.1f}" for k in rss]) + " |")
+    log("\n".join("   " + line for line in table))
+    first, last = rows[1][3:], rows[-1][3:]
+    growth = max(b - a for a, b in zip(first, last, strict=True)) / 1024
+    peak = max(last) / 1024
+    log(
+        f"   {n:,} jobs in {elapsed:.1f} s ({fmt_rate(n / elapsed, 'jobs/s')} by the wall clock); "
+        f"largest worker {peak:.1f} MiB at the end; largest growth after the first "
+        f"{rows[1][1]:,} jobs: {growth:+.1f} MiB; CSV: {path}"
+    )
+    bench.rows.append(
+        Row(
+            f"Memory: worker RSS per process after {n:,} jobs, MiB ↓ (growth since the first "
+            f"tenth)",
+            f"max {peak:.1f} ({growth:+.1f})",
+            "target: at most 40, no growth",
+            "",
+        )
+    )
+    bench.sections += [
+        f"## Worker memory over {n:,} jobs (VmRSS, MiB; defaults: 5 processes)",
+        "",
+        *table,
+        "",
+        f"Saved as `{path.name}` beside this report.",
+        "",
+    ]

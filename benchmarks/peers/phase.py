@@ -1,0 +1,5 @@
+from benchmarks.harness import Bench
+
+
+def run(bench: Bench) -> None:
+    pass
