@@ -31,12 +31,12 @@ from benchmarks import (
     latency,
     loadgen,
     memory,
-    peers,
     publish,
     report,
 )
 from benchmarks.common import RESULTS, load_average, log
 from benchmarks.harness import Bench
+from benchmarks.peers import phase as peers
 
 # Phases in the order they run. "peers" runs only when asked for (--peers).
 PHASES: dict[str, Callable[[Bench], None]] = {
