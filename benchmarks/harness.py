@@ -80,6 +80,7 @@ class Bench:
     generator: str = "python"
     generator_note: str = ""
     load_at_start: str = ""  # the machine's load average when the run began
+    service_env: dict[str, str] = field(default_factory=dict)  # extra settings for the service
 
     def __post_init__(self) -> None:
         self.procs = Processes(self.work_dir)
@@ -128,6 +129,7 @@ class Bench:
             "REDIS_URL": self.url(DB_APP),
             "QUEUE_REDIS_URL": self.url(DB_SERVICE),
             "HOST": "127.0.0.1",
+            **self.service_env,
             **extra,
         }
 
