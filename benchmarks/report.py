@@ -48,13 +48,16 @@ def redis_cost_section(costs: dict[str, RedisCost]) -> list[str]:
         "",
         "From `INFO cpu` (used_cpu_sys + used_cpu_user) and `INFO commandstats` before and after "
         "each run (our own INFO calls removed; the benchmark's 50 ms progress polls are "
-        "included, a few per second).",
+        "included, a few per second). CPU time counts what commandstats cannot: reading, "
+        "parsing and answering each round trip.",
         "",
-        "| run | Redis CPU per job, µs | commands per job | one Redis core sustains, jobs/s |",
-        "|---|---|---|---|",
+        "| run | Redis CPU per job, µs | commands per job | one Redis core sustains, jobs/s | "
+        "Redis time by command, per job (calls, µs; a script's time includes its calls) |",
+        "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {name} | {c.cpu_us_per_job:.1f} | {c.commands_per_job:.1f} | {c.jobs_per_core:,.0f} |"
+        f"| {name} | {c.cpu_us_per_job:.1f} | {c.commands_per_job:.1f} | {c.jobs_per_core:,.0f} "
+        f"| {c.top_commands(4)} |"
         for name, c in costs.items()
     ]
     whole = []
