@@ -152,7 +152,7 @@ class Run:
         cpu, calls = _redis_sample(self.client)
         released = time.monotonic()
         self.client.rename(PARKED_KEY, self.adapter.queue_key)
-        done = self.wait_count(n, timeout=max(120.0, n / 100))
+        done = self.wait_count(n, timeout=max(120.0, n / 20))
         cpu2, calls2 = _redis_sample(self.client)
         calls2.subtract(calls)
         calls2["info"] = 0

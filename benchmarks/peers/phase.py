@@ -18,7 +18,7 @@ from benchmarks.harness import Bench, SystemFigures
 from benchmarks.peers import install
 from benchmarks.peers.driver import RESULT_MARK
 
-RUN_TIMEOUT = 900  # seconds for one peer configuration, all its measurements
+RUN_TIMEOUT = 1800  # seconds for one peer configuration, all its measurements
 
 
 @dataclass(frozen=True)
