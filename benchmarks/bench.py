@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -129,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(table)
-    log(f"\n{table}\n(total {time.monotonic() - started:.0f} s; table written to {args.output})")
+    # Every run is also kept under its own name: latest.md is overwritten by the next one.
+    kept = args.output.with_name(f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.md")
+    kept.write_text(table)
+    log(
+        f"\n{table}\n(total {time.monotonic() - started:.0f} s; written to {args.output} "
+        f"and {kept.name})"
+    )
     return 0
 
 
