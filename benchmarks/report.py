@@ -14,10 +14,26 @@ from benchmarks.redis_meter import RedisCost
 
 # Which publish and drain runs make up "one job, end to end" for the Redis sizing line.
 END_TO_END = (
-    ("service", "publish: POST /jobs, service", "drain: service, 5 processes"),
-    ("service", "publish: POST /jobs/batch x 1000, service", "drain: service, 5 processes"),
-    ("RQ", "publish: Starlette + RQ enqueue", "drain: RQ SimpleWorker"),
-    ("RQ", "publish: RQ enqueue_many x 1000", "drain: RQ SimpleWorker"),
+    (
+        "service, `POST /jobs` then drained at defaults",
+        "publish: POST /jobs, service",
+        "drain: service, 5 processes",
+    ),
+    (
+        "service, `POST /jobs/batch` then drained at defaults",
+        "publish: POST /jobs/batch x 1000, service",
+        "drain: service, 5 processes",
+    ),
+    (
+        "RQ, `enqueue` then a `SimpleWorker`",
+        "publish: Starlette + RQ enqueue",
+        "drain: RQ SimpleWorker",
+    ),
+    (
+        "RQ, `enqueue_many` then a `SimpleWorker`",
+        "publish: RQ enqueue_many x 1000",
+        "drain: RQ SimpleWorker",
+    ),
 )
 
 
@@ -49,7 +65,9 @@ def redis_cost_section(costs: dict[str, RedisCost]) -> list[str]:
         "From `INFO cpu` (used_cpu_sys + used_cpu_user) and `INFO commandstats` before and after "
         "each run (our own INFO calls removed; the benchmark's 50 ms progress polls are "
         "included, a few per second). CPU time counts what commandstats cannot: reading, "
-        "parsing and answering each round trip.",
+        "parsing and answering each round trip. Commandstats times are wall-clock inside "
+        "Redis: on a busy machine they include time redis-server waited for a core, so they "
+        "show where the time goes, not how much CPU it took.",
         "",
         "| run | Redis CPU per job, µs | commands per job | one Redis core sustains, jobs/s | "
         "Redis time by command, per job (calls, µs; a script's time includes its calls) |",
@@ -61,13 +79,12 @@ def redis_cost_section(costs: dict[str, RedisCost]) -> list[str]:
         for name, c in costs.items()
     ]
     whole = []
-    for system, publish, drain in END_TO_END:
+    for label, publish, drain in END_TO_END:
         if publish in costs and drain in costs:
             us = costs[publish].cpu_us_per_job + costs[drain].cpu_us_per_job
             whole.append(
-                f"- {system}, {publish.split(': ', 1)[1]} then {drain.split(': ', 1)[1]}: "
-                f"{us:.1f} µs of Redis CPU per job, so one Redis core sustains ~{1e6 / us:,.0f} "
-                "jobs/s end to end"
+                f"- {label}: {us:.1f} µs of Redis CPU per job, so one Redis core sustains "
+                f"~{1e6 / us:,.0f} jobs/s end to end"
             )
     if whole:
         lines += ["", "A job is published once and drained once:", "", *whole]
