@@ -90,6 +90,21 @@ def vm_kib(pid: int, field_name: str = "VmRSS") -> int:
     raise LookupError(f"no {field_name} for pid {pid}")
 
 
+def smaps_kib(pid: int) -> dict[str, int]:
+    """Pss (shared pages split between their users) and Private (this process's alone), KiB.
+
+    RSS counts every shared page (the interpreter, shared libraries) in full in each process.
+    """
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        fields[name.rstrip(":")] = int(value)
+    return {
+        "Pss": fields.get("Pss", 0),
+        "Private": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+    }
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -10,7 +10,7 @@ import csv
 import time
 from pathlib import Path
 
-from benchmarks.common import DB_SERVICE, fmt_rate, log, vm_kib
+from benchmarks.common import DB_SERVICE, fmt_rate, log, smaps_kib, vm_kib
 from benchmarks.drain import PARKED_KEY, preload_parked, start_and_release
 from benchmarks.harness import FAILED_KEY, FINISHED_KEY, QUEUE_KEY, Bench, Row
 
@@ -44,10 +44,21 @@ def run(bench: Bench) -> None:
             raise TimeoutError(f"memory run: {done:,} of {n:,} jobs done in time")
         time.sleep(SAMPLE_POLL)
     elapsed = time.perf_counter() - released
+    shares = [smaps_kib(pid) for pid in workers]
     bench.procs.stop(worker)
     path = bench.args.output.parent / "memory.csv"
     _write_csv(path, rows, len(workers))
     _report(bench, rows, n, elapsed, path)
+    pss = max(k["Pss"] for k in shares) / 1024
+    private = max(k["Private"] for k in shares) / 1024
+    note = (
+        f"At the end, per worker process: PSS at most {pss:.1f} MiB, private memory at most "
+        f"{private:.1f} MiB (RSS counts the interpreter's and shared libraries' pages in full in "
+        "every process; PSS splits them between the processes that share them)."
+    )
+    log(f"   {note}")
+    bench.sections.insert(len(bench.sections) - 1, note)
+    bench.sections.insert(len(bench.sections) - 1, "")
 
 
 def _sample(target: int, done: int, pids: list[int]) -> list[int]:
