@@ -142,6 +142,8 @@ def test_rehearse_the_production_deployment_as_local_processes(tmp_path: Path) -
         for process, env in workers:
             process.wait_healthy()
             assert healthcheck_passes(process, env)
+            # Consuming, not only alive: otherwise one replica may take every job
+            wait_for(lambda p=process: http("GET", f"{p.url}/ready")[0] == 200, 30)
         assert healthcheck_passes(api, api_env)
         # Jobs flow across the replicas
         ids = [
