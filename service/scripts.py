@@ -282,7 +282,8 @@ return out
 # ARGV: worker, now_iso, now, then per job 9 values: outcome (ok|fail|interrupt|skip|cancel),
 # id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
 # `skip` puts back a claimed job that never started, recording nothing. Returns, per job, what
-# became of it: finished | retried | failed (dead-lettered) | canceled | interrupted | ''.
+# became of it: finished | retried | failed (dead-lettered) | canceled | interrupted | '' (a
+# skip, or a job whose claim this worker no longer holds: nothing is recorded).
 COMPLETE = (
     _TRANSITIONS
     + """
@@ -293,8 +294,11 @@ for i = 4, #ARGV, 9 do
   local value, t0, t1 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local delay, reason = tonumber(ARGV[i + 7]), ARGV[i + 8]
   local jk = 'rq:job:' .. id
-  local result
-  if outcome == 'ok' then
+  local result = ''
+  if not redis.call('ZSCORE', 'rq:wip:' .. q, member) then
+    -- Not ours any more: recovered after our heartbeat expired, or already recorded (a retried
+    -- call whose first reply was lost). Recording it again would run its transition twice.
+  elseif outcome == 'ok' then
     finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
     result = 'finished'
   elseif outcome == 'fail' then

@@ -617,3 +617,22 @@ def test_max_backlog_refuses_with_429_and_parallel_publishers_cannot_overshoot(
     assert [code for code, _, _ in replies].count(202) == 7
     assert all(reply[0] == 202 or reply[2]["error"]["code"] == "queue_full" for reply in replies)
     assert waiting(queue_redis, "reports") == 49
+
+
+@pytest.mark.timeout(30)
+def test_a_replayed_complete_changes_nothing(queue_redis: redis.Redis) -> None:
+    """A worker whose COMPLETE reply was lost (connection dropped) sends it again: only jobs
+    whose claim it still holds are recorded, so a failure is not counted twice."""
+    publish = queue_redis.register_script(scripts.PUBLISH)
+    claim = queue_redis.register_script(scripts.CLAIM)
+    complete = queue_redis.register_script(scripts.COMPLETE)
+    job = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 2)
+    publish(args=jobs.publish_args([job], time.time()))
+    now = time.time()
+    ((_, member, *_),) = claim(args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", "app-queue"])
+    outcome = ["fail", job.id, "app-queue", member, jobs.encode_exc_string("boom"), now, now, 0]
+    args = ["w", jobs.utc_iso(now), now, *outcome, "exception"]
+    assert complete(args=args) == [b"retried"]
+    assert complete(args=args) == [b""]  # the replay
+    assert queue_redis.hget(constants.job_key(job.id), "retries_left") == b"1"
+    assert queue_redis.xlen(constants.result_key(job.id)) == 1
