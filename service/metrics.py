@@ -12,6 +12,7 @@ Every worker container and every API process exports the same figures: aggregate
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,21 @@ class BacklogPlan:
             yield [h for h in heads if h is not None], sorted(rows[-1])
 
 
+# The per-queue gauges: (QueueFigures attribute, metric name, help).
+_PER_QUEUE = (
+    ("scheduled", "service_queue_scheduled_jobs", "Jobs scheduled for later (delays, retries)"),
+    ("due", "service_queue_due_jobs", "Scheduled jobs already due, not yet moved"),
+    ("running", "service_queue_running_jobs", "Jobs started and not yet ended"),
+    ("dead", "service_queue_dead_jobs", "Jobs in the dead-letter queue"),
+    (
+        "oldest_age",
+        "service_queue_oldest_job_age_seconds",
+        "How long the oldest waiting job has waited (0 when none waits)",
+    ),
+    ("workers", "service_queue_workers", "Live worker processes serving the queue"),
+)
+
+
 class BacklogCollector(Collector):
     """Yields the latest snapshot as gauges; nothing while Redis could not be read."""
 
@@ -138,33 +154,14 @@ class BacklogCollector(Collector):
         snapshot = self.latest
         if snapshot is None:
             return
-        name = "service_queue_"
         waiting = GaugeMetricFamily(
-            name + "waiting_jobs", "Jobs waiting in a queue's list", labels=["queue", "priority"]
+            "service_queue_waiting_jobs",
+            "Jobs waiting in a queue's list",
+            labels=["queue", "priority"],
         )
         families = {
-            "scheduled": GaugeMetricFamily(
-                name + "scheduled_jobs",
-                "Jobs scheduled for later (delays, retries)",
-                labels=["queue"],
-            ),
-            "due": GaugeMetricFamily(
-                name + "due_jobs", "Scheduled jobs already due, not yet moved", labels=["queue"]
-            ),
-            "running": GaugeMetricFamily(
-                name + "running_jobs", "Jobs started and not yet ended", labels=["queue"]
-            ),
-            "dead": GaugeMetricFamily(
-                name + "dead_jobs", "Jobs in the dead-letter queue", labels=["queue"]
-            ),
-            "oldest_age": GaugeMetricFamily(
-                name + "oldest_job_age_seconds",
-                "How long the oldest waiting job has waited (0 when none waits)",
-                labels=["queue"],
-            ),
-            "workers": GaugeMetricFamily(
-                name + "workers", "Live worker processes serving the queue", labels=["queue"]
-            ),
+            attribute: GaugeMetricFamily(name, text, labels=["queue"])
+            for attribute, name, text in _PER_QUEUE
         }
         for queue, figures in snapshot.queues.items():
             for priority, count in figures.waiting.items():
@@ -200,6 +197,13 @@ async def read_backlog_async(client: Any, plan: BacklogPlan) -> Snapshot:
         plan.second(pipe, first)
         second = await pipe.execute()
     return plan.snapshot(first, second)
+
+
+@functools.cache
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, once per label set: labels() costs microseconds, and jobs and
+    requests count on the hot path. Label values are bounded (route templates, job types)."""
+    return metric.labels(*labels)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

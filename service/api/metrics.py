@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from starlette.requests import Request
@@ -21,6 +20,7 @@ from service.metrics import (
     CONTENT_TYPE,
     BacklogCollector,
     BacklogPlan,
+    child,
     exposition,
     read_backlog_async,
 )
@@ -45,6 +45,7 @@ BACKLOG = BacklogCollector()
 REGISTRY.register(BACKLOG)
 
 SUBMIT_ROUTES = ("/jobs", "/jobs/batch")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REJECTION_REASONS = {
     400: "validation",
     401: "auth",
@@ -57,16 +58,9 @@ REJECTION_REASONS = {
 }
 
 
-_accepted: dict[tuple[str, str], Any] = {}  # label children by (type, queue): labels() costs µs
-
-
 def accepted(batch: Sequence[jobs.NewJob]) -> None:
     for job in batch:
-        child = _accepted.get((job.type, job.queue))
-        if child is None:
-            child = ACCEPTED.labels(job.type, queues.priority(job.queue))
-            _accepted[job.type, job.queue] = child
-        child.inc()
+        child(ACCEPTED, job.type, queues.priority(job.queue)).inc()
 
 
 async def metrics(request: Request) -> Response:
@@ -93,7 +87,6 @@ class RequestMetrics:
         self.templates = {
             getattr(route, "endpoint", None): getattr(route, "path", "") for route in routes
         }
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,18 +104,12 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - started
-            route, method = self._route(scope), scope["method"]
-            children = self._children.get((route, method, status))
-            if children is None:  # once per route, method and status: labels() costs µs
-                children = (
-                    REQUEST_SECONDS.labels(route, method),
-                    REQUESTS.labels(route, method, str(status)),
-                )
-                self._children[route, method, status] = children
-            children[0].observe(elapsed)
-            children[1].inc()
+            route = self._route(scope)
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"  # bounded
+            child(REQUEST_SECONDS, route, method).observe(elapsed)
+            child(REQUESTS, route, method, str(status)).inc()
             if route in SUBMIT_ROUTES and method == "POST" and status in REJECTION_REASONS:
-                REJECTED.labels(REJECTION_REASONS[status]).inc()
+                child(REJECTED, REJECTION_REASONS[status]).inc()
 
     def _route(self, scope: Scope) -> str:
         template = self.templates.get(scope.get("endpoint"))

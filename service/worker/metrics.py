@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from service.metrics import BacklogCollector
+from service.metrics import BacklogCollector, child
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: from a millisecond no-op to an hour-long job (or wait).
@@ -49,31 +49,31 @@ QUEUE_WAIT = Histogram(
     buckets=BUCKETS,
 )
 
-# What each COMPLETE result adds to (see scripts.COMPLETE).
+# The counter each COMPLETE result adds to (see scripts.COMPLETE).
 _BY_RESULT = {
-    "finished": (FINISHED,),
-    "retried": (RETRIED,),
-    "failed": (DEAD,),
-    "canceled": (CANCELED,),
-    "interrupted": (INTERRUPTED,),
+    "finished": FINISHED,
+    "retried": RETRIED,
+    "failed": DEAD,
+    "canceled": CANCELED,
+    "interrupted": INTERRUPTED,
 }
 
 
 def started(job_type: str, enqueued_at: str, now: float) -> None:
-    STARTED.labels(job_type).inc()
+    child(STARTED, job_type).inc()
     if enqueued_at:
         wait = now - datetime.fromisoformat(enqueued_at).timestamp()
-        QUEUE_WAIT.labels(job_type).observe(max(wait, 0.0))
+        child(QUEUE_WAIT, job_type).observe(max(wait, 0.0))
 
 
 def ended(job_type: str, result: str, reason: str, duration: float | None) -> None:
     """One attempt's end, as COMPLETE or RECOVER decided it."""
-    for counter in _BY_RESULT.get(result, ()):
-        counter.labels(job_type).inc()
+    if result in _BY_RESULT:
+        child(_BY_RESULT[result], job_type).inc()
     if result in ("retried", "failed"):
-        FAILED.labels(job_type, reason).inc()
+        child(FAILED, job_type, reason).inc()
     if duration is not None:
-        DURATION.labels(job_type).observe(duration)
+        child(DURATION, job_type).observe(duration)
 
 
 class SupervisorCollector(Collector):
