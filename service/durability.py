@@ -83,24 +83,29 @@ _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync", "save")
 
 
 def read(client: redis.Redis) -> Persistence | None:
-    """Redis's persistence settings; None where CONFIG is disabled (many managed Redis)."""
-    config: dict[Any, Any] = {}
+    """Redis's persistence settings, in one round trip; None where CONFIG is disabled (many
+    managed Redis)."""
     try:
-        for name in _SETTINGS:
-            config.update(client.config_get(name))
+        with client.pipeline(transaction=False) as pipe:
+            for name in _SETTINGS:
+                pipe.config_get(name)
+            return _merged(pipe.execute())
     except redis.ResponseError:
         return None
-    return Persistence.from_config(config)
 
 
 async def read_async(client: Any) -> Persistence | None:
-    config: dict[Any, Any] = {}
     try:
-        for name in _SETTINGS:
-            config.update(await client.config_get(name))
+        async with client.pipeline(transaction=False) as pipe:
+            for name in _SETTINGS:
+                pipe.config_get(name)
+            return _merged(await pipe.execute())
     except redis.ResponseError:
         return None
-    return Persistence.from_config(config)
+
+
+def _merged(replies: list[dict[Any, Any]]) -> Persistence:
+    return Persistence.from_config({k: v for reply in replies for k, v in reply.items()})
 
 
 def problems_at_start(client: redis.Redis, strict: bool) -> list[str]:
