@@ -70,9 +70,8 @@ class BodyLimit:
             if not unread:  # the body is in: from now on only a disconnect can come
                 return await receive()
             try:
-                message = await asyncio.wait_for(
-                    receive(), deadline - asyncio.get_running_loop().time()
-                )
+                async with asyncio.timeout_at(deadline):  # a timer, not wait_for's new task
+                    message = await receive()
             except TimeoutError:
                 raise self._too_slow() from None
             if message["type"] == "http.request":
