@@ -3,6 +3,7 @@ queues (async, one round trip each)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,11 +41,32 @@ class _CPacking:
             raise redis.DataError(str(exc)) from None
 
 
-class _Connection(_CPacking, aioredis.Connection):
+class _TimerBoundWrites:
+    """redis-py bounds every write by `socket_timeout` with asyncio.wait_for, which runs the
+    write in a new task: a tenth of a publish request's CPU, and a loop iteration. A timer
+    bounds it as well (asyncio.timeout); on expiry the write is cancelled, the connection
+    dropped (redis-py does that for any exception) and the same TimeoutError raised."""
+
+    socket_timeout: float | None
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        # With no socket_timeout redis-py writes inline; the connection serves one command at
+        # a time, so the timeout is set aside for this call only.
+        timeout, self.socket_timeout = self.socket_timeout, None
+        try:
+            async with asyncio.timeout(timeout):
+                await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except TimeoutError:
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = timeout
+
+
+class _Connection(_TimerBoundWrites, _CPacking, aioredis.Connection):
     pass
 
 
-class _SSLConnection(_CPacking, aioredis.SSLConnection):
+class _SSLConnection(_TimerBoundWrites, _CPacking, aioredis.SSLConnection):
     pass
 
 
