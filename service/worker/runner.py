@@ -376,7 +376,7 @@ class Worker:
     def _retry_delay(claimed: Claimed) -> float:
         if not claimed.backoff:
             return 0.0
-        return Backoff.model_validate_json(claimed.backoff).delay(claimed.attempt)
+        return Backoff.from_json(claimed.backoff).delay(claimed.attempt)
 
     def _no_retry(self, claimed: Claimed) -> None:
         """A job that can never succeed here (unknown type) is failed at once, never retried."""
