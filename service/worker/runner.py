@@ -46,7 +46,7 @@ def main(settings: Settings, slots: Slots, index: int, name: str, served: list[s
     only what running jobs needs is imported here (not the supervisor's modules)."""
     logs.configure(settings, f"worker-{index}")
     tracing.start("service-worker")
-    handlers = registry_module.load(settings.handler_modules)
+    handlers = registry_module.load(settings.handler_modules, import_models=False)
     try:
         code = Worker(settings, handlers, slots[index], served, name).run()
     finally:
