@@ -7,6 +7,7 @@ report, and saved as CSV (benchmarks/results/memory.csv by default, beside --out
 from __future__ import annotations
 
 import csv
+import importlib.util
 import time
 from pathlib import Path
 
@@ -56,9 +57,21 @@ def run(bench: Bench) -> None:
         f"{private:.1f} MiB (RSS counts the interpreter's and shared libraries' pages in full in "
         "every process; PSS splits them between the processes that share them)."
     )
+    if _otel_sdk_installed():
+        note += (
+            " OpenTelemetry's SDK is installed here (the `otel` extra, not in the image): "
+            "redis-py imports its metrics part in every process, about 2.5 MiB of RSS."
+        )
     log(f"   {note}")
     bench.sections.insert(len(bench.sections) - 1, note)
     bench.sections.insert(len(bench.sections) - 1, "")
+
+
+def _otel_sdk_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk") is not None
+    except ModuleNotFoundError:  # not even the `opentelemetry` namespace
+        return False
 
 
 def _sample(target: int, done: int, pids: list[int]) -> list[int]:

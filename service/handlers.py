@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any
 
 from service.context import JobContext
 from service.registry import EmptyPayload, job
+
+if TYPE_CHECKING:
+    from service.payloads import AnyObject, FailPayload, SleepPayload
 
 
 class JobFailed(Exception):
@@ -20,34 +21,20 @@ def noop(payload: EmptyPayload, ctx: JobContext) -> None:
     """Does nothing: the cost of the machinery itself."""
 
 
-class AnyObject(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-@job("echo")
+@job("echo", payload="service.payloads:AnyObject")
 def echo(payload: AnyObject, ctx: JobContext) -> dict[str, Any]:
     """Returns its payload as the job's result."""
     return payload.model_dump()
 
 
-class SleepPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    seconds: float = Field(ge=0, le=3600)
-
-
-@job("sleep", payload=SleepPayload, timeout=3600)
+@job("sleep", payload="service.payloads:SleepPayload", timeout=3600)
 def sleep(payload: SleepPayload, ctx: JobContext) -> float:
     """Sleeps, then returns the seconds slept."""
     time.sleep(payload.seconds)
     return payload.seconds
 
 
-class FailPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    message: str = Field(default="failed on purpose", max_length=1000)
-
-
-@job("fail", payload=FailPayload)
+@job("fail", payload="service.payloads:FailPayload")
 def fail(payload: FailPayload, ctx: JobContext) -> None:
     """Raises JobFailed with the message."""
     raise JobFailed(payload.message)

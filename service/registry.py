@@ -11,30 +11,39 @@ A job type is registered once, with its handler, payload schema and policies:
     def welcome(payload: Welcome, ctx: JobContext) -> dict[str, str]:
         ...
 
+The payload model may also be named by import string, `payload="myapp.models:Welcome"`: it is
+imported the first time it is needed. A worker process imports pydantic (about 8 MiB) only for
+a payload model it uses: one that runs only job types without a payload (`EmptyPayload`, not a
+pydantic model) never does.
+
 Teams add their own modules through HANDLER_MODULES, without editing this package.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import constants, queues
 from service.context import JobContext
 from service.policy import Backoff
 from service.queues import Priority
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
 DEFAULT_BACKOFF = Backoff()
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+MODEL_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # an import string: "module:Model"
 
 
 class Handler(Protocol):
@@ -46,10 +55,44 @@ class Handler(Protocol):
 H = TypeVar("H", bound=Callable[..., Any])
 
 
-class EmptyPayload(BaseModel):
-    """The payload of a job type that takes none: `{}`."""
+class EmptyPayload:
+    """The payload of a job type that takes none: `{}`.
 
-    model_config = ConfigDict(extra="forbid")
+    Not a pydantic model: job types without a payload need no pydantic in the worker.
+    """
+
+    __slots__ = ()
+    # As pydantic describes a model without fields that forbids extra ones.
+    SCHEMA: ClassVar[dict[str, Any]] = {
+        "additionalProperties": False,
+        "description": "The payload of a job type that takes none: `{}`.",
+        "properties": {},
+        "title": "EmptyPayload",
+        "type": "object",
+    }
+
+    def __repr__(self) -> str:
+        return "EmptyPayload()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EmptyPayload)
+
+    def __hash__(self) -> int:
+        return hash(EmptyPayload)
+
+    def model_dump(self) -> dict[str, Any]:
+        """`{}`, as from a pydantic model."""
+        return {}
+
+    @classmethod
+    def validate(cls, payload: Any) -> EmptyPayload:
+        """`{}` and nothing else; the errors read as pydantic's for JSON input."""
+        if not isinstance(payload, dict):
+            raise PayloadInvalid([{"field": "payload", "message": "Input should be an object"}])
+        if payload:
+            extra = "Extra inputs are not permitted"
+            raise PayloadInvalid([{"field": str(key), "message": extra} for key in payload])
+        return cls()
 
 
 class UnknownJobType(LookupError):
@@ -71,7 +114,7 @@ class PayloadInvalid(ValueError):
 class JobType:
     name: str
     handler: Handler
-    payload: type[BaseModel]
+    payload: type[BaseModel] | type[EmptyPayload] | str  # a str: "module:Model", see model()
     queue: str | None  # None: the QUEUE_NAME queue
     timeout: int  # whole seconds (RQ's format); the job is stopped and failed past it
     max_retries: int  # re-runs after a failure, as in RQ's Retry(max=...)
@@ -81,12 +124,27 @@ class JobType:
     result_ttl: int = constants.RESULT_TTL  # seconds a finished job and its result are kept
     failure_ttl: int = constants.FAILURE_TTL  # seconds a failed (dead) job is kept
 
-    def validate(self, payload: Any, *, strict: bool = False) -> BaseModel:
+    def model(self) -> type[BaseModel] | type[EmptyPayload]:
+        """The payload model, imported now (once) if named by an import string."""
+        return _import_model(self.payload) if isinstance(self.payload, str) else self.payload
+
+    def json_schema(self) -> dict[str, Any]:
+        model = self.model()
+        if issubclass(model, EmptyPayload):
+            return EmptyPayload.SCHEMA
+        return model.model_json_schema()
+
+    def validate(self, payload: Any, *, strict: bool = False) -> BaseModel | EmptyPayload:
         """The payload as its model; `strict`: as the API takes it (see `validate_json`)."""
+        model = self.model()
+        if issubclass(model, EmptyPayload):
+            return EmptyPayload.validate(payload)
+        from pydantic import ValidationError  # imported already, with the model
+
         try:
             if strict:
-                return validate_json(self.payload, payload)
-            return self.payload.model_validate(payload)
+                return validate_json(model, payload)
+            return model.model_validate(payload)
         except ValidationError as exc:
             raise PayloadInvalid(
                 [
@@ -96,13 +154,15 @@ class JobType:
             ) from None
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 def validate_json(model: type[M], data: Any) -> M:
     """Validate parsed JSON as the model's JSON Schema (and so the OpenAPI document) reads it:
     strictly typed, so "5" or true is no number and 1 no boolean, where pydantic's lax mode
     would convert them; yet an integral float (5.0) is an integer, as in JSON Schema."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate_json(orjson.dumps(data), strict=True)
     except ValidationError as exc:
@@ -126,12 +186,28 @@ def _integral_floats_as_ints(value: Any) -> Any:
     return value
 
 
-def _payload_model(handler: Callable[..., Any]) -> type[BaseModel]:
+def _payload_model(handler: Callable[..., Any]) -> type[BaseModel] | type[EmptyPayload]:
     """The model annotated on the handler's first parameter; EmptyPayload if there is none."""
     hints = typing.get_type_hints(handler)
     first = next(iter(inspect.signature(handler).parameters), None)
     model = hints.get(first) if first else None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else EmptyPayload
+    if not isinstance(model, type) or model is EmptyPayload:
+        return EmptyPayload
+    from pydantic import BaseModel
+
+    return model if issubclass(model, BaseModel) else EmptyPayload
+
+
+@functools.cache
+def _import_model(path: str) -> type[BaseModel]:
+    """The pydantic model an import string names ("module:Model")."""
+    from pydantic import BaseModel
+
+    module, _, name = path.partition(":")
+    model = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ImportError(f"payload {path!r} is not a pydantic model")
+    return model
 
 
 class Registry:
@@ -142,7 +218,7 @@ class Registry:
         self,
         name: str,
         *,
-        payload: type[BaseModel] | None = None,
+        payload: type[BaseModel] | str | None = None,
         queue: str | None = None,
         timeout: int = constants.DEFAULT_JOB_TIMEOUT,
         max_retries: int = 0,
@@ -154,8 +230,9 @@ class Registry:
     ) -> Callable[[H], H]:
         """Register the decorated function as the handler of job type `name`.
 
-        The payload schema is `payload`, else the pydantic model annotated on the handler's
-        first parameter, else EmptyPayload (`{}`).
+        The payload schema is `payload` (a pydantic model, or its import string
+        "module:Model"), else the pydantic model annotated on the handler's first parameter,
+        else EmptyPayload (`{}`).
         """
         if not NAME_PATTERN.match(name):
             raise ValueError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
@@ -169,6 +246,8 @@ class Registry:
             raise ValueError(f"job type {name!r}: queue {queue!r} must be a plain name")
         if result_ttl <= 0 or failure_ttl <= 0:
             raise ValueError(f"job type {name!r}: result_ttl and failure_ttl must be > 0")
+        if isinstance(payload, str) and not MODEL_PATH.match(payload):
+            raise ValueError(f"job type {name!r}: payload {payload!r} must be 'module:Model'")
 
         def register(handler: H) -> H:
             schema = payload or _payload_model(handler)
@@ -209,9 +288,17 @@ registry = Registry()
 job = registry.job
 
 
-def load(modules: tuple[str, ...] = ()) -> Registry:
-    """Import the built-in handlers and every HANDLER_MODULES module; return the registry."""
+def load(modules: tuple[str, ...] = (), *, import_models: bool = True) -> Registry:
+    """Import the built-in handlers and every HANDLER_MODULES module; return the registry.
+
+    `import_models` imports every payload model named by import string too, so a wrong name
+    fails at start. Worker processes skip it (their supervisor has checked): each imports a
+    model, and pydantic, only when it first runs a job of that type.
+    """
     importlib.import_module("service.handlers")
     for module in modules:
         importlib.import_module(module)
+    if import_models:
+        for job_type in registry:
+            job_type.model()
     return registry

@@ -2,6 +2,9 @@
 
 Every invalid variable is reported in one `ConfigError`, each naming the variable and its
 value (secrets masked). `load()` takes any mapping, so tests pass a dict.
+
+environs (with marshmallow and python-dotenv, about 1 MiB) is imported only by `load()`: worker
+processes receive the settings already parsed and never need it.
 """
 
 from __future__ import annotations
@@ -9,13 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import environs
-from marshmallow import validate
-
 from service import constants, queues
+
+if TYPE_CHECKING:
+    import environs
 
 Durability = Literal["relaxed", "strict"]
 AppEnv = Literal["development", "production"]
@@ -126,15 +129,15 @@ def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarge
     )
 
 
-class _MappingEnv(environs.Env):
-    """environs reads os.environ directly; this variant reads the mapping it is given."""
+def _mapping_env(environ: Mapping[str, str]) -> environs.Env:
+    """An environs Env that reads `environ`: environs itself reads os.environ directly."""
+    import environs
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        super().__init__(eager=False)
-        self._mapping = environ
+    class MappingEnv(environs.Env):
+        def _get_value(self, env_key: str, default: Any) -> Any:
+            return environ.get(env_key, default)
 
-    def _get_value(self, env_key: str, default: Any) -> Any:
-        return self._mapping.get(env_key, default)
+    return MappingEnv(eager=False)
 
 
 def _redis_target(
@@ -179,8 +182,11 @@ def _redis_target(
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError listing all problems at once."""
+    import environs
+    from marshmallow import validate
+
     environ = os.environ if environ is None else environ
-    env = _MappingEnv(environ)
+    env = _mapping_env(environ)
     problems: list[str] = []
 
     worker_mode = env.bool("WORKER_MODE", False)
@@ -280,6 +286,8 @@ def _mongodb_uri_ok(uri: str) -> bool:
 def _queue_name(value: str) -> None:
     # RQ accepts any name, but ours become key parts and URL segments: keep them plain.
     if not queues.valid_base(value):
+        import environs
+
         raise environs.ValidationError(
             "expected a non-empty name of letters, digits, '-', '_', '.', "
             "not ending in .high or .low (those are its priority queues)"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from service.policy import Backoff
 
@@ -29,7 +30,22 @@ def test_full_jitter_stays_within_zero_and_the_ceiling() -> None:
     assert max(draws) > 7 and min(draws) < 1  # spread over the whole range
 
 
-@pytest.mark.parametrize("bad", [{"type": "linear"}, {"base": -1}, {"cap": 10**9}, {"x": 1}])
-def test_invalid_policies_are_refused(bad: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        Backoff.model_validate(bad)
+BAD = [{"type": "linear"}, {"base": -1}, {"cap": 10**9}, {"x": 1}, {"base": "5"}, {"jitter": 1}]
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_invalid_policies_are_refused_by_the_api(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):  # as POST /jobs validates it: strictly, from JSON
+        TypeAdapter(Backoff).validate_json(orjson.dumps(bad), strict=True)
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_invalid_policies_are_refused_in_python(bad: dict[str, object]) -> None:
+    with pytest.raises((ValueError, TypeError)):  # as a handler module's @job(backoff=...)
+        Backoff(**bad)  # type: ignore[arg-type]
+
+
+def test_a_policy_travels_as_json() -> None:
+    backoff = Backoff(type="fixed", base=5, jitter=False)
+    assert backoff.to_json() == '{"type":"fixed","base":5.0,"cap":300.0,"jitter":false}'
+    assert Backoff.from_json(backoff.to_json()) == backoff

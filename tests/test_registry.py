@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from service import constants
 from service.context import JobContext
@@ -77,3 +77,50 @@ def test_a_name_is_registered_once() -> None:
     registry.job("dup")(lambda payload, ctx: None)
     with pytest.raises(ValueError, match="twice"):
         registry.job("dup")
+
+
+def test_a_payload_model_named_by_import_string_is_imported_on_first_use() -> None:
+    registry = Registry()
+    registry.job("nap", payload="service.payloads:SleepPayload")(lambda payload, ctx: None)
+    spec = registry.get("nap")
+    assert spec.payload == "service.payloads:SleepPayload"
+    assert spec.model().__name__ == "SleepPayload"
+    assert spec.validate({"seconds": 2}).seconds == 2  # type: ignore[union-attr]
+    with pytest.raises(PayloadInvalid):
+        spec.validate({"seconds": -1})
+
+
+def test_a_wrong_import_string_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be 'module:Model'"):
+        Registry().job("nap", payload="service.payloads.SleepPayload")
+    registry = Registry()
+    registry.job("nap", payload="service.payloads:Nothing")(lambda payload, ctx: None)
+    with pytest.raises(ImportError, match="not a pydantic model"):
+        registry.get("nap").model()
+
+
+class Empty(BaseModel):
+    """The payload of a job type that takes none: `{}`."""
+
+    model_config = ConfigDict(extra="forbid", title="EmptyPayload")
+
+
+@pytest.mark.parametrize("payload", [{}, {"a": 1, "b": {"c": 2}}, None, "x", [], 5])
+def test_the_empty_payload_is_checked_as_pydantic_would(payload: object) -> None:
+    """EmptyPayload is not a pydantic model (workers need no pydantic for it), but the API
+    describes and checks it as it would one."""
+    registry = Registry()
+    registry.job("none")(lambda payload, ctx: None)
+    registry.job("model", payload=Empty)(lambda payload, ctx: None)
+
+    def errors(name: str, strict: bool) -> list[dict[str, object]]:
+        try:
+            registry.get(name).validate(payload, strict=strict)
+        except PayloadInvalid as exc:
+            return exc.errors
+        return []
+
+    assert errors("none", strict=True) == errors("model", strict=True)  # as the API answers
+    lax = [[e["field"] for e in errors(name, strict=False)] for name in ("none", "model")]
+    assert lax[0] == lax[1]  # as the worker checks a job published by other tools
+    assert registry.get("none").json_schema() == Empty.model_json_schema()

@@ -126,6 +126,30 @@ def test_unknown_type_fails_at_once_without_retry(
     assert queue_redis.hget(constants.job_key(bad_payload), "attempts") == b"1"
 
 
+# Each costs a worker process memory it does not need for jobs without a payload model
+# (pydantic about 8 MiB); the API and the supervisor import them, never a worker process.
+NOT_IN_WORKERS = {"pydantic", "pydantic_core", "environs", "marshmallow", "dotenv", "pymongo"}
+NOT_IN_WORKERS |= {"starlette", "uvicorn", "service.api", "service.worker.supervisor"}
+
+
+def test_a_worker_process_imports_pydantic_only_for_a_job_with_a_payload_model(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    start_service(worker=True, WORKER_CONCURRENCY="1", HANDLER_MODULES="tests.lean_handlers")
+    jobs = [
+        publish(redis_url, "noop"),
+        publish(redis_url, "test.modules"),
+        publish(redis_url, "echo", {"a": 1}),  # its payload model is pydantic
+        publish(redis_url, "test.modules"),
+    ]
+    for job_id in jobs:
+        wait_status(queue_redis, job_id, "finished")
+    before, after = (set(fetch(queue_redis, jobs[i]).return_value()) for i in (1, 3))
+    assert "service.worker.runner" in before
+    assert before & NOT_IN_WORKERS == set()
+    assert {"pydantic", "service.payloads"} <= after
+
+
 def test_killed_worker_process_job_runs_again_and_the_process_is_replaced(
     start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
 ) -> None:

@@ -63,7 +63,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     refs = []
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
-        payload = _int64(job_type.payload.model_json_schema())
+        payload = _int64(job_type.json_schema())
         schemas[name] = {
             "type": "object",
             "description": (job_type.handler.__doc__ or "").strip(),

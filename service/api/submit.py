@@ -141,7 +141,7 @@ def parse_jobs(
             payload=item.get("payload", {}),  # as sent (the validated copy may differ: 5.0 is 5)
             timeout=request.timeout or spec.timeout,
             max_retries=spec.max_retries if request.max_retries is None else request.max_retries,
-            backoff=backoff.model_dump_json(),
+            backoff=backoff.to_json(),
             result_ttl=request.result_ttl or spec.result_ttl,
             failure_ttl=request.failure_ttl or spec.failure_ttl,
             run_at=request.run_at_epoch(now),

@@ -46,7 +46,7 @@ def main(settings: Settings, slots: Slots, index: int, name: str, served: list[s
     only what running jobs needs is imported here (not the supervisor's modules)."""
     logs.configure(settings, f"worker-{index}")
     tracing.start("service-worker")
-    handlers = registry_module.load(settings.handler_modules)
+    handlers = registry_module.load(settings.handler_modules, import_models=False)
     try:
         code = Worker(settings, handlers, slots[index], served, name).run()
     finally:
@@ -376,7 +376,7 @@ class Worker:
     def _retry_delay(claimed: Claimed) -> float:
         if not claimed.backoff:
             return 0.0
-        return Backoff.model_validate_json(claimed.backoff).delay(claimed.attempt)
+        return Backoff.from_json(claimed.backoff).delay(claimed.attempt)
 
     def _no_retry(self, claimed: Claimed) -> None:
         """A job that can never succeed here (unknown type) is failed at once, never retried."""
