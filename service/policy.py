@@ -8,7 +8,7 @@ the ranges from the `Annotated` metadata and the unknown-field rule from `__pyda
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
@@ -59,7 +59,8 @@ class Backoff:
 
     def to_json(self) -> str:
         """As a job stores it: `{"type":"exponential","base":1.0,"cap":300.0,"jitter":true}`."""
-        return orjson.dumps(asdict(self)).decode()
+        fields = {"type": self.type, "base": self.base, "cap": self.cap, "jitter": self.jitter}
+        return orjson.dumps(fields).decode()  # asdict() would cost ~10x: this runs per job
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Backoff:

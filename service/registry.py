@@ -280,6 +280,9 @@ class Registry:
     def __iter__(self) -> Iterator[JobType]:
         return iter(self._types.values())
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
     def __len__(self) -> int:
         return len(self._types)
 

@@ -3,7 +3,6 @@ queues (async, one round trip each)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -43,21 +42,27 @@ class _CPacking:
 
 class _TimerBoundWrites:
     """redis-py bounds every write by `socket_timeout` with asyncio.wait_for, which runs the
-    write in a new task: a tenth of a publish request's CPU, and a loop iteration. A timer
-    bounds it as well (asyncio.timeout); on expiry the write is cancelled, the connection
-    dropped (redis-py does that for any exception) and the same TimeoutError raised."""
+    write in a new task: a tenth of a publish request's CPU, and a loop iteration.
+
+    A write can only wait when the transport's buffer passes its high-water mark (64 KiB):
+    before a command the buffer is empty (the previous reply was read, or the connection was
+    dropped), so a smaller command never waits and needs no timer. A larger one (a big batch)
+    keeps redis-py's bounded write. The health check's PING runs first, under the timeout."""
 
     socket_timeout: float | None
+    SMALL = 16 * 1024  # bytes: well under the high-water mark
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        send = super().send_packed_command  # type: ignore[misc]
+        if check_health:
+            await super().check_health()  # type: ignore[misc]
+        if not isinstance(command, list) or sum(map(len, command)) > self.SMALL:
+            return await send(command, False)  # type: ignore[no-any-return]
         # With no socket_timeout redis-py writes inline; the connection serves one command at
         # a time, so the timeout is set aside for this call only.
         timeout, self.socket_timeout = self.socket_timeout, None
         try:
-            async with asyncio.timeout(timeout):
-                await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        except TimeoutError:
-            raise redis.TimeoutError("Timeout writing to socket") from None
+            await send(command, False)
         finally:
             self.socket_timeout = timeout
 

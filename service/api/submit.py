@@ -56,6 +56,11 @@ class JobRequest(BaseModel):
         return None  # due now (or in the past): queued at once
 
 
+# Most jobs give only these: every option then takes the job type's default.
+PLAIN_FIELDS = frozenset(("type", "payload"))
+NO_OPTIONS = JobRequest.model_construct(type="")  # a request that sets no option
+
+
 async def read_json(request: Request) -> Any:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
@@ -108,14 +113,18 @@ def parse_jobs(
         where = f"jobs[{index}]." if batch else ""
         found: list[dict[str, Any]] = []
         request = spec = None
-        try:
-            request = validate_json(JobRequest, item)
-        except ValidationError as exc:
-            found += [
-                {"field": _field(where, e["loc"]), "message": e["msg"]}
-                for e in exc.errors(include_url=False)
-            ]
         name = item.get("type") if isinstance(item, dict) else None
+        plain = isinstance(item, dict) and item.keys() <= PLAIN_FIELDS
+        if plain and isinstance(name, str) and name in registry:
+            request = NO_OPTIONS  # a known type and a payload: no option to check
+        else:
+            try:
+                request = validate_json(JobRequest, item)
+            except ValidationError as exc:
+                found += [
+                    {"field": _field(where, e["loc"]), "message": e["msg"]}
+                    for e in exc.errors(include_url=False)
+                ]
         # The payload is checked even when the options are not; a name too long to be a job
         # type is already an error above, and is not echoed back as an unknown one.
         if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
@@ -136,7 +145,7 @@ def parse_jobs(
         backoff = request.backoff or spec.backoff
         job = jobs.NewJob(
             id=jobs.new_id(),
-            type=request.type,
+            type=spec.name,
             queue=queues.concrete(spec.queue or default_queue, request.priority or spec.priority),
             payload=item.get("payload", {}),  # as sent (the validated copy may differ: 5.0 is 5)
             timeout=request.timeout or spec.timeout,
