@@ -76,6 +76,14 @@ async def metrics(request: Request) -> Response:
     return Response(exposition(REGISTRY), media_type=CONTENT_TYPE)
 
 
+def answered(route: str, method: str, status: int, seconds: float) -> None:
+    """One request answered: its count and duration, and the refusal of a job submission."""
+    child(REQUEST_SECONDS, route, method).observe(seconds)
+    child(REQUESTS, route, method, str(status)).inc()
+    if route in SUBMIT_ROUTES and method == "POST" and status in REJECTION_REASONS:
+        child(REJECTED, REJECTION_REASONS[status]).inc()
+
+
 class RequestMetrics:
     """Counts every request by route template (never the raw path: ids would make the label
     set unbounded) and status, and job submissions refused, by reason. Outermost middleware,
@@ -103,13 +111,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            elapsed = time.perf_counter() - started
-            route = self._route(scope)
             method = scope["method"] if scope["method"] in METHODS else "OTHER"  # bounded
-            child(REQUEST_SECONDS, route, method).observe(elapsed)
-            child(REQUESTS, route, method, str(status)).inc()
-            if route in SUBMIT_ROUTES and method == "POST" and status in REJECTION_REASONS:
-                child(REJECTED, REJECTION_REASONS[status]).inc()
+            answered(self._route(scope), method, status, time.perf_counter() - started)
 
     def _route(self, scope: Scope) -> str:
         template = self.templates.get(scope.get("endpoint"))

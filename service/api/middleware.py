@@ -24,18 +24,23 @@ class ApiKeyAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or not scope["path"].startswith(PROTECTED):
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        valid = False
-        for key in self.keys:  # compare with every key, in constant time: no early exit
-            valid |= hmac.compare_digest(token.strip(), key)
-        if scheme.lower() == b"bearer" and valid:
+        if self.allows(dict(scope["headers"])):
             return await self.app(scope, receive, send)
         message = "missing or invalid API key: send Authorization: Bearer <key>"
         response = ApiError(
             401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="jobs"'}
         ).response()
         await response(scope, receive, send)
+
+    def allows(self, headers: dict[bytes, bytes]) -> bool:
+        """No keys are set, or the request carries one of them."""
+        if not self.keys:
+            return True
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        valid = False
+        for key in self.keys:  # compare with every key, in constant time: no early exit
+            valid |= hmac.compare_digest(token.strip(), key)
+        return scheme.lower() == b"bearer" and valid
 
 
 class BodyLimit:
@@ -70,30 +75,30 @@ class BodyLimit:
             nonlocal received, unread
             if not unread:  # the body is in: from now on only a disconnect can come
                 return await receive()
-            message = await _before(deadline, receive(), self._too_slow)
+            message = await before(deadline, receive(), self.too_slow)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise self._too_large()
+                    raise self.too_large()
                 unread = message.get("more_body", False)
             return message
 
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._too_large().response()(scope, receive, send)
+            return await self.too_large().response()(scope, receive, send)
         await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> ApiError:
+    def too_large(self) -> ApiError:
         message = f"request body is larger than the limit of {self.limit} bytes (MAX_BODY_BYTES)"
         return ApiError(413, "body_too_large", message)
 
-    def _too_slow(self) -> ApiError:
+    def too_slow(self) -> ApiError:
         message = (
             f"the request body did not arrive within {self.timeout:g} s (REQUEST_BODY_TIMEOUT)"
         )
         return ApiError(408, "request_timeout", message)
 
 
-async def _before(
+async def before(
     deadline: float, waiting: Awaitable[Message], late: Callable[[], ApiError]
 ) -> Message:
     """`await waiting`, or raise `late()` at `deadline` (loop time). asyncio.timeout_at does

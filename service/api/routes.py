@@ -24,7 +24,7 @@ def _state(request: Request) -> tuple[Settings, Registry, Store]:
     return state.settings, state.registry, state.store
 
 
-def _accepted(job: jobs.NewJob) -> dict[str, Any]:
+def accepted(job: jobs.NewJob) -> dict[str, Any]:
     accepted = {"id": job.id, "type": job.type, "queue": job.queue}
     if job.run_at is None:
         return {**accepted, "status": "queued"}
@@ -55,7 +55,7 @@ async def submit_job(request: Request) -> Response:
         with metrics.PUBLISH_SECONDS.time():
             await store.publish([job])
         metrics.accepted([job])
-        return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
+        return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
     if not IDEMPOTENCY_KEY.fullmatch(key):
         message = (
             "the Idempotency-Key must be 1-200 printable ASCII characters, "
@@ -79,7 +79,7 @@ async def submit_job(request: Request) -> Response:
         view = await store.job(job_id) or {"id": job_id, "status": "expired"}
         return JSONResponse(view, 200, headers={"Location": f"/jobs/{job_id}"})
     metrics.accepted([job])
-    return JSONResponse(_accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
+    return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
 
 
 def _fingerprint(body: dict[str, Any]) -> str:
@@ -105,7 +105,7 @@ async def submit_batch(request: Request) -> Response:
     with metrics.PUBLISH_SECONDS.time():
         await store.publish(batch)
     metrics.accepted(batch)
-    return JSONResponse({"jobs": [_accepted(job) for job in batch]}, 202)
+    return JSONResponse({"jobs": [accepted(job) for job in batch]}, 202)
 
 
 async def get_job(request: Request) -> Response:
