@@ -30,7 +30,7 @@ from schemathesis import BaseSchema, Case, GenerationMode
 from starlette.testclient import TestClient
 from starlette.types import Message
 
-from service import constants, registry
+from service import constants, jobs, registry
 from service.api import params
 from service.api.openapi import build_openapi
 from service.embedded_mongo import EmbeddedMongo
@@ -43,7 +43,7 @@ from .test_api import make_client
 KEY = "abuse-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON = {"Content-Type": "application/json", **AUTH}
-ANY_ID = "01a2267684ba758eb71207722f70c588"  # well-formed, never published
+ANY_ID = jobs.new_id()  # well-formed, never published, and new (an old id is a 410: expired)
 
 
 def enqueued(queue_redis: redis.Redis) -> dict[str, int]:
