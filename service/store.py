@@ -3,6 +3,7 @@ queues (async, one round trip each)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -86,6 +87,66 @@ def connect_async(target: RedisTarget) -> aioredis.Redis:
     )
 
 
+class Direct:
+    """Commands on the API's hot path (publish, cancel), sent on connections kept here.
+
+    A redis-py 8 client call wraps each command in a pool checkout under a lock, a probe of
+    the connection, a retry closure and observability hooks: about 30 µs of CPU, as much as
+    the rest of the Redis round trip. This keeps redis-py's connections (connect, AUTH,
+    SELECT, TLS, the reply parser, the read timeout, the 30 s health check) and skips the
+    rest: a connection is taken from a list of idle ones and put back when its reply came.
+
+    A connection that fails is dropped. When it had been idle, Redis may have restarted or
+    closed it meanwhile, so the command is sent once more on a new one (as redis-py's pool
+    would find out before sending); a timeout is never repeated, since the command may have run.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._idle: list[aioredis.Connection] = []
+
+    async def call(self, *args: Any) -> Any:
+        if self._idle:
+            try:
+                return await self._call(self._idle.pop(), args)
+            except redis.ConnectionError:
+                pass  # a stale connection: once more on a new one
+        return await self._call(self._pool.make_connection(), args)  # type: ignore[no-untyped-call]
+
+    async def _call(self, conn: aioredis.Connection, args: tuple[Any, ...]) -> Any:
+        try:
+            await conn.send_packed_command(conn.pack_command(*args))
+            reply = await conn.read_response()
+        except redis.ResponseError:
+            self._idle.append(conn)  # Redis answered (NOSCRIPT, OOM...): the connection is fine
+            raise
+        except BaseException:
+            await conn.disconnect(nowait=True)  # usually done by redis-py already
+            raise
+        self._idle.append(conn)
+        return reply
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+
+class Script:
+    """A Lua script run by EVALSHA on `Direct` (loaded on NOSCRIPT, as redis-py's Script)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, direct: Direct, args: Sequence[Any]) -> Any:
+        try:
+            return await direct.call("EVALSHA", self.sha, 0, *args)
+        except redis.exceptions.NoScriptError:
+            await direct.call("SCRIPT", "LOAD", self.source)
+            return await direct.call("EVALSHA", self.sha, 0, *args)
+
+
 class QueueFull(Exception):
     """MAX_BACKLOG refused a publish: nothing was written."""
 
@@ -100,9 +161,10 @@ class Store:
     def __init__(self, client: aioredis.Redis, max_backlog: int = 0) -> None:
         self.client = client
         self.max_backlog = max_backlog
-        self._publish = client.register_script(scripts.PUBLISH)
-        self._publish_once = client.register_script(scripts.PUBLISH_ONCE)
-        self._cancel = client.register_script(scripts.CANCEL)
+        self.direct = Direct(client)
+        self._publish = Script(scripts.PUBLISH)
+        self._publish_once = Script(scripts.PUBLISH_ONCE)
+        self._cancel = Script(scripts.CANCEL)
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script).
@@ -112,7 +174,7 @@ class Store:
         """
         with tracing.enqueue(batch) as traceparent:
             args = jobs.publish_args(batch, time.time(), traceparent, self.max_backlog)
-            reply = await self._publish(args=args)
+            reply = await self._publish(self.direct, args)
         if isinstance(reply, list):
             raise QueueFull(jobs.as_text(reply[0]), int(reply[1]), self.max_backlog)
 
@@ -126,7 +188,7 @@ class Store:
         """
         with tracing.enqueue([job]) as traceparent:
             published = jobs.publish_args([job], time.time(), traceparent, self.max_backlog)
-            reply = await self._publish_once(args=[key, fingerprint, ttl, *published])
+            reply = await self._publish_once(self.direct, [key, fingerprint, ttl, *published])
         if reply[1] == b"full":
             raise QueueFull(jobs.as_text(reply[0]), int(reply[2]), self.max_backlog)
         return reply[0].decode(), reply[1].decode()
@@ -134,7 +196,7 @@ class Store:
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """(canceled | canceling | conflict | missing, the job's status)."""
         now = time.time()
-        outcome, status = await self._cancel(args=[job_id, now, jobs.utc_iso(now)])
+        outcome, status = await self._cancel(self.direct, [job_id, now, jobs.utc_iso(now)])
         return outcome.decode(), status.decode()
 
     async def job(self, job_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,155 @@
+"""The API's hot-path Redis calls (`store.Direct`, `store.Script`) against a real redis-server:
+connections reused, a stale one replaced, a stalled Redis a timeout, scripts reloaded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from service import jobs, scripts
+from service.embedded_redis import EmbeddedRedis
+from service.settings import RedisTarget
+from service.store import Direct, Script, Store, connect_async
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test's own, which it may restart or pause."""
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+def client_for(url: str) -> aioredis.Redis:
+    """The API's client (db 1), as `connect_async` makes it: timeouts and all."""
+    client = aioredis.Redis.from_url(url)
+    kwargs = client.connection_pool.connection_kwargs
+    target = RedisTarget(host=kwargs["host"], port=kwargs["port"], db=1)
+    return connect_async(target)
+
+
+def clients(url: str) -> int:
+    """Connections the Redis at `url` has, this one excluded."""
+    with redis.Redis.from_url(url) as admin:
+        return len(admin.client_list()) - 1
+
+
+def a_job() -> jobs.NewJob:
+    return jobs.NewJob(
+        id=jobs.new_id(), type="noop", queue="q", payload={}, timeout=5, max_retries=0
+    )
+
+
+def test_concurrent_calls_open_one_connection_each_and_reuse_them(redis_url: str) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        client = client_for(redis_url)
+        direct = Direct(client)
+        try:
+            await asyncio.gather(*(direct.call("PING") for _ in range(8)))
+            first = clients(redis_url)
+            replies = await asyncio.gather(*(direct.call("INCR", "n") for _ in range(8)))
+            again = clients(redis_url)
+            assert sorted(replies) == list(range(1, 9))
+        finally:
+            await direct.aclose()
+            await client.aclose()
+        return first, again, clients(redis_url)
+
+    first, again, after_close = asyncio.run(scenario())
+    assert first == 8  # eight calls at once: eight connections
+    assert again == 8  # the next eight reuse them
+    assert after_close == 0  # aclose closes them
+
+
+def test_an_error_reply_keeps_the_connection(redis_url: str) -> None:
+    async def scenario() -> int:
+        client = client_for(redis_url)
+        direct = Direct(client)
+        try:
+            await direct.call("SET", "text", "a")
+            with pytest.raises(redis.ResponseError, match="not an integer"):
+                await direct.call("INCR", "text")
+            assert await direct.call("GET", "text") == b"a"
+            return clients(redis_url)
+        finally:
+            await direct.aclose()
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_connection_stale_since_redis_restarted_is_replaced(own_redis: EmbeddedRedis) -> None:
+    async def scenario() -> None:
+        client = client_for(own_redis.url)
+        store = Store(client)
+        try:
+            await store.publish([a_job()])  # a connection, now idle
+            own_redis.restart()  # its socket is dead; Redis is back, empty (no script loaded)
+            job = a_job()
+            await store.publish([job])  # the stale connection fails, a new one serves
+            with redis.Redis.from_url(f"{own_redis.url}/1") as check:
+                assert check.lrange("rq:queue:q", 0, -1) == [job.id.encode()]
+        finally:
+            await store.direct.aclose()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = client_for(redis_url)
+        direct = Direct(client)
+        script = Script("return ARGV[1] .. '!'")
+        try:
+            assert await script(direct, ["a"]) == b"a!"
+            await direct.call("SCRIPT", "FLUSH")
+            assert await script(direct, ["b"]) == b"b!"
+            assert await direct.call("SCRIPT", "EXISTS", script.sha) == [1]
+        finally:
+            await direct.aclose()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_scripts_sha_is_the_one_redis_computes(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as admin:
+        assert admin.script_load(scripts.PUBLISH) == Script(scripts.PUBLISH).sha
+
+
+@pytest.mark.timeout(20)
+def test_a_stalled_redis_is_a_timeout_not_repeated_and_the_connection_dropped(
+    own_redis: EmbeddedRedis,
+) -> None:
+    async def scenario() -> None:
+        client = client_for(own_redis.url)
+        direct = Direct(client)
+        loop = asyncio.get_running_loop()
+        try:
+            await direct.call("SET", "n", 0)
+            assert own_redis.pid is not None
+            os.kill(own_redis.pid, signal.SIGSTOP)
+            try:
+                started = loop.time()
+                with pytest.raises(redis.TimeoutError):
+                    await direct.call("INCR", "n")
+                waited = loop.time() - started
+            finally:
+                os.kill(own_redis.pid, signal.SIGCONT)
+            assert 1.5 < waited < 4  # REDIS_SOCKET_TIMEOUT (2 s), once
+            assert await direct.call("GET", "n") == b"1"  # sent once, run once, on resume
+            assert clients(own_redis.url) == 1  # the timed-out connection was closed
+        finally:
+            await direct.aclose()
+            await client.aclose()
+
+    asyncio.run(scenario())
