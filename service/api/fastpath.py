@@ -31,8 +31,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import constants, jobs, tracing
 from service.api import metrics, routes
 from service.api.errors import ApiError
-from service.api.middleware import ApiKeyAuth, BodyLimit, before
+from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.submit import parse_jobs
+from service.deadline import before
 
 JSON = b"application/json"
 
