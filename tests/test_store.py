@@ -59,14 +59,13 @@ def test_concurrent_calls_open_one_connection_each_and_reuse_them(redis_url: str
             again = clients(redis_url)
             assert sorted(replies) == list(range(1, 9))
         finally:
-            await direct.aclose()
             await client.aclose()
         return first, again, clients(redis_url)
 
     first, again, after_close = asyncio.run(scenario())
     assert first == 8  # eight calls at once: eight connections
     assert again == 8  # the next eight reuse them
-    assert after_close == 0  # aclose closes them
+    assert after_close == 0  # the client's aclose closes them
 
 
 def test_an_error_reply_keeps_the_connection(redis_url: str) -> None:
@@ -80,7 +79,6 @@ def test_an_error_reply_keeps_the_connection(redis_url: str) -> None:
             assert await direct.call("GET", "text") == b"a"
             return clients(redis_url)
         finally:
-            await direct.aclose()
             await client.aclose()
 
     assert asyncio.run(scenario()) == 1
@@ -98,7 +96,6 @@ def test_a_connection_stale_since_redis_restarted_is_replaced(own_redis: Embedde
             with redis.Redis.from_url(f"{own_redis.url}/1") as check:
                 assert check.lrange("rq:queue:q", 0, -1) == [job.id.encode()]
         finally:
-            await store.direct.aclose()
             await client.aclose()
 
     asyncio.run(scenario())
@@ -115,7 +112,6 @@ def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
             assert await script(direct, ["b"]) == b"b!"
             assert await direct.call("SCRIPT", "EXISTS", script.sha) == [1]
         finally:
-            await direct.aclose()
             await client.aclose()
 
     asyncio.run(scenario())
@@ -149,7 +145,6 @@ def test_a_stalled_redis_is_a_timeout_not_repeated_and_the_connection_dropped(
             assert await direct.call("GET", "n") == b"1"  # sent once, run once, on resume
             assert clients(own_redis.url) == 1  # the timed-out connection was closed
         finally:
-            await direct.aclose()
             await client.aclose()
 
     asyncio.run(scenario())

@@ -83,7 +83,6 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         try:
             yield
         finally:
-            await app.state.store.direct.aclose()
             await client.aclose()
             if app.state.mongo is not None:
                 await app.state.mongo.client.close()
