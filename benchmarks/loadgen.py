@@ -53,6 +53,27 @@ class Load:
         return self.generator == "python"
 
 
+def combined(loads: list[Load]) -> Load:
+    """Runs made at once against processes of one server, as one: responses added, over the
+    longest run's time; latency percentiles the worst of the runs' (wrk gives no samples)."""
+    if len(loads) == 1:
+        return loads[0]
+    statuses: Counter[int] = Counter()
+    for load in loads:
+        statuses.update(load.statuses)
+    errors = [load.socket_errors for load in loads if load.socket_errors != "none"]
+    return Load(
+        generator=loads[0].generator,
+        seconds=max(load.seconds for load in loads),
+        responses=sum(load.responses for load in loads),
+        non_2xx=sum(load.non_2xx for load in loads),
+        socket_errors="; ".join(errors) or "none",
+        p50_ms=max(load.p50_ms for load in loads),
+        p99_ms=max(load.p99_ms for load in loads),
+        statuses=dict(statuses),
+    )
+
+
 def run_load(
     generator: str, url: str, body: bytes, connections: int, seconds: float, work_dir: Path
 ) -> Load:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import orjson
@@ -29,12 +30,13 @@ from benchmarks.common import (
     log,
 )
 from benchmarks.harness import QUEUE_KEY, Bench, Row
-from benchmarks.loadgen import Load, run_load
+from benchmarks.loadgen import Load, combined, run_load
 from benchmarks.redis_meter import RedisCost
 from service.store import Store
 
 HTTP_CONNECTIONS = 64
-HTTP_ROUNDS = 3
+HTTP_ROUNDS = 5
+HTTP_PROCESSES = (1, 2)  # the issue's ceilings: one uvicorn process, and two
 BATCH_CONNECTIONS = 4
 BATCH_JOBS = 1000  # jobs per POST /jobs/batch (the service's maximum) and per enqueue_many
 SINGLE_BODY = b'{"type":"noop"}'
@@ -59,49 +61,65 @@ def batch_body() -> bytes:
 
 
 def run_http(bench: Bench) -> None:
-    log(
-        f"\n== HTTP POST /jobs {SINGLE_BODY.decode()}: {bench.generator}, {HTTP_CONNECTIONS} "
-        f"connections, {bench.args.duration:g} s each, one server process; the service and the "
-        f"bare LPUSH app alternate for {HTTP_ROUNDS} rounds, the median round is reported"
-    )
-    service, lpush, cost = _alternating_rounds(bench)
-    bench.costs["publish: POST /jobs, service"] = cost
+    for processes in HTTP_PROCESSES:
+        log(
+            f"\n== HTTP POST /jobs {SINGLE_BODY.decode()}: {bench.generator}, "
+            f"{HTTP_CONNECTIONS} connections, {bench.args.duration:g} s each, {processes} server "
+            f"process(es) each; the service and the bare LPUSH app alternate for {HTTP_ROUNDS} "
+            "rounds, the median round is reported"
+        )
+        service, lpush, cost = _alternating_rounds(bench, processes)
+        each = "one process each" if processes == 1 else f"{processes} processes each"
+        label = (
+            f"HTTP POST /jobs, 2xx/s ↑ ({bench.generator}, {HTTP_CONNECTIONS} connections, {each})"
+        )
+        bench.rows.append(
+            _http_row(label, service, "bare Starlette + one redis.asyncio LPUSH", lpush)
+        )
+        if processes == 1:
+            bench.costs["publish: POST /jobs, service"] = cost
+            single = service
     server, base = bench.start_baseline_server("rq", DB_RQ)
     target = HttpTarget("Starlette + RQ enqueue", f"{base}/jobs", server, DB_RQ, QUEUE_KEY)
-    rq, cost = measure_http(bench, target, SINGLE_BODY, HTTP_CONNECTIONS, 1)
+    rq, cost = measure_http(bench, [target], SINGLE_BODY, HTTP_CONNECTIONS, 1)
     bench.costs["publish: Starlette + RQ enqueue"] = cost
     bench.procs.stop(server)
-    for name, baseline in (
-        ("bare Starlette + one redis.asyncio LPUSH", lpush),
-        ("Starlette + RQ Queue.enqueue in a threadpool", rq),
-    ):
-        bench.rows.append(
-            Row(
-                f"HTTP POST /jobs, 2xx/s ↑ ({bench.generator}, {HTTP_CONNECTIONS} connections)",
-                f"{fmt_rate(service.ok_per_second, 'req/s')} (non-2xx: {service.non_2xx})",
-                f"{name}: {fmt_rate(baseline.ok_per_second, 'req/s')} "
-                f"(non-2xx: {baseline.non_2xx})",
-                fmt_ratio(service.ok_per_second, baseline.ok_per_second),
-            )
+    label = f"HTTP POST /jobs, 2xx/s ↑ ({bench.generator}, {HTTP_CONNECTIONS} connections)"
+    bench.rows.append(_http_row(label, single, "Starlette + RQ Queue.enqueue in a threadpool", rq))
+
+
+def _http_row(label: str, service: Load, name: str, baseline: Load) -> Row:
+    return Row(
+        label,
+        f"{fmt_rate(service.ok_per_second, 'req/s')} (non-2xx: {service.non_2xx})",
+        f"{name}: {fmt_rate(baseline.ok_per_second, 'req/s')} (non-2xx: {baseline.non_2xx})",
+        fmt_ratio(service.ok_per_second, baseline.ok_per_second),
+    )
+
+
+def _alternating_rounds(bench: Bench, processes: int) -> tuple[Load, Load, RedisCost]:
+    """The service and the bare LPUSH app (`processes` server processes each, sharing the
+    connections), one after the other, HTTP_ROUNDS times, which goes first alternating: on
+    this shared machine one pair of runs can land on a fast and a slow minute. The round with
+    the median ratio is kept (its service and baseline figures, and the service's Redis cost)."""
+    ours, bare = [], []
+    for _ in range(processes):
+        api, api_base = bench.start_api()
+        ours.append(HttpTarget("service", f"{api_base}/jobs", api, DB_SERVICE, QUEUE_KEY))
+        server, base = bench.start_baseline_server("lpush", DB_LPUSH)
+        bare.append(
+            HttpTarget("bare Starlette + LPUSH", f"{base}/jobs", server, DB_LPUSH, LPUSH_KEY)
         )
-
-
-def _alternating_rounds(bench: Bench) -> tuple[Load, Load, RedisCost]:
-    """The service and the bare LPUSH app, one after the other, HTTP_ROUNDS times: on this
-    shared machine one pair of runs can land on a fast and a slow minute. The round with the
-    median ratio is kept (its service and baseline figures, and the service's Redis cost)."""
-    api, api_base = bench.start_api()
-    server, base = bench.start_baseline_server("lpush", DB_LPUSH)
-    ours = HttpTarget("service", f"{api_base}/jobs", api, DB_SERVICE, QUEUE_KEY)
-    bare = HttpTarget("bare Starlette + LPUSH", f"{base}/jobs", server, DB_LPUSH, LPUSH_KEY)
     rounds = []
-    for _ in range(HTTP_ROUNDS):
-        service, cost = measure_http(bench, ours, SINGLE_BODY, HTTP_CONNECTIONS, 1)
-        lpush, _ = measure_http(bench, bare, SINGLE_BODY, HTTP_CONNECTIONS, 1)
+    for number in range(HTTP_ROUNDS):
+        first, second = (ours, bare) if number % 2 == 0 else (bare, ours)
+        a = measure_http(bench, first, SINGLE_BODY, HTTP_CONNECTIONS, 1)
+        b = measure_http(bench, second, SINGLE_BODY, HTTP_CONNECTIONS, 1)
+        (service, cost), (lpush, _) = (a, b) if first is ours else (b, a)
         ratio = service.ok_per_second / lpush.ok_per_second if lpush.ok_per_second else 0.0
         rounds.append((ratio, service, lpush, cost))
-    bench.procs.stop(api)
-    bench.procs.stop(server)
+    for target in ours + bare:
+        bench.procs.stop(target.server)
     rounds.sort(key=lambda r: r[0])
     ratio, service, lpush, cost = rounds[len(rounds) // 2]
     ratios = ", ".join(f"{r[0]:.3g}x" for r in rounds)
@@ -113,7 +131,7 @@ def service_single_post(bench: Bench) -> tuple[Load, RedisCost]:
     """`POST /jobs` on one API process of the service, against the current Redis."""
     api, base = bench.start_api()
     target = HttpTarget("service", f"{base}/jobs", api, DB_SERVICE, QUEUE_KEY)
-    result = measure_http(bench, target, SINGLE_BODY, HTTP_CONNECTIONS, 1)
+    result = measure_http(bench, [target], SINGLE_BODY, HTTP_CONNECTIONS, 1)
     bench.procs.stop(api)
     return result
 
@@ -122,32 +140,47 @@ def service_batch_post(bench: Bench) -> tuple[Load, RedisCost]:
     """`POST /jobs/batch` x 1,000 jobs, 4 clients, one API process, against the current Redis."""
     api, base = bench.start_api()
     target = HttpTarget("service /jobs/batch", f"{base}/jobs/batch", api, DB_SERVICE, QUEUE_KEY)
-    result = measure_http(bench, target, batch_body(), BATCH_CONNECTIONS, BATCH_JOBS)
+    result = measure_http(bench, [target], batch_body(), BATCH_CONNECTIONS, BATCH_JOBS)
     bench.procs.stop(api)
     return result
 
 
 def measure_http(
-    bench: Bench, target: HttpTarget, body: bytes, connections: int, jobs_per_request: int
+    bench: Bench, targets: list[HttpTarget], body: bytes, connections: int, jobs_per_request: int
 ) -> tuple[Load, RedisCost]:
-    """Warm up for a second, empty the database, measure, then count what Redis holds."""
+    """Warm up for a second, empty the database, measure, then count what Redis holds. With
+    several targets (processes of one server, on one database) the connections are shared
+    out and every target is loaded at once, by a load generator each."""
     seconds = bench.args.duration
-    run_load(bench.generator, target.url, body, connections, 1.0, bench.work_dir)
+    share = connections // len(targets)
+    name, db, list_key = targets[0].name, targets[0].db, targets[0].list_key
+    assert all((t.db, t.list_key) == (db, list_key) for t in targets)
+
+    def load_all(duration: float) -> Load:
+        def one(target: HttpTarget) -> Load:
+            return run_load(bench.generator, target.url, body, share, duration, bench.work_dir)
+
+        with ThreadPoolExecutor(len(targets)) as pool:
+            return combined(list(pool.map(one, targets)))
+
+    load_all(1.0)
     time.sleep(0.3)
-    bench.db(target.db).flushdb()
-    server_cpu, meter = cpu_seconds(target.server.pid), bench.redis_meter()
-    load = run_load(bench.generator, target.url, body, connections, seconds, bench.work_dir)
+    bench.db(db).flushdb()
+    pids = [t.server.pid for t in targets]
+    server_cpu, meter = sum(map(cpu_seconds, pids)), bench.redis_meter()
+    load = load_all(seconds)
     time.sleep(0.5)  # let the server finish the requests in flight at the cut-off
-    server_cpu = cpu_seconds(target.server.pid) - server_cpu
-    stored = bench.db(target.db).llen(target.list_key)
+    server_cpu = sum(map(cpu_seconds, pids)) - server_cpu
+    stored = bench.db(db).llen(list_key)
     cost = meter.cost(max(1, stored), load.seconds)
     expected = load.ok * jobs_per_request
     extra = stored - expected
     slack = 0 if load.exact else connections * jobs_per_request
     verdict = "OK" if 0 <= extra <= slack else "MISMATCH"
     by_status = {k: v for k, v in load.statuses.items() if not 200 <= k < 400}
+    name = name if len(targets) == 1 else f"{name} x{len(targets)}"
     log(
-        f"   {target.name:<24} {fmt_rate(load.ok_per_second, 'req/s'):>12} 2xx "
+        f"   {name:<24} {fmt_rate(load.ok_per_second, 'req/s'):>12} 2xx "
         f"({load.ok:,} in {load.seconds:.2f} s; p50 {load.p50_ms:.1f} ms, "
         f"p99 {load.p99_ms:.1f} ms; non-2xx {load.non_2xx}{by_status or ''}; socket errors: "
         f"{load.socket_errors})"
@@ -156,11 +189,14 @@ def measure_http(
     log(f"   {'':<24} jobs in Redis {stored:,} vs accepted {expected:,}: {extra:+,}{cut}")
     log(f"   {'':<24} → {verdict}")
     log(
-        f"   {'':<24} per job: server process {server_cpu / max(1, stored) * 1e6:.0f} µs CPU "
+        f"   {'':<24} per job: server process(es) {server_cpu / max(1, stored) * 1e6:.0f} µs CPU "
         f"({server_cpu / load.seconds:.0%} of a core); {cost.describe()}"
     )
     if verdict != "OK":
-        bench.notes.append(f"{target.name}: Redis holds {stored:,} jobs for {expected:,} accepted")
+        bench.notes.append(f"{name}: Redis holds {stored:,} jobs for {expected:,} accepted")
+    if load.non_2xx:  # say why: the servers' last log lines
+        for target in targets:
+            log(f"   {'':<24} {target.server.name} log:\n{target.server.tail(8)}")
     return load, cost
 
 

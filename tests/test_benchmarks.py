@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.harness import Bench
+from benchmarks.loadgen import Load, combined
 from benchmarks.peers import driver, phase
 from benchmarks.redis_meter import RedisCost, RedisMeter
 
@@ -76,3 +77,15 @@ def test_side_by_side_puts_each_system_against_rq_and_keeps_failures(tmp_path: P
     assert "1.50 / 3.25" in table
     assert "| BullMQ (Node), concurrency 1 | — |" in table
     assert "install failed: npm is not on PATH" in table
+
+
+def test_loads_run_at_once_on_two_processes_combine_into_one() -> None:
+    def load(responses: int, seconds: float, p99: float, errors: str = "none") -> Load:
+        return Load("wrk", seconds, responses, 1, errors, 1.0, p99, {202: responses - 1, 503: 1})
+
+    both = combined([load(1000, 10.0, 5.0), load(3000, 10.5, 9.0, "read 2")])
+    assert (both.responses, both.non_2xx, both.ok) == (4000, 2, 3998)
+    assert both.seconds == 10.5  # the longer run: a rate never overstated
+    assert both.ok_per_second == 3998 / 10.5
+    assert (both.p50_ms, both.p99_ms, both.socket_errors) == (1.0, 9.0, "read 2")
+    assert both.statuses == {202: 3998, 503: 2}
