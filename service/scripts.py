@@ -195,6 +195,20 @@ end
 # ARGV: as _PUBLISH's, from 1. Returns 1, or {queue, backlog} if MAX_BACKLOG refused it.
 PUBLISH = _PUBLISH + "return publish(ARGV, 1) or 1\n"
 
+# Single jobs of concurrent requests, sent together (store.Coalescer). ARGV: as _PUBLISH's;
+# each job is admitted or refused alone (MAX_BACKLOG), in order, as if published one by one.
+# Returns, per job, 1 or {queue, backlog}.
+PUBLISH_EACH = (
+    _PUBLISH
+    + """
+local outcomes = {}
+for i = 4, #ARGV, 10 do
+  outcomes[#outcomes + 1] = publish({ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, i, i + 9)}, 1) or 1
+end
+return outcomes
+"""
+)
+
 # The same for one job under an idempotency key. ARGV: key, fingerprint of the request,
 # key TTL, then as _PUBLISH's. Returns {id, 'new' | 'same' | 'different'}: an existing key
 # returns its job's id, and whether this request is the same as the one that made it; or

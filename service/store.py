@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
@@ -176,6 +176,53 @@ class QueueFull(Exception):
         self.limit = limit
 
 
+class Coalescer:
+    """Single jobs published by concurrent requests, sent together.
+
+    Every job added during one turn of the event loop goes in one call of `send` (one
+    script: one round trip, one script run in Redis), made at the end of that turn; `send`
+    gives each job's outcome (None, or the exception its own publish would have raised), and
+    a failure of the call itself (Redis down, full) reaches every caller. Under load this is
+    what a pipelining client (ioredis, under BullMQ) does; alone, a job waits one loop turn."""
+
+    def __init__(
+        self, send: Callable[[list[jobs.NewJob]], Awaitable[list[Exception | None]]]
+    ) -> None:
+        self._send = send
+        self._jobs: list[jobs.NewJob] = []
+        self._waiting: list[asyncio.Future[None]] = []
+        self._sending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+
+    async def add(self, job: jobs.NewJob) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._jobs:
+            loop.call_soon(self._flush)
+        waiting = loop.create_future()
+        self._jobs.append(job)
+        self._waiting.append(waiting)
+        await waiting
+
+    def _flush(self) -> None:
+        batch, waiting = self._jobs, self._waiting
+        self._jobs, self._waiting = [], []
+        task = asyncio.ensure_future(self._publish(batch, waiting))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, batch: list[jobs.NewJob], waiting: list[asyncio.Future[None]]) -> None:
+        try:
+            outcomes = await self._send(batch)
+        except Exception as exc:  # noqa: BLE001 - every caller gets it
+            outcomes = [exc] * len(batch)
+        for future, outcome in zip(waiting, outcomes, strict=True):
+            if future.done():  # its request was cancelled (shutdown)
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+
+
 class Store:
     def __init__(self, client: aioredis.Redis, max_backlog: int = 0) -> None:
         self.client = client
@@ -184,6 +231,8 @@ class Store:
         self._publish = Script(scripts.PUBLISH)
         self._publish_once = Script(scripts.PUBLISH_ONCE)
         self._cancel = Script(scripts.CANCEL)
+        self._publish_each_script = Script(scripts.PUBLISH_EACH)
+        self._coalescer = Coalescer(self._publish_each)
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script).
@@ -196,6 +245,25 @@ class Store:
             reply = await self._publish(self.direct, args)
         if isinstance(reply, list):
             raise QueueFull(jobs.as_text(reply[0]), int(reply[1]), self.max_backlog)
+
+    async def publish_soon(self, job: jobs.NewJob) -> None:
+        """`publish([job])`, with the same outcome, but sent with the other single jobs
+        published in the same turn of the event loop: one script call for all of them (see
+        `Coalescer`). With tracing on each job keeps its own call (and enqueue span)."""
+        if tracing.enabled():
+            return await self.publish([job])
+        await self._coalescer.add(job)
+
+    async def _publish_each(self, batch: list[jobs.NewJob]) -> list[Exception | None]:
+        """Each job published as if alone (PUBLISH_EACH): None, or its QueueFull."""
+        args = jobs.publish_args(batch, time.time(), "", self.max_backlog)
+        replies = await self._publish_each_script(self.direct, args)
+        return [
+            None
+            if reply == 1
+            else QueueFull(jobs.as_text(reply[0]), int(reply[1]), self.max_backlog)
+            for reply in replies
+        ]
 
     async def publish_once(
         self, job: jobs.NewJob, key: str, fingerprint: str, ttl: int

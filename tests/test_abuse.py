@@ -466,7 +466,7 @@ def explode(*args: Any, **kwargs: Any) -> Any:
 @pytest.mark.parametrize(
     ("target", "method", "path", "body"),
     [
-        ("publish", "POST", "/jobs", {"type": "noop"}),
+        ("publish_soon", "POST", "/jobs", {"type": "noop"}),
         ("publish", "POST", "/jobs/batch", {"jobs": [{"type": "noop"}]}),
         ("job", "GET", f"/jobs/{ANY_ID}", None),
         ("cancel", "DELETE", f"/jobs/{ANY_ID}", None),

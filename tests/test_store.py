@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from service import jobs, scripts
 from service.embedded_redis import EmbeddedRedis
 from service.settings import RedisTarget
-from service.store import Direct, Script, Store, connect_async
+from service.store import Direct, QueueFull, Script, Store, connect_async
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -148,3 +148,72 @@ def test_a_stalled_redis_is_a_timeout_not_repeated_and_the_connection_dropped(
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def evalsha_calls(url: str) -> int:
+    with redis.Redis.from_url(url) as admin:
+        stats = admin.info("commandstats").get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0))
+
+
+def test_jobs_published_in_one_loop_turn_go_in_one_script_call_in_order(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = client_for(redis_url)
+        store = Store(client)
+        try:
+            await store.publish_soon(a_job())  # loads the script
+            with redis.Redis.from_url(redis_url) as admin:
+                admin.config_resetstat()
+            batch = [a_job() for _ in range(20)]
+            await asyncio.gather(*(store.publish_soon(job) for job in batch))
+            assert evalsha_calls(redis_url) == 1
+            alone = a_job()
+            await store.publish_soon(alone)  # nothing else in its turn: a call of its own
+            assert evalsha_calls(redis_url) == 2
+            with redis.Redis.from_url(f"{redis_url}/1") as check:
+                queued = check.lrange("rq:queue:q", 1, -1)
+                assert queued == [job.id.encode() for job in [*batch, alone]]
+                assert check.hget(f"rq:job:{alone.id}", "status") == b"queued"
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_jobs_sent_together_are_admitted_one_by_one_under_max_backlog(redis_url: str) -> None:
+    async def scenario() -> list[BaseException | None]:
+        client = client_for(redis_url)
+        store = Store(client, max_backlog=5)
+        try:
+            await asyncio.gather(*(store.publish_soon(a_job()) for _ in range(3)))
+            return await asyncio.gather(
+                *(store.publish_soon(a_job()) for _ in range(4)), return_exceptions=True
+            )
+        finally:
+            await client.aclose()
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes[:2] == [None, None]  # two places left: the first two take them
+    for refused in outcomes[2:]:
+        assert isinstance(refused, QueueFull)
+        assert (refused.queue, refused.backlog, refused.limit) == ("q", 5, 5)
+    with redis.Redis.from_url(f"{redis_url}/1") as check:
+        assert check.llen("rq:queue:q") == 5
+        assert len(check.keys("rq:job:*")) == 5  # nothing of the refused ones written
+
+
+def test_a_failed_call_reaches_every_job_sent_in_it(own_redis: EmbeddedRedis) -> None:
+    async def scenario() -> list[BaseException | None]:
+        client = client_for(own_redis.url)
+        store = Store(client)
+        try:
+            await store.publish_soon(a_job())
+            own_redis.stop()
+            return await asyncio.gather(
+                *(store.publish_soon(a_job()) for _ in range(3)), return_exceptions=True
+            )
+        finally:
+            await client.aclose()
+
+    outcomes = asyncio.run(scenario())
+    assert [type(outcome) for outcome in outcomes] == [redis.ConnectionError] * 3

@@ -53,7 +53,7 @@ async def submit_job(request: Request) -> Response:
     key = options.idempotency_key if header is None else header
     if key is None:
         with metrics.PUBLISH_SECONDS.time():
-            await store.publish([job])
+            await store.publish_soon(job)
         metrics.accepted([job])
         return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
     if not IDEMPOTENCY_KEY.fullmatch(key):
