@@ -108,8 +108,11 @@ def render(bench: Bench) -> str:
             "- Drain: from the first job's `started_at` to the last job's `ended_at` (job "
             "hashes), so worker start-up is excluded; the service's pre-loaded queue is parked "
             "until every worker process is consuming. RQ drains fewer jobs (it is slower).",
-            "- HTTP: one server process each, warmed up for 1 s; jobs in Redis are checked "
-            "against the 2xx count after each run (see the log for the check and CPU per job).",
+            "- HTTP: one server process each (and two each, the connections shared out, a wrk "
+            "per process), warmed up for 1 s; the service and the bare app alternate for 5 "
+            "rounds and the median round is shown (the log has them all); jobs in Redis are "
+            "checked against the 2xx count after each run (see the log for the check and CPU "
+            "per job).",
             "- Latency: open loop, one job every 1/rate s by the clock, sent straight to Redis "
             "(service: its Store's PUBLISH script; RQ: `Queue.enqueue`); latency is the job's "
             "`started_at` minus its scheduled send time; the first second is a warm-up.",
