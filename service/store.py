@@ -214,6 +214,10 @@ class Coalescer:
             outcomes = await self._send(batch)
         except Exception as exc:  # noqa: BLE001 - every caller gets it
             outcomes = [exc] * len(batch)
+        except BaseException:  # cancelled: so are the callers, rather than wait forever
+            for future in waiting:
+                future.cancel()
+            raise
         for future, outcome in zip(waiting, outcomes, strict=True):
             if future.done():  # its request was cancelled (shutdown)
                 continue

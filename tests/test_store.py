@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from service import jobs, scripts
 from service.embedded_redis import EmbeddedRedis
 from service.settings import RedisTarget
-from service.store import Direct, QueueFull, Script, Store, connect_async
+from service.store import Coalescer, Direct, QueueFull, Script, Store, connect_async
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -217,3 +217,16 @@ def test_a_failed_call_reaches_every_job_sent_in_it(own_redis: EmbeddedRedis) ->
 
     outcomes = asyncio.run(scenario())
     assert [type(outcome) for outcome in outcomes] == [redis.ConnectionError] * 3
+
+
+def test_callers_are_cancelled_with_their_call_not_left_waiting() -> None:
+    async def send(batch: list[jobs.NewJob]) -> list[Exception | None]:
+        raise asyncio.CancelledError  # as when the task sending it is cancelled
+
+    async def scenario() -> list[BaseException | None]:
+        coalescer = Coalescer(send)
+        waiting = [asyncio.ensure_future(coalescer.add(a_job())) for _ in range(3)]
+        await asyncio.wait(waiting, timeout=5)
+        return [task.exception() if not task.cancelled() else None for task in waiting]
+
+    assert asyncio.run(scenario()) == [None, None, None]  # all three cancelled, none pending
