@@ -180,7 +180,8 @@ class Coalescer:
     """Single jobs published by concurrent requests, sent together.
 
     Every job added during one turn of the event loop goes in one call of `send` (one
-    script: one round trip, one script run in Redis), made at the end of that turn; `send`
+    script: one round trip, one script run in Redis), made at the end of that turn (or once
+    it holds MAX_BATCH_JOBS, as many as a `POST /jobs/batch` may); `send`
     gives each job's outcome (None, or the exception its own publish would have raised), and
     a failure of the call itself (Redis down, full) reaches every caller. Under load this is
     what a pipelining client (ioredis, under BullMQ) does; alone, a job waits one loop turn."""
@@ -200,9 +201,13 @@ class Coalescer:
         waiting = loop.create_future()
         self._jobs.append(job)
         self._waiting.append(waiting)
+        if len(self._jobs) >= constants.MAX_BATCH_JOBS:  # a script no longer than a batch's
+            self._flush()
         await waiting
 
     def _flush(self) -> None:
+        if not self._jobs:  # flushed already, full
+            return
         batch, waiting = self._jobs, self._waiting
         self._jobs, self._waiting = [], []
         task = asyncio.ensure_future(self._publish(batch, waiting))

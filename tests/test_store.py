@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service import jobs, scripts
+from service import constants, jobs, scripts
 from service.embedded_redis import EmbeddedRedis
 from service.settings import RedisTarget
 from service.store import Coalescer, Direct, QueueFull, Script, Store, connect_async
@@ -230,3 +230,19 @@ def test_callers_are_cancelled_with_their_call_not_left_waiting() -> None:
         return [task.exception() if not task.cancelled() else None for task in waiting]
 
     assert asyncio.run(scenario()) == [None, None, None]  # all three cancelled, none pending
+
+
+def test_a_turn_with_more_jobs_than_a_batch_holds_is_sent_in_batches() -> None:
+    sent: list[int] = []
+
+    async def send(batch: list[jobs.NewJob]) -> list[Exception | None]:
+        sent.append(len(batch))
+        return [None] * len(batch)
+
+    async def scenario() -> None:
+        coalescer = Coalescer(send)
+        count = 2 * constants.MAX_BATCH_JOBS + 5
+        await asyncio.gather(*(coalescer.add(a_job()) for _ in range(count)))
+
+    asyncio.run(scenario())
+    assert sent == [constants.MAX_BATCH_JOBS, constants.MAX_BATCH_JOBS, 5]
