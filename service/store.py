@@ -240,8 +240,8 @@ class Store:
         self._publish = Script(scripts.PUBLISH)
         self._publish_once = Script(scripts.PUBLISH_ONCE)
         self._cancel = Script(scripts.CANCEL)
-        self._publish_each_script = Script(scripts.PUBLISH_EACH)
-        self._coalescer = Coalescer(self._publish_each)
+        self._publish_each = Script(scripts.PUBLISH_EACH)
+        self._coalescer = Coalescer(self._send_each)
 
     async def publish(self, batch: Sequence[jobs.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script).
@@ -263,10 +263,10 @@ class Store:
             return await self.publish([job])
         await self._coalescer.add(job)
 
-    async def _publish_each(self, batch: list[jobs.NewJob]) -> list[Exception | None]:
+    async def _send_each(self, batch: list[jobs.NewJob]) -> list[Exception | None]:
         """Each job published as if alone (PUBLISH_EACH): None, or its QueueFull."""
         args = jobs.publish_args(batch, time.time(), "", self.max_backlog)
-        replies = await self._publish_each_script(self.direct, args)
+        replies = await self._publish_each(self.direct, args)
         return [
             None
             if reply == 1
