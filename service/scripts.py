@@ -153,18 +153,18 @@ end
 # traceparent of the enqueue span, stored on every job ('' = tracing off: no field),
 # argv[first + 2]: MAX_BACKLOG (0 = off), then per job: id, queue, type, data, timeout,
 # retries_left, backoff, result_ttl, failure_ttl, run_at ('' = now). Returns nil, or
-# {queue, its backlog} when the backlog refused the request (nothing written).
+# {queue, its backlog} when the backlog refused the request (nothing written). `seen`: the
+# queues this script has already added to `rq:queues` (one SADD per queue, not per job).
 # A full Redis (maxmemory, noeviction) refuses the first HSET, and with it the whole script:
 # Redis refuses a memory-growing command in a script only while the script has written nothing.
 _PUBLISH = (
     _PUSH
     + _BACKLOG
     + """
-local function publish(argv, first)
+local function publish(argv, first, seen)
   local now_iso, traceparent = argv[first], argv[first + 1]
   local full = over_limit(argv, first + 3, tonumber(argv[first + 2]))
   if full then return full end
-  local seen = {}
   for i = first + 3, #argv, 10 do
     local id, q, run_at = argv[i], argv[i + 1], argv[i + 9]
     local jk = 'rq:job:' .. id
@@ -193,7 +193,7 @@ end
 )
 
 # ARGV: as _PUBLISH's, from 1. Returns 1, or {queue, backlog} if MAX_BACKLOG refused it.
-PUBLISH = _PUBLISH + "return publish(ARGV, 1) or 1\n"
+PUBLISH = _PUBLISH + "return publish(ARGV, 1, {}) or 1\n"
 
 # Single jobs of concurrent requests, sent together (store.Coalescer). ARGV: as _PUBLISH's;
 # each job is admitted or refused alone (MAX_BACKLOG), in order, as if published one by one.
@@ -201,9 +201,10 @@ PUBLISH = _PUBLISH + "return publish(ARGV, 1) or 1\n"
 PUBLISH_EACH = (
     _PUBLISH
     + """
-local outcomes = {}
+local outcomes, seen = {}, {}
 for i = 4, #ARGV, 10 do
-  outcomes[#outcomes + 1] = publish({ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, i, i + 9)}, 1) or 1
+  local one = {ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, i, i + 9)}
+  outcomes[#outcomes + 1] = publish(one, 1, seen) or 1
 end
 return outcomes
 """
@@ -221,7 +222,7 @@ local existing = redis.call('HMGET', key, 'id', 'fingerprint')
 if existing[1] then
   return {existing[1], existing[2] == fingerprint and 'same' or 'different'}
 end
-local full = publish(ARGV, 4)
+local full = publish(ARGV, 4, {})
 if full then return {full[1], 'full', full[2]} end
 redis.call('HSET', key, 'id', ARGV[7], 'fingerprint', fingerprint)
 redis.call('EXPIRE', key, ARGV[3])

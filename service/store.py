@@ -253,7 +253,7 @@ class Store:
             args = jobs.publish_args(batch, time.time(), traceparent, self.max_backlog)
             reply = await self._publish(self.direct, args)
         if isinstance(reply, list):
-            raise QueueFull(jobs.as_text(reply[0]), int(reply[1]), self.max_backlog)
+            raise self._full(reply[0], reply[1])
 
     async def publish_soon(self, job: jobs.NewJob) -> None:
         """`publish([job])`, with the same outcome, but sent with the other single jobs
@@ -267,12 +267,7 @@ class Store:
         """Each job published as if alone (PUBLISH_EACH): None, or its QueueFull."""
         args = jobs.publish_args(batch, time.time(), "", self.max_backlog)
         replies = await self._publish_each(self.direct, args)
-        return [
-            None
-            if reply == 1
-            else QueueFull(jobs.as_text(reply[0]), int(reply[1]), self.max_backlog)
-            for reply in replies
-        ]
+        return [None if reply == 1 else self._full(reply[0], reply[1]) for reply in replies]
 
     async def publish_once(
         self, job: jobs.NewJob, key: str, fingerprint: str, ttl: int
@@ -286,8 +281,12 @@ class Store:
             published = jobs.publish_args([job], time.time(), traceparent, self.max_backlog)
             reply = await self._publish_once(self.direct, [key, fingerprint, ttl, *published])
         if reply[1] == b"full":
-            raise QueueFull(jobs.as_text(reply[0]), int(reply[2]), self.max_backlog)
+            raise self._full(reply[0], reply[2])
         return reply[0].decode(), reply[1].decode()
+
+    def _full(self, queue: bytes, backlog: int | bytes) -> QueueFull:
+        """A script's MAX_BACKLOG refusal ({queue, backlog}) as the exception."""
+        return QueueFull(jobs.as_text(queue), int(backlog), self.max_backlog)
 
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """(canceled | canceling | conflict | missing, the job's status)."""
