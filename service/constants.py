@@ -11,6 +11,9 @@ EXIT_USAGE: Final = 64  # EX_USAGE: an unknown command or option
 EXIT_UNAVAILABLE: Final = 69  # EX_UNAVAILABLE: `status` could not reach Redis
 EXIT_STARTUP: Final = 70  # EX_SOFTWARE: could not start (port in use, handler import failed)
 EXIT_CONFIG: Final = 78  # EX_CONFIG: a setting is invalid; nothing was started
+# A worker process's own exit, seen only by its supervisor: a job would not stop when told to,
+# so the process finished its other jobs and left, to be replaced (EX_TEMPFAIL).
+EXIT_RETIRED: Final = 75
 
 # --- Ports and HTTP --------------------------------------------------------------------------
 API_PORT: Final = 3001

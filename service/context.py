@@ -1,4 +1,7 @@
-"""What a handler receives beside its payload."""
+"""What a handler receives beside its payload: the job's identity, clients and a progress
+reporter. A plain handler gets a `JobContext` (blocking clients, shared by the threads of its
+worker process); an `async def` handler gets an `AsyncJobContext` (asyncio clients on the
+process's event loop). Either way the clients are created once per process, not per job."""
 
 from __future__ import annotations
 
@@ -11,12 +14,24 @@ from redis import Redis
 
 from service import constants, jobs
 
-if TYPE_CHECKING:  # pymongo is imported only where MongoDB is configured (worker memory)
+if TYPE_CHECKING:  # imported only where used: each costs a worker process memory
+    import redis.asyncio as aioredis
+    from pymongo.asynchronous.database import AsyncDatabase
     from pymongo.database import Database
 
 
 class MongoNotConfigured(RuntimeError):
     """A handler asked for the database, but MONGODB_URI is not set."""
+
+
+def _job_logger() -> logging.Logger:
+    return logging.getLogger("service.job")
+
+
+def _progress_report(job_type: str, percent: float, message: str) -> bytes:
+    if not 0 <= percent <= 100:
+        raise ValueError(f"progress percent must be within 0-100, got {percent}")
+    return orjson.dumps({"percent": percent, "message": message[:500], "at": jobs.utc_iso()})
 
 
 @dataclass(slots=True)
@@ -31,7 +46,7 @@ class JobContext:
     queue: str
     attempt: int  # 1 on the first run
     redis: Redis
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("service.job"))
+    logger: logging.Logger = field(default_factory=_job_logger)
     queue_redis: Redis | None = None  # where progress is written
     database: Database[dict[str, Any]] | None = None
 
@@ -47,8 +62,34 @@ class JobContext:
 
         One Redis write per call: report per step, not per item of a tight loop.
         """
-        if not 0 <= percent <= 100:
-            raise ValueError(f"progress percent must be within 0-100, got {percent}")
+        report = _progress_report(self.type, percent, message)
         if self.queue_redis is not None:
-            report = {"percent": percent, "message": message[:500], "at": jobs.utc_iso()}
-            self.queue_redis.hset(constants.job_key(self.id), "progress", orjson.dumps(report))
+            self.queue_redis.hset(constants.job_key(self.id), "progress", report)
+
+
+@dataclass(slots=True)
+class AsyncJobContext:
+    """`JobContext` for `async def` handlers: `redis` is a `redis.asyncio` client of the
+    application's Redis, `db` pymongo's `AsyncDatabase`, and `progress` is awaited."""
+
+    id: str
+    type: str
+    queue: str
+    attempt: int  # 1 on the first run
+    redis: aioredis.Redis
+    logger: logging.Logger = field(default_factory=_job_logger)
+    queue_redis: aioredis.Redis | None = None  # where progress is written
+    database: AsyncDatabase[dict[str, Any]] | None = None
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        """The application's MongoDB database (MONGODB_URI), for `await`."""
+        if self.database is None:
+            raise MongoNotConfigured(f"job type {self.type!r} needs MongoDB: set MONGODB_URI")
+        return self.database
+
+    async def progress(self, percent: float, message: str = "") -> None:
+        """Report progress (0-100, and a short message); GET /jobs/{id} shows the latest."""
+        report = _progress_report(self.type, percent, message)
+        if self.queue_redis is not None:
+            await self.queue_redis.hset(constants.job_key(self.id), "progress", report)

@@ -26,14 +26,14 @@ import importlib
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
 
 from service import constants, queues
-from service.context import JobContext
+from service.context import AsyncJobContext, JobContext
 from service.policy import Backoff
 from service.queues import Priority
 
@@ -50,6 +50,13 @@ class Handler(Protocol):
     """A job handler: takes the validated payload and the job's context, returns JSON data."""
 
     def __call__(self, payload: Any, ctx: JobContext, /) -> Any: ...
+
+
+class AsyncHandler(Protocol):
+    """An `async def` handler: runs on its worker process's event loop, beside up to
+    WORKER_CONCURRENCY others; its context holds asyncio clients (AsyncJobContext)."""
+
+    def __call__(self, payload: Any, ctx: AsyncJobContext, /) -> Awaitable[Any]: ...
 
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -113,7 +120,7 @@ class PayloadInvalid(ValueError):
 @dataclass(frozen=True, slots=True)
 class JobType:
     name: str
-    handler: Handler
+    handler: Handler | AsyncHandler
     payload: type[BaseModel] | type[EmptyPayload] | str  # a str: "module:Model", see model()
     queue: str | None  # None: the QUEUE_NAME queue
     timeout: int  # whole seconds (RQ's format); the job is stopped and failed past it
@@ -123,6 +130,7 @@ class JobType:
     priority: Priority = "default"
     result_ttl: int = constants.RESULT_TTL  # seconds a finished job and its result are kept
     failure_ttl: int = constants.FAILURE_TTL  # seconds a failed (dead) job is kept
+    is_async: bool = False  # an `async def` handler: run on the event loop, not in a thread
 
     def model(self) -> type[BaseModel] | type[EmptyPayload]:
         """The payload model, imported now (once) if named by an import string."""
@@ -228,7 +236,9 @@ class Registry:
         result_ttl: int = constants.RESULT_TTL,
         failure_ttl: int = constants.FAILURE_TTL,
     ) -> Callable[[H], H]:
-        """Register the decorated function as the handler of job type `name`.
+        """Register the decorated function as the handler of job type `name`: a plain
+        function (run in a thread of its worker process) or an `async def` one (run on the
+        process's event loop).
 
         The payload schema is `payload` (a pydantic model, or its import string
         "module:Model"), else the pydantic model annotated on the handler's first parameter,
@@ -263,6 +273,7 @@ class Registry:
                 priority,
                 result_ttl,
                 failure_ttl,
+                inspect.iscoroutinefunction(handler),
             )
             return handler
 

@@ -110,6 +110,27 @@ local function interrupt(jk, id, q, member, worker, t0, t1, keep)
   return 1
 end
 
+-- The attempt ended with its runner's death (a killed worker process, or the forked child of
+-- a job running alone after an earlier crash). Re-delivered, not counted against its retries,
+-- until it has crashed MAX_CRASHES times, then failed with reason worker_lost. Returns
+-- 'failed' or 'retried'. ZREM first: Redis refuses a memory-growing command (HINCRBY) in a
+-- script only while the script has written nothing, so a full Redis (noeviction) still
+-- recovers the job.
+local function crashed(jk, id, q, member, who, exc, max_crashes, t0, t1, now_iso, now)
+  redis.call('ZREM', 'rq:wip:' .. q, member)
+  if redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
+    redis.call('HSET', jk, 'retries_left', 0)
+    fail(jk, id, q, member, who, exc, 'worker_lost', 0, t0, t1, now_iso, now)
+    return 'failed'
+  end
+  local ttl = failure_ttl(jk)
+  redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
+  push(q, id, false)
+  add_result(id, '4', 'worker_lost', who, 'exc_string', exc, member, t0, t1, ttl)
+  record(id, 'retried', 'worker', who, 'reason', 'worker_lost', 'error', exc)
+  return 'retried'
+end
+
 local function cancel(jk, id, q, member, worker, t0, t1, now_iso, now)
   local ttl = failure_ttl(jk)
   redis.call('ZREM', 'rq:wip:' .. q, member)
@@ -260,7 +281,8 @@ return {'canceled', 'canceled'}
 
 # ARGV: count, worker name, now_iso, started-registry score, execution id prefix, then the
 # queues in drain order (high before default before low). Returns per claimed job:
-# id, member, data, timeout, attempt, queue, backoff, enqueued_at, traceparent ('' if none).
+# id, member, data, timeout, attempt, queue, backoff, enqueued_at, traceparent ('' if none),
+# crashes (how many runners it has killed: above 0, it runs alone).
 CLAIM = (
     _HISTORY
     + """
@@ -275,7 +297,7 @@ for qi = 6, #ARGV do
     for _, id in ipairs(ids) do
       local jk = 'rq:job:' .. id
       local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts', 'backoff',
-        'enqueued_at', 'traceparent')
+        'enqueued_at', 'traceparent', 'crashes')
       if f[1] == 'queued' then  -- skip ids whose job expired, was deleted or canceled
         local attempt = tonumber(f[4] or '0') + 1
         local member = id .. ':' .. ARGV[5] .. (#out + 1)
@@ -284,7 +306,7 @@ for qi = 6, #ARGV do
         redis.call('PERSIST', jk)
         redis.call('ZADD', 'rq:wip:' .. q, ARGV[4], member)
         out[#out + 1] = {id, member, f[2], f[3] or '-1', attempt, q, f[5] or '', f[6] or '',
-          f[7] or ''}
+          f[7] or '', tonumber(f[8] or '0') or 0}
         record(id, 'started', 'worker', ARGV[2], 'attempt', attempt)
       end
     end
@@ -294,17 +316,19 @@ return out
 """
 )
 
-# ARGV: worker, now_iso, now, then per job 9 values: outcome (ok|fail|interrupt|skip|cancel),
-# id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
-# `skip` puts back a claimed job that never started, recording nothing. Returns, per job, what
-# became of it: finished | retried | failed (dead-lettered) | canceled | interrupted | '' (a
-# skip, or a job whose claim this worker no longer holds: nothing is recorded).
+# ARGV: worker, now_iso, now, max crashes, then per job 9 values: outcome, id, queue, member,
+# value (b64 result or exc), started, ended, retry delay, reason. Outcomes: ok, fail (retried
+# by its policy), reject (failed without retry: an unknown type or an invalid payload), crash
+# (its runner died: see `crashed`), interrupt, cancel, skip (a claimed job put back that
+# never started, recording nothing). Returns, per job, what became of it: finished | retried
+# | failed (dead-lettered) | canceled | interrupted | '' (a skip, or a job whose claim this
+# worker no longer holds: nothing is recorded).
 COMPLETE = (
     _TRANSITIONS
     + """
-local worker, now_iso, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local worker, now_iso, now, max_crashes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local results = {}
-for i = 4, #ARGV, 9 do
+for i = 5, #ARGV, 9 do
   local outcome, id, q, member = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local value, t0, t1 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local delay, reason = tonumber(ARGV[i + 7]), ARGV[i + 8]
@@ -316,8 +340,11 @@ for i = 4, #ARGV, 9 do
   elseif outcome == 'ok' then
     finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
     result = 'finished'
-  elseif outcome == 'fail' then
+  elseif outcome == 'fail' or outcome == 'reject' then
+    if outcome == 'reject' then redis.call('HSET', jk, 'retries_left', 0) end
     result = fail(jk, id, q, member, worker, value, reason, delay, t0, t1, now_iso, now)
+  elseif outcome == 'crash' then
+    result = crashed(jk, id, q, member, worker, value, max_crashes, t0, t1, now_iso, now)
   elseif outcome == 'cancel' then
     cancel(jk, id, q, member, worker, t0, t1, now_iso, now)
     result = 'canceled'
@@ -333,78 +360,55 @@ return results
 
 # Jobs whose worker is gone. ARGV: now_iso, now, owner ('' = every entry whose heartbeat
 # expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost worker),
-# current (the job the dead process was running, '' if unknown), then the queues.
-# lost: the running job is re-delivered (not counted against its retries) until it has
-# crashed its worker MAX_CRASHES times, then failed; the dead process's other claimed jobs never
-# started and go back to the head of the queue. interrupted: all go back to the head.
-# When the running job is unknown (a whole container died), it is taken to be the first job
-# still held of each claimed batch: a process runs its batch in claim order, and the execution
-# id of each entry is `<batch>x<position>`. (A job that finished less than
-# BATCH_TARGET_SECONDS before the crash has no outcome recorded yet: it runs again, and takes
-# the blame instead of the one after it.)
+# running (the ids of the jobs the dead process was running, comma-separated), then the
+# queues. lost: each running job is re-delivered (not counted against its retries) until it
+# has crashed its worker MAX_CRASHES times, then failed (see `crashed`); the owner's other
+# claimed jobs never started and go back to the head of the queue untouched. When a whole
+# container died (owner ''), nobody knows which of its jobs were running: each one it held
+# is blamed. A blamed job runs alone afterwards (the worker isolates a job with crashes), so
+# an innocent neighbour of a poison job finishes there and only the guilty one keeps
+# crashing. interrupted: all go back to the head, not counted.
 # Returns {failed, redelivered, interrupted, {type, 'failed' | 'retried', ...} per blamed job}.
 RECOVER = (
     _TRANSITIONS
     + """
 local now_iso, now, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local max_crashes, exc, current = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local held = {}
+local max_crashes, exc = tonumber(ARGV[5]), ARGV[6]
+local running = {}
+for id in string.gmatch(ARGV[7], '[^,]+') do running[id] = true end
+local counts = {failed = 0, redelivered = 0, interrupted = 0}
+local lost = {}  -- per job blamed for the crash: its type, then 'failed' or 'retried'
 for qi = 8, #ARGV do
   local q = ARGV[qi]
+  local wip = 'rq:wip:' .. q
   local members
   if owner == '' then
-    members = redis.call('ZRANGEBYSCORE', 'rq:wip:' .. q, '-inf', now)
+    members = redis.call('ZRANGEBYSCORE', wip, '-inf', now)
   else
-    members = redis.call('ZRANGE', 'rq:wip:' .. q, 0, -1)
+    members = redis.call('ZRANGE', wip, 0, -1)
   end
   for _, member in ipairs(members) do
     local id = string.match(member, '^[^:]+')
-    local f = redis.call('HMGET', 'rq:job:' .. id, 'worker_name', 'status')
+    local jk = 'rq:job:' .. id
+    local f = redis.call('HMGET', jk, 'worker_name', 'status')
     local who = f[1] or ''
-    if owner == '' or who == owner then held[#held + 1] = {q, member, id, who, f[2]} end
-  end
-end
-local first_of_batch = {}
-for _, h in ipairs(held) do
-  if h[5] == 'started' then
-    local batch, position = string.match(h[2], '^[^:]+:(.*x)(%d+)$')
-    batch, position = batch or h[2], tonumber(position or '0')
-    local best = first_of_batch[batch]
-    if not best or position < best[1] then first_of_batch[batch] = {position, h[2]} end
-  end
-end
-local running = {}
-for _, best in pairs(first_of_batch) do running[best[2]] = true end
-local counts = {failed = 0, redelivered = 0, interrupted = 0}
-local lost = {}  -- per job blamed for the crash: its type, then 'failed' or 'retried'
-for _, h in ipairs(held) do
-  local q, member, id, who = h[1], h[2], h[3], h[4]
-  local wip, jk = 'rq:wip:' .. q, 'rq:job:' .. id
-  local was_running = (current ~= '' and id == current) or (current == '' and running[member])
-  if h[5] ~= 'started' then
-    redis.call('ZREM', wip, member)
-  elseif mode == 'interrupted' or not was_running then
-    local n = interrupt(jk, id, q, member, who, ARGV[2], ARGV[2], mode == 'interrupted')
-    counts.interrupted = counts.interrupted + n
-  else
-    -- ZREM first: Redis refuses a memory-growing command (HINCRBY) in a script only while
-    -- the script has written nothing, so a full Redis (noeviction) still recovers the job.
-    redis.call('ZREM', wip, member)
-    if redis.call('HINCRBY', jk, 'crashes', 1) >= max_crashes then
-      redis.call('HSET', jk, 'retries_left', 0)
-      fail(jk, id, q, member, who, exc, 'worker_lost', 0, ARGV[2], ARGV[2], now_iso, now)
-      counts.failed = counts.failed + 1
-      lost[#lost + 1] = redis.call('HGET', jk, 'description') or ''
-      lost[#lost + 1] = 'failed'
+    if owner ~= '' and who ~= owner then
+      -- another worker's job
+    elseif f[2] ~= 'started' then
+      redis.call('ZREM', wip, member)
+    elseif mode == 'interrupted' or (owner ~= '' and not running[id]) then
+      local n = interrupt(jk, id, q, member, who, ARGV[2], ARGV[2], mode == 'interrupted')
+      counts.interrupted = counts.interrupted + n
     else
-      local ttl = failure_ttl(jk)
-      redis.call('HSET', jk, 'status', 'queued', 'worker_name', '', 'enqueued_at', now_iso)
-      push(q, id, false)
-      add_result(id, '4', 'worker_lost', who, 'exc_string', exc, member, ARGV[2], ARGV[2], ttl)
-      record(id, 'retried', 'worker', who, 'reason', 'worker_lost', 'error', exc)
-      counts.redelivered = counts.redelivered + 1
+      local fate = crashed(jk, id, q, member, who, exc, max_crashes, ARGV[2], ARGV[2],
+        now_iso, now)
+      if fate == 'failed' then
+        counts.failed = counts.failed + 1
+      else
+        counts.redelivered = counts.redelivered + 1
+      end
       lost[#lost + 1] = redis.call('HGET', jk, 'description') or ''
-      lost[#lost + 1] = 'retried'
+      lost[#lost + 1] = fate
     end
   end
 end

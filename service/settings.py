@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from service import constants, queues
+from service import constants, cpus, queues
 
 if TYPE_CHECKING:
     import environs
@@ -81,7 +81,8 @@ class RedisTarget:
 @dataclass(frozen=True, slots=True)
 class Settings:
     worker_mode: bool = False
-    worker_concurrency: int = 5
+    worker_concurrency: int = 5  # jobs in flight in one worker process
+    worker_processes: int = 1  # worker processes per container (load: the CPUs it may use)
     worker_batch_size: int = 50
     worker_processing_interval: float = 5.0  # seconds (the variable is in milliseconds)
     queue_name: str = "app-queue"
@@ -191,6 +192,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
     worker_mode = env.bool("WORKER_MODE", False)
     concurrency = env.int("WORKER_CONCURRENCY", 5, validate=validate.Range(min=1, max=50))
+    processes = env.int("WORKER_PROCESSES", None, validate=validate.Range(min=1, max=64))
     batch_size = env.int("WORKER_BATCH_SIZE", 50, validate=validate.Range(min=1, max=1000))
     interval_ms = env.int(
         "WORKER_PROCESSING_INTERVAL", 5000, validate=validate.Range(min=1000, max=60000)
@@ -252,6 +254,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         worker_mode=worker_mode,
         worker_concurrency=concurrency,
+        worker_processes=processes if processes is not None else min(64, cpus.available()),
         worker_batch_size=batch_size,
         worker_processing_interval=interval_ms / 1000,
         queue_name=queue_name,

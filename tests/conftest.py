@@ -93,6 +93,7 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "HANDLER_MODULES": "tests.sample_handlers",
         "HOST": "127.0.0.1",
+        "WORKER_PROCESSES": "1",  # one unless a test asks for more (the default: the CPUs)
     }
     env.update(overrides)
     return env

@@ -54,7 +54,7 @@ def worker_pid_of(queue_redis: redis.Redis, job_id: str) -> int:
 def test_results_and_failures_are_readable_with_rqs_own_tools(
     start_service: Start, redis_url: str, queue_redis: redis.Redis
 ) -> None:
-    start_service(worker=True, WORKER_CONCURRENCY="2")
+    start_service(worker=True, WORKER_PROCESSES="2")
     ok = publish(redis_url, "echo", {"hello": "world"})
     bad = publish(redis_url, "fail", {"message": "boom"})
     wait_status(queue_redis, ok, "finished")
@@ -145,7 +145,7 @@ def test_a_worker_process_imports_pydantic_only_for_a_job_with_a_payload_model(
     for job_id in jobs:
         wait_status(queue_redis, job_id, "finished")
     before, after = (set(fetch(queue_redis, jobs[i]).return_value()) for i in (1, 3))
-    assert "service.worker.runner" in before
+    assert "service.worker.process" in before
     assert before & NOT_IN_WORKERS == set()
     assert {"pydantic", "service.payloads"} <= after
 
@@ -153,7 +153,7 @@ def test_a_worker_process_imports_pydantic_only_for_a_job_with_a_payload_model(
 def test_killed_worker_process_job_runs_again_and_the_process_is_replaced(
     start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
 ) -> None:
-    worker = start_service(worker=True, WORKER_CONCURRENCY="2", WORKER_PROCESSING_INTERVAL="1000")
+    worker = start_service(worker=True, WORKER_PROCESSES="2", WORKER_PROCESSING_INTERVAL="1000")
     job_id = publish(redis_url, "test.block", {"key": "release"}, max_retries=1)
     wait_for(lambda: app_redis.llen("started") == 1)
     os.kill(worker_pid_of(queue_redis, job_id), signal.SIGKILL)
@@ -216,7 +216,7 @@ def test_housekeeping_recovers_jobs_of_a_worker_that_vanished(
 
 
 def test_idle_worker_stops_on_sigterm_within_2_seconds(start_service: Start) -> None:
-    worker = start_service(worker=True, WORKER_CONCURRENCY="3")
+    worker = start_service(worker=True, WORKER_PROCESSES="3")
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0
@@ -346,7 +346,7 @@ def test_a_killed_process_blames_only_the_job_it_was_running(
 def test_worker_processes_do_not_outlive_a_killed_supervisor(
     start_service: Start, queue_redis: redis.Redis
 ) -> None:
-    worker = start_service(worker=True, WORKER_CONCURRENCY="2")
+    worker = start_service(worker=True, WORKER_PROCESSES="2")
     key = constants.queue_workers_key("app-queue")
     wait_for(lambda: queue_redis.scard(key) == 2)
     children = [int(queue_redis.hget(k, "pid") or 0) for k in queue_redis.smembers(key)]

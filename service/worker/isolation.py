@@ -1,26 +1,31 @@
-"""Running one job in a forked child, for job types registered with `isolated=True`."""
+"""Running one job alone, in a forked child: job types registered with `isolated=True`, and
+any job that has killed a runner before (so a crash can only take itself down).
+
+The child builds its own clients (none crosses a fork), runs the handler (an `async def` one
+on an event loop of its own) and writes its outcome to a pipe. The parent's lane waits on the
+pipe in short steps, so a stop raised into its thread (timeout, cancel, shutdown) lands within
+one step; the child is then killed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import os
+import select
 import signal
-import traceback
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
 
-from service.context import JobContext
+from service.settings import Settings
+from service.worker.execute import Attempt, Outcome, call_async, call_sync
 
-
-class IsolatedJobFailed(Exception):
-    """The handler raised in its isolated process; the message is its traceback."""
-
-
-class IsolatedJobDied(Exception):
-    """The isolated process died without reporting (a signal, os._exit, out of memory)."""
+WAIT_STEP = 0.05  # seconds between looks at a stop request while the child runs
+LOST_ALONE = (
+    "WorkerLost: the job's process died while it ran alone, after killing a worker before ({how})"
+)
 
 
 def _describe(status: int) -> str:
@@ -29,42 +34,76 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def run_isolated(
-    handler: Callable[[Any, JobContext], Any],
-    payload: Any,
-    ctx: JobContext,
-    guard: Callable[[], AbstractContextManager[None]],
-) -> Any:
-    """Fork, run the handler in the child, return its JSON result or raise its failure.
-
-    `guard()` wraps the wait in the parent (the job's timeout and interruption); if it raises,
-    the child is killed.
-    """
+def run_alone(attempt: Attempt, settings: Settings) -> Outcome:
+    """Fork, run the attempt in the child, and return its outcome. A child that dies without
+    reporting is a crash for a job that killed a runner before (counted toward MAX_CRASHES),
+    and a failed attempt for an isolated job type."""
+    attempt.start()  # counted and timed here: the child's metrics would be lost
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: run, report on the pipe, exit without any cleanup
         os.close(read_fd)
-        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
-            signal.signal(signum, signal.SIG_DFL)
-        try:
-            report = orjson.dumps({"value": handler(payload, ctx)})
-        except BaseException:  # noqa: BLE001 - report everything; this process exits next
-            report = orjson.dumps({"error": traceback.format_exc()})
-        os.write(write_fd, report)
-        os._exit(0)
+        _child(attempt, settings, write_fd)
     os.close(write_fd)
     output: bytes | None = None
     try:
-        with os.fdopen(read_fd, "rb") as pipe, guard():
-            output = pipe.read()  # EOF when the child exits, however it exits
+        output = _read_all(read_fd)
     finally:
-        if output is None:  # timed out or interrupted: stop the child
+        os.close(read_fd)
+        if output is None:  # stopped while it ran: stop the child
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     if not output:
-        raise IsolatedJobDied(f"job process died ({_describe(status)})")
-    report = orjson.loads(output)
-    if "error" in report:
-        raise IsolatedJobFailed(report["error"])
-    return report["value"]
+        how = _describe(status)
+        if attempt.claimed.crashes > 0:
+            return attempt.crashed(LOST_ALONE.format(how=how))
+        return attempt.failed_with(f"IsolatedJobDied: job process died ({how})")
+    report: dict[str, Any] = orjson.loads(output)
+    return attempt.reported(
+        report["kind"],
+        base64.b64decode(report["value"]),
+        report["reason"],
+        report["error"],
+        report["delay"],
+    )
+
+
+def _child(attempt: Attempt, settings: Settings, write_fd: int) -> None:
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+    try:
+        from service.worker.clients import Clients
+
+        clients = Clients(settings)
+        if attempt.is_async:
+            outcome = asyncio.run(call_async(attempt, clients))
+        else:
+            outcome = call_sync(attempt, clients)
+        report = orjson.dumps(
+            {
+                "kind": outcome.kind,
+                "value": base64.b64encode(outcome.value).decode(),
+                "reason": outcome.reason,
+                "error": outcome.error,
+                "delay": outcome.delay,
+            }
+        )
+    except BaseException:  # noqa: BLE001 - report nothing: the parent sees the child died
+        os._exit(70)
+    view = memoryview(report)
+    while view:
+        view = view[os.write(write_fd, view) :]
+    os._exit(0)
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything the child writes, until it exits (EOF), looking up every WAIT_STEP."""
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([fd], [], [], WAIT_STEP)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)

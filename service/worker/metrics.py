@@ -79,16 +79,26 @@ def ended(job_type: str, result: str, reason: str, duration: float | None) -> No
 class SupervisorCollector(Collector):
     """Live figures the supervisor reads from its process table and shared memory."""
 
-    def __init__(self, figures: Callable[[], tuple[int, int, int]]) -> None:
-        self.figures = figures  # () -> (processes alive, jobs in progress, restarts)
+    def __init__(self, figures: Callable[[], tuple[int, int, int, int]]) -> None:
+        self.figures = figures  # () -> (processes alive, slots busy, slots in all, restarts)
 
     def collect(self) -> Iterator[Metric]:
-        alive, in_progress, restarts = self.figures()
+        alive, busy, total, restarts = self.figures()
         yield GaugeMetricFamily(
             "service_worker_processes", "Worker processes alive in this container", value=alive
         )
         yield GaugeMetricFamily(
-            "service_jobs_in_progress", "Jobs running in this container now", value=in_progress
+            "service_jobs_in_progress", "Jobs running in this container now", value=busy
+        )
+        yield GaugeMetricFamily(
+            "service_worker_slots_busy",
+            "Slots running a job now (WORKER_CONCURRENCY per live process)",
+            value=busy,
+        )
+        yield GaugeMetricFamily(
+            "service_worker_slots",
+            "Slots in this container: live processes x WORKER_CONCURRENCY",
+            value=total,
         )
         yield CounterMetricFamily(
             "service_worker_process_restarts",

@@ -22,14 +22,14 @@ def recover(
     max_crashes: int,
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
-    current: str = "",
+    running: Sequence[str] = (),
 ) -> tuple[list[int], list[tuple[str, str]]]:
     """Recover the started jobs of `owner`, or (owner '') those whose heartbeat expired, on
     every queue at once (a claimed batch may span a queue's priorities).
 
-    lost: the job `current` (if unknown, the first job still held of each claimed batch) is
-    re-delivered until it has crashed its worker `max_crashes` times, then failed; the owner's
-    other jobs never started and go back to the head of the queue. interrupted: all back at the
+    lost: the jobs `running` (for a whole container, owner '': every job it held) are
+    re-delivered until each has crashed `max_crashes` times, then failed; the owner's other
+    jobs never started and go back to the head of the queue. interrupted: all back at the
     head, not counted as attempts. Returns [failed, redelivered, interrupted] and, per job
     blamed for a crash, its type and fate ('failed' or 'retried').
     """
@@ -42,7 +42,7 @@ def recover(
         mode,
         max_crashes,
         jobs.encode_exc_string(LOST_REASON),
-        current,
+        ",".join(running),
         *queues,
     ]
     *counts, lost = script(args=args)

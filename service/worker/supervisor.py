@@ -1,6 +1,7 @@
-"""The worker container's main process: starts WORKER_CONCURRENCY worker processes, restarts
-one that dies (re-queuing its jobs at once), runs housekeeping, serves /health and /ready, and
-shuts everything down in bounded time.
+"""The worker container's main process: starts WORKER_PROCESSES worker processes (each runs
+up to WORKER_CONCURRENCY jobs at once), restarts one that dies (re-queuing its jobs at once,
+blaming only the ones it was running), runs housekeeping, serves /health and /ready, and shuts
+everything down in bounded time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -31,9 +32,10 @@ from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
 from service.store import connect
-from service.worker import metrics, recovery, runner
+from service.worker import metrics, recovery
 from service.worker.health import HealthServer
-from service.worker.slots import DEADLINE, READY, TICK, Slots
+from service.worker.process import main as process_main
+from service.worker.slots import READY, RETIRING, TICK, Slots
 
 log = logging.getLogger("service.worker")
 _spawn = multiprocessing.get_context("spawn")
@@ -49,11 +51,12 @@ class Supervisor:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.queues = served_queues(settings, registry)
-        self.slots = Slots(settings.worker_concurrency)
-        self.processes: list[BaseProcess | None] = [None] * settings.worker_concurrency
-        self.names = [""] * settings.worker_concurrency
+        count = settings.worker_processes
+        self.slots = Slots(count, settings.worker_concurrency)
+        self.processes: list[BaseProcess | None] = [None] * count
+        self.names = [""] * count
         self.prefix = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
-        self.restarts = [0] * settings.worker_concurrency
+        self.restarts = [0] * count
         self.signals = 0
         self.stopping = False  # set once the worker processes have been told to stop
         self.lost_jobs = 0
@@ -86,13 +89,15 @@ class Supervisor:
         )
         health.start()
         log.info(
-            "worker supervisor: %d processes on queues %s, Redis %s, health on :%d",
+            "worker supervisor: %d processes x %d jobs at once, on queues %s, Redis %s, "
+            "health on :%d",
+            self.settings.worker_processes,
             self.settings.worker_concurrency,
             ",".join(self.queues),
             self.settings.queue_redis,
             health.port,
         )
-        for index in range(self.settings.worker_concurrency):
+        for index in range(self.settings.worker_processes):
             self._start(index)
         history = self._start_history()
         try:
@@ -145,7 +150,7 @@ class Supervisor:
         self.slots[index].reset()
         self.names[index] = f"{self.prefix}.{index}.{self.restarts[index]}"
         process = _spawn.Process(
-            target=runner.main,
+            target=process_main,
             args=(self.settings, self.slots, index, self.names[index], self.queues),
             name=f"worker-{index}",
             daemon=True,
@@ -201,22 +206,34 @@ class Supervisor:
             self.backlog.latest = None  # no figures rather than stale ones
             log.debug("backlog figures skipped, Redis unavailable: %s", exc)
 
-    def live_figures(self) -> tuple[int, int, int]:
-        """(processes alive, jobs running now, restarts so far): read at scrape time."""
+    def live_figures(self) -> tuple[int, int, int, int]:
+        """(processes alive, slots busy, slots in all, restarts so far): read at scrape time."""
         alive = [i for i, p in enumerate(self.processes) if p is not None and p.is_alive()]
-        running = sum(self.slots[i].get(DEADLINE) > 0 for i in alive)
-        return len(alive), running, sum(self.restarts)
+        busy = sum(self.slots[i].busy() for i in alive)
+        return len(alive), busy, len(alive) * self.settings.worker_concurrency, sum(self.restarts)
 
-    def _replace(self, index: int, process: BaseProcess) -> None:
-        """A worker process died: re-queue its jobs now, then start another after a backoff."""
+    def _replace(self, index: int, child: BaseProcess) -> None:
+        """A worker process ended: re-queue its jobs now, then start another (after a
+        backoff if it died; at once if it retired because a job would not stop)."""
+        block = self.slots[index]
+        if child.exitcode == constants.EXIT_RETIRED:
+            log.warning(
+                "worker process %s (pid %s) retired (a job did not stop when told to); "
+                "replacing it",
+                child.name,
+                child.pid,
+            )
+            self._recover(self.names[index], "interrupted")
+            self._start(index)
+            return
         self.restarts[index] += 1
         log.error(
             "worker process %s (pid %s) died with exit code %s; restarting",
-            process.name,
-            process.pid,
-            process.exitcode,
+            child.name,
+            child.pid,
+            child.exitcode,
         )
-        self._recover(self.names[index], "lost", self.slots[index].job_id())
+        self._recover(self.names[index], "lost", block.running_ids())
         delay = min(constants.RESTART_BACKOFF_MAX, 0.1 * 2 ** min(self.restarts[index] - 1, 7))
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and not self.signals:
@@ -225,7 +242,10 @@ class Supervisor:
             self._start(index)
 
     def _recover(
-        self, name: str = "", mode: Literal["lost", "interrupted"] = "lost", current: str = ""
+        self,
+        name: str = "",
+        mode: Literal["lost", "interrupted"] = "lost",
+        running: Sequence[str] = (),
     ) -> None:
         """Put back the jobs a dead worker process held (name), or those of any worker whose
         heartbeat expired (no name: its whole container died), and prune dead registrations."""
@@ -236,7 +256,7 @@ class Supervisor:
                 max_crashes=self.settings.max_crashes,
                 owner=name,
                 mode=mode,
-                current=current,
+                running=running,
             )
             for job_type, fate in fates:
                 metrics.ended(job_type or "unknown", fate, "worker_lost", None)
@@ -292,26 +312,33 @@ class Supervisor:
 
     # --- health ---
     def healthy(self) -> tuple[bool, dict[str, object]]:
-        """Alive: every worker process is running and none is wedged past its job's deadline."""
+        """Alive: every worker process is running and none is wedged (its event loop silent).
+
+        A process that retires (a job would not stop) is still healthy: it is replaced."""
         now = time.monotonic()
-        # A main loop blocked on a stalled Redis is silent for one socket timeout, not wedged.
+        # A loop waiting on a stalled Redis is silent for one socket timeout, not wedged.
         stale_after = max(
             constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval,
             2 * constants.WORKER_SOCKET_TIMEOUT,
         )
-        alive = wedged = 0
-        for index, process in enumerate(self.processes):
-            if process is None or not process.is_alive():
+        alive = wedged = busy = 0
+        for index, child in enumerate(self.processes):
+            if child is None or not child.is_alive():
                 continue
             alive += 1
-            slot = self.slots[index]
-            deadline = slot.get(DEADLINE)
-            if deadline:
-                wedged += now > deadline + constants.FORCE_KILL_GRACE
-            else:
-                wedged += now - slot.get(TICK) > stale_after
+            block = self.slots[index]
+            busy += block.busy()
+            if not block.get(RETIRING):
+                wedged += now - block.get(TICK) > stale_after
         ok = alive == len(self.processes) and not wedged and not self.stopping
-        return ok, {"processes": len(self.processes), "alive": alive, "wedged": wedged}
+        slots = {"busy": busy, "total": len(self.processes) * self.settings.worker_concurrency}
+        details: dict[str, object] = {
+            "processes": len(self.processes),
+            "alive": alive,
+            "wedged": wedged,
+            "slots": slots,
+        }
+        return ok, details
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         """Ready: Redis (and MongoDB, when configured) answer, and the processes consume."""

@@ -1,0 +1,566 @@
+"""One worker process: an event loop that claims jobs, runs up to WORKER_CONCURRENCY of them
+at once, and records their outcomes.
+
+- `async def` handlers run as tasks on the loop; plain handlers on thread lanes
+  (service/worker/lanes.py); a job that must run alone, in a child a lane forks
+  (service/worker/isolation.py).
+- Claims fit the slots: the process holds no more jobs than it can start now, plus, while its
+  jobs take less than BATCH_TARGET_SECONDS, about as many as its slots run in that time. So a
+  claimed job never waits behind a long one while a slot elsewhere is free, and short jobs
+  cost one claim per batch.
+- Outcomes are recorded by one COMPLETE script per batch: at once when nothing else runs,
+  else at least every BATCH_TARGET_SECONDS.
+- A watchdog stops jobs past their timeout (a task is cancelled, an exception is raised in a
+  lane's thread). A job still running STOP_GRACE_SECONDS after being told to stop is given
+  up on: its outcome is recorded, the process claims nothing more, lets its other jobs finish
+  and exits with EXIT_RETIRED; the supervisor starts another.
+
+When its queues are empty the process blocks on their wake-up tokens: job ids never leave a
+queue list except inside the CLAIM script, so a crash while waiting can lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from service import constants, jobs, logs, scripts, tracing
+from service import registry as registry_module
+from service.registry import Registry
+from service.settings import Settings
+from service.store import connect, connect_async
+from service.worker import metrics, recovery
+from service.worker.clients import Clients
+from service.worker.execute import (
+    Attempt,
+    Canceled,
+    Claimed,
+    Interrupted,
+    JobTimeout,
+    Outcome,
+    Stop,
+    run_async,
+    run_sync,
+    span_of,
+)
+from service.worker.isolation import run_alone
+from service.worker.lanes import Lanes
+from service.worker.slots import Block, Slots
+
+log = logging.getLogger("service.worker")
+
+WAIT_SECONDS = 0.5  # longest block on empty queues: bounds how late a stop is noticed
+WATCH_SECONDS = 0.1  # how often running jobs are checked against their timeout
+STOP_GRACE_SECONDS = 2.0  # a job told to stop that still runs after this is given up on
+
+
+def main(settings: Settings, slots: Slots, index: int, name: str, served: list[str]) -> None:
+    """Entry point of one worker process, spawned by the supervisor: nothing is inherited, and
+    only what running jobs needs is imported here (not the supervisor's modules)."""
+    logs.configure(settings, f"worker-{index}")
+    tracing.start("service-worker")
+    handlers = registry_module.load(settings.handler_modules, import_models=False)
+    try:
+        worker = WorkerProcess(settings, handlers, slots[index], served, name)
+        code = asyncio.run(worker.run())
+    finally:
+        tracing.shutdown()  # export the last spans
+    if code == constants.EXIT_RETIRED:  # a lane may be stuck in C code: do not wait for it
+        logging.shutdown()
+        os._exit(code)
+    raise SystemExit(code)
+
+
+class WorkerProcess:
+    def __init__(
+        self, settings: Settings, registry: Registry, block: Block, queues: list[str], name: str
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.block = block
+        self.queues = queues  # drain order: every high queue, then default, then low
+        self.name = name
+        self.slots = settings.worker_concurrency
+        self.stopping = False  # SIGTERM: claim nothing more, let running jobs finish
+        self.forced = False  # SIGUSR1: interrupt running jobs
+        self.retiring = False  # a job would not stop: finish the others, then exit
+        self.held: dict[str, Attempt] = {}  # claimed, outcome not recorded yet, by member
+        self._held_lock = threading.Lock()  # the heartbeat thread reads `held`
+        self.active = 0  # claimed jobs that have not ended
+        self.waiting: deque[Attempt] = deque()  # async jobs claimed, waiting for a slot
+        self.tasks: dict[Attempt, asyncio.Task[None]] = {}  # async jobs running
+        self._places = list(range(2 * self.slots - 1, self.slots - 1, -1))  # for tasks
+        self.pending: list[Outcome] = []  # ended, not recorded yet
+        self._cancel: set[str] = set()  # ids a `stop-job` command named
+        self._avg_seconds = float("inf")  # running mean job time (no prefetch until known)
+        self._exec_seq = itertools.count(1)
+        self._exec_token = uuid.uuid4().hex[:8]
+        self._birth = jobs.utc_iso()
+        self._from_lanes: deque[Outcome] = deque()
+        self._wake_scheduled = False
+        self._blpop: asyncio.Task[Any] | None = None
+        self._recording = False  # a COMPLETE call is in flight
+        self.outcome_log = logs.BatchLog(log, settings)
+
+    # --- life cycle ---
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()  # a job ended, or a signal came
+        self._to_record = asyncio.Event()
+        self._flush_now = asyncio.Event()  # nothing else runs, or a batch is full
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor relays Ctrl-C as SIGTERM
+        self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
+        self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
+        self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
+        self._claim_script = self.redis.register_script(scripts.CLAIM)
+        self._complete_script = self.redis.register_script(scripts.COMPLETE)
+        self.clients = Clients(self.settings)
+        self.lanes = Lanes(self.slots, self._execute_in_lane, self._admit, self._lane_ended)
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        helpers = [
+            asyncio.create_task(self._recorder()),
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._commands()),
+        ]
+        log.debug("worker %s started on %s", self.name, ",".join(self.queues))
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        self.lanes.close()
+        self._deregister()
+        self.clients.close()
+        await self.clients.aclose()
+        await self.redis.aclose()
+        return constants.EXIT_RETIRED if self.retiring else constants.EXIT_OK
+
+    def _on_stop(self) -> None:
+        self.stopping = True
+        self._wake()
+
+    def _on_force(self) -> None:
+        self.stopping = self.forced = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        if self._blpop is not None:
+            self._blpop.cancel()
+
+    # --- claiming ---
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        supervisor = os.getppid()
+        while not (self.stopping or self.retiring):
+            self.block.tick()
+            if os.getppid() != supervisor:  # the supervisor died (SIGKILL): do not linger
+                log.warning("worker %s: supervisor gone; stopping", self.name)
+                self.stopping = True
+                break
+            room = self._room()
+            if room == 0:
+                await self._wait_changed(WAIT_SECONDS)
+                continue
+            try:
+                claimed = await self._claim(room)
+            except (redis.RedisError, OSError) as exc:
+                self.block.set_ready(False)
+                log.warning(
+                    "worker %s: Redis unavailable (%s); retrying in %.1fs", self.name, exc, backoff
+                )
+                await self._wait_changed(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.block.set_ready(True)
+            backoff = 0.1
+            for job in claimed:
+                self._dispatch(Attempt(job, self.registry))
+            if len(claimed) < room:  # the queues ran dry: wait for a token
+                await self._wait_for_work()
+
+    def _room(self) -> int:
+        """How many jobs to claim now: enough to fill the free slots, plus, for jobs shorter
+        than BATCH_TARGET_SECONDS, about as many as the slots run in that time; topped up
+        in halves, not one by one."""
+        batch = self.settings.worker_batch_size
+        prefetch = 0
+        if self._avg_seconds < constants.BATCH_TARGET_SECONDS:
+            prefetch = int(self.slots * constants.BATCH_TARGET_SECONDS / self._avg_seconds)
+        capacity = self.slots + min(batch, prefetch)
+        room = min(batch, capacity - self.active)
+        if room <= 0:
+            return 0
+        return room if self.active < self.slots or 2 * room >= capacity else 0
+
+    async def _claim(self, count: int) -> list[Claimed]:
+        prefix = f"{self._exec_token}{next(self._exec_seq):x}x"
+        rows = await self._claim_script(
+            args=[count, self.name, jobs.utc_iso(), self._registry_score(), prefix, *self.queues]
+        )
+        return [Claimed.from_reply(row) for row in rows]
+
+    async def _wait_changed(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+        self._changed.clear()
+
+    async def _wait_for_work(self) -> None:
+        """Block until a wake-up token arrives (one job, one woken worker), WAIT_SECONDS pass,
+        or a signal comes. Jobs pushed by other tools leave no token: the timeout finds them."""
+        keys = [constants.wake_key(q) for q in self.queues]
+        self._blpop = asyncio.ensure_future(self.redis.blpop(keys, WAIT_SECONDS))
+        try:
+            await self._blpop
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this task is cancelled, not the wait
+                raise
+        except (redis.RedisError, OSError) as exc:
+            log.debug("waiting for work: %s", exc)
+        finally:
+            self._blpop = None
+
+    def _registry_score(self) -> int:
+        """Started-registry score: the heartbeat keeps it ahead of now while we live."""
+        ttl = constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval
+        return int(time.time() + ttl) + 1
+
+    # --- running ---
+    def _dispatch(self, attempt: Attempt) -> None:
+        with self._held_lock:
+            self.held[attempt.claimed.member] = attempt
+        self.active += 1
+        early = self._admit(attempt) or attempt.rejected()
+        if early is not None:
+            self._ended(early)
+        elif attempt.alone or not attempt.is_async:
+            self.lanes.submit(attempt)
+        elif len(self.tasks) < self.slots:
+            self._start_task(attempt)
+        else:
+            self.waiting.append(attempt)
+
+    def _admit(self, attempt: Attempt) -> Outcome | None:
+        """Asked just before a job starts (in a lane's thread too): its outcome if it must not
+        start, canceled or put back; None if it may."""
+        if attempt.claimed.id in self._cancel or attempt.stop is Canceled:
+            return attempt.stopped(Canceled)
+        if self.stopping or self.retiring or attempt.stop is not None:
+            return attempt.skipped()
+        return None
+
+    def _execute_in_lane(self, attempt: Attempt, place: int) -> Outcome:
+        self.block.running(place, attempt.claimed.id)
+        try:
+            if attempt.alone:
+                with span_of(attempt) as finish:
+                    return finish(run_alone(attempt, self.settings))
+            return run_sync(attempt, self.clients)
+        finally:
+            self.block.idle(place)
+
+    def _start_task(self, attempt: Attempt) -> None:
+        place = self._places.pop()
+        self.tasks[attempt] = asyncio.create_task(self._run_task(attempt, place))
+
+    async def _run_task(self, attempt: Attempt, place: int) -> None:
+        self.block.running(place, attempt.claimed.id)
+        try:
+            outcome = await run_async(attempt, self.clients)
+        except asyncio.CancelledError:  # not by us: the loop itself is closing
+            outcome = attempt.stopped(Interrupted)
+        finally:
+            self.block.idle(place)
+            self._places.append(place)
+            del self.tasks[attempt]
+        self._ended(outcome)
+        while self.waiting and len(self.tasks) < self.slots:
+            waiting = self.waiting.popleft()
+            early = self._admit(waiting)
+            if early is not None:
+                self._ended(early)
+            else:
+                self._start_task(waiting)
+
+    def _lane_ended(self, outcome: Outcome) -> None:
+        """In a lane's thread: hand the outcome to the loop, waking it once per batch."""
+        self._from_lanes.append(outcome)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.loop.call_soon_threadsafe(self._collect)
+
+    def _collect(self) -> None:
+        self._wake_scheduled = False  # before draining: an outcome added now wakes us again
+        while self._from_lanes:
+            self._ended(self._from_lanes.popleft())
+
+    def _ended(self, outcome: Outcome) -> None:
+        attempt = self.held.get(outcome.claimed.member)
+        if attempt is None or attempt.ended:
+            return  # given up on before (stuck past a stop): recorded already
+        attempt.ended = True
+        self.active -= 1
+        if outcome.started:
+            seconds = outcome.ended - outcome.started
+            self._avg_seconds = (
+                seconds
+                if self._avg_seconds == float("inf")
+                else 0.7 * self._avg_seconds + 0.3 * seconds
+            )
+        self.pending.append(outcome)
+        self._to_record.set()
+        if self.active == 0 or len(self.pending) >= self.settings.worker_batch_size:
+            self._flush_now.set()
+        self._changed.set()
+
+    # --- stopping jobs ---
+    async def _watch(self) -> None:
+        """Stop jobs past their timeout; give up on jobs that do not stop."""
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            self.block.tick()
+            now = time.time()
+            for attempt in self._running():
+                if attempt.stop is None:
+                    if attempt.started and now > attempt.started + attempt.timeout:
+                        self._stop(attempt, JobTimeout, now)
+                elif now > attempt.stop_at + STOP_GRACE_SECONDS:
+                    self._give_up(attempt)
+
+    def _running(self) -> list[Attempt]:
+        return [a for a in (*self.tasks, *(a for _, a in self.lanes.running())) if not a.ended]
+
+    def _stop(self, attempt: Attempt, why: type[Stop], now: float) -> None:
+        if attempt.stop is not None and why is not Interrupted:
+            return  # told already (an interrupt may follow a timeout or a cancel)
+        attempt.stop, attempt.stop_at = why, now
+        task = self.tasks.get(attempt)
+        if task is not None:
+            task.cancel()
+        else:
+            self.lanes.stop(attempt, why)
+
+    def _give_up(self, attempt: Attempt) -> None:
+        assert attempt.stop is not None
+        log.error(
+            "worker %s: job %s did not stop %.0fs after %s (blocked in C code?): recorded as "
+            "%s; this process takes no more jobs and will be replaced",
+            self.name,
+            attempt.claimed.id,
+            STOP_GRACE_SECONDS,
+            attempt.stop.reason,
+            attempt.stop.reason,
+        )
+        for lane, running in self.lanes.running():
+            if running is attempt:
+                lane.abandoned = True
+        self._ended(attempt.stopped(attempt.stop))
+        if not self.retiring:
+            self.retiring = True
+            self.block.set_retiring()
+        self._wake()
+
+    def _interrupt_all(self) -> None:
+        now = time.time()
+        for attempt in self._running():
+            self._stop(attempt, Interrupted, now)
+
+    async def _drain(self) -> None:
+        """Put back what has not started; let the rest finish (or, forced, interrupt it)."""
+        while self.waiting:
+            self._ended(self.waiting.popleft().skipped())
+        interrupted = False
+        while self.active > 0:
+            if self.forced and not interrupted:
+                self._interrupt_all()
+                interrupted = True
+            await self._wait_changed(WAIT_SECONDS)
+        self._flush_now.set()
+        while self.pending or self._recording:
+            await asyncio.sleep(0.005)
+
+    # --- recording ---
+    async def _recorder(self) -> None:
+        while True:
+            await self._to_record.wait()
+            self._to_record.clear()
+            if not self._flush_now.is_set():  # others still run: gather their outcomes too
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(constants.BATCH_TARGET_SECONDS):
+                        await self._flush_now.wait()
+            self._flush_now.clear()
+            batch, self.pending = self.pending, []
+            if batch:
+                self._recording = True
+                try:
+                    await self._record(batch)
+                finally:
+                    self._recording = False
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Record outcomes. Jobs already ran: while Redis is unreachable, keep trying (with
+        backoff) rather than lose the results, until a forced stop gives up on them (the jobs
+        then run again elsewhere: at least once)."""
+        args: list[Any] = [value for outcome in outcomes for value in outcome.args()]
+        backoff = 0.1
+        while True:
+            now = time.time()
+            header: list[Any] = [self.name, jobs.utc_iso(now), now, self.settings.max_crashes]
+            try:
+                results = await self._complete_script(args=[*header, *args])
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.forced:
+                    raise
+                log.warning(
+                    "worker %s: cannot record %d outcomes yet (%s); retrying in %.1fs",
+                    self.name,
+                    len(outcomes),
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        fates = [jobs.as_text(result) for result in results]
+        self.block.count(*fates)
+        with self._held_lock:
+            for outcome in outcomes:
+                self.held.pop(outcome.claimed.member, None)
+        for outcome, fate in zip(outcomes, fates, strict=True):
+            self._cancel.discard(outcome.claimed.id)
+            if fate:
+                duration = outcome.ended - outcome.started if outcome.started else None
+                metrics.ended(outcome.type, fate, outcome.reason, duration)
+                self.outcome_log.add(*_outcome_line(outcome, fate))
+        self.outcome_log.flush()
+
+    # --- commands and liveness ---
+    async def _commands(self) -> None:
+        """RQ's command channel: `stop-job` cancels a job this process holds."""
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(constants.command_channel(self.name))
+                    async for message in pubsub.listen():
+                        command = orjson.loads(message["data"])
+                        if command.get("command") == "stop-job":
+                            self._cancel_job(str(command.get("job_id")))
+            except (redis.RedisError, OSError, orjson.JSONDecodeError) as exc:
+                log.debug("command channel: %s", exc)
+                await asyncio.sleep(1)
+
+    def _cancel_job(self, job_id: str) -> None:
+        self._cancel.add(job_id)
+        for attempt in self._running():
+            if attempt.claimed.id == job_id:
+                self._stop(attempt, Canceled, time.time())
+
+    def _heartbeat_loop(self) -> None:
+        """A thread of its own, with its own client: jobs that hog the loop or the GIL for a
+        while must not make the jobs of a live process look abandoned."""
+        client = connect(self.settings.queue_redis)
+        heartbeat = client.register_script(scripts.HEARTBEAT)
+        key = constants.worker_key(self.name)
+        ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
+        while True:
+            with self._held_lock:
+                held = [attempt.claimed for attempt in self.held.values()]
+            registration = {
+                "birth": self._birth,
+                "last_heartbeat": jobs.utc_iso(),
+                "queues": ",".join(self.queues),
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "state": "busy" if held else "idle",
+            }
+            args: list[Any] = [key, ttl, self._registry_score()]
+            args += [*itertools.chain(*registration.items()), "--", *self.queues, "--"]
+            args += [*itertools.chain(*((c.queue, c.member) for c in held))]
+            try:
+                heartbeat(args=args)
+            except redis.RedisError as exc:
+                log.debug("heartbeat failed: %s", exc)
+            time.sleep(self.settings.worker_processing_interval)
+
+    def _deregister(self) -> None:
+        """Put back any job we still hold, then remove our worker registration."""
+        key = constants.worker_key(self.name)
+        client = connect(self.settings.queue_redis)
+        try:
+            recovery.recover(
+                client,
+                self.queues,
+                max_crashes=self.settings.max_crashes,
+                owner=self.name,
+                mode="interrupted",
+            )
+            with client.pipeline() as pipe:
+                pipe.srem(constants.WORKERS_KEY, key)
+                for queue in self.queues:
+                    pipe.srem(constants.queue_workers_key(queue), key)
+                pipe.delete(key)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not deregister: %s", self.name, exc)
+        finally:
+            client.close()
+
+
+_LEVELS = {
+    "finished": logging.INFO,
+    "canceled": logging.INFO,
+    "interrupted": logging.INFO,
+    "retried": logging.WARNING,
+    "failed": logging.ERROR,
+}
+
+
+def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]]:
+    """One line per job outcome: id, type, attempt, duration and what happens next; of the
+    error only its last line (payloads and tracebacks can carry secrets; the job keeps them)."""
+    claimed = outcome.claimed
+    duration = outcome.ended - outcome.started if outcome.started else 0.0
+    detail = ""
+    if fate in ("retried", "failed"):
+        detail = f" ({outcome.reason}: {_last_line(outcome.error)})"
+        detail += "; will retry" if fate == "retried" else "; dead-lettered"
+    message = (
+        f"job {claimed.id} {outcome.type} {fate} in {duration:.3f}s, "
+        f"attempt {claimed.attempt}{detail}"
+    )
+    fields: dict[str, Any] = {
+        "job_id": claimed.id,
+        "job_type": outcome.type,
+        "queue": claimed.queue,
+        "attempt": claimed.attempt,
+        "duration": round(duration, 6),
+        "outcome": fate,
+    }
+    if outcome.trace_id:  # tracing on: the line leads to the attempt's trace
+        message += f", trace {outcome.trace_id}"
+        fields["trace_id"] = outcome.trace_id
+    return _LEVELS[fate], message, fields
+
+
+def _last_line(text: str, limit: int = 200) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else "no error text"
+    return last if len(last) <= limit else last[: limit - 1] + "…"
