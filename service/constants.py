@@ -65,6 +65,9 @@ TRACING_FLUSH_SECONDS: Final = 3.0  # on exit, how long a process may take to ex
 # --- Worker -------------------------------------------------------------------------------
 HEARTBEAT_MISSES: Final = 3  # a worker silent for this many intervals counts as dead
 BATCH_TARGET_SECONDS: Final = 0.02  # size claims so one batch takes about this long
+# A job claimed ahead (prefetched) that has not started after this goes back to its queue,
+# for a process with a free slot: the jobs in front of it turned out long.
+PREFETCH_WAIT_SECONDS: Final = 0.1
 RESTART_BACKOFF_MAX: Final = 10.0  # seconds between restarts of a child that keeps dying
 FORCE_KILL_GRACE: Final = 5.0  # after a forced stop, seconds before SIGKILL
 

@@ -124,6 +124,7 @@ class Attempt:
 
     __slots__ = (
         "claimed",
+        "claimed_at",
         "ended",
         "payload",
         "problem",
@@ -131,13 +132,16 @@ class Attempt:
         "started",
         "stop",
         "stop_at",
+        "taken",
         "timeout",
         "type",
     )
 
     def __init__(self, claimed: Claimed, registry: Registry) -> None:
         self.claimed = claimed
+        self.claimed_at = time.monotonic()
         self.started = 0.0
+        self.taken = False  # a lane or task took it to run: it can no longer be given back
         self.spec: JobType | None = None
         self.type = "unknown"
         self.timeout = claimed.timeout

@@ -64,7 +64,7 @@ from service.worker.slots import Block, Slots
 log = logging.getLogger("service.worker")
 
 WAIT_SECONDS = 0.5  # longest block on empty queues: bounds how late a stop is noticed
-WATCH_SECONDS = 0.1  # how often running jobs are checked against their timeout
+WATCH_SECONDS = 0.05  # how often running and waiting jobs are looked at
 STOP_GRACE_SECONDS = 2.0  # a job told to stop that still runs after this is given up on
 
 
@@ -100,6 +100,7 @@ class WorkerProcess:
         self.retiring = False  # a job would not stop: finish the others, then exit
         self.held: dict[str, Attempt] = {}  # claimed, outcome not recorded yet, by member
         self._held_lock = threading.Lock()  # the heartbeat thread reads `held`
+        self._take_lock = threading.Lock()  # a lane taking a job, or the loop giving it back
         self.active = 0  # claimed jobs that have not ended
         self.waiting: deque[Attempt] = deque()  # async jobs claimed, waiting for a slot
         self.tasks: dict[Attempt, asyncio.Task[None]] = {}  # async jobs running
@@ -136,6 +137,8 @@ class WorkerProcess:
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._commands()),
         ]
+        for task in helpers:
+            task.add_done_callback(self._helper_ended)
         log.debug("worker %s started on %s", self.name, ",".join(self.queues))
         try:
             await self._claim_loop()
@@ -150,6 +153,15 @@ class WorkerProcess:
         await self.clients.aclose()
         await self.redis.aclose()
         return constants.EXIT_RETIRED if self.retiring else constants.EXIT_OK
+
+    def _helper_ended(self, task: asyncio.Task[None]) -> None:
+        """A helper task ends only when the process stops; anything else is a bug: say so,
+        and stop taking jobs (the supervisor replaces the process once it exits)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        log.error("worker %s: %s stopped: %r", self.name, task.get_coro(), exc, exc_info=exc)
+        self._on_stop()
 
     def _on_stop(self) -> None:
         self.stopping = True
@@ -248,7 +260,7 @@ class WorkerProcess:
         with self._held_lock:
             self.held[attempt.claimed.member] = attempt
         self.active += 1
-        early = self._admit(attempt) or attempt.rejected()
+        early = self._refusal(attempt) or attempt.rejected()
         if early is not None:
             self._ended(early)
         elif attempt.alone or not attempt.is_async:
@@ -260,12 +272,32 @@ class WorkerProcess:
 
     def _admit(self, attempt: Attempt) -> Outcome | None:
         """Asked just before a job starts (in a lane's thread too): its outcome if it must not
-        start, canceled or put back; None if it may."""
+        start; None if it may, and from then on it can no longer be given back."""
+        with self._take_lock:
+            if attempt.ended:
+                return attempt.skipped()  # given back: that outcome is recorded already
+            refusal = self._refusal(attempt)
+            if refusal is None:
+                attempt.taken = True
+            return refusal
+
+    def _refusal(self, attempt: Attempt) -> Outcome | None:
+        """The outcome of a job that must not start: canceled, or put back for a shutdown."""
         if attempt.claimed.id in self._cancel or attempt.stop is Canceled:
             return attempt.stopped(Canceled)
         if self.stopping or self.retiring or attempt.stop is not None:
             return attempt.skipped()
         return None
+
+    def _give_back(self, attempt: Attempt) -> None:
+        """A job claimed ahead that has not started: back to the head of its queue (for a
+        process with a free slot), and no claiming ahead until jobs prove short again."""
+        with self._take_lock:
+            if attempt.taken or attempt.ended:
+                return
+            attempt.ended = True  # from here no lane takes it
+        self._avg_seconds = float("inf")
+        self._account(attempt.skipped())
 
     def _execute_in_lane(self, attempt: Attempt, place: int) -> Outcome:
         self.block.running(place, attempt.claimed.id)
@@ -278,6 +310,7 @@ class WorkerProcess:
             self.block.idle(place)
 
     def _start_task(self, attempt: Attempt) -> None:
+        attempt.taken = True  # on the loop's thread, as the give-back: no lock needed
         place = self._places.pop()
         self.tasks[attempt] = asyncio.create_task(self._run_task(attempt, place))
 
@@ -315,16 +348,19 @@ class WorkerProcess:
     def _ended(self, outcome: Outcome) -> None:
         attempt = self.held.get(outcome.claimed.member)
         if attempt is None or attempt.ended:
-            return  # given up on before (stuck past a stop): recorded already
+            return  # given up on or given back before: that outcome is recorded already
         attempt.ended = True
+        self._account(outcome)
+
+    def _account(self, outcome: Outcome) -> None:
+        """A held job's outcome is known: free its slot and queue the outcome for recording."""
         self.active -= 1
         if outcome.started:
             seconds = outcome.ended - outcome.started
-            self._avg_seconds = (
-                seconds
-                if self._avg_seconds == float("inf")
-                else 0.7 * self._avg_seconds + 0.3 * seconds
-            )
+            if self._avg_seconds == float("inf"):
+                self._avg_seconds = seconds
+            else:
+                self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * seconds
         self.pending.append(outcome)
         self._to_record.set()
         if self.active == 0 or len(self.pending) >= self.settings.worker_batch_size:
@@ -333,7 +369,8 @@ class WorkerProcess:
 
     # --- stopping jobs ---
     async def _watch(self) -> None:
-        """Stop jobs past their timeout; give up on jobs that do not stop."""
+        """Stop jobs past their timeout; give up on jobs that do not stop; give back jobs
+        claimed ahead that wait behind long ones."""
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             self.block.tick()
@@ -344,6 +381,11 @@ class WorkerProcess:
                         self._stop(attempt, JobTimeout, now)
                 elif now > attempt.stop_at + STOP_GRACE_SECONDS:
                     self._give_up(attempt)
+            if self.active > len(self.tasks) + len(self.lanes.lanes):  # some wait to start
+                late = time.monotonic() - constants.PREFETCH_WAIT_SECONDS
+                for attempt in list(self.held.values()):
+                    if not attempt.taken and not attempt.ended and attempt.claimed_at < late:
+                        self._give_back(attempt)
 
     def _running(self) -> list[Attempt]:
         return [a for a in (*self.tasks, *(a for _, a in self.lanes.running())) if not a.ended]
