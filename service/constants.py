@@ -53,6 +53,8 @@ DEAD_REGISTRY_PAGE: Final = 200  # failed-registry entries read per queue in one
 DEAD_FIELDS_PAGE: Final = 200  # most jobs read in one pipeline, or sent to one script
 DEAD_LIST_BUDGET: Final = 10_000  # most entries one listing examines before handing a cursor
 DEAD_MAX_JOBS: Final = 10_000  # most dead jobs kept per RQ queue (DEAD_MAX_JOBS), as Sidekiq's
+DEAD_TRIM_MAX: Final = 100  # most registry entries one dead-lettering removes (cap or expiry)
+DEAD_TRIMMED_KEY: Final = "rq:dead:trimmed"  # dead jobs removed to keep under DEAD_MAX_JOBS
 
 # --- Job history (MongoDB) ------------------------------------------------------------------
 HISTORY_STREAM: Final = "rq:history"  # state-change events waiting to be shipped to MongoDB

@@ -4,10 +4,12 @@ edge, at start-up, and inside the scripts that end a job, whoever wrote it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -15,16 +17,20 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from service import constants, registry
+from service import constants, jobs, registry, scripts
 from service.api.app import create_app
 from service.embedded_redis import free_port
 from service.registry import EmptyPayload, Registry, TtlAboveCeiling
 from service.settings import Retention, load
+from service.store import Store
+from service.worker import recovery
 
 from . import sample_handlers  # noqa: F401 - registers the test job types
-from .conftest import ROOT, ServiceProcess, base_env, http
+from .conftest import ROOT, ServiceProcess, base_env, http, publish, wait_for
 
 Start = Callable[..., ServiceProcess]
 DAY = 24 * 3600
@@ -197,3 +203,208 @@ def test_a_job_type_above_its_ceiling_stops_the_service_before_binding(
 def test_a_job_type_within_a_raised_ceiling_starts(start_service: Start) -> None:
     api = start_service(HANDLER_MODULES="tests.retention_handlers", MAX_RESULT_TTL=str(MONTH))
     assert http("GET", f"{api.url}/ready")[0] == 200
+
+
+# --- In the scripts: any job's TTL within 1..ceiling --------------------------------------------
+def claimed(client: redis.Redis, max_retries: int = 0, **ttls: str | None) -> tuple[str, str]:
+    """A job published, its TTL fields then written as another tool might (None: removed),
+    and claimed by worker `w`: (id, started-registry member)."""
+    job = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, max_retries)
+    client.register_script(scripts.PUBLISH)(args=jobs.publish_args([job], time.time()))
+    for field, raw in ttls.items():
+        if raw is None:
+            client.hdel(constants.job_key(job.id), field)
+        else:
+            client.hset(constants.job_key(job.id), field, raw)
+    now = time.time()
+    rows = client.register_script(scripts.CLAIM)(
+        args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", "app-queue"]
+    )
+    ((_, member, *_),) = rows
+    return job.id, member.decode()
+
+
+def complete(client: redis.Redis, job_id: str, member: str, outcome: str, now: float) -> bytes:
+    script = client.register_script(scripts.COMPLETE)
+    args = ["w", jobs.utc_iso(now), now, *LIMITS.args()]
+    args += [outcome, job_id, "app-queue", member, jobs.encode_exc_string("boom"), now, now, 0]
+    (fate,) = script(args=[*args, "exception"])
+    return bytes(fate)
+
+
+TTLS = [
+    ("-1", "ceiling"),  # RQ's "kept forever"
+    ("31536000", "ceiling"),  # a year
+    ("0", 1),  # RQ's "not kept"
+    ("50", 50),
+    ("2.5", 2),
+    ("soon", "ceiling"),  # not a number: the default, then its ceiling
+    ("nan", "ceiling"),
+    ("inf", "ceiling"),
+    (None, "ceiling"),  # none: the default
+]
+
+
+@pytest.mark.parametrize(("raw", "kept"), TTLS)
+def test_a_finished_job_is_kept_within_one_second_and_max_result_ttl(
+    queue_redis: redis.Redis, raw: str | None, kept: int | str
+) -> None:
+    seconds = LIMITS.max_result_ttl if kept == "ceiling" else int(kept)
+    job_id, member = claimed(queue_redis, result_ttl=raw)
+    now = time.time()
+    assert complete(queue_redis, job_id, member, "ok", now) == b"finished"
+    score = queue_redis.zscore(constants.registry_key("finished", "app-queue"), job_id)
+    assert score == pytest.approx(now + seconds, abs=0.001)
+    for key in (constants.job_key(job_id), constants.result_key(job_id)):
+        assert 0 < queue_redis.pttl(key) <= seconds * 1000 or seconds == 1
+
+
+@pytest.mark.parametrize(("raw", "kept"), TTLS)
+def test_a_dead_job_is_kept_within_one_second_and_max_failure_ttl(
+    queue_redis: redis.Redis, raw: str | None, kept: int | str
+) -> None:
+    seconds = LIMITS.max_failure_ttl if kept == "ceiling" else int(kept)
+    job_id, member = claimed(queue_redis, failure_ttl=raw)
+    now = time.time()
+    assert complete(queue_redis, job_id, member, "fail", now) == b"failed"
+    score = queue_redis.zscore(constants.registry_key("failed", "app-queue"), job_id)
+    assert score == pytest.approx(now + seconds, abs=0.001)
+    for key in (constants.job_key(job_id), constants.result_key(job_id)):
+        assert 0 < queue_redis.pttl(key) <= seconds * 1000 or seconds == 1
+
+
+@pytest.mark.parametrize("raw", ["-1", "31536000"])
+def test_recovery_and_cancel_keep_a_job_within_max_failure_ttl(
+    queue_redis: redis.Redis, redis_url: str, raw: str
+) -> None:
+    # A job whose worker died once too often is failed by the supervisor's recovery
+    lost, _ = claimed(queue_redis, failure_ttl=raw)
+    totals, _ = recovery.recover(
+        queue_redis, ["app-queue"], max_crashes=1, retention=LIMITS, owner="w"
+    )
+    assert totals == [1, 0, 0]
+    # A queued job is canceled by the API
+    queued = publish(redis_url, "noop")
+    queue_redis.hset(constants.job_key(queued), "failure_ttl", raw)
+
+    async def cancel() -> tuple[str, str]:
+        client = redis.asyncio.Redis.from_url(f"{redis_url}/1")
+        try:
+            return await Store(client, retention=LIMITS).cancel(queued)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(cancel()) == ("canceled", "canceled")
+    for job_id in (lost, queued):
+        assert 0 < queue_redis.pttl(constants.job_key(job_id)) <= LIMITS.max_failure_ttl * 1000
+        assert 0 < queue_redis.pttl(constants.result_key(job_id)) <= LIMITS.max_failure_ttl * 1000
+
+
+@pytest.mark.slow
+def test_jobs_rq_enqueued_are_kept_no_longer_than_the_ceiling(
+    start_service: Start, queue_redis: redis.Redis
+) -> None:
+    # Given jobs enqueued with RQ itself, one kept "forever" (-1), one for a year
+    queue = Queue("app-queue", connection=queue_redis, serializer=JSONSerializer)
+    forever = queue.enqueue("echo", {"n": 1}, result_ttl=-1)
+    year = queue.enqueue("echo", {"n": 2}, result_ttl=365 * DAY)
+    # When our worker runs them, with a ceiling of a minute
+    start_service(worker=True, MAX_RESULT_TTL="60")
+
+    def finished() -> bool:
+        return all(
+            queue_redis.hget(constants.job_key(job.id), "status") == b"finished"
+            for job in (forever, year)
+        )
+
+    wait_for(finished, timeout=20)
+    # Then each is kept a minute at most: not forever, not a year, and not dropped at once
+    for job in (forever, year):
+        assert 0 < queue_redis.ttl(constants.job_key(job.id)) <= 60
+        assert 0 < queue_redis.ttl(constants.result_key(job.id)) <= 60
+
+
+# --- The dead-letter queue's cap: DEAD_MAX_JOBS per RQ queue ------------------------------------
+def dead_letter(
+    client: redis.Redis, limits: Retention, now: float, queue: str = "app-queue"
+) -> str:
+    """One job published, claimed and failed for good on `queue` at `now`: its id."""
+    job = jobs.NewJob(jobs.new_id(), "fail", queue, {}, 180, 0)
+    client.register_script(scripts.PUBLISH)(args=jobs.publish_args([job], now))
+    rows = client.register_script(scripts.CLAIM)(
+        args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", queue]
+    )
+    ((_, member, *_),) = rows
+    script = client.register_script(scripts.COMPLETE)
+    args = ["w", jobs.utc_iso(now), now, *limits.args()]
+    args += ["fail", job.id, queue, member, jobs.encode_exc_string("boom"), now, now, 0]
+    assert script(args=[*args, "exception"]) == [b"failed"]
+    return job.id
+
+
+def dead_ids(client: redis.Redis, queue: str = "app-queue") -> list[str]:
+    return [m.decode() for m in client.zrange(constants.registry_key("failed", queue), 0, -1)]
+
+
+def gone(client: redis.Redis, job_id: str) -> bool:
+    return client.exists(constants.job_key(job_id), constants.result_key(job_id)) == 0
+
+
+def trimmed(client: redis.Redis) -> int:
+    return int(client.get(constants.DEAD_TRIMMED_KEY) or 0)
+
+
+def test_past_dead_max_jobs_the_oldest_dead_jobs_go_and_are_counted(
+    queue_redis: redis.Redis,
+) -> None:
+    limits = Retention(dead_max_jobs=3)
+    start = time.time()
+    # Given 5 jobs dead-lettered one after another, on a queue that keeps 3
+    ids = [dead_letter(queue_redis, limits, start + n) for n in range(5)]
+    # Then the 3 newest are kept, the 2 oldest are gone with their history, and counted
+    assert dead_ids(queue_redis) == ids[2:]
+    assert all(gone(queue_redis, job_id) for job_id in ids[:2])
+    assert not any(gone(queue_redis, job_id) for job_id in ids[2:])
+    assert trimmed(queue_redis) == 2
+    # Each RQ queue has its own cap: another priority's dead jobs trim nothing here
+    high = [dead_letter(queue_redis, limits, start + 10 + n, "app-queue.high") for n in range(3)]
+    assert dead_ids(queue_redis, "app-queue.high") == high
+    assert dead_ids(queue_redis) == ids[2:] and trimmed(queue_redis) == 2
+
+
+def test_the_job_being_dead_lettered_is_never_the_one_trimmed(queue_redis: redis.Redis) -> None:
+    limits = Retention(dead_max_jobs=2)
+    start = time.time()
+    kept = [dead_letter(queue_redis, limits, start + n) for n in range(2)]
+    # Given a job that expires sooner than those already dead (a shorter failure_ttl)
+    job = jobs.NewJob(jobs.new_id(), "fail", "app-queue", {}, 180, 0, failure_ttl=60)
+    publish_job = queue_redis.register_script(scripts.PUBLISH)
+    publish_job(args=jobs.publish_args([job], start + 2))
+    rows = queue_redis.register_script(scripts.CLAIM)(
+        args=[1, "w", jobs.utc_iso(start), int(start) + 60, "b", "app-queue"]
+    )
+    ((_, member, *_),) = rows
+    args = ["w", jobs.utc_iso(start + 2), start + 2, *limits.args()]
+    args += ["fail", job.id, "app-queue", member, jobs.encode_exc_string("boom"), 0, 0, 0]
+    queue_redis.register_script(scripts.COMPLETE)(args=[*args, "exception"])
+    # Then it stays, and the soonest to expire of the others makes room
+    assert set(dead_ids(queue_redis)) == {job.id, kept[1]}
+    assert gone(queue_redis, kept[0]) and trimmed(queue_redis) == 1
+
+
+def test_expired_and_stale_entries_are_removed_but_not_counted(queue_redis: redis.Redis) -> None:
+    limits = Retention(dead_max_jobs=3)
+    start = time.time()
+    ids = [dead_letter(queue_redis, limits, start + n) for n in range(2)]
+    registry_key = constants.registry_key("failed", "app-queue")
+    # Given an entry already expired whose job hash is still there (persisted by hand), and an
+    # entry whose job is gone (expired with its TTL, or deleted by another tool)
+    expired = dead_letter(queue_redis, Retention(), start - 1000)
+    queue_redis.persist(constants.job_key(expired))
+    queue_redis.zadd(registry_key, {expired: start - 10})
+    queue_redis.zadd(registry_key, {"f" * 32: start + 100})
+    # When one more job is dead-lettered
+    newest = dead_letter(queue_redis, limits, start + 5)
+    # Then the expired entry goes with its job; the stale one makes room; neither is counted
+    assert dead_ids(queue_redis) == [*ids, newest]
+    assert gone(queue_redis, expired) and trimmed(queue_redis) == 0

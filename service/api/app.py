@@ -69,7 +69,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
-        app.state.store = Store(client, settings.max_backlog)
+        app.state.store = Store(client, settings.max_backlog, settings.retention)
         app.state.dead = DeadLetters(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
