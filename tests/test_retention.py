@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -21,7 +22,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from service import constants, jobs, registry, scripts
+from service import constants, jobs, registry, scripts, status
 from service.api.app import create_app
 from service.embedded_redis import free_port
 from service.registry import EmptyPayload, Registry, TtlAboveCeiling
@@ -408,3 +409,39 @@ def test_expired_and_stale_entries_are_removed_but_not_counted(queue_redis: redi
     # Then the expired entry goes with its job; the stale one makes room; neither is counted
     assert dead_ids(queue_redis) == [*ids, newest]
     assert gone(queue_redis, expired) and trimmed(queue_redis) == 0
+
+
+@pytest.mark.slow
+def test_trimmed_dead_jobs_show_in_metrics_and_status(
+    start_service: Start,
+    redis_url: str,
+    queue_redis: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a worker that keeps 2 dead jobs per queue
+    common = {"DEAD_MAX_JOBS": "2", "WORKER_PROCESSING_INTERVAL": "1000"}
+    worker = start_service(worker=True, **common)
+    api = start_service(**common)
+    # When 4 jobs fail for good
+    for n in range(4):
+        status_code, _, _ = http("POST", f"{api.url}/jobs", {"type": "fail", "payload": {}})
+        assert status_code == 202, n
+    wait_for(lambda: trimmed(queue_redis) == 2, timeout=20)
+    # Then 2 are left, 2 trimmed: as GET /dead, /metrics on both processes and status say
+    assert len(dead_ids(queue_redis)) == 2
+    assert len(http("GET", f"{api.url}/dead")[2]["jobs"]) == 2
+    for process in (api, worker):
+        wait_for(lambda url=process.url: "service_dead_trimmed_jobs_total 2.0" in scrape(url))
+    settings = load(base_env(redis_url, DEAD_MAX_JOBS="2"))
+    assert status.main(settings, []) == 0
+    text = capsys.readouterr().out
+    assert (
+        "DEAD LETTERS: 2 trimmed, oldest first, to keep each queue within DEAD_MAX_JOBS (2)" in text
+    )
+    assert status.main(settings, ["--json"]) == 0
+    assert '"dead_trimmed": 2' in capsys.readouterr().out
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return str(response.read().decode())
