@@ -754,13 +754,16 @@ def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def obeying_cross_field_rules(case: Case) -> Case:
     """Make a valid (positive) case obey the rules that span fields, which a JSON Schema cannot
     state and which the API answers with a 422: an opaque cursor it never gave, `since` after
-    `until`, DELETE /dead with no filter (or `all=true` with one),
-    `delay` with `run_at`, a `run_at` more than a year from now, and an Idempotency-Key header
-    that differs from the body's `idempotency_key`."""
+    `until`, DELETE /dead with no filter (or `all=true` with one), a retry of every dead job
+    without `"all": true` (or with it and a filter), `delay` with `run_at`, a `run_at` more than
+    a year from now, and an Idempotency-Key header that differs from the body's
+    `idempotency_key`."""
     label = case.operation.label
     query = case.query if isinstance(case.query, dict) else {}
     body = case.body if isinstance(case.body, dict) else {}
     query.pop("cursor", None)
+    if label == "POST /dead/retry":
+        body.pop("cursor", None)
     for where in (query, body):
         since, until = where.get("since"), where.get("until")
         if isinstance(since, str) and isinstance(until, str):
@@ -773,6 +776,11 @@ def obeying_cross_field_rules(case: Case) -> Case:
             query.pop("all", None)
         else:
             query["all"] = "true"
+    if label == "POST /dead/retry":
+        if any(body.get(name) for name in filters):
+            body.pop("all", None)
+        elif body.get("dry_run") is False:
+            body["all"] = True
     jobs = body.get("jobs", []) if label == "POST /jobs/batch" else [body]
     farthest = time.time() + constants.MAX_SCHEDULE_SECONDS
     for job in jobs:
