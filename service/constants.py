@@ -33,6 +33,13 @@ WORKER_SOCKET_TIMEOUT: Final = REDIS_SOCKET_TIMEOUT + 1  # the worker's: above i
 DEFAULT_JOB_TIMEOUT: Final = 180  # seconds, as in RQ
 RESULT_TTL: Final = 24 * 3600  # seconds a finished job and its result stay readable
 FAILURE_TTL: Final = 7 * 24 * 3600  # seconds a failed job stays in the failed registry
+# Operators' ceilings on what a job may ask for (MAX_RESULT_TTL, MAX_FAILURE_TTL): requests above
+# them are refused, job types above them stop the service at start, and the scripts that set
+# an expiry clamp any job (one another tool wrote too) into 1..ceiling.
+MAX_RESULT_TTL: Final = 7 * 24 * 3600
+MAX_FAILURE_TTL: Final = 30 * 24 * 3600
+LONGEST_TTL: Final = 365 * 24 * 3600  # the highest either ceiling may be set to
+MAX_SCHEDULE_SECONDS: Final = 365 * 24 * 3600  # the farthest ahead `delay` or `run_at` may be
 RESULTS_KEPT: Final = 30  # attempts kept in a job's results stream (RQ keeps 10)
 MIN_PROMOTE_WAIT: Final = 0.05  # seconds: housekeeping never spins faster than this
 PROMOTE_BATCH: Final = 1000  # most due scheduled jobs moved per queue per promotion
@@ -44,7 +51,10 @@ LIST_MAX_LIMIT: Final = 500
 DEAD_DRY_RUN_IDS: Final = 1000  # most ids a dry run lists (it counts them all)
 DEAD_REGISTRY_PAGE: Final = 200  # failed-registry entries read per queue in one round trip
 DEAD_FIELDS_PAGE: Final = 200  # most jobs read in one pipeline, or sent to one script
-DEAD_LIST_BUDGET: Final = 10_000  # most entries one listing examines before handing a cursor
+DEAD_LIST_BUDGET: Final = 10_000  # most entries one request examines before handing a cursor
+DEAD_MAX_JOBS: Final = 10_000  # most dead jobs kept per RQ queue (DEAD_MAX_JOBS), as Sidekiq's
+DEAD_TRIM_MAX: Final = 100  # most registry entries one dead-lettering removes (cap or expiry)
+DEAD_TRIMMED_KEY: Final = "rq:dead:trimmed"  # dead jobs removed to keep under DEAD_MAX_JOBS
 
 # --- Job history (MongoDB) ------------------------------------------------------------------
 HISTORY_STREAM: Final = "rq:history"  # state-change events waiting to be shipped to MongoDB

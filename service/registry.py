@@ -21,6 +21,7 @@ Teams add their own modules through HANDLER_MODULES, without editing this packag
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -102,6 +103,14 @@ class UnknownJobType(LookupError):
         self.known = known
 
 
+class TtlAboveCeiling(ValueError):
+    """Job types registered with a TTL above the operator's ceiling; `problems` names each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class PayloadInvalid(ValueError):
     """The payload failed its schema; `errors` lists every field error at once."""
 
@@ -123,6 +132,9 @@ class JobType:
     priority: Priority = "default"
     result_ttl: int = constants.RESULT_TTL  # seconds a finished job and its result are kept
     failure_ttl: int = constants.FAILURE_TTL  # seconds a failed (dead) job is kept
+    # The TTLs its registration gave ("result_ttl", "failure_ttl"); the others follow the
+    # defaults, lowered to the operator's ceilings (see `Registry.within`).
+    given_ttls: frozenset[str] = frozenset()
 
     def model(self) -> type[BaseModel] | type[EmptyPayload]:
         """The payload model, imported now (once) if named by an import string."""
@@ -225,15 +237,18 @@ class Registry:
         isolated: bool = False,
         backoff: Backoff = DEFAULT_BACKOFF,
         priority: Priority = "default",
-        result_ttl: int = constants.RESULT_TTL,
-        failure_ttl: int = constants.FAILURE_TTL,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function as the handler of job type `name`.
 
         The payload schema is `payload` (a pydantic model, or its import string
         "module:Model"), else the pydantic model annotated on the handler's first parameter,
-        else EmptyPayload (`{}`).
+        else EmptyPayload (`{}`). A TTL left out is the default (RESULT_TTL, FAILURE_TTL), or
+        the operator's ceiling when that is lower; one given above its ceiling stops the
+        service at start.
         """
+        given = {"result_ttl": result_ttl, "failure_ttl": failure_ttl}
         if not NAME_PATTERN.match(name):
             raise ValueError(f"job type name {name!r} must match {NAME_PATTERN.pattern}")
         if name in self._types:
@@ -244,7 +259,7 @@ class Registry:
             )
         if queue is not None and not queues.valid_base(queue):
             raise ValueError(f"job type {name!r}: queue {queue!r} must be a plain name")
-        if result_ttl <= 0 or failure_ttl <= 0:
+        if any(ttl is not None and ttl <= 0 for ttl in given.values()):
             raise ValueError(f"job type {name!r}: result_ttl and failure_ttl must be > 0")
         if isinstance(payload, str) and not MODEL_PATH.match(payload):
             raise ValueError(f"job type {name!r}: payload {payload!r} must be 'module:Model'")
@@ -261,12 +276,30 @@ class Registry:
                 isolated,
                 backoff,
                 priority,
-                result_ttl,
-                failure_ttl,
+                constants.RESULT_TTL if result_ttl is None else result_ttl,
+                constants.FAILURE_TTL if failure_ttl is None else failure_ttl,
+                frozenset(field for field, ttl in given.items() if ttl is not None),
             )
             return handler
 
         return register
+
+    def within(self, max_result_ttl: int, max_failure_ttl: int) -> Registry:
+        """These job types with their TTLs within the operator's ceilings (MAX_RESULT_TTL,
+        MAX_FAILURE_TTL): a default TTL is lowered to its ceiling; a TTL a registration gave
+        above it raises TtlAboveCeiling, naming every such type (code asks for a retention
+        the operator does not allow: which one gives way is for a person to decide)."""
+        bounded = Registry()
+        problems: list[str] = []
+        for job_type in self:
+            bounded._types[job_type.name] = dataclasses.replace(
+                job_type,
+                result_ttl=_within(job_type, "result_ttl", max_result_ttl, problems),
+                failure_ttl=_within(job_type, "failure_ttl", max_failure_ttl, problems),
+            )
+        if problems:
+            raise TtlAboveCeiling(problems)
+        return bounded
 
     def get(self, name: str) -> JobType:
         try:
@@ -285,6 +318,16 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._types)
+
+
+def _within(job_type: JobType, field: str, ceiling: int, problems: list[str]) -> int:
+    ttl: int = getattr(job_type, field)
+    if ttl > ceiling and field in job_type.given_ttls:
+        variable = f"MAX_{field.upper()}"
+        problems.append(
+            f"job type {job_type.name!r}: {field}={ttl} is above {variable}={ceiling} (seconds)"
+        )
+    return min(ttl, ceiling)
 
 
 registry = Registry()

@@ -37,14 +37,69 @@ end
 )
 
 # Shared by the scripts that end an attempt. `now` is epoch seconds, `now_iso` RQ's format.
+# Each such script first calls set_limits with the operator's retention limits, three
+# arguments in the order of settings.Retention.args(): MAX_RESULT_TTL, MAX_FAILURE_TTL,
+# DEAD_MAX_JOBS.
 _TRANSITIONS = (
     _PUSH
     + f"""
-local function ttl_of(jk, field, default)
-  return tonumber(redis.call('HGET', jk, field) or default) or default
+local limits = {{}}
+local function set_limits(argv, first)
+  limits.result_ttl = tonumber(argv[first])
+  limits.failure_ttl = tonumber(argv[first + 1])
+  limits.dead_max = tonumber(argv[first + 2])
 end
 
-local function failure_ttl(jk) return ttl_of(jk, 'failure_ttl', {constants.FAILURE_TTL}) end
+-- A job's TTL as it asks (else the default), within 1..ceiling whoever wrote it: to RQ a
+-- negative TTL (it writes -1) means "kept forever", which is as long as the ceiling allows
+-- here; 0 ("not kept") is one second.
+local function ttl_of(jk, field, default, ceiling)
+  local ttl = tonumber(redis.call('HGET', jk, field) or '') or default
+  if ttl ~= ttl then ttl = default end  -- nan
+  if ttl < 0 then return ceiling end
+  return math.max(1, math.min(math.floor(ttl), ceiling))
+end
+
+local function result_ttl(jk)
+  return ttl_of(jk, 'result_ttl', {constants.RESULT_TTL}, limits.result_ttl)
+end
+
+local function failure_ttl(jk)
+  return ttl_of(jk, 'failure_ttl', {constants.FAILURE_TTL}, limits.failure_ttl)
+end
+
+-- DEAD_MAX_JOBS, before a job joins the failed registry of its queue: entries already expired
+-- go, then the lowest-scored (the soonest to expire: the oldest failures among jobs that share
+-- a failure_ttl) until there is room for it; at most {constants.DEAD_TRIM_MAX} of each, so a
+-- lowered limit is reached over a few failures, never in one long script. A dead job goes with
+-- its hash and results stream; those removed for room are counted in `rq:dead:trimmed`.
+local function drop_dead(key, q, member)
+  redis.call('ZREM', key, member)
+  local jk = 'rq:job:' .. member
+  local f = redis.call('HMGET', jk, 'status', 'origin')
+  if f[1] ~= 'failed' or f[2] ~= q then return 0 end  -- a stale entry: its job moved on
+  redis.call('DEL', jk, 'rq:results:' .. member)
+  return 1
+end
+
+local function make_room(q, id, now)
+  local key = 'rq:failed:' .. q
+  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. now,
+    'LIMIT', 0, {constants.DEAD_TRIM_MAX})
+  for _, member in ipairs(expired) do drop_dead(key, q, member) end
+  local joining = redis.call('ZSCORE', key, id) and 0 or 1
+  local over = math.min(redis.call('ZCARD', key) + joining - limits.dead_max,
+    {constants.DEAD_TRIM_MAX})
+  if over <= 0 then return end
+  local removed, trimmed = 0, 0
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, over)) do  -- one more: `id` is kept
+    if member ~= id and removed < over then
+      removed = removed + 1
+      trimmed = trimmed + drop_dead(key, q, member)
+    end
+  end
+  if trimmed > 0 then redis.call('INCRBY', '{constants.DEAD_TRIMMED_KEY}', trimmed) end
+end
 
 -- One results-stream entry per attempt: RQ's Result (type 1 ok, 2 failed, 3 stopped,
 -- 4 retried) plus `reason`: exception, timeout, worker_lost, interrupted or canceled.
@@ -59,7 +114,7 @@ local function add_result(id, kind, reason, worker, field, value, exec, t0, t1, 
 end
 
 local function finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
-  local ttl = ttl_of(jk, 'result_ttl', {constants.RESULT_TTL})
+  local ttl = result_ttl(jk)
   redis.call('ZREM', 'rq:wip:' .. q, member)
   redis.call('HSET', jk, 'status', 'finished', 'ended_at', now_iso, 'last_heartbeat', now_iso)
   redis.call('ZADD', 'rq:finished:' .. q, now + ttl, id)
@@ -88,6 +143,7 @@ local function fail(jk, id, q, member, worker, exc, reason, delay, t0, t1, now_i
     return 'retried'
   end
   redis.call('HSET', jk, 'status', 'failed', 'ended_at', now_iso, 'last_heartbeat', now_iso)
+  make_room(q, id, now)
   redis.call('ZADD', 'rq:failed:' .. q, now + ttl, id)
   redis.call('EXPIRE', jk, ttl)
   add_result(id, '2', reason, worker, 'exc_string', exc, member, t0, t1, ttl)
@@ -230,13 +286,15 @@ return {ARGV[7], 'new'}
 """
 )
 
-# DELETE /jobs/{id}. ARGV: id, now, now_iso. A queued or scheduled job is canceled at once; a
-# started one gets a `stop-job` command on its worker's channel (RQ's), and ends canceled
-# when the worker stops it. Returns {outcome, status}: canceled | canceling | conflict | missing.
+# DELETE /jobs/{id}. ARGV: id, now, now_iso, the retention limits. A queued or scheduled job
+# is canceled at once; a started one gets a `stop-job` command on its worker's channel (RQ's),
+# and ends canceled when the worker stops it. Returns {outcome, status}: canceled | canceling
+# | conflict | missing.
 CANCEL = (
     _TRANSITIONS
     + """
 local id, now, now_iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+set_limits(ARGV, 4)
 local jk = 'rq:job:' .. id
 local f = redis.call('HMGET', jk, 'status', 'origin', 'worker_name')
 local status, q = f[1], f[2]
@@ -294,17 +352,19 @@ return out
 """
 )
 
-# ARGV: worker, now_iso, now, then per job 9 values: outcome (ok|fail|interrupt|skip|cancel),
-# id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
-# `skip` puts back a claimed job that never started, recording nothing. Returns, per job, what
-# became of it: finished | retried | failed (dead-lettered) | canceled | interrupted | '' (a
-# skip, or a job whose claim this worker no longer holds: nothing is recorded).
+# ARGV: worker, now_iso, now, the retention limits, then per job 9 values: outcome
+# (ok|fail|interrupt|skip|cancel), id, queue, member, value (b64 result or exc), started,
+# ended, retry delay, reason. `skip` puts back a claimed job that never started, recording
+# nothing. Returns, per job, what became of it: finished | retried | failed (dead-lettered) |
+# canceled | interrupted | '' (a skip, or a job whose claim this worker no longer holds:
+# nothing is recorded).
 COMPLETE = (
     _TRANSITIONS
     + """
 local worker, now_iso, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+set_limits(ARGV, 4)
 local results = {}
-for i = 4, #ARGV, 9 do
+for i = 7, #ARGV, 9 do
   local outcome, id, q, member = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local value, t0, t1 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local delay, reason = tonumber(ARGV[i + 7]), ARGV[i + 8]
@@ -333,7 +393,8 @@ return results
 
 # Jobs whose worker is gone. ARGV: now_iso, now, owner ('' = every entry whose heartbeat
 # expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost worker),
-# current (the job the dead process was running, '' if unknown), then the queues.
+# current (the job the dead process was running, '' if unknown), the retention limits, then
+# the queues.
 # lost: the running job is re-delivered (not counted against its retries) until it has
 # crashed its worker MAX_CRASHES times, then failed; the dead process's other claimed jobs never
 # started and go back to the head of the queue. interrupted: all go back to the head.
@@ -348,8 +409,9 @@ RECOVER = (
     + """
 local now_iso, now, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max_crashes, exc, current = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+set_limits(ARGV, 8)
 local held = {}
-for qi = 8, #ARGV do
+for qi = 11, #ARGV do
   local q = ARGV[qi]
   local members
   if owner == '' then

@@ -79,6 +79,23 @@ class RedisTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """The operator's ceilings on how long, and how many, ended jobs are kept. The scripts that
+    end a job apply them (see scripts._TRANSITIONS), whoever wrote the job."""
+
+    max_result_ttl: int = constants.MAX_RESULT_TTL  # seconds
+    max_failure_ttl: int = constants.MAX_FAILURE_TTL  # seconds
+    dead_max_jobs: int = constants.DEAD_MAX_JOBS  # per RQ queue
+
+    def args(self) -> list[int]:
+        """As the scripts take them, in this order."""
+        return [self.max_result_ttl, self.max_failure_ttl, self.dead_max_jobs]
+
+
+DEFAULT_RETENTION = Retention()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     worker_mode: bool = False
     worker_concurrency: int = 5
@@ -105,6 +122,13 @@ class Settings:
     max_backlog: int = 0  # most waiting jobs per queue (all priorities) before 429; 0 = no limit
     history_ttl_days: int = 30  # job history kept in MongoDB (a TTL index)
     durability: Durability = "relaxed"  # strict: refuse a Redis that can lose accepted jobs
+    max_result_ttl: int = constants.MAX_RESULT_TTL  # seconds: the longest a job's result_ttl
+    max_failure_ttl: int = constants.MAX_FAILURE_TTL  # seconds: the longest a job's failure_ttl
+    dead_max_jobs: int = constants.DEAD_MAX_JOBS  # most dead jobs kept per RQ queue
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.max_result_ttl, self.max_failure_ttl, self.dead_max_jobs)
 
 
 def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
@@ -222,6 +246,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     idempotency_ttl = env.int(
         "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)
     )
+    max_result_ttl = env.int(
+        "MAX_RESULT_TTL",
+        constants.MAX_RESULT_TTL,
+        validate=validate.Range(min=1, max=constants.LONGEST_TTL),
+    )
+    max_failure_ttl = env.int(
+        "MAX_FAILURE_TTL",
+        constants.MAX_FAILURE_TTL,
+        validate=validate.Range(min=1, max=constants.LONGEST_TTL),
+    )
+    dead_max_jobs = env.int(
+        "DEAD_MAX_JOBS", constants.DEAD_MAX_JOBS, validate=validate.Range(min=1, max=10**7)
+    )
     try:
         env.seal()
     except environs.EnvValidationError as exc:
@@ -275,6 +312,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_backlog=max_backlog,
         history_ttl_days=history_ttl_days,
         durability=durability,  # type: ignore[arg-type]
+        max_result_ttl=max_result_ttl,
+        max_failure_ttl=max_failure_ttl,
+        dead_max_jobs=dead_max_jobs,
     )
 
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from service import constants, jobs, scripts, tracing
 from service.deadline import before
-from service.settings import RedisTarget
+from service.settings import DEFAULT_RETENTION, RedisTarget, Retention
 
 
 def connect(target: RedisTarget) -> redis.Redis:
@@ -233,9 +233,12 @@ class Coalescer:
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, max_backlog: int = 0) -> None:
+    def __init__(
+        self, client: aioredis.Redis, max_backlog: int = 0, retention: Retention = DEFAULT_RETENTION
+    ) -> None:
         self.client = client
         self.max_backlog = max_backlog
+        self.retention = retention.args()  # the CANCEL script's limits
         self.direct = Direct(client)
         self._publish = Script(scripts.PUBLISH)
         self._publish_once = Script(scripts.PUBLISH_ONCE)
@@ -291,7 +294,8 @@ class Store:
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """(canceled | canceling | conflict | missing, the job's status)."""
         now = time.time()
-        outcome, status = await self._cancel(self.direct, [job_id, now, jobs.utc_iso(now)])
+        args = [job_id, now, jobs.utc_iso(now), *self.retention]
+        outcome, status = await self._cancel(self.direct, args)
         return outcome.decode(), status.decode()
 
     async def job(self, job_id: str) -> dict[str, Any] | None:

@@ -754,27 +754,41 @@ def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def obeying_cross_field_rules(case: Case) -> Case:
     """Make a valid (positive) case obey the rules that span fields, which a JSON Schema cannot
     state and which the API answers with a 422: an opaque cursor it never gave, `since` after
-    `until`, DELETE /dead with no filter (or `all=true` with one), `delay` with `run_at`, and an
-    Idempotency-Key header that differs from the body's `idempotency_key`."""
+    `until`, DELETE /dead with no filter (or `all=true` with one), a retry of every dead job
+    without `"all": true` (or with it and a filter), `delay` with `run_at`, a `run_at` more than
+    a year from now, and an Idempotency-Key header that differs from the body's
+    `idempotency_key`."""
     label = case.operation.label
     query = case.query if isinstance(case.query, dict) else {}
     body = case.body if isinstance(case.body, dict) else {}
     query.pop("cursor", None)
+    if label == "POST /dead/retry":
+        body.pop("cursor", None)
     for where in (query, body):
         since, until = where.get("since"), where.get("until")
         if isinstance(since, str) and isinstance(until, str):
             moments = [params.instant(name, where[name], []) for name in ("since", "until")]
             if None not in moments and moments[0] > moments[1]:  # type: ignore[operator]
                 where["since"], where["until"] = until, since
+    filters = ("type", "queue", "error", "since", "until")
     if label == "DELETE /dead":
-        if any(query.get(name) for name in ("type", "queue", "error", "since", "until")):
+        if any(query.get(name) for name in filters):
             query.pop("all", None)
         else:
             query["all"] = "true"
+    if label == "POST /dead/retry":
+        if any(body.get(name) for name in filters):
+            body.pop("all", None)
+        elif body.get("dry_run") is False:
+            body["all"] = True
     jobs = body.get("jobs", []) if label == "POST /jobs/batch" else [body]
+    farthest = time.time() + constants.MAX_SCHEDULE_SECONDS
     for job in jobs:
         if isinstance(job, dict) and job.get("delay") is not None:
             job.pop("run_at", None)
+        run_at = job.get("run_at") if isinstance(job, dict) else None
+        if isinstance(run_at, str) and (params.instant("run_at", run_at, []) or 0) > farthest:
+            job.pop("run_at")
     headers = case.headers if case.headers is not None else {}
     if label == "POST /jobs" and body.get("idempotency_key") and "Idempotency-Key" in headers:
         headers["Idempotency-Key"] = body["idempotency_key"]

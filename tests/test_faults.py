@@ -26,6 +26,7 @@ import redis.asyncio
 
 from service import constants, jobs, scripts
 from service.embedded_redis import EmbeddedRedis
+from service.settings import DEFAULT_RETENTION
 from service.store import Store
 from service.worker import recovery
 
@@ -478,7 +479,9 @@ def test_full_redis_refuses_publish_whole_and_runs_every_worker_script(
     }
     # COMPLETE: the first job finished
     first = rows[0]
-    complete(args=["w", jobs.utc_iso(now), now, "ok", first[0], "app-queue", first[1]] + [""] * 3)
+    limits = DEFAULT_RETENTION.args()
+    outcome = ["ok", first[0], "app-queue", first[1], "", "", ""]
+    complete(args=["w", jobs.utc_iso(now), now, *limits, *outcome])
     # RECOVER, the container died: the first job still held is re-delivered with a crash,
     # the one behind it goes back untouched
     totals, blamed = recovery.recover(client, ["app-queue"], max_crashes=3, owner="w")
@@ -631,7 +634,7 @@ def test_a_replayed_complete_changes_nothing(queue_redis: redis.Redis) -> None:
     now = time.time()
     ((_, member, *_),) = claim(args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", "app-queue"])
     outcome = ["fail", job.id, "app-queue", member, jobs.encode_exc_string("boom"), now, now, 0]
-    args = ["w", jobs.utc_iso(now), now, *outcome, "exception"]
+    args = ["w", jobs.utc_iso(now), now, *DEFAULT_RETENTION.args(), *outcome, "exception"]
     assert complete(args=args) == [b"retried"]
     assert complete(args=args) == [b""]  # the replay
     assert queue_redis.hget(constants.job_key(job.id), "retries_left") == b"1"

@@ -55,6 +55,7 @@ CONTRACT = {
     "service_queue_dead_jobs": "gauge",
     "service_queue_workers": "gauge",
     "service_history_pending_events": "gauge",
+    "service_dead_trimmed_jobs_total": "counter",
 }
 PROMETHEUS_OWN = {"up"}  # made by Prometheus for every target it scrapes
 SCRAPE_JOBS = {"job-service-api", "job-service-worker"}  # prometheus.yml's, named by the alerts

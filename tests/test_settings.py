@@ -287,3 +287,16 @@ def test_max_backlog() -> None:
     text = problems({"MAX_BACKLOG": "-1"})
     assert "MAX_BACKLOG='-1'" in text
     assert "MAX_BACKLOG='many'" in problems({"MAX_BACKLOG": "many"})
+
+
+def test_retention_limits() -> None:
+    settings = load({})
+    assert (settings.max_result_ttl, settings.max_failure_ttl) == (7 * 24 * 3600, 30 * 24 * 3600)
+    assert settings.dead_max_jobs == 10_000
+    raised = load({"MAX_RESULT_TTL": "31536000", "MAX_FAILURE_TTL": "1", "DEAD_MAX_JOBS": "1"})
+    assert raised.retention.args() == [31536000, 1, 1]
+    text = problems({"MAX_RESULT_TTL": "0", "MAX_FAILURE_TTL": "31536001", "DEAD_MAX_JOBS": "0"})
+    assert "MAX_RESULT_TTL='0'" in text
+    assert "MAX_FAILURE_TTL='31536001'" in text
+    assert "DEAD_MAX_JOBS='0'" in text
+    assert "MAX_RESULT_TTL='a week'" in problems({"MAX_RESULT_TTL": "a week"})

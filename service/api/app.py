@@ -69,7 +69,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
-        app.state.store = Store(client, settings.max_backlog)
+        app.state.store = Store(client, settings.max_backlog, settings.retention)
         app.state.dead = DeadLetters(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
@@ -118,7 +118,12 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app.state.settings = settings
     app.state.strict = StrictGate() if settings.durability == "strict" else None
     app.state.registry = registry
-    app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
+    app.state.openapi = build_openapi(
+        registry,
+        auth=bool(settings.api_keys),
+        max_result_ttl=settings.max_result_ttl,
+        max_failure_ttl=settings.max_failure_ttl,
+    )
     # The body limits wrap the rest, so an early answer (a 401 too) closes a connection whose
     # body was never read.
     auth = ApiKeyAuth(app, settings.api_keys)

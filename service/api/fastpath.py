@@ -142,9 +142,7 @@ def _plain_job(message: Message, state: Any) -> jobs.NewJob | None:
     if not isinstance(value, dict) or brackets > constants.MAX_JSON_DEPTH:
         return None  # read_json's depth check, and its answer
     try:
-        ((job, options),) = parse_jobs(
-            [value], state.registry, state.settings.queue_name, batch=False
-        )
+        ((job, options),) = parse_jobs([value], state.registry, state.settings, batch=False)
     except ApiError:
         return None
     return None if options.idempotency_key is not None else job

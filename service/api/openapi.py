@@ -33,7 +33,30 @@ def _int64(schema: Any) -> Any:
     return bounded
 
 
-def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
+def _bounded_options(properties: dict[str, Any], ceilings: dict[str, int]) -> dict[str, Any]:
+    """The options' schemas with the limits the request model leaves to the settings: each
+    TTL's `maximum` is its ceiling (MAX_RESULT_TTL, MAX_FAILURE_TTL), and run_at says how far
+    ahead it may be."""
+    bounded = dict(properties)
+    for field, ceiling in ceilings.items():
+        schema = bounded[field]
+        integer = {**schema["anyOf"][0], "maximum": ceiling}
+        bounded[field] = {**schema, "anyOf": [integer, *schema["anyOf"][1:]]}
+    bounded["run_at"] = {
+        **bounded["run_at"],
+        "description": "RFC 3339 time with a timezone, at most a year (365 days) ahead; "
+        "not with delay",
+    }
+    return bounded
+
+
+def build_openapi(
+    registry: Registry,
+    *,
+    auth: bool,
+    max_result_ttl: int = constants.MAX_RESULT_TTL,
+    max_failure_ttl: int = constants.MAX_FAILURE_TTL,
+) -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -57,9 +80,10 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     # The options every job takes (priority, delay, retries...), from the request model.
     options = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(options.pop("$defs", {}))
-    option_properties = {
-        k: v for k, v in options["properties"].items() if k not in ("type", "payload")
-    }
+    option_properties = _bounded_options(
+        {k: v for k, v in options["properties"].items() if k not in ("type", "payload")},
+        {"result_ttl": max_result_ttl, "failure_ttl": max_failure_ttl},
+    )
     refs = []
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")

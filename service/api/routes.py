@@ -47,7 +47,7 @@ async def _ensure_durable(request: Request) -> None:
 async def submit_job(request: Request) -> Response:
     settings, registry, store = _state(request)
     body = await read_json(request)
-    ((job, options),) = parse_jobs([body], registry, settings.queue_name, batch=False)
+    ((job, options),) = parse_jobs([body], registry, settings, batch=False)
     await _ensure_durable(request)
     header = request.headers.get("idempotency-key")  # present but empty is an invalid key
     key = options.idempotency_key if header is None else header
@@ -100,7 +100,7 @@ async def submit_batch(request: Request) -> Response:
             "batch_too_large",
             f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
         )
-    batch = [job for job, _ in parse_jobs(items, registry, settings.queue_name, batch=True)]
+    batch = [job for job, _ in parse_jobs(items, registry, settings, batch=True)]
     await _ensure_durable(request)
     with metrics.PUBLISH_SECONDS.time():
         await store.publish(batch)

@@ -15,9 +15,8 @@ from service.api.errors import ApiError
 from service.policy import Backoff
 from service.queues import Priority
 from service.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
+from service.settings import Settings
 
-MAX_DELAY_SECONDS = 365 * 24 * 3600
-MAX_TTL_SECONDS = 365 * 24 * 3600
 MAX_TYPE_CHARS = 100  # the longest name the registry allows
 # Printable ASCII, as a header carries it (and without the spaces HTTP trims at either end).
 IDEMPOTENCY_KEY = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
@@ -31,13 +30,14 @@ class JobRequest(BaseModel):
     type: str = Field(min_length=1, max_length=MAX_TYPE_CHARS)
     payload: Any = Field(default_factory=dict)
     priority: Priority | None = None
-    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
+    delay: float | None = Field(default=None, ge=0, le=constants.MAX_SCHEDULE_SECONDS)
     run_at: AwareDatetime | None = None
     max_retries: int | None = Field(default=None, ge=0, le=25)
     backoff: Backoff | None = None
     timeout: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    result_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
-    failure_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
+    # At most MAX_RESULT_TTL and MAX_FAILURE_TTL: settings, checked by `parse_jobs`.
+    result_ttl: int | None = Field(default=None, ge=1)
+    failure_ttl: int | None = Field(default=None, ge=1)
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=f"^{IDEMPOTENCY_KEY.pattern}$"
     )
@@ -101,10 +101,37 @@ def _field(where: str, loc: tuple[int | str, ...]) -> str:
     return where + ".".join(map(str, loc)) if loc else where.rstrip(".") or "body"
 
 
+# The options bounded by a setting: (field, Settings attribute, variable).
+CEILINGS = (
+    ("result_ttl", "max_result_ttl", "MAX_RESULT_TTL"),
+    ("failure_ttl", "max_failure_ttl", "MAX_FAILURE_TTL"),
+)
+
+
+def _beyond_limits(
+    request: JobRequest, settings: Settings, where: str, now: float
+) -> list[dict[str, Any]]:
+    """What the request model cannot check alone: the operator's TTL ceilings, and a run_at
+    no farther ahead than the longest delay (so it is a time RFC 3339 can write, and the
+    job's hash expires some day)."""
+    found = []
+    for field, attribute, variable in CEILINGS:
+        value, ceiling = getattr(request, field), getattr(settings, attribute)
+        if value is not None and value > ceiling:
+            message = f"Input should be at most {ceiling} seconds ({variable})"
+            found.append({"field": f"{where}{field}", "message": message})
+    farthest = now + constants.MAX_SCHEDULE_SECONDS
+    if request.run_at is not None and request.run_at.timestamp() > farthest:
+        message = "Input should be at most a year (365 days) ahead, as delay is"
+        found.append({"field": f"{where}run_at", "message": message})
+    return found
+
+
 def parse_jobs(
-    items: list[Any], registry: Registry, default_queue: str, *, batch: bool
+    items: list[Any], registry: Registry, settings: Settings, *, batch: bool
 ) -> list[tuple[jobs.NewJob, JobRequest]]:
-    """Validate every item against the registry; raise one 422 listing all the errors."""
+    """Validate every item against the registry and the settings' limits; raise one 422
+    listing all the errors."""
     errors: list[dict[str, Any]] = []
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
@@ -125,6 +152,8 @@ def parse_jobs(
                     {"field": _field(where, e["loc"]), "message": e["msg"]}
                     for e in exc.errors(include_url=False)
                 ]
+            else:
+                found += _beyond_limits(request, settings, where, now)
         # The payload is checked even when the options are not; a name too long to be a job
         # type is already an error above, and is not echoed back as an unknown one.
         if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
@@ -146,7 +175,9 @@ def parse_jobs(
         job = jobs.NewJob(
             id=jobs.new_id(),
             type=spec.name,
-            queue=queues.concrete(spec.queue or default_queue, request.priority or spec.priority),
+            queue=queues.concrete(
+                spec.queue or settings.queue_name, request.priority or spec.priority
+            ),
             payload=item.get("payload", {}),  # as sent (the validated copy may differ: 5.0 is 5)
             timeout=request.timeout or spec.timeout,
             max_retries=spec.max_retries if request.max_retries is None else request.max_retries,

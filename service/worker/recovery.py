@@ -11,6 +11,7 @@ from typing import Literal
 import redis
 
 from service import constants, jobs, scripts
+from service.settings import DEFAULT_RETENTION, Retention
 
 LOST_REASON = "WorkerLost: the worker running this job died (killed, out of memory, or lost)"
 
@@ -20,6 +21,7 @@ def recover(
     queues: Sequence[str],
     *,
     max_crashes: int,
+    retention: Retention = DEFAULT_RETENTION,
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
     current: str = "",
@@ -31,7 +33,8 @@ def recover(
     re-delivered until it has crashed its worker `max_crashes` times, then failed; the owner's
     other jobs never started and go back to the head of the queue. interrupted: all back at the
     head, not counted as attempts. Returns [failed, redelivered, interrupted] and, per job
-    blamed for a crash, its type and fate ('failed' or 'retried').
+    blamed for a crash, its type and fate ('failed' or 'retried'). `retention`: the
+    ceilings the RECOVER script applies to the jobs it ends (see scripts._TRANSITIONS).
     """
     now = time.time()
     script = client.register_script(scripts.RECOVER)
@@ -43,6 +46,7 @@ def recover(
         max_crashes,
         jobs.encode_exc_string(LOST_REASON),
         current,
+        *retention.args(),
         *queues,
     ]
     *counts, lost = script(args=args)

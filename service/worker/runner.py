@@ -120,6 +120,7 @@ class Worker:
         self._exec_seq = 0
         self._birth = jobs.utc_iso()
         self._exec_token = uuid.uuid4().hex[:8]
+        self._retention = settings.retention.args()  # the COMPLETE script's limits
         self.outcome_log = logs.BatchLog(log, settings)
 
     # --- signals: SIGTERM finishes the current job; SIGUSR1 interrupts it; SIGUSR2 cancels it --
@@ -265,7 +266,9 @@ class Worker:
         while True:
             now = time.time()
             try:
-                results = self._complete(args=[self.name, jobs.utc_iso(now), now, *args])
+                results = self._complete(
+                    args=[self.name, jobs.utc_iso(now), now, *self._retention, *args]
+                )
                 break
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if self.stopping:
@@ -433,6 +436,7 @@ class Worker:
                 self.redis,
                 self.queues,
                 max_crashes=self.settings.max_crashes,
+                retention=self.settings.retention,
                 owner=self.name,
                 mode="interrupted",
             )

@@ -234,6 +234,7 @@ class Supervisor:
                 self.redis,
                 self.queues,
                 max_crashes=self.settings.max_crashes,
+                retention=self.settings.retention,
                 owner=name,
                 mode=mode,
                 current=current,
