@@ -413,9 +413,10 @@ class Worker:
         while True:
             try:
                 client = connect(self.settings.queue_redis)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                # redis-py 8.1 leaves pubsub() untyped, 8.2 listen(): either may be flagged.
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
                 pubsub.subscribe(constants.command_channel(self.name))
-                for message in pubsub.listen():
+                for message in pubsub.listen():  # type: ignore[no-untyped-call,unused-ignore]
                     command = orjson.loads(message["data"])
                     if command.get("command") == "stop-job":
                         self._cancel.add(str(command.get("job_id")))
