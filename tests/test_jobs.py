@@ -71,7 +71,9 @@ def test_result_entries_decode() -> None:
         "error": "T\nE: boom\n",
     }
     assert jobs.error_summary(entry["error"]) == "E: boom"
-    ok = jobs.decode_result_entry({b"type": b"1", b"return_value": jobs.encode_return_value([1])})
+    ok = jobs.decode_result_entry(
+        {b"type": b"1", b"return_value": jobs.encode_return_value(b"[1]")}
+    )
     assert (ok["outcome"], ok["result"]) == ("finished", [1])
     stopped = jobs.decode_result_entry({b"type": b"3", b"reason": b"interrupted"})
     assert stopped["outcome"] == "interrupted"

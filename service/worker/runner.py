@@ -324,13 +324,19 @@ class Worker:
             arguments = spec.validate(payload)
             self._current = claimed.id
             self.slot.busy(timeout, claimed.id)
+            limit = self.settings.max_result_bytes
             if spec.isolated:
-                result = run_isolated(spec.handler, arguments, ctx, lambda: self._guard(timeout))
+                encoded = run_isolated(
+                    spec.handler, arguments, ctx, lambda: self._guard(timeout), limit
+                )
             else:
                 with self._guard(timeout):
                     result = spec.handler(arguments, ctx)
+                encoded = jobs.result_json(result, limit)
+            value = jobs.encode_return_value(encoded)
             outcome = "ok"
-            value = b"" if result is None else jobs.encode_return_value(result)
+        except jobs.ResultRejected as exc:  # not JSON, or too large: a failed attempt
+            error, reason = str(exc), exc.reason
         except Interrupted:
             outcome, reason = "interrupt", "interrupted"
         except Canceled:
