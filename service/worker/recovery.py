@@ -10,7 +10,7 @@ from typing import Literal
 
 import redis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, lua, scripts
 
 LOST_REASON = "WorkerLost: the worker running this job died (killed, out of memory, or lost)"
 
@@ -34,7 +34,7 @@ def recover(
     blamed for a crash, its type and fate ('failed' or 'retried').
     """
     now = time.time()
-    script = client.register_script(scripts.RECOVER)
+    script = lua.Script(client, scripts.RECOVER)
     args: list[str | bytes | float] = [
         jobs.utc_iso(now),
         now,
@@ -53,7 +53,7 @@ def recover(
 def promote(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float | None]:
     """Move due scheduled jobs onto their queues; return (moved, when the next one is due)."""
     now = time.time()
-    script = client.register_script(scripts.PROMOTE)
+    script = lua.Script(client, scripts.PROMOTE)
     moved, next_due = script(args=[now, jobs.utc_iso(now), *queues])
     return int(moved), float(next_due) if next_due else None
 

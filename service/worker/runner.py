@@ -25,13 +25,13 @@ from typing import Any
 import orjson
 import redis
 
-from service import constants, jobs, logs, scripts, tracing
+from service import constants, jobs, logs, lua, scripts, tracing
 from service import registry as registry_module
 from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
 from service.settings import Settings
-from service.store import connect
+from service.store import connect, out_of_memory
 from service.worker import metrics, recovery
 from service.worker.isolation import IsolatedJobFailed, run_isolated
 from service.worker.slots import Slot, Slots
@@ -153,12 +153,13 @@ class Worker:
             from service import mongo
 
             self.db = mongo.connect(self.settings.mongodb_uri)
-        self._claim = self.redis.register_script(scripts.CLAIM)
-        self._complete = self.redis.register_script(scripts.COMPLETE)
+        self._claim = lua.Script(self.redis, scripts.CLAIM)
+        self._complete = lua.Script(self.redis, scripts.COMPLETE)
         for target in (self._heartbeat_loop, self._command_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.debug("worker %s started on %s", self.name, ",".join(self.queues))
         backoff = 0.1
+        refused_since: float | None = None  # since when Redis has refused or failed us
         supervisor = os.getppid()
         while not self.stopping:
             self.slot.tick()
@@ -168,6 +169,10 @@ class Worker:
             try:
                 size = self._claim_size()
                 batch = self._claim_batch(size)
+                if refused_since is not None:
+                    waited = time.monotonic() - refused_since
+                    log.info("worker %s: claiming again after %.1fs", self.name, waited)
+                    refused_since = None
                 if batch:
                     self._run_batch(batch)
                 if len(batch) < size:  # the queues ran dry: wait for a token, skip an empty claim
@@ -175,9 +180,13 @@ class Worker:
                 backoff = 0.1
             except redis.RedisError as exc:
                 self.slot.set_ready(False)
-                log.warning(
-                    "worker %s: Redis unavailable (%s); retrying in %.1fs", self.name, exc, backoff
-                )
+                if refused_since is None:  # one line per episode, not per retry
+                    refused_since = time.monotonic()
+                    log.warning(
+                        "worker %s: %s; not ready, retrying with backoff (up to 5s)",
+                        self.name,
+                        _trouble(exc),
+                    )
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self._deregister()
@@ -255,31 +264,39 @@ class Worker:
             self._cancel.clear()
 
     def _flush(self, outcomes: list[Outcome]) -> None:
-        """Record outcomes. Jobs already ran: while Redis is unreachable, keep trying (with
-        backoff) rather than lose the results, until a shutdown gives up on them (the jobs then
-        run again elsewhere: at least once)."""
+        """Record outcomes. Jobs already ran: while Redis is unreachable or full (it refuses
+        COMPLETE whole), keep them and keep trying (with backoff) rather than lose the results,
+        until a shutdown gives up on them (the jobs then run again elsewhere: at least once).
+        The heartbeat still lands on a full Redis, so the held jobs do not look abandoned."""
         if not outcomes:
             return
         backoff = 0.1
+        held_since: float | None = None
         args = [value for outcome in outcomes for value in outcome.args()]
         while True:
             now = time.time()
             try:
                 results = self._complete(args=[self.name, jobs.utc_iso(now), now, *args])
                 break
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.stopping:
+            except redis.RedisError as exc:
+                if self.stopping or not _passing(exc):
                     raise
-                log.warning(
-                    "worker %s: cannot record %d outcomes yet (%s); retrying in %.1fs",
-                    self.name,
-                    len(outcomes),
-                    exc,
-                    backoff,
-                )
+                if held_since is None:  # one line per episode, not per retry
+                    held_since = time.monotonic()
+                    self.slot.set_ready(False)
+                    log.warning(
+                        "worker %s: cannot record %d outcomes yet (%s); keeping them, retrying "
+                        "with backoff (up to 5s)",
+                        self.name,
+                        len(outcomes),
+                        _trouble(exc),
+                    )
                 self.slot.tick()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        if held_since is not None:
+            waited = time.monotonic() - held_since
+            log.info("worker %s: recorded %d outcomes held %.1fs", self.name, len(outcomes), waited)
         fates = [result.decode() for result in results]
         self.slot.count(*fates)
         for outcome, fate in zip(outcomes, fates, strict=True):
@@ -385,13 +402,17 @@ class Worker:
         return Backoff.from_json(claimed.backoff).delay(claimed.attempt)
 
     def _no_retry(self, claimed: Claimed) -> None:
-        """A job that can never succeed here (unknown type) is failed at once, never retried."""
-        self.redis.hset(constants.job_key(claimed.id), "retries_left", 0)
+        """A job that can never succeed here (unknown type) is failed at once, never retried.
+        If Redis cannot take that now, it is retried by its policy and fails again."""
+        try:
+            self.redis.hset(constants.job_key(claimed.id), "retries_left", 0)
+        except redis.RedisError as exc:
+            log.debug("job %s: retries left unchanged: %s", claimed.id, exc)
 
     # --- background threads: liveness and commands ---
     def _heartbeat_loop(self) -> None:
         client = connect(self.settings.queue_redis)
-        heartbeat = client.register_script(scripts.HEARTBEAT)
+        heartbeat = lua.Script(client, scripts.HEARTBEAT)
         key = constants.worker_key(self.name)
         ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
         while True:
@@ -451,6 +472,17 @@ class Worker:
                 pipe.execute()
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
+
+
+def _passing(exc: redis.RedisError) -> bool:
+    """Trouble that passes by itself: Redis unreachable, stalled or full."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or out_of_memory(exc)
+
+
+def _trouble(exc: redis.RedisError) -> str:
+    if out_of_memory(exc):
+        return "Redis is full (used memory > maxmemory)"
+    return f"Redis unavailable ({exc})"
 
 
 _LEVELS = {
