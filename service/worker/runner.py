@@ -153,6 +153,7 @@ class Worker:
             from service import mongo
 
             self.db = mongo.connect(self.settings.mongodb_uri)
+        metrics.label_types(self.registry.names())
         self._claim = lua.Script(self.redis, scripts.CLAIM)
         self._complete = lua.Script(self.redis, scripts.COMPLETE)
         for target in (self._heartbeat_loop, self._command_loop):
@@ -325,9 +326,10 @@ class Worker:
         outcome, error, reason = "fail", "", "exception"
         value = b""
         try:
-            job_type, payload = jobs.decode_data(claimed.data)
-            spec = self.registry.get(job_type)
-            metrics.started(job_type, claimed.enqueued_at, started)
+            name, payload = jobs.decode_data(claimed.data)
+            metrics.started(name, claimed.enqueued_at, started)  # `unknown` unless registered
+            spec = self.registry.get(name)
+            job_type = spec.name  # registered: the outcome's log line, span and metrics name it
             timeout = claimed.timeout if claimed.timeout > 0 else spec.timeout
             ctx = JobContext(
                 claimed.id,
