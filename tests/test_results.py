@@ -13,7 +13,11 @@ import redis
 
 from service import constants, jobs
 from service.embedded_redis import EmbeddedRedis
+from service.registry import Registry
+from service.settings import Settings
 from service.worker.isolation import run_isolated
+from service.worker.runner import Claimed, Outcome, Worker
+from service.worker.slots import Slots
 
 from .conftest import ServiceProcess, publish, wait_for
 
@@ -143,3 +147,24 @@ def test_a_result_over_max_result_bytes_fails_and_nothing_of_it_is_stored(
     finally:
         queue.close()
         own.stop()
+
+
+def test_a_batch_is_recorded_before_it_carries_more_than_max_result_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One COMPLETE carries about MAX_RESULT_BYTES of results at most (plus the last one): a
+    full Redis refuses the next call, so it is passed by one call's writes only."""
+    monkeypatch.setattr(constants, "BATCH_TARGET_SECONDS", 3600.0)  # no flush by time
+    worker = Worker(Settings(max_result_bytes=1024), Registry(), Slots(1)[0], ["q"], "w")
+    sizes = iter([600, 600, 100, 1400, 10])
+
+    def execute(claimed: Claimed) -> Outcome:
+        return Outcome(claimed, "ok", "noop", b"x" * next(sizes))
+
+    calls: list[list[int]] = []
+    monkeypatch.setattr(worker, "_execute", execute)
+    monkeypatch.setattr(
+        worker, "_flush", lambda outcomes: calls.append([len(o.value) for o in outcomes])
+    )
+    worker._run_batch([Claimed(f"j{n}", f"j{n}:bx{n}", b"", 0, 1, "q", "", "") for n in range(5)])
+    assert calls == [[600, 600], [100, 1400], [10]]

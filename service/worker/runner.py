@@ -246,7 +246,7 @@ class Worker:
 
     def _run_batch(self, batch: list[Claimed]) -> None:
         outcomes: list[Outcome] = []
-        flushed_at = time.monotonic()
+        flushed_at, carried = time.monotonic(), 0
         for claimed in batch:
             if self.stopping:  # claimed but not started: back to the head of its queue
                 outcomes.append(Outcome(claimed, "skip"))
@@ -256,9 +256,15 @@ class Worker:
                 outcomes.append(self._execute_traced(claimed))
             else:
                 outcomes.append(self._execute(claimed))
-            if time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS:
+            carried += len(outcomes[-1].value)
+            # Recorded every BATCH_TARGET_SECONDS, and once they carry MAX_RESULT_BYTES: a
+            # COMPLETE that starts just under `maxmemory` passes it by its own writes only.
+            if (
+                carried >= self.settings.max_result_bytes
+                or time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS
+            ):
                 self._flush(outcomes)
-                outcomes, flushed_at = [], time.monotonic()
+                outcomes, flushed_at, carried = [], time.monotonic(), 0
         self._flush(outcomes)
         with self._lock:
             self._in_flight = []
