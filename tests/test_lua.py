@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from service import constants, embedded_redis, jobs, lua, scripts
 from service.dead import DeadLetters, Filter
 from service.embedded_redis import EmbeddedRedis
-from service.store import Store
+from service.store import Store, out_of_memory
 from service.worker import recovery
 
 from .conftest import ServiceProcess, publish, wait_for
@@ -151,6 +151,27 @@ def test_every_script_runs(server: str) -> None:
     assert client.hget(constants.job_key(retry), "status") == b"queued"
     assert not client.exists(constants.job_key(delete))
     client.close()
+
+
+def test_a_full_redis_refusal_is_recognised_on_each_version(server: str) -> None:
+    """What a full Redis answers a publish, which the API turns into 503 `redis_full`: Redis 7
+    refuses the flagged script with OOM, Redis 6.2 wraps the refused HSET in a script error."""
+    with redis.Redis.from_url(server) as admin:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+
+    async def publish() -> None:
+        client = aioredis.Redis.from_url(f"{server}/1")
+        try:
+            await Store(client).publish([new_job()])
+        finally:
+            await client.aclose()
+
+    with pytest.raises(redis.ResponseError) as caught:
+        asyncio.run(publish())
+    assert out_of_memory(caught.value), caught.value
+    with redis.Redis.from_url(f"{server}/1") as client:
+        assert client.dbsize() == 0
 
 
 @pytest.mark.slow

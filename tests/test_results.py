@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from service import constants, jobs
+from service.api import dead as dead_api
 from service.embedded_redis import EmbeddedRedis
 from service.registry import Registry
 from service.settings import Settings
@@ -168,3 +169,9 @@ def test_a_batch_is_recorded_before_it_carries_more_than_max_result_bytes(
     )
     worker._run_batch([Claimed(f"j{n}", f"j{n}:bx{n}", b"", 0, 1, "q", "", "") for n in range(5)])
     assert calls == [[600, 600], [100, 1400], [10]]
+
+
+def test_the_openapi_document_names_the_result_reasons_of_a_dead_job() -> None:
+    page = dead_api.openapi_paths(auth=False)["/dead"]["get"]["responses"]["200"]
+    schema = page["content"]["application/json"]["schema"]["properties"]["jobs"]["items"]
+    assert {"result_not_json", "result_too_large"} <= set(schema["properties"]["reason"]["enum"])
