@@ -16,6 +16,7 @@ from service.api import dead as dead_api
 from service.embedded_redis import EmbeddedRedis
 from service.registry import Registry
 from service.settings import Settings
+from service.worker import isolation
 from service.worker.isolation import run_isolated
 from service.worker.runner import Claimed, Outcome, Worker
 from service.worker.slots import Slots
@@ -84,6 +85,16 @@ def test_an_isolated_child_checks_its_result_before_writing_it() -> None:
         with pytest.raises(jobs.ResultRejected) as caught:
             run_isolated(handler(result), None, ctx, no_guard, LIMIT)
         assert caught.value.reason == reason
+
+
+def test_the_worker_process_reads_no_more_than_the_largest_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A child that would send far more than MAX_RESULT_BYTES (whatever made it) is cut off.
+    monkeypatch.setattr(isolation, "_report", lambda *args: b"v" + b"x" * (100 * LIMIT))
+    ctx: Any = None
+    with pytest.raises(isolation.IsolatedJobDied, match="report over"):
+        run_isolated(lambda payload, ctx: None, None, ctx, no_guard, LIMIT)
 
 
 # --- a worker process -------------------------------------------------------------------------
