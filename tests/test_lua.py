@@ -60,7 +60,7 @@ def test_the_version_is_read_once_per_client(redis_url: str) -> None:
 
     client.info = counted  # type: ignore[method-assign]
     try:
-        assert lua.server_version(client) >= lua.FLAGS_SINCE  # the suite's redis-server: 7
+        assert lua.server_version(client) > (0,)
         lua.Script(client, scripts.PROMOTE)(args=[time.time(), jobs.utc_iso(), "q"])
         lua.Script(client, scripts.PROMOTE)(args=[time.time(), jobs.utc_iso(), "q"])
         assert reads == ["server"]
