@@ -13,8 +13,8 @@ from service import constants
 # Redis 7 script flags, the first line of each script (service/lua.py turns it into a comment
 # for older servers). Without `allow-oom`, Redis refuses the whole script, before it starts,
 # while its used memory is over `maxmemory`: scripts that add data whose size a client controls,
-# or that start new work, so a full Redis never grows past its limit. The others declare
-# `allow-oom`, each saying why it must run on a full Redis.
+# or that start new work, so Redis passes its limit by one call's writes at most. The others
+# declare `allow-oom`, each saying why it must run on a full Redis.
 _REFUSED_WHEN_FULL = "#!lua\n"
 _RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
 
