@@ -44,6 +44,9 @@ RESULTS_KEPT: Final = 30  # attempts kept in a job's results stream (RQ keeps 10
 MIN_PROMOTE_WAIT: Final = 0.05  # seconds: housekeeping never spins faster than this
 PROMOTE_BATCH: Final = 1000  # most due scheduled jobs moved per queue per promotion
 JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
+# Largest result (its JSON) a job may return, MAX_RESULT_BYTES's default: Temporal refuses
+# payloads over 2 MB, SQS messages over 256 KiB.
+MAX_RESULT_BYTES: Final = 1024 * 1024
 
 # --- Dead-letter queue (GET/POST/DELETE /dead) ----------------------------------------------
 LIST_DEFAULT_LIMIT: Final = 50  # jobs per page of GET /dead and GET /jobs

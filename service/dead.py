@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, lua, scripts
 
 _FIELDS = ("status", "ended_at", "data", "attempts", "crashes")
 
@@ -106,8 +106,8 @@ class DeadLetters:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._retry = client.register_script(scripts.DEAD_RETRY)
-        self._delete = client.register_script(scripts.DEAD_DELETE)
+        self._retry = lua.ScriptAsync(client, scripts.DEAD_RETRY)
+        self._delete = lua.ScriptAsync(client, scripts.DEAD_DELETE)
 
     async def queues(self, served: Iterable[str]) -> list[str]:
         """Every RQ queue that may hold dead jobs: `served`, and every queue Redis knows."""

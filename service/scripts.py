@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from service import constants
 
+# Redis 7 script flags, the first line of each script (service/lua.py turns it into a comment
+# for older servers). Without `allow-oom`, Redis refuses the whole script, before it starts,
+# while its used memory is over `maxmemory`: scripts that add data whose size a client controls,
+# or that start new work, so Redis passes its limit by one call's writes at most. The others
+# declare `allow-oom`, each saying why it must run on a full Redis.
+_REFUSED_WHEN_FULL = "#!lua\n"
+_RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
+
 # Job history: while a history shipper runs (MONGODB_URI set), it keeps `rq:history:on` alive
 # and every state change is appended to the `rq:history` stream, in the same atomic script as
 # the change itself; the shipper moves them to MongoDB in bulk (service/history.py).
@@ -249,13 +257,14 @@ end
 )
 
 # ARGV: as _PUBLISH's, from 1. Returns 1, or {queue, backlog} if MAX_BACKLOG refused it.
-PUBLISH = _PUBLISH + "return publish(ARGV, 1, {}) or 1\n"
+PUBLISH = _REFUSED_WHEN_FULL + _PUBLISH + "return publish(ARGV, 1, {}) or 1\n"
 
 # Single jobs of concurrent requests, sent together (store.Coalescer). ARGV: as _PUBLISH's;
 # each job is admitted or refused alone (MAX_BACKLOG), in order, as if published one by one.
 # Returns, per job, 1 or {queue, backlog}.
 PUBLISH_EACH = (
-    _PUBLISH
+    _REFUSED_WHEN_FULL
+    + _PUBLISH
     + """
 local outcomes, seen = {}, {}
 for i = 4, #ARGV, 10 do
@@ -271,7 +280,8 @@ return outcomes
 # returns its job's id, and whether this request is the same as the one that made it; or
 # {queue, 'full', backlog} when MAX_BACKLOG refused a new job (a repeat is still answered).
 PUBLISH_ONCE = (
-    _PUBLISH
+    _REFUSED_WHEN_FULL
+    + _PUBLISH
     + """
 local key, fingerprint = 'rq:idempotency:' .. ARGV[1], ARGV[2]
 local existing = redis.call('HMGET', key, 'id', 'fingerprint')
@@ -289,9 +299,11 @@ return {ARGV[7], 'new'}
 # DELETE /jobs/{id}. ARGV: id, now, now_iso, the retention limits. A queued or scheduled job
 # is canceled at once; a started one gets a `stop-job` command on its worker's channel (RQ's),
 # and ends canceled when the worker stops it. Returns {outcome, status}: canceled | canceling
-# | conflict | missing.
+# | conflict | missing. Runs on a full Redis: a cancel moves a job and frees its place, and
+# must not wait for memory.
 CANCEL = (
-    _TRANSITIONS
+    _RUNS_WHEN_FULL
+    + _TRANSITIONS
     + """
 local id, now, now_iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 set_limits(ARGV, 4)
@@ -320,7 +332,8 @@ return {'canceled', 'canceled'}
 # queues in drain order (high before default before low). Returns per claimed job:
 # id, member, data, timeout, attempt, queue, backoff, enqueued_at, traceparent ('' if none).
 CLAIM = (
-    _HISTORY
+    _REFUSED_WHEN_FULL
+    + _HISTORY
     + """
 local want = tonumber(ARGV[1])
 local out = {}
@@ -359,7 +372,8 @@ return out
 # canceled | interrupted | '' (a skip, or a job whose claim this worker no longer holds:
 # nothing is recorded).
 COMPLETE = (
-    _TRANSITIONS
+    _REFUSED_WHEN_FULL
+    + _TRANSITIONS
     + """
 local worker, now_iso, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 set_limits(ARGV, 4)
@@ -404,8 +418,11 @@ return results
 # BATCH_TARGET_SECONDS before the crash has no outcome recorded yet: it runs again, and takes
 # the blame instead of the one after it.)
 # Returns {failed, redelivered, interrupted, {type, 'failed' | 'retried', ...} per blamed job}.
+# Runs on a full Redis: it only moves jobs of dead workers back, and a refused recovery would
+# leave them started, run by no one.
 RECOVER = (
-    _TRANSITIONS
+    _RUNS_WHEN_FULL
+    + _TRANSITIONS
     + """
 local now_iso, now, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max_crashes, exc, current = tonumber(ARGV[5]), ARGV[6], ARGV[7]
@@ -478,10 +495,13 @@ return {counts.failed, counts.redelivered, counts.interrupted, lost}
 # of the jobs it holds pushed ahead of the clock (XX: never re-adds a recovered entry).
 # ARGV: worker key, ttl, registry score, then the registration's fields as name/value pairs
 # up to '--', then the queues it serves up to '--', then queue/member pairs of held jobs.
-# EXPIRE comes first: a write that cannot grow memory, after which Redis lets the script's
-# memory-growing commands run even when it is full; a heartbeat only replaces values in place,
-# and a full Redis must not make running jobs look abandoned.
-HEARTBEAT = """
+# Runs on a full Redis: a refused heartbeat would make running jobs look abandoned, and run
+# them twice; it only replaces values in place. (On Redis 6.2, which ignores flags, EXPIRE
+# coming first does the same: a write that cannot grow memory, after which Redis lets the
+# script's memory-growing commands run even when it is full.)
+HEARTBEAT = (
+    _RUNS_WHEN_FULL
+    + """
 local key, ttl, score = ARGV[1], ARGV[2], ARGV[3]
 redis.call('EXPIRE', key, ttl)
 local i, fields = 4, {}
@@ -499,12 +519,16 @@ for j = i + 1, #ARGV, 2 do
 end
 return 1
 """
+)
 
 # Due scheduled jobs (delays, run_at, retry backoff) onto their queues. Any worker container
 # runs it; ZREM decides which caller moves a job, so none is moved twice. ARGV: now, now_iso,
 # then queue names. Returns {moved, next due epoch or ''}.
+# Runs on a full Redis: it moves jobs accepted earlier from one key to another; refused, delays
+# and retries would wait for memory that only running them frees.
 PROMOTE = (
-    _PUSH
+    _RUNS_WHEN_FULL
+    + _PUSH
     + f"""
 local now, now_iso = ARGV[1], ARGV[2]
 local moved, next_due = 0, nil
@@ -548,8 +572,11 @@ end
 # queued, retries_left back to max_retries, crashes to 0, out of the failed registry, no
 # expiry. Its attempts count and its results stream (the history; no expiry while it waits)
 # are kept. Returns per id its queue, or '' if it was not dead.
+# Runs on a full Redis: it moves jobs already stored back onto their queues, adding nothing a
+# client sends (the retried jobs then wait for memory, as their claims are refused meanwhile).
 DEAD_RETRY = (
-    _PUSH
+    _RUNS_WHEN_FULL
+    + _PUSH
     + _DEAD
     + """
 local now_iso = ARGV[1]
@@ -577,8 +604,10 @@ return out
 
 # ARGV: job ids. Each job still dead is deleted: its hash, its results stream and its
 # failed-registry entry. Returns how many were.
+# Runs on a full Redis: deleting frees memory, the way out of a full Redis.
 DEAD_DELETE = (
-    _DEAD
+    _RUNS_WHEN_FULL
+    + _DEAD
     + """
 local deleted = 0
 for _, id in ipairs(ARGV) do

@@ -113,6 +113,7 @@ class Settings:
     api_keys: tuple[Secret, ...] = ()
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
+    max_result_bytes: int = constants.MAX_RESULT_BYTES  # largest result (its JSON) a job may return
     request_header_timeout: float = 10.0  # seconds for a request line and headers to arrive
     request_body_timeout: float = 30.0  # seconds for a request body to arrive, once begun
     handler_modules: tuple[str, ...] = field(default=())
@@ -229,6 +230,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
     max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
+    max_result = env.int(
+        "MAX_RESULT_BYTES",
+        constants.MAX_RESULT_BYTES,
+        validate=validate.Range(min=1024, max=64 * 1024 * 1024),
+    )
     header_timeout = env.float(
         "REQUEST_HEADER_TIMEOUT", 10.0, validate=validate.Range(min=0.1, max=300)
     )
@@ -303,6 +309,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         api_keys=api_keys,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
+        max_result_bytes=max_result,
         request_header_timeout=header_timeout,
         request_body_timeout=body_timeout,
         handler_modules=tuple(handler_modules or ()),

@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+
+from service import constants
 
 from .conftest import ServiceProcess, http, publish, wait_for
 
@@ -181,3 +184,32 @@ def test_one_json_log_line_per_job_outcome(start_service: Start, redis_url: str)
     assert isinstance(finished["duration"], float)
     assert by_job[(echo, 1)]["outcome"] == "finished"
     assert "hunter2" not in worker.output  # payloads are never logged
+
+
+@pytest.mark.timeout(60)
+def test_a_type_written_straight_into_redis_is_labelled_unknown(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    """Labels take only registered job types: a job's type is read from Redis, where anyone
+    who can write may put any name."""
+    # Given a job whose type no handler registers, written into Redis by hand
+    ghost = publish(redis_url, "os.system", {"command": "true"})
+    # and a started job of another such type, whose worker vanished (recovered by housekeeping)
+    lost = publish(redis_url, "os.popen", {"command": "true"})
+    queue_redis.lrem(constants.queue_key("app-queue"), 1, lost)
+    queue_redis.hset(constants.job_key(lost), mapping={"status": "started", "worker_name": "gone"})
+    queue_redis.zadd(constants.registry_key("started", "app-queue"), {f"{lost}:gonex1": 1})
+    # When a worker runs them
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    # Then both fail, and its metrics count them as `unknown`, never under their names
+    samples = scrape_until(
+        worker.url, lambda s: value(s, "service_jobs_dead_total", type="unknown") == 2
+    )
+    assert value(samples, "service_jobs_started_total", type="unknown") == 2
+    assert value(samples, "service_jobs_failed_total", type="unknown", reason="exception") == 2
+    assert value(samples, "service_jobs_failed_total", type="unknown", reason="worker_lost") == 1
+    assert value(samples, "service_jobs_retried_total", type="unknown") == 1
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert "os.system" not in text and "os.popen" not in text
+    assert {queue_redis.hget(constants.job_key(i), "status") for i in (ghost, lost)} == {b"failed"}

@@ -37,6 +37,7 @@ def test_defaults() -> None:
     assert settings.port == constants.API_PORT
     assert settings.log_format == "text"
     assert settings.mongodb_uri is None
+    assert settings.max_result_bytes == 1024 * 1024
 
 
 def test_settings_are_immutable() -> None:
@@ -87,6 +88,8 @@ def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
         ("WORKER_CONCURRENCY", "50", "0"),
         ("WORKER_BATCH_SIZE", "1000", "1001"),
         ("WORKER_PROCESSING_INTERVAL", "60000", "60001"),
+        ("MAX_RESULT_BYTES", "1024", "1023"),
+        ("MAX_RESULT_BYTES", str(64 * 1024 * 1024), str(64 * 1024 * 1024 + 1)),
     ],
 )
 def test_ranges(variable: str, good: str, bad: str) -> None:

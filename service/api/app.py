@@ -25,7 +25,7 @@ from service.dead import DeadLetters
 from service.durability import StrictGate
 from service.registry import Registry
 from service.settings import Settings
-from service.store import QueueFull, Store, connect_async
+from service.store import QueueFull, Store, connect_async, out_of_memory
 
 log = logging.getLogger("service.api")
 
@@ -46,9 +46,7 @@ async def redis_unavailable(request: Request, exc: Exception) -> Response:
 async def redis_refused(request: Request, exc: Exception) -> Response:
     """Redis full (maxmemory with noeviction): 503 `redis_full`. Any other refusal is a bug."""
     assert isinstance(exc, redis.exceptions.ResponseError)
-    # Redis 7 reports OOM inside a script as such; Redis 6.2 wraps it in a script error.
-    oom = "command not allowed when used memory > 'maxmemory'"
-    if not isinstance(exc, redis.exceptions.OutOfMemoryError) and oom not in str(exc):
+    if not out_of_memory(exc):
         raise exc
     log.warning("Redis full for %s %s: %s", request.method, request.url.path, exc)
     message = "Redis is out of memory (maxmemory); nothing was written, retry later"

@@ -300,7 +300,16 @@ _DEAD_JOB = {
         "expires_at": {"type": "string", "format": "date-time"},
         "attempts": {"type": "integer"},
         "crashes": {"type": "integer"},
-        "reason": {"enum": ["exception", "timeout", "worker_lost", None]},
+        "reason": {
+            "enum": [
+                "exception",
+                "timeout",
+                "result_not_json",
+                "result_too_large",
+                "worker_lost",
+                None,
+            ]
+        },
         "error": {"type": ["string", "null"], "description": "Last line of the traceback"},
         "payload": {},
     },

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from service import constants, jobs
 from service.context import JobContext
 
 
@@ -29,16 +30,40 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
+# The child's report on the pipe: one tag byte, then the result's JSON (checked against
+# MAX_RESULT_BYTES in the child), or the failure as JSON.
+_VALUE, _REJECTED, _FAILED = b"v", b"r", b"e"
+# Bytes: the longest failure report (its text is cut to JOB_ERROR_MAX_CHARS characters, each
+# at most 6 bytes of JSON).
+_FAILURE_MAX = 6 * constants.JOB_ERROR_MAX_CHARS + 1024
+
+
+def _report(
+    handler: Callable[[Any, JobContext], Any], payload: Any, ctx: JobContext, max_result_bytes: int
+) -> bytes:
+    try:
+        return _VALUE + jobs.result_json(handler(payload, ctx), max_result_bytes)
+    except jobs.ResultRejected as exc:
+        return _REJECTED + orjson.dumps({"reason": exc.reason, "error": str(exc)})
+    except BaseException:  # noqa: BLE001 - report everything; this process exits next
+        error = traceback.format_exc()[-constants.JOB_ERROR_MAX_CHARS :]
+        return _FAILED + orjson.dumps({"error": error})
+
+
 def run_isolated(
     handler: Callable[[Any, JobContext], Any],
     payload: Any,
     ctx: JobContext,
     guard: Callable[[], AbstractContextManager[None]],
-) -> Any:
-    """Fork, run the handler in the child, return its JSON result or raise its failure.
+    max_result_bytes: int,
+) -> bytes:
+    """Fork, run the handler in the child, return its result's JSON or raise its failure
+    (ResultRejected for a result that is not JSON or passes `max_result_bytes`).
 
-    `guard()` wraps the wait in the parent (the job's timeout and interruption); if it raises,
-    the child is killed.
+    The child checks its result before writing it, and the parent reads no more than the
+    largest report, so a handler cannot make the worker read an unbounded result. `guard()`
+    wraps the wait in the parent (the job's timeout and interruption); if it raises, the child
+    is killed.
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -46,25 +71,29 @@ def run_isolated(
         os.close(read_fd)
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
             signal.signal(signum, signal.SIG_DFL)
-        try:
-            report = orjson.dumps({"value": handler(payload, ctx)})
-        except BaseException:  # noqa: BLE001 - report everything; this process exits next
-            report = orjson.dumps({"error": traceback.format_exc()})
-        os.write(write_fd, report)
+        report = _report(handler, payload, ctx, max_result_bytes)
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(report)
         os._exit(0)
     os.close(write_fd)
+    bound = 1 + max(max_result_bytes, _FAILURE_MAX)
     output: bytes | None = None
     try:
         with os.fdopen(read_fd, "rb") as pipe, guard():
-            output = pipe.read()  # EOF when the child exits, however it exits
+            output = pipe.read(bound + 1)  # EOF when the child exits, however it exits
     finally:
-        if output is None:  # timed out or interrupted: stop the child
+        if output is None or len(output) > bound:  # timed out, interrupted, or too long
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-    if not output:
+    if output is not None and len(output) > bound:
+        raise IsolatedJobDied(f"job process wrote a report over {bound} bytes")
+    if not output or status != 0:  # no report, or one cut short by the child's death
         raise IsolatedJobDied(f"job process died ({_describe(status)})")
-    report = orjson.loads(output)
-    if "error" in report:
-        raise IsolatedJobFailed(report["error"])
-    return report["value"]
+    tag, body = output[:1], output[1:]
+    if tag == _VALUE:
+        return body
+    report = orjson.loads(body)
+    if tag == _REJECTED:
+        raise jobs.ResultRejected(report["reason"], report["error"])
+    raise IsolatedJobFailed(report["error"])

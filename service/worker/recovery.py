@@ -10,7 +10,7 @@ from typing import Literal
 
 import redis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, lua, scripts
 from service.settings import DEFAULT_RETENTION, Retention
 
 LOST_REASON = "WorkerLost: the worker running this job died (killed, out of memory, or lost)"
@@ -37,7 +37,7 @@ def recover(
     ceilings the RECOVER script applies to the jobs it ends (see scripts._TRANSITIONS).
     """
     now = time.time()
-    script = client.register_script(scripts.RECOVER)
+    script = lua.Script(client, scripts.RECOVER)
     args: list[str | bytes | float] = [
         jobs.utc_iso(now),
         now,
@@ -57,7 +57,7 @@ def recover(
 def promote(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float | None]:
     """Move due scheduled jobs onto their queues; return (moved, when the next one is due)."""
     now = time.time()
-    script = client.register_script(scripts.PROMOTE)
+    script = lua.Script(client, scripts.PROMOTE)
     moved, next_due = script(args=[now, jobs.utc_iso(now), *queues])
     return int(moved), float(next_due) if next_due else None
 

@@ -25,13 +25,13 @@ from typing import Any
 import orjson
 import redis
 
-from service import constants, jobs, logs, scripts, tracing
+from service import constants, jobs, logs, lua, scripts, tracing
 from service import registry as registry_module
 from service.context import JobContext
 from service.policy import Backoff
 from service.registry import PayloadInvalid, Registry, UnknownJobType
 from service.settings import Settings
-from service.store import connect
+from service.store import connect, out_of_memory
 from service.worker import metrics, recovery
 from service.worker.isolation import IsolatedJobFailed, run_isolated
 from service.worker.slots import Slot, Slots
@@ -154,12 +154,14 @@ class Worker:
             from service import mongo
 
             self.db = mongo.connect(self.settings.mongodb_uri)
-        self._claim = self.redis.register_script(scripts.CLAIM)
-        self._complete = self.redis.register_script(scripts.COMPLETE)
+        metrics.label_types(self.registry.names())
+        self._claim = lua.Script(self.redis, scripts.CLAIM)
+        self._complete = lua.Script(self.redis, scripts.COMPLETE)
         for target in (self._heartbeat_loop, self._command_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
         log.debug("worker %s started on %s", self.name, ",".join(self.queues))
         backoff = 0.1
+        refused_since: float | None = None  # since when Redis has refused or failed us
         supervisor = os.getppid()
         while not self.stopping:
             self.slot.tick()
@@ -169,6 +171,10 @@ class Worker:
             try:
                 size = self._claim_size()
                 batch = self._claim_batch(size)
+                if refused_since is not None:
+                    waited = time.monotonic() - refused_since
+                    log.info("worker %s: claiming again after %.1fs", self.name, waited)
+                    refused_since = None
                 if batch:
                     self._run_batch(batch)
                 if len(batch) < size:  # the queues ran dry: wait for a token, skip an empty claim
@@ -176,9 +182,13 @@ class Worker:
                 backoff = 0.1
             except redis.RedisError as exc:
                 self.slot.set_ready(False)
-                log.warning(
-                    "worker %s: Redis unavailable (%s); retrying in %.1fs", self.name, exc, backoff
-                )
+                if refused_since is None:  # one line per episode, not per retry
+                    refused_since = time.monotonic()
+                    log.warning(
+                        "worker %s: %s; not ready, retrying with backoff (up to 5s)",
+                        self.name,
+                        _trouble(exc),
+                    )
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self._deregister()
@@ -237,7 +247,7 @@ class Worker:
 
     def _run_batch(self, batch: list[Claimed]) -> None:
         outcomes: list[Outcome] = []
-        flushed_at = time.monotonic()
+        flushed_at, carried = time.monotonic(), 0
         for claimed in batch:
             if self.stopping:  # claimed but not started: back to the head of its queue
                 outcomes.append(Outcome(claimed, "skip"))
@@ -247,21 +257,29 @@ class Worker:
                 outcomes.append(self._execute_traced(claimed))
             else:
                 outcomes.append(self._execute(claimed))
-            if time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS:
+            carried += len(outcomes[-1].value)
+            # Recorded every BATCH_TARGET_SECONDS, and once they carry MAX_RESULT_BYTES: a
+            # COMPLETE that starts just under `maxmemory` passes it by its own writes only.
+            if (
+                carried >= self.settings.max_result_bytes
+                or time.monotonic() - flushed_at >= constants.BATCH_TARGET_SECONDS
+            ):
                 self._flush(outcomes)
-                outcomes, flushed_at = [], time.monotonic()
+                outcomes, flushed_at, carried = [], time.monotonic(), 0
         self._flush(outcomes)
         with self._lock:
             self._in_flight = []
             self._cancel.clear()
 
     def _flush(self, outcomes: list[Outcome]) -> None:
-        """Record outcomes. Jobs already ran: while Redis is unreachable, keep trying (with
-        backoff) rather than lose the results, until a shutdown gives up on them (the jobs then
-        run again elsewhere: at least once)."""
+        """Record outcomes. Jobs already ran: while Redis is unreachable or full (it refuses
+        COMPLETE whole), keep them and keep trying (with backoff) rather than lose the results,
+        until a shutdown gives up on them (the jobs then run again elsewhere: at least once).
+        The heartbeat still lands on a full Redis, so the held jobs do not look abandoned."""
         if not outcomes:
             return
         backoff = 0.1
+        held_since: float | None = None
         args = [value for outcome in outcomes for value in outcome.args()]
         while True:
             now = time.time()
@@ -270,19 +288,25 @@ class Worker:
                     args=[self.name, jobs.utc_iso(now), now, *self._retention, *args]
                 )
                 break
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.stopping:
+            except redis.RedisError as exc:
+                if self.stopping or not _passing(exc):
                     raise
-                log.warning(
-                    "worker %s: cannot record %d outcomes yet (%s); retrying in %.1fs",
-                    self.name,
-                    len(outcomes),
-                    exc,
-                    backoff,
-                )
+                if held_since is None:  # one line per episode, not per retry
+                    held_since = time.monotonic()
+                    self.slot.set_ready(False)
+                    log.warning(
+                        "worker %s: cannot record %d outcomes yet (%s); keeping them, retrying "
+                        "with backoff (up to 5s)",
+                        self.name,
+                        len(outcomes),
+                        _trouble(exc),
+                    )
                 self.slot.tick()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        if held_since is not None:
+            waited = time.monotonic() - held_since
+            log.info("worker %s: recorded %d outcomes held %.1fs", self.name, len(outcomes), waited)
         fates = [result.decode() for result in results]
         self.slot.count(*fates)
         for outcome, fate in zip(outcomes, fates, strict=True):
@@ -311,9 +335,10 @@ class Worker:
         outcome, error, reason = "fail", "", "exception"
         value = b""
         try:
-            job_type, payload = jobs.decode_data(claimed.data)
-            spec = self.registry.get(job_type)
-            metrics.started(job_type, claimed.enqueued_at, started)
+            name, payload = jobs.decode_data(claimed.data)
+            metrics.started(name, claimed.enqueued_at, started)  # `unknown` unless registered
+            spec = self.registry.get(name)
+            job_type = spec.name  # registered: the outcome's log line, span and metrics name it
             timeout = claimed.timeout if claimed.timeout > 0 else spec.timeout
             ctx = JobContext(
                 claimed.id,
@@ -327,13 +352,19 @@ class Worker:
             arguments = spec.validate(payload)
             self._current = claimed.id
             self.slot.busy(timeout, claimed.id)
+            limit = self.settings.max_result_bytes
             if spec.isolated:
-                result = run_isolated(spec.handler, arguments, ctx, lambda: self._guard(timeout))
+                encoded = run_isolated(
+                    spec.handler, arguments, ctx, lambda: self._guard(timeout), limit
+                )
             else:
                 with self._guard(timeout):
                     result = spec.handler(arguments, ctx)
+                encoded = jobs.result_json(result, limit)
+            value = jobs.encode_return_value(encoded)
             outcome = "ok"
-            value = b"" if result is None else jobs.encode_return_value(result)
+        except jobs.ResultRejected as exc:  # not JSON, or too large: a failed attempt
+            error, reason = str(exc), exc.reason
         except Interrupted:
             outcome, reason = "interrupt", "interrupted"
         except Canceled:
@@ -382,13 +413,17 @@ class Worker:
         return Backoff.from_json(claimed.backoff).delay(claimed.attempt)
 
     def _no_retry(self, claimed: Claimed) -> None:
-        """A job that can never succeed here (unknown type) is failed at once, never retried."""
-        self.redis.hset(constants.job_key(claimed.id), "retries_left", 0)
+        """A job that can never succeed here (unknown type) is failed at once, never retried.
+        If Redis cannot take that now, it is retried by its policy and fails again."""
+        try:
+            self.redis.hset(constants.job_key(claimed.id), "retries_left", 0)
+        except redis.RedisError as exc:
+            log.debug("job %s: retries left unchanged: %s", claimed.id, exc)
 
     # --- background threads: liveness and commands ---
     def _heartbeat_loop(self) -> None:
         client = connect(self.settings.queue_redis)
-        heartbeat = client.register_script(scripts.HEARTBEAT)
+        heartbeat = lua.Script(client, scripts.HEARTBEAT)
         key = constants.worker_key(self.name)
         ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
         while True:
@@ -416,9 +451,10 @@ class Worker:
         while True:
             try:
                 client = connect(self.settings.queue_redis)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                # redis-py 8.1 leaves pubsub() untyped, 8.2 listen(): either may be flagged.
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
                 pubsub.subscribe(constants.command_channel(self.name))
-                for message in pubsub.listen():
+                for message in pubsub.listen():  # type: ignore[no-untyped-call,unused-ignore]
                     command = orjson.loads(message["data"])
                     if command.get("command") == "stop-job":
                         self._cancel.add(str(command.get("job_id")))
@@ -448,6 +484,17 @@ class Worker:
                 pipe.execute()
         except redis.RedisError as exc:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
+
+
+def _passing(exc: redis.RedisError) -> bool:
+    """Trouble that passes by itself: Redis unreachable, stalled or full."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or out_of_memory(exc)
+
+
+def _trouble(exc: redis.RedisError) -> str:
+    if out_of_memory(exc):
+        return "Redis is full (used memory > maxmemory)"
+    return f"Redis unavailable ({exc})"
 
 
 _LEVELS = {

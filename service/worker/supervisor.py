@@ -49,6 +49,7 @@ class Supervisor:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.queues = served_queues(settings, registry)
+        self.job_types = registry.names()  # the only names a `type` label may take
         self.slots = Slots(settings.worker_concurrency)
         self.processes: list[BaseProcess | None] = [None] * settings.worker_concurrency
         self.names = [""] * settings.worker_concurrency
@@ -80,6 +81,7 @@ class Supervisor:
         if refused:  # before the health server binds its port
             log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
             return constants.EXIT_CONFIG
+        metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
         exposed = metrics.registry(metrics.SupervisorCollector(self.live_figures), self.backlog)
         health = HealthServer(
             self.settings, self.healthy, self.ready, lambda: backlog_metrics.exposition(exposed)
@@ -240,7 +242,7 @@ class Supervisor:
                 current=current,
             )
             for job_type, fate in fates:
-                metrics.ended(job_type or "unknown", fate, "worker_lost", None)
+                metrics.ended(job_type, fate, "worker_lost", None)
             for queue in self.queues:
                 recovery.prune_workers(self.redis, queue)
             if name:
