@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -56,6 +58,55 @@ class JobRequest(BaseModel):
         return None  # due now (or in the past): queued at once
 
 
+# Integers MongoDB (BSON) can store, and that orjson reads exactly: a larger one becomes an
+# inexact float (1e30), or, up to 2**64 - 1, an int BSON refuses.
+INT64 = range(-(2**63), 2**63)
+OUT_OF_RANGE = (
+    f"integers must be within the signed 64-bit range ({INT64.start} to {INT64.stop - 1})"
+)
+# Only an integer of 19 digits or more can fall outside it (2**63 has 19). Every digit mapped
+# to 0, a run of 19 zeros finds one in a single pass at C speed (0.7 µs per KiB here, a tenth
+# of a regular expression's); only a body where it does is parsed again, exactly.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+_Path = tuple[str | int, ...]
+
+
+class _OutOfRange:
+    """Stands for an integer outside INT64 in the exact parse."""
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+def _exact_int(literal: str) -> int | _OutOfRange:
+    if len(literal.lstrip("-")) > 19:  # JSON has no leading zeros: too large, unconverted
+        return _OUT_OF_RANGE
+    value = int(literal)
+    return value if value in INT64 else _OUT_OF_RANGE
+
+
+def wide_integers(body: bytes) -> list[_Path]:
+    """Where the JSON `body` holds integers outside INT64, in document order (usually none)."""
+    if _LONG_NUMBER not in body.translate(_DIGITS_AS_ZERO):
+        return []
+    return list(_paths_to(_OUT_OF_RANGE, json.loads(body, parse_int=_exact_int)))
+
+
+def _paths_to(marker: object, value: Any) -> Iterator[_Path]:
+    """The paths of `marker` in `value` (iterative: the depth is already bounded, the stack
+    need not be)."""
+    stack: list[tuple[_Path, Any]] = [((), value)]
+    while stack:
+        path, node = stack.pop()
+        if node is marker:
+            yield path
+        elif isinstance(node, dict):
+            stack += reversed([((*path, key), child) for key, child in node.items()])
+        elif isinstance(node, list):
+            stack += reversed([((*path, index), child) for index, child in enumerate(node)])
+
+
 # Most jobs give only these: every option then takes the job type's default.
 PLAIN_FIELDS = frozenset(("type", "payload"))
 NO_OPTIONS = JobRequest.model_construct(type="")  # a request that sets no option
@@ -101,14 +152,30 @@ def _field(where: str, loc: tuple[int | str, ...]) -> str:
     return where + ".".join(map(str, loc)) if loc else where.rstrip(".") or "body"
 
 
+def _wide_per_item(body: bytes, batch: bool) -> dict[int, list[_Path]]:
+    """wide_integers(body), by item (a batch's `jobs[i]`), each path from its item."""
+    per_item: dict[int, list[_Path]] = {}
+    for path in wide_integers(body):
+        if batch:  # {"jobs": [...]} and nothing else: every path starts with ("jobs", i)
+            index, path = int(path[1]), path[2:]
+        else:
+            index = 0
+        per_item.setdefault(index, []).append(path)
+    return per_item
+
+
 def parse_jobs(
-    items: list[Any], registry: Registry, default_queue: str, *, batch: bool
+    items: list[Any], registry: Registry, default_queue: str, *, batch: bool, body: bytes
 ) -> list[tuple[jobs.NewJob, JobRequest]]:
-    """Validate every item against the registry; raise one 422 listing all the errors."""
+    """Validate every item against the registry; raise one 422 listing all the errors.
+
+    `body`: the request body the items were read from, for what its parse lost (integers
+    outside INT64, read as floats or kept too large to store)."""
     errors: list[dict[str, Any]] = []
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
     now = time.time()
+    wide = _wide_per_item(body, batch)
     for index, item in enumerate(items):
         where = f"jobs[{index}]." if batch else ""
         found: list[dict[str, Any]] = []
@@ -139,6 +206,10 @@ def parse_jobs(
                     {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
                     for e in exc.errors
                 ]
+        if index in wide:  # named once, for this reason, whatever else its value broke
+            fields = [_field(where, path) for path in wide[index]]
+            found = [e for e in found if e["field"] not in fields]
+            found += [{"field": field, "message": OUT_OF_RANGE} for field in fields]
         if found or request is None or spec is None:
             errors += found
             continue
