@@ -55,6 +55,7 @@ HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB
 HISTORY_PAYLOAD_MAX: Final = 16 * 1024  # bytes of payload kept in a history record
 HISTORY_RESULT_MAX: Final = 16 * 1024  # bytes of result kept in a history record
 HISTORY_DRAIN_SECONDS: Final = 3.0  # on shutdown, how long the shipper may keep shipping
+HISTORY_BACKOFF_MAX: Final = 60.0  # seconds: the longest wait after an unexpected shipper error
 
 # --- Tracing (OpenTelemetry, optional) ---------------------------------------------------------
 TRACING_FLUSH_SECONDS: Final = 3.0  # on exit, how long a process may take to export its spans

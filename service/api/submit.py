@@ -58,22 +58,14 @@ class JobRequest(BaseModel):
         return None  # due now (or in the past): queued at once
 
 
-# Integers MongoDB (BSON) can store, and that orjson reads exactly: a larger one becomes an
-# inexact float (1e30), or, up to 2**64 - 1, an int BSON refuses.
-INT64 = range(-(2**63), 2**63)
 OUT_OF_RANGE = (
-    f"integers must be within the signed 64-bit range ({INT64.start} to {INT64.stop - 1})"
+    f"integers must be within the signed 64-bit range ({jobs.INT64.start} to {jobs.INT64.stop - 1})"
 )
-# Only an integer of 19 digits or more can fall outside it (2**63 has 19). Every digit mapped
-# to 0, a run of 19 zeros finds one in a single pass at C speed (0.7 µs per KiB here, a tenth
-# of a regular expression's); only a body where it does is parsed again, exactly.
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_NUMBER = b"0" * 19
 _Path = tuple[str | int, ...]
 
 
 class _OutOfRange:
-    """Stands for an integer outside INT64 in the exact parse."""
+    """Stands for an integer outside jobs.INT64 in the exact parse."""
 
 
 _OUT_OF_RANGE = _OutOfRange()
@@ -83,12 +75,13 @@ def _exact_int(literal: str) -> int | _OutOfRange:
     if len(literal.lstrip("-")) > 19:  # JSON has no leading zeros: too large, unconverted
         return _OUT_OF_RANGE
     value = int(literal)
-    return value if value in INT64 else _OUT_OF_RANGE
+    return value if value in jobs.INT64 else _OUT_OF_RANGE
 
 
 def wide_integers(body: bytes) -> list[_Path]:
-    """Where the JSON `body` holds integers outside INT64, in document order (usually none)."""
-    if _LONG_NUMBER not in body.translate(_DIGITS_AS_ZERO):
+    """Where the JSON `body` holds integers outside jobs.INT64 (which MongoDB cannot store,
+    and orjson reads as inexact floats), in document order; usually none, found at once."""
+    if not jobs.may_hold_wide_integer(body):
         return []
     return list(_paths_to(_OUT_OF_RANGE, json.loads(body, parse_int=_exact_int)))
 
@@ -170,7 +163,7 @@ def parse_jobs(
     """Validate every item against the registry; raise one 422 listing all the errors.
 
     `body`: the request body the items were read from, for what its parse lost (integers
-    outside INT64, read as floats or kept too large to store)."""
+    outside jobs.INT64, read as floats or kept too large to store)."""
     errors: list[dict[str, Any]] = []
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
