@@ -1,14 +1,15 @@
 """Job history: state-change events move from Redis to MongoDB, in bulk, off the job path.
 
 The Lua scripts append every state change to the `rq:history` stream, atomically with the
-change, while `rq:history:on` exists. In each worker container with MONGODB_URI, a shipper
-thread keeps that key alive; one shipper at a time (a Redis lease) reads the oldest events,
-at most WORKER_BATCH_SIZE, writes them with one ordered `bulk_write`, then deletes them from
-the stream. A MongoDB outage never touches job processing: events wait in Redis (bounded by
-HISTORY_BUFFER_MAX; beyond it the oldest are dropped and counted) and land when it is back.
-An event MongoDB cannot store (an integer beyond 64 bits, a key it refuses, a part that does
-not decode) is written without that part, or not at all, and counted: it never holds up the
-events after it.
+change, while `rq:history:on` exists: the API and every history shipper with MONGODB_URI keep
+it alive, so a job published while no worker runs is recorded whole. The scripts bound the
+stream (HISTORY_BUFFER_MAX: beyond it the oldest events are dropped and counted). In each
+worker container with MONGODB_URI, a shipper thread, one at a time (a Redis lease), reads the
+oldest events, at most WORKER_BATCH_SIZE, writes them with one ordered `bulk_write`, then
+deletes them from the stream. A MongoDB outage never touches job processing: events wait in
+Redis and land when it is back. An event MongoDB cannot store (an integer beyond 64 bits, a
+key it refuses, a part that does not decode) is written without that part, or not at all,
+and counted: it never holds up the events after it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class UnreadableEvent(ValueError):
 def marker(reason: str) -> dict[str, str]:
     """What is stored in place of a part that cannot be: `{"unstorable": "<reason>"}`."""
     return {"unstorable": reason[:200]}
+
+
+def on_ttl(interval: float) -> int:
+    """Seconds `rq:history:on` lives after each refresh (every `interval`): a few missed
+    refreshes, not one, let it lapse."""
+    return int(constants.HEARTBEAT_MISSES * interval) + 1
 
 
 def _json_part(raw: bytes, limit: int) -> Any:
@@ -211,7 +218,7 @@ class Stats:
     flushes: int = 0
     shipped: int = 0  # events taken out of Redis: written (whole or in part) or unstorable
     largest_flush: int = 0
-    dropped: int = 0  # events dropped, MongoDB being behind
+    dropped: int = 0  # events the scripts dropped, the stream being full, since it started
     stored_in_part: int = 0  # events written with a part MongoDB refused replaced by a marker
     unstorable: int = 0  # events nothing of which MongoDB could store: not written
     mongo_ok: bool = True
@@ -233,6 +240,7 @@ class Shipper:
         self.batch = batch
         self.interval = interval
         self.stats = Stats()
+        self._dropped_total: int | None = None  # rq:history:dropped when last read
         self._causes_logged: set[str] = set()
 
     def run(self, stop: threading.Event) -> None:
@@ -263,13 +271,13 @@ class Shipper:
             log.exception("job history: shipping on shutdown failed")
 
     def step(self, stop: threading.Event) -> None:
-        ttl = int(constants.HEARTBEAT_MISSES * self.interval) + 1
+        ttl = on_ttl(self.interval)
         self.redis.set(constants.HISTORY_ON_KEY, 1, ex=ttl)
         self.stats.leader = self._lease(ttl)
         if not self.stats.leader:
             stop.wait(self.interval)
             return
-        self._bound()
+        self._note_dropped()
         if not self.ship():  # nothing shipped: wait for new events (or a retry after failure)
             if self.stats.mongo_ok:
                 self.redis.xread({constants.HISTORY_STREAM: "$"}, block=int(self.interval * 1000))
@@ -285,15 +293,17 @@ class Shipper:
             return True
         return False
 
-    def _bound(self) -> None:
-        """Keep the waiting events under HISTORY_BUFFER_MAX: drop (and count) the oldest."""
-        length = self.redis.xlen(constants.HISTORY_STREAM)
-        excess = length - constants.HISTORY_BUFFER_MAX
-        if excess > 0:
-            self.redis.xtrim(constants.HISTORY_STREAM, maxlen=constants.HISTORY_BUFFER_MAX)
-            self.redis.incrby(constants.HISTORY_DROPPED_KEY, excess)
+    def _note_dropped(self) -> None:
+        """Log the events the scripts dropped since the last look: the stream was full
+        (HISTORY_BUFFER_MAX), MongoDB or the shippers being behind, or no worker running."""
+        total = int(self.redis.get(constants.HISTORY_DROPPED_KEY) or 0)
+        if self._dropped_total is None and total:
+            log.info("job history: %d events dropped so far, the stream being full", total)
+        elif self._dropped_total is not None and total > self._dropped_total:
+            excess = total - self._dropped_total
             self.stats.dropped += excess
-            log.warning("job history: MongoDB is behind; dropped the %d oldest records", excess)
+            log.warning("job history: the stream is full; its %d oldest events dropped", excess)
+        self._dropped_total = total
 
     def ship(self) -> int:
         """Move the oldest events (at most one batch) to MongoDB; return how many left Redis."""

@@ -4,6 +4,7 @@ readiness, and the database handlers get as ctx.db."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -212,6 +213,54 @@ def test_update_for_caps_payloads_and_maps_statuses() -> None:
     assert changes["updated_at"].year == 2023
     dead = history.update_for(b"1700000000001-0", {b"id": b"j1", b"status": b"dead"})
     assert dead._doc["$set"]["status"] == "failed"
+
+
+# --- jobs published while no worker runs -------------------------------------------------------
+def test_a_job_published_before_any_worker_reaches_the_history_whole(
+    start_service: Start,
+    mongo_uri: str,
+    redis_url: str,
+    queue_redis: redis.Redis,
+    mongo_db: Database[dict[str, Any]],
+) -> None:
+    # Given the API with MONGODB_URI, and no worker yet
+    api = start_service(MONGODB_URI=mongo_uri)
+    job_id = post(api, {"type": "echo", "payload": {"n": 7}})
+    assert queue_redis.xlen(constants.HISTORY_STREAM) == 1  # recorded, waiting for a shipper
+    # When a worker with MONGODB_URI starts only then
+    start_service(worker=True, WORKER_CONCURRENCY="1", MONGODB_URI=mongo_uri)
+    # Then the job runs and its history is whole: listed by type, with its queue and payload
+    jobs_collection = mongo_db["jobs"]
+    wait_for(lambda: events_of(jobs_collection, job_id) == ["queued", "started", "finished"], 15)
+    listed = http("GET", f"{api.url}/jobs?type=echo")[2]["jobs"]
+    assert [(j["id"], j["queue"], j["status"]) for j in listed] == [
+        (job_id, "app-queue", "finished")
+    ]
+    record = jobs_collection.find_one({"_id": job_id})
+    assert record is not None and record["payload"] == {"n": 7} and record["result"] == {"n": 7}
+
+
+def test_the_api_keeps_recording_on_and_the_scripts_bound_the_stream(
+    start_service: Start, mongo_uri: str, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    api = start_service(MONGODB_URI=mongo_uri, WORKER_PROCESSING_INTERVAL="1000")
+    # The API renews the key as a shipper does (TTL: three intervals and a second)
+    assert 0 < queue_redis.ttl(constants.HISTORY_ON_KEY) <= history.on_ttl(1.0)
+    queue_redis.delete(constants.HISTORY_ON_KEY)
+    wait_for(lambda: queue_redis.exists(constants.HISTORY_ON_KEY), 3)
+    # Given a stream one event short of its bound (no shipper has run for a long time)
+    fill = "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'id', i) end"
+    queue_redis.eval(fill, 1, constants.HISTORY_STREAM, constants.HISTORY_BUFFER_MAX - 1)
+    first = queue_redis.xrange(constants.HISTORY_STREAM, count=3)
+    # When three more events are recorded
+    status, _, body = http("POST", f"{api.url}/jobs/batch", {"jobs": [{"type": "noop"}] * 3})
+    assert status == 202
+    # Then the stream stays at its bound: the two oldest are dropped and counted
+    assert queue_redis.xlen(constants.HISTORY_STREAM) == constants.HISTORY_BUFFER_MAX
+    assert queue_redis.get(constants.HISTORY_DROPPED_KEY) == b"2"
+    assert queue_redis.xrange(constants.HISTORY_STREAM, count=1)[0][0] == first[2][0]
+    newest = queue_redis.xrevrange(constants.HISTORY_STREAM, count=3)
+    assert {f[b"id"].decode() for _, f in newest} == {j["id"] for j in body["jobs"]}
 
 
 # --- events MongoDB cannot store -------------------------------------------------------------
@@ -450,3 +499,21 @@ def test_update_for_stores_what_it_can_of_an_event() -> None:
     refused, _, spoiled = changes(fine, {"payload": "MongoDB error 52: no"})
     assert refused["payload"] == {"unstorable": "MongoDB error 52: no"}
     assert spoiled == ["MongoDB error 52: no"]
+
+
+def test_the_shipper_reports_the_events_the_scripts_dropped(
+    queue_redis: redis.Redis,
+    mongo_db: Database[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.history")
+    queue_redis.set(constants.HISTORY_DROPPED_KEY, 5)  # before this shipper started
+    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
+    shipper.step(threading.Event())
+    assert shipper.stats.dropped == 0
+    queue_redis.incrby(constants.HISTORY_DROPPED_KEY, 3)
+    shipper.step(threading.Event())
+    assert shipper.stats.dropped == 3
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.history"]
+    assert "job history: 5 events dropped so far, the stream being full" in messages
+    assert "job history: the stream is full; its 3 oldest events dropped" in messages
