@@ -61,13 +61,14 @@ DEAD_TRIMMED_KEY: Final = "rq:dead:trimmed"  # dead jobs removed to keep under D
 
 # --- Job history (MongoDB) ------------------------------------------------------------------
 HISTORY_STREAM: Final = "rq:history"  # state-change events waiting to be shipped to MongoDB
-HISTORY_ON_KEY: Final = "rq:history:on"  # exists while a shipper runs: scripts record events
+HISTORY_ON_KEY: Final = "rq:history:on"  # kept alive by APIs and shippers: scripts record events
 HISTORY_LEASE_KEY: Final = "rq:history:lease"  # the one shipper allowed to ship
-HISTORY_DROPPED_KEY: Final = "rq:history:dropped"  # events dropped while MongoDB was behind
-HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB
+HISTORY_DROPPED_KEY: Final = "rq:history:dropped"  # events dropped, the stream being full
+HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB (the scripts trim)
 HISTORY_PAYLOAD_MAX: Final = 16 * 1024  # bytes of payload kept in a history record
 HISTORY_RESULT_MAX: Final = 16 * 1024  # bytes of result kept in a history record
 HISTORY_DRAIN_SECONDS: Final = 3.0  # on shutdown, how long the shipper may keep shipping
+HISTORY_BACKOFF_MAX: Final = 60.0  # seconds: the longest wait after an unexpected shipper error
 
 # --- Tracing (OpenTelemetry, optional) ---------------------------------------------------------
 TRACING_FLUSH_SECONDS: Final = 3.0  # on exit, how long a process may take to export its spans

@@ -18,14 +18,25 @@ from service import constants
 _REFUSED_WHEN_FULL = "#!lua\n"
 _RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
 
-# Job history: while a history shipper runs (MONGODB_URI set), it keeps `rq:history:on` alive
-# and every state change is appended to the `rq:history` stream, in the same atomic script as
-# the change itself; the shipper moves them to MongoDB in bulk (service/history.py).
-_HISTORY = """
+# Job history: while an API or a history shipper with MONGODB_URI runs, it keeps
+# `rq:history:on` alive and every state change is appended to the `rq:history` stream, in the
+# same atomic script as the change itself; the shipper moves them to MongoDB in bulk
+# (service/history.py). Events may wait long (no worker running, MongoDB down): at
+# HISTORY_BUFFER_MAX events the oldest are trimmed and counted in `rq:history:dropped`. XLEN
+# is O(1), and read once per script call.
+_HISTORY = f"""
 local history_on = redis.call('EXISTS', 'rq:history:on') == 1
+local history_len = history_on and redis.call('XLEN', 'rq:history') or 0
+local history_max = {constants.HISTORY_BUFFER_MAX}
 local function record(id, status, ...)
   if history_on then
+    if history_len >= history_max then
+      redis.call('XTRIM', 'rq:history', 'MAXLEN', history_max - 1)
+      redis.call('INCRBY', 'rq:history:dropped', history_len - history_max + 1)
+      history_len = history_max - 1
+    end
     redis.call('XADD', 'rq:history', '*', 'id', id, 'status', status, ...)
+    history_len = history_len + 1
   end
 end
 """

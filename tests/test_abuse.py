@@ -33,6 +33,7 @@ from starlette.types import Message
 from service import constants, registry
 from service.api import params
 from service.api.openapi import build_openapi
+from service.api.submit import OUT_OF_RANGE
 from service.embedded_mongo import EmbeddedMongo
 from service.embedded_redis import free_port
 from service.store import Store
@@ -366,11 +367,88 @@ def test_huge_but_valid_bodies_are_accepted(client: TestClient, queue_redis: red
     for payload in (
         {"x": long_string(60_000)},
         {f"k{i}": i for i in range(4000)},
-        {"big": 18446744073709551615, "small": -9223372036854775808, "tiny": 1e-300},
+        {"big": 9223372036854775807, "small": -9223372036854775808, "tiny": 1e-300},
     ):
         body = orjson.dumps({"type": "echo", "payload": payload})
         assert client.post("/jobs", content=body, headers=JSON).status_code == 202
     assert enqueued(queue_redis)["queued"] == 3
+
+
+# Integers outside the signed 64-bit range, anywhere in a job: (the job, the field named).
+# orjson reads the first as an int BSON cannot store and the second as the float 1.2e29.
+WIDE_INTEGERS = [
+    (b'{"type": "echo", "payload": {"n": 18446744073709551615}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"n": 123456789012345678901234567890}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"n": -9223372036854775809}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"n": 9223372036854775808}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"a": [1, {"b": -1' + b"0" * 300 + b"}]}}", "payload.a.1.b"),
+    (b'{"type": "sleep", "payload": {"seconds": 18446744073709551615}}', "payload.seconds"),
+    (b'{"type":"echo","timeout":18446744073709551616}', "timeout"),
+]
+
+
+@pytest.mark.parametrize(
+    ("job", "field"),
+    WIDE_INTEGERS,
+    ids=[
+        "uint64-max",
+        "beyond-uint64",
+        "below-int64",
+        "int64-max+1",
+        "300-digits",
+        "typed",
+        "option",
+    ],
+)
+def test_integers_beyond_64_bits_are_422_naming_the_field(
+    client: TestClient, queue_redis: redis.Redis, job: bytes, field: str
+) -> None:
+    error = error_of(client.post("/jobs", content=job, headers=JSON), 422)
+    assert error["code"] == "invalid_job"
+    assert error["details"]["errors"] == [{"field": field, "message": OUT_OF_RANGE}]
+    # As the fourth job of a batch; the others are fine, and none is enqueued.
+    batch = b'{"jobs": [' + b'{"type": "noop"}, ' * 3 + job + b"]}"
+    error = error_of(client.post("/jobs/batch", content=batch, headers=JSON), 422)
+    assert error["details"]["errors"] == [{"field": f"jobs[3].{field}", "message": OUT_OF_RANGE}]
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_every_wide_integer_is_named_with_the_other_errors(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    batch = {
+        "jobs": [
+            {"type": "echo", "payload": {"a": 2**64 - 1, "b": [2**63, 5]}},
+            {"type": "nope"},
+            {"type": "echo", "payload": {"c": -(2**63) - 1}, "max_retries": 2**70},
+        ]
+    }
+    errors = error_of(client.post("/jobs/batch", json=batch, headers=AUTH), 422)["details"]
+    assert [e["field"] for e in errors["errors"]] == [
+        "jobs[0].payload.a",
+        "jobs[0].payload.b.0",
+        "jobs[1].type",
+        "jobs[2].payload.c",  # in the order they come
+        "jobs[2].max_retries",  # once, though also over its own bound
+    ]
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_long_digit_runs_that_are_no_wide_integer_are_accepted(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    """The control: the bounds themselves, and 19 digits or more that are a string, a
+    fraction or an exponent, which the first search takes for a possible wide integer."""
+    for payload in (
+        b'{"max": 9223372036854775807, "min": -9223372036854775808}',
+        b'{"id": "1234567890123456789012345", "pi": 3.14159265358979323846264}',
+        b'{"x": 12345678901234567890.5, "y": 1e300, "z": 1234567890123456789e-3}',
+    ):
+        body = b'{"type": "echo", "payload": ' + payload + b"}"
+        assert client.post("/jobs", content=body, headers=JSON).status_code == 202
+        batch = b'{"jobs": [' + body + b"]}"
+        assert client.post("/jobs/batch", content=batch, headers=JSON).status_code == 202
+    assert enqueued(queue_redis)["queued"] == 6
 
 
 # Fields are typed as the OpenAPI document says, strictly: (body, the field in error or None).
@@ -751,16 +829,30 @@ def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     mongo.stop()
 
 
+def within_int64(value: Any) -> Any:
+    """`value` with every integer beyond 64 bits clamped to the nearest bound."""
+    if isinstance(value, dict):
+        return {key: within_int64(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [within_int64(child) for child in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(-(2**63), min(value, 2**63 - 1))
+    return value
+
+
 def obeying_cross_field_rules(case: Case) -> Case:
     """Make a valid (positive) case obey the rules that span fields, which a JSON Schema cannot
     state and which the API answers with a 422: an opaque cursor it never gave, `since` after
     `until`, DELETE /dead with no filter (or `all=true` with one), a retry of every dead job
     without `"all": true` (or with it and a filter), `delay` with `run_at`, a `run_at` more than
-    a year from now, and an Idempotency-Key header that differs from the body's
-    `idempotency_key`."""
+    a year from now, an Idempotency-Key header that differs from the body's `idempotency_key`,
+    and, in a free-form payload, an integer beyond 64 bits (JSON Schema's integers are values:
+    1e30 is one, and the API takes that float, but not the integer 10**30)."""
     label = case.operation.label
     query = case.query if isinstance(case.query, dict) else {}
     body = case.body if isinstance(case.body, dict) else {}
+    if isinstance(case.body, dict) and case.operation.method.upper() == "POST":
+        case.body = body = within_int64(body)
     query.pop("cursor", None)
     if label == "POST /dead/retry":
         body.pop("cursor", None)

@@ -56,6 +56,9 @@ CONTRACT = {
     "service_queue_workers": "gauge",
     "service_history_pending_events": "gauge",
     "service_dead_trimmed_jobs_total": "counter",
+    # the history shipper of each worker container with MONGODB_URI
+    "service_history_shipper_up": "gauge",
+    "service_history_unstorable_events_total": "counter",
 }
 PROMETHEUS_OWN = {"up"}  # made by Prometheus for every target it scrapes
 SCRAPE_JOBS = {"job-service-api", "job-service-worker"}  # prometheus.yml's, named by the alerts
@@ -123,6 +126,7 @@ from service.worker import metrics as worker_metrics
 
 live = CollectorRegistry()
 live.register(worker_metrics.SupervisorCollector(lambda: (1, 0, 0)))
+live.register(worker_metrics.HistoryCollector(lambda: (True, 0, 0)))
 backlog = metrics.BacklogCollector()
 backlog.latest = metrics.Snapshot({"q": metrics.QueueFigures(waiting={"high": 0})}, 0, 0.0)
 live.register(backlog)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import redis.asyncio
 import redis.exceptions
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,6 +25,7 @@ from service.api.openapi import build_openapi
 from service.api.tracing import TraceRequests
 from service.dead import DeadLetters
 from service.durability import StrictGate
+from service.history import on_ttl
 from service.registry import Registry
 from service.settings import Settings
 from service.store import QueueFull, Store, connect_async, out_of_memory
@@ -63,6 +66,23 @@ async def queue_full(request: Request, exc: Exception) -> Response:
     return ApiError(429, "queue_full", message, details, headers).response()
 
 
+async def record_history(client: redis.asyncio.Redis, interval: float) -> None:
+    """`rq:history:on` for the next few intervals: while it exists, the scripts record every
+    job published or canceled, whole, whether a worker runs or not (the events wait in Redis
+    for a worker's shipper)."""
+    try:
+        await client.set(constants.HISTORY_ON_KEY, 1, ex=on_ttl(interval))
+    except redis.exceptions.RedisError as exc:  # Redis down: the next refresh will do
+        log.debug("job history: Redis unavailable, recording not renewed: %s", exc)
+
+
+async def keep_recording_history(client: redis.asyncio.Redis, interval: float) -> None:
+    """With MONGODB_URI: `record_history` every `interval`, as the shippers do."""
+    while True:
+        await asyncio.sleep(interval)
+        await record_history(client, interval)
+
+
 def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -72,6 +92,11 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
         )
+        recording = None
+        if settings.mongodb_uri is not None:  # recorded from the first request on
+            interval = settings.worker_processing_interval
+            await record_history(client, interval)
+            recording = asyncio.create_task(keep_recording_history(client, interval))
         log.info(
             "API: %d job types, queue %s on %s",
             len(registry),
@@ -81,6 +106,10 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         try:
             yield
         finally:
+            if recording is not None:
+                recording.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recording
             await client.aclose()
             if app.state.mongo is not None:
                 await app.state.mongo.client.close()

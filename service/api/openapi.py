@@ -110,7 +110,10 @@ def build_openapi(
         "400": _response("Malformed JSON"),
         "413": _response("Body over MAX_BODY_BYTES"),
         "415": _response("Not application/json"),
-        "422": _response("Unknown job type or invalid payload; nothing was enqueued"),
+        "422": _response(
+            "Unknown job type, invalid payload, or an integer outside the signed 64-bit range "
+            "anywhere in the body; nothing was enqueued"
+        ),
         "429": _response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
         "503": _response(
             "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "

@@ -47,7 +47,8 @@ async def _ensure_durable(request: Request) -> None:
 async def submit_job(request: Request) -> Response:
     settings, registry, store = _state(request)
     body = await read_json(request)
-    ((job, options),) = parse_jobs([body], registry, settings, batch=False)
+    raw = await request.body()  # read already: kept by the request
+    ((job, options),) = parse_jobs([body], registry, settings, batch=False, body=raw)
     await _ensure_durable(request)
     header = request.headers.get("idempotency-key")  # present but empty is an invalid key
     key = options.idempotency_key if header is None else header
@@ -100,7 +101,8 @@ async def submit_batch(request: Request) -> Response:
             "batch_too_large",
             f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
         )
-    batch = [job for job, _ in parse_jobs(items, registry, settings, batch=True)]
+    raw = await request.body()  # read already: kept by the request
+    batch = [job for job, _ in parse_jobs(items, registry, settings, batch=True, body=raw)]
     await _ensure_durable(request)
     with metrics.PUBLISH_SECONDS.time():
         await store.publish(batch)

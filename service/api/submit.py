@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -54,6 +56,48 @@ class JobRequest(BaseModel):
         if self.run_at is not None and self.run_at.timestamp() > now:
             return self.run_at.timestamp()
         return None  # due now (or in the past): queued at once
+
+
+OUT_OF_RANGE = (
+    f"integers must be within the signed 64-bit range ({jobs.INT64.start} to {jobs.INT64.stop - 1})"
+)
+_Path = tuple[str | int, ...]
+
+
+class _OutOfRange:
+    """Stands for an integer outside jobs.INT64 in the exact parse."""
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+def _exact_int(literal: str) -> int | _OutOfRange:
+    if len(literal.lstrip("-")) > 19:  # JSON has no leading zeros: too large, unconverted
+        return _OUT_OF_RANGE
+    value = int(literal)
+    return value if value in jobs.INT64 else _OUT_OF_RANGE
+
+
+def wide_integers(body: bytes) -> list[_Path]:
+    """Where the JSON `body` holds integers outside jobs.INT64 (which MongoDB cannot store,
+    and orjson reads as inexact floats), in document order; usually none, found at once."""
+    if not jobs.may_hold_wide_integer(body):
+        return []
+    return list(_paths_to(_OUT_OF_RANGE, json.loads(body, parse_int=_exact_int)))
+
+
+def _paths_to(marker: object, value: Any) -> Iterator[_Path]:
+    """The paths of `marker` in `value` (iterative: the depth is already bounded, the stack
+    need not be)."""
+    stack: list[tuple[_Path, Any]] = [((), value)]
+    while stack:
+        path, node = stack.pop()
+        if node is marker:
+            yield path
+        elif isinstance(node, dict):
+            stack += reversed([((*path, key), child) for key, child in node.items()])
+        elif isinstance(node, list):
+            stack += reversed([((*path, index), child) for index, child in enumerate(node)])
 
 
 # Most jobs give only these: every option then takes the job type's default.
@@ -127,15 +171,31 @@ def _beyond_limits(
     return found
 
 
+def _wide_per_item(body: bytes, batch: bool) -> dict[int, list[_Path]]:
+    """wide_integers(body), by item (a batch's `jobs[i]`), each path from its item."""
+    per_item: dict[int, list[_Path]] = {}
+    for path in wide_integers(body):
+        if batch:  # {"jobs": [...]} and nothing else: every path starts with ("jobs", i)
+            index, path = int(path[1]), path[2:]
+        else:
+            index = 0
+        per_item.setdefault(index, []).append(path)
+    return per_item
+
+
 def parse_jobs(
-    items: list[Any], registry: Registry, settings: Settings, *, batch: bool
+    items: list[Any], registry: Registry, settings: Settings, *, batch: bool, body: bytes
 ) -> list[tuple[jobs.NewJob, JobRequest]]:
     """Validate every item against the registry and the settings' limits; raise one 422
-    listing all the errors."""
+    listing all the errors.
+
+    `body`: the request body the items were read from, for what its parse lost (integers
+    outside jobs.INT64, read as floats or kept too large to store)."""
     errors: list[dict[str, Any]] = []
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
     now = time.time()
+    wide = _wide_per_item(body, batch)
     for index, item in enumerate(items):
         where = f"jobs[{index}]." if batch else ""
         found: list[dict[str, Any]] = []
@@ -168,6 +228,10 @@ def parse_jobs(
                     {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
                     for e in exc.errors
                 ]
+        if index in wide:  # named once, for this reason, whatever else its value broke
+            fields = [_field(where, path) for path in wide[index]]
+            found = [e for e in found if e["field"] not in fields]
+            found += [{"field": field, "message": OUT_OF_RANGE} for field in fields]
         if found or request is None or spec is None:
             errors += found
             continue

@@ -117,10 +117,39 @@ class SupervisorCollector(Collector):
         )
 
 
-def registry(live: Collector, backlog: BacklogCollector) -> CollectorRegistry:
+class HistoryCollector(Collector):
+    """The container's history shipper (MONGODB_URI only): whether it runs, and the events
+    MongoDB could not store whole."""
+
+    def __init__(self, figures: Callable[[], tuple[bool, int, int] | None]) -> None:
+        self.figures = figures  # () -> (running, stored in part, not stored); None: no shipper
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures()
+        if figures is None:
+            return
+        running, in_part, dropped = figures
+        yield GaugeMetricFamily(
+            "service_history_shipper_up",
+            "1 while this container's job history shipper runs, 0 once it has stopped",
+            value=int(running),
+        )
+        unstorable = CounterMetricFamily(
+            "service_history_unstorable_events",
+            "History events MongoDB could not store whole: stored_in_part (a part replaced "
+            "by a marker) or dropped",
+            labels=["outcome"],
+        )
+        unstorable.add_metric(["stored_in_part"], in_part)
+        unstorable.add_metric(["dropped"], dropped)
+        yield unstorable
+
+
+def registry(live: Collector, backlog: BacklogCollector, history: Collector) -> CollectorRegistry:
     """What the health server's /metrics shows: every process's counts, plus live figures."""
     collected = CollectorRegistry()
     MultiProcessCollector(collected, os.environ[MULTIPROC_DIR])  # type: ignore[no-untyped-call]
     collected.register(live)
     collected.register(backlog)
+    collected.register(history)
     return collected

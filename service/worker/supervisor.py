@@ -61,6 +61,7 @@ class Supervisor:
         self._redis_since: float | None = None  # since when housekeeping has reached Redis
         self.db: Database[dict[str, Any]] | None = None
         self.shipper: Shipper | None = None
+        self.history: threading.Thread | None = None  # the shipper's thread
         self._history_stop = threading.Event()
         self.backlog = backlog_metrics.BacklogCollector()
         self._backlog_plan = backlog_metrics.BacklogPlan({queues.base(q) for q in self.queues})
@@ -82,7 +83,11 @@ class Supervisor:
             log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
             return constants.EXIT_CONFIG
         metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
-        exposed = metrics.registry(metrics.SupervisorCollector(self.live_figures), self.backlog)
+        exposed = metrics.registry(
+            metrics.SupervisorCollector(self.live_figures),
+            self.backlog,
+            metrics.HistoryCollector(self.history_figures),
+        )
         health = HealthServer(
             self.settings, self.healthy, self.ready, lambda: backlog_metrics.exposition(exposed)
         )
@@ -96,14 +101,14 @@ class Supervisor:
         )
         for index in range(self.settings.worker_concurrency):
             self._start(index)
-        history = self._start_history()
+        self.history = self._start_history()
         try:
             self._supervise()
             code = self._shut_down()
         finally:
-            if history is not None:  # after the workers: their last events ship too
+            if self.history is not None:  # after the workers: their last events ship too
                 self._history_stop.set()
-                history.join(constants.HISTORY_DRAIN_SECONDS + 2)
+                self.history.join(constants.HISTORY_DRAIN_SECONDS + 2)
             if self.db is not None:
                 self.db.client.close()
             health.stop()
@@ -202,6 +207,16 @@ class Supervisor:
         except redis.RedisError as exc:
             self.backlog.latest = None  # no figures rather than stale ones
             log.debug("backlog figures skipped, Redis unavailable: %s", exc)
+
+    def history_figures(self) -> tuple[bool, int, int] | None:
+        """(shipper running, events stored in part, events not stored), None without one."""
+        if self.shipper is None:
+            return None
+        stats = self.shipper.stats
+        return self._shipping(), stats.stored_in_part, stats.unstorable
+
+    def _shipping(self) -> bool:
+        return self.history is not None and self.history.is_alive()
 
     def live_figures(self) -> tuple[int, int, int]:
         """(processes alive, jobs running now, restarts so far): read at scrape time."""
@@ -317,7 +332,8 @@ class Supervisor:
         return ok, {"processes": len(self.processes), "alive": alive, "wedged": wedged}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        """Ready: Redis (and MongoDB, when configured) answer, and the processes consume."""
+        """Ready: Redis (and MongoDB and the history shipper, when configured) answer, and
+        the processes consume."""
         consuming = sum(self.slots[i].get(READY) > 0 for i in range(len(self.processes)))
         try:
             redis_ok = bool(self.redis.ping())
@@ -327,12 +343,14 @@ class Supervisor:
             "redis": "ok" if redis_ok else "unavailable",
             "consuming": consuming,
         }
-        mongo_ok = True
+        mongo_ok = shipping = True
         if self.db is not None and self.shipper is not None:
             mongo_ok = mongo.ping(self.db)
+            shipping = self._shipping()
             details["mongodb"] = "ok" if mongo_ok else "unavailable"
-            details["history"] = dataclasses.asdict(self.shipper.stats)
-        ok = redis_ok and mongo_ok and consuming > 0 and not self.stopping
+            details["history"] = "ok" if shipping else "stopped"
+            details["shipper"] = dataclasses.asdict(self.shipper.stats)
+        ok = redis_ok and mongo_ok and shipping and consuming > 0 and not self.stopping
         return ok, details
 
 
