@@ -94,6 +94,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     api_keys: tuple[Secret, ...] = ()
+    max_connections: int = constants.API_MAX_CONNECTIONS  # the worker's: WORKER_MAX_CONNECTIONS
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
     request_header_timeout: float = 10.0  # seconds for a request line and headers to arrive
@@ -201,6 +202,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
     host = env.str("HOST", "0.0.0.0")  # noqa: S104
     port = env.int("PORT", None, validate=validate.Range(min=1, max=65535))
+    max_connections = env.int(
+        "MAX_CONNECTIONS", None, validate=validate.Range(min=1, max=1_000_000)
+    )
     log_level = env.str("LOG_LEVEL", "INFO", validate=validate.OneOf(LOG_LEVELS))
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
@@ -249,6 +253,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(problems)
     assert redis is not None and queue_redis is not None
     default_port = constants.WORKER_HEALTH_PORT if worker_mode else constants.API_PORT
+    default_connections = (
+        constants.WORKER_MAX_CONNECTIONS if worker_mode else constants.API_MAX_CONNECTIONS
+    )
     return Settings(
         worker_mode=worker_mode,
         worker_concurrency=concurrency,
@@ -264,6 +271,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format or ("json" if app_env == "production" else "text"),  # type: ignore[arg-type]
         api_keys=api_keys,
+        max_connections=max_connections or default_connections,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
         request_header_timeout=header_timeout,

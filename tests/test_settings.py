@@ -151,6 +151,14 @@ def test_production_requires_api_keys_and_logs_json() -> None:
     )
 
 
+def test_max_connections_defaults_per_mode_and_is_bounded() -> None:
+    assert load({}).max_connections == constants.API_MAX_CONNECTIONS
+    assert load({"WORKER_MODE": "true"}).max_connections == constants.WORKER_MAX_CONNECTIONS
+    assert load({"MAX_CONNECTIONS": "64"}).max_connections == 64
+    for bad in ("0", "-1", "many", "2000000"):
+        assert f"MAX_CONNECTIONS={bad!r}" in problems({"MAX_CONNECTIONS": bad})
+
+
 def test_lists_and_optional_values() -> None:
     settings = load(
         {
