@@ -94,6 +94,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     api_keys: tuple[Secret, ...] = ()
+    openapi_public: bool = False  # /openapi.json without a key even when API_KEYS is set
     max_connections: int = constants.API_MAX_CONNECTIONS  # the worker's: WORKER_MAX_CONNECTIONS
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
@@ -205,6 +206,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     max_connections = env.int(
         "MAX_CONNECTIONS", None, validate=validate.Range(min=1, max=1_000_000)
     )
+    openapi_public = env.bool("OPENAPI_PUBLIC", False)
     log_level = env.str("LOG_LEVEL", "INFO", validate=validate.OneOf(LOG_LEVELS))
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
@@ -271,6 +273,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format or ("json" if app_env == "production" else "text"),  # type: ignore[arg-type]
         api_keys=api_keys,
+        openapi_public=openapi_public,
         max_connections=max_connections or default_connections,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,

@@ -159,6 +159,12 @@ def test_max_connections_defaults_per_mode_and_is_bounded() -> None:
         assert f"MAX_CONNECTIONS={bad!r}" in problems({"MAX_CONNECTIONS": bad})
 
 
+def test_openapi_is_private_unless_made_public() -> None:
+    assert load({}).openapi_public is False
+    assert load({"OPENAPI_PUBLIC": "true"}).openapi_public is True
+    assert "OPENAPI_PUBLIC='maybe'" in problems({"OPENAPI_PUBLIC": "maybe"})
+
+
 def test_lists_and_optional_values() -> None:
     settings = load(
         {

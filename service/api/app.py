@@ -117,11 +117,12 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     )
     app.state.settings = settings
     app.state.strict = StrictGate() if settings.durability == "strict" else None
+    app.state.not_ready = {}  # what /ready last logged, by component
     app.state.registry = registry
     app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
     # The body limits wrap the rest, so an early answer (a 401 too) closes a connection whose
     # body was never read.
-    auth = ApiKeyAuth(app, settings.api_keys)
+    auth = ApiKeyAuth(app, settings.api_keys, settings.openapi_public)
     limits = BodyLimit(auth, settings.max_body_bytes, settings.request_body_timeout)
     measured = metrics.RequestMetrics(limits, table)
     # Plain POST /jobs requests skip the layers above (with the same checks); the rest pass.

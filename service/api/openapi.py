@@ -184,7 +184,8 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         "/backlog": {
             "get": {
                 "summary": "The true backlog (waiting in every priority + due scheduled), for "
-                "autoscaling; open like /health",
+                "autoscaling",
+                "security": security,
                 "responses": {
                     "200": _response(
                         "`{backlog, waiting, due_scheduled, queues}`", {"type": "object"}
@@ -203,7 +204,10 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "summary": "Readiness (Redis reachable)",
                 "responses": {
                     "200": _response("Ready", {"type": "object"}),
-                    "503": _response("Not ready", {"type": "object"}),
+                    "503": _response(
+                        "Not ready: each failing component named (`unavailable`), never its error",
+                        {"type": "object"},
+                    ),
                 },
             }
         },

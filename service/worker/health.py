@@ -1,5 +1,5 @@
 """The worker container's tiny HTTP server: GET /health (liveness), GET /ready (readiness) and
-GET /metrics (Prometheus).
+GET /metrics (Prometheus; with API_KEYS set, only with `Authorization: Bearer <key>`).
 
 Standard library only, on its own thread: the supervisor's main loop never waits on it. One
 request per connection (HTTP/1.0), a thread per connection, and bounds the standard library's
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from service import constants
+from service import apikeys, constants
 from service.connections import Connections
 from service.metrics import CONTENT_TYPE
 from service.settings import Settings
@@ -109,6 +109,7 @@ class HealthServer:
         self, settings: Settings, healthy: Check, ready: Check, metrics: Callable[[], bytes]
     ) -> None:
         checks = {"/health": healthy, "/ready": ready}
+        keys = [key.reveal().encode() for key in settings.api_keys]
         head_timeout = settings.request_header_timeout
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,6 +136,10 @@ class HealthServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    if not apikeys.allows(
+                        keys, self.headers.get("Authorization", "").encode("latin-1")
+                    ):
+                        return self._unauthorized()
                     return self._send(200, CONTENT_TYPE, metrics())
                 check = checks.get(path)
                 body: dict[str, object]
@@ -146,10 +151,19 @@ class HealthServer:
                     body.update(details)
                 self._send(status, "application/json", orjson.dumps(body))
 
-            def _send(self, status: int, content_type: str, data: bytes) -> None:
+            def _unauthorized(self) -> None:
+                message = "missing or invalid API key: send Authorization: Bearer <key>"
+                body = orjson.dumps({"error": {"code": "unauthorized", "message": message}})
+                self._send(401, "application/json", body, 'Bearer realm="jobs"')
+
+            def _send(
+                self, status: int, content_type: str, data: bytes, challenge: str = ""
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
+                if challenge:
+                    self.send_header("WWW-Authenticate", challenge)
                 self.end_headers()
                 self.wfile.write(data)
 
