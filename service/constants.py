@@ -23,6 +23,7 @@ LISTEN_BACKLOG: Final = 511  # connections the kernel queues for accept (nginx's
 # per request in flight): 17 measured in an idle API and 23 in a worker supervisor of 5
 # processes (pipes to them, Redis, MongoDB), plus MongoDB's pool (up to 100), plus margin.
 FILES_RESERVE: Final = 256
+MIN_API_KEY_CHARS: Final = 32  # production: 32 characters, secrets.token_urlsafe(32) has 43
 MAX_BATCH_JOBS: Final = 1000  # most jobs accepted by one POST /jobs/batch
 RETRY_AFTER_SECONDS: Final = 5  # the Retry-After we send with a 503
 KEEP_ALIVE_SECONDS: Final = 5  # an idle keep-alive connection is closed after this (uvicorn's)

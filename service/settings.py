@@ -244,6 +244,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     api_keys = tuple(Secret(k.strip()) for k in environ.get("API_KEYS", "").split(",") if k.strip())
     if app_env == "production" and not api_keys and not worker_mode:
         problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
+    shortest = constants.MIN_API_KEY_CHARS
+    short = [n for n, key in enumerate(api_keys, 1) if len(key.reveal()) < shortest]
+    if app_env == "production" and short:
+        problems.append(
+            f"API_KEYS='*****': production (APP_ENV=production) needs keys of at least "
+            f"{shortest} characters (number {', '.join(map(str, short))} of {len(api_keys)} "
+            "is shorter); make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     mongodb_uri = environ.get("MONGODB_URI") or None
     if mongodb_uri is not None and not _mongodb_uri_ok(mongodb_uri):
         problems.append(

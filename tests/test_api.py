@@ -243,6 +243,22 @@ def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize(("method", "path"), [("GET", "/health/"), ("POST", "/jobs/")])
+def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_host(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(
+        method,
+        path,
+        headers={"Host": "evil.example"},
+        json={"type": "noop"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "location" not in response.headers
+
+
 class TestApiKeys:
     @pytest.fixture
     def client(self, redis_url: str) -> Iterator[TestClient]:

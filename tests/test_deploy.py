@@ -23,6 +23,7 @@ from .conftest import ROOT, ServiceProcess, http, wait_for
 from .test_settings import env_file
 
 BIN = Path(sys.executable).parent
+KEY = "rehearsal-key-" + "0" * 32  # production takes keys of 32 characters or more
 
 
 def compose(name: str) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def deployed_env(
         REDIS_URL=f"{redis_url}/0",
         QUEUE_REDIS_URL=f"{redis_url}/1",
         MONGODB_URI=mongo_uri,
-        API_KEYS="rehearsal-key",
+        API_KEYS=KEY,
         SHUTDOWN_TIMEOUT="5",
     )
     return env
@@ -128,7 +129,7 @@ def test_rehearse_the_production_deployment_as_local_processes(tmp_path: Path) -
         started.append(process)
         return process, env
 
-    key = {"Authorization": "Bearer rehearsal-key"}
+    key = {"Authorization": f"Bearer {KEY}"}
     try:
         # The API starts before Redis: it stays up, not ready, and becomes ready with Redis
         api, api_env = run("app", "app.log")

@@ -115,6 +115,10 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         },
         lifespan=lifespan,
     )
+    # No redirect from `/health/` to `/health`: Starlette builds it from the Host header, so
+    # any client could have the API answer with a Location of its choosing. A path not
+    # listed in the OpenAPI document is a 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.strict = StrictGate() if settings.durability == "strict" else None
     app.state.not_ready = {}  # what /ready last logged, by component
