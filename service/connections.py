@@ -115,8 +115,9 @@ class Connections(Generic[C]):
         if now - self._reported < REPORT_EVERY:
             return
         log.warning(
-            "%s: MAX_CONNECTIONS (%d) reached: %d waiting connections closed to make room, "
-            "%d new ones refused (every open one was serving a request)",
+            "%s: MAX_CONNECTIONS (%d) reached: since the last such line, %d connections "
+            "waiting for a request closed to make room, %d new ones refused (every open one "
+            "was being served)",
             self._server,
             self.limit,
             self._evicted,

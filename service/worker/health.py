@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -94,8 +95,10 @@ class _BoundedServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client gone mid-answer, or a connection closed to make room: not the server's fault.
-        log.debug("health server: connection from %s ended badly", client_address, exc_info=True)
+        if isinstance(sys.exc_info()[1], OSError):  # a client gone, too slow, or made room for
+            log.debug("health server: connection from %s ended", client_address, exc_info=True)
+        else:
+            log.exception("health server: answering %s failed", client_address)
 
 
 def _hang_up(conn: socket.socket) -> None:
