@@ -18,9 +18,12 @@ before the ASGI app is called, so no middleware can see them: they live here.
   unparsed for `linger_seconds`, then the connection is closed. Closing at once would make
   the kernel answer the unread data with a reset, which can destroy the answer before the
   client has read it.
-- Connections: at most `max_connections` open (MAX_CONNECTIONS); at the limit a new one takes
-  the place of the one that has waited longest for a request, never of one being served
-  (service/connections.py says why), or is closed at once when every one is being served.
+- Connections: at most `max_connections` open (MAX_CONNECTIONS), so the process never runs
+  out of files. At the limit a new connection takes the place of the one that has waited
+  longest for a request, never of one being served, and is closed at once only when every
+  one is being served. Refusing every new connection instead would let idle sockets shut
+  out the orchestrator's probes until REQUEST_HEADER_TIMEOUT frees them, again and again;
+  an idle connection closed loses nothing (service/connections.py).
 """
 
 from __future__ import annotations
