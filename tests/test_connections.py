@@ -21,7 +21,6 @@ from service.connections import Connections
 from .conftest import ServiceProcess, http, wait_for
 
 Start = Callable[..., ServiceProcess]
-pytestmark = pytest.mark.slow
 
 
 def file_limit(soft: int, hard: int) -> Callable[[], None]:
@@ -129,6 +128,7 @@ def test_when_every_connection_is_served_a_new_one_is_refused() -> None:
 
 
 # --- The API ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_api_serves_probes_while_idle_sockets_outnumber_its_file_limit(
     start_service: Start,
 ) -> None:
@@ -148,6 +148,7 @@ def test_the_api_serves_probes_while_idle_sockets_outnumber_its_file_limit(
     assert "MAX_CONNECTIONS (100) reached" in api.output
 
 
+@pytest.mark.slow
 def test_the_api_refuses_a_connection_when_every_one_is_being_served(
     start_service: Start,
 ) -> None:
@@ -175,6 +176,7 @@ def test_the_api_refuses_a_connection_when_every_one_is_being_served(
     assert timed_health(api.url) < 1.0
 
 
+@pytest.mark.slow
 def test_the_api_raises_its_soft_file_limit_or_refuses_to_start(
     start_service: Start, tmp_path: Path
 ) -> None:
@@ -193,6 +195,7 @@ def test_the_api_raises_its_soft_file_limit_or_refuses_to_start(
 
 
 # --- The worker's health server --------------------------------------------------------------
+@pytest.mark.slow
 def test_the_worker_health_server_bounds_its_connections_and_threads(
     start_service: Start,
 ) -> None:
@@ -214,6 +217,7 @@ def test_the_worker_health_server_bounds_its_connections_and_threads(
     assert "MAX_CONNECTIONS (32) reached" in worker.output
 
 
+@pytest.mark.slow
 def test_the_worker_health_server_drops_a_request_head_that_does_not_come(
     start_service: Start,
 ) -> None:
@@ -244,6 +248,7 @@ def test_the_worker_health_server_drops_a_request_head_that_does_not_come(
         assert not answer.startswith(b"HTTP/1.0 200")
 
 
+@pytest.mark.slow
 def test_the_worker_raises_its_soft_file_limit_or_refuses_to_start(start_service: Start) -> None:
     needed = constants.WORKER_MAX_CONNECTIONS + constants.FILES_RESERVE  # 288
     worker = start_service(worker=True, WORKER_CONCURRENCY="1", preexec_fn=file_limit(100, 1000))
