@@ -111,6 +111,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     api_keys: tuple[Secret, ...] = ()
+    openapi_public: bool = False  # /openapi.json without a key even when API_KEYS is set
+    max_connections: int = constants.API_MAX_CONNECTIONS  # the worker's: WORKER_MAX_CONNECTIONS
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
     max_result_bytes: int = constants.MAX_RESULT_BYTES  # largest result (its JSON) a job may return
@@ -226,6 +228,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
     host = env.str("HOST", "0.0.0.0")  # noqa: S104
     port = env.int("PORT", None, validate=validate.Range(min=1, max=65535))
+    max_connections = env.int(
+        "MAX_CONNECTIONS", None, validate=validate.Range(min=1, max=1_000_000)
+    )
+    openapi_public = env.bool("OPENAPI_PUBLIC", False)
     log_level = env.str("LOG_LEVEL", "INFO", validate=validate.OneOf(LOG_LEVELS))
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
@@ -281,6 +287,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     api_keys = tuple(Secret(k.strip()) for k in environ.get("API_KEYS", "").split(",") if k.strip())
     if app_env == "production" and not api_keys and not worker_mode:
         problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
+    shortest = constants.MIN_API_KEY_CHARS
+    short = [n for n, key in enumerate(api_keys, 1) if len(key.reveal()) < shortest]
+    if app_env == "production" and short:
+        problems.append(
+            f"API_KEYS='*****': production (APP_ENV=production) needs keys of at least "
+            f"{shortest} characters (number {', '.join(map(str, short))} of {len(api_keys)} "
+            "is shorter); make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     mongodb_uri = environ.get("MONGODB_URI") or None
     if mongodb_uri is not None and not _mongodb_uri_ok(mongodb_uri):
         problems.append(
@@ -292,6 +307,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(problems)
     assert redis is not None and queue_redis is not None
     default_port = constants.WORKER_HEALTH_PORT if worker_mode else constants.API_PORT
+    default_connections = (
+        constants.WORKER_MAX_CONNECTIONS if worker_mode else constants.API_MAX_CONNECTIONS
+    )
     return Settings(
         worker_mode=worker_mode,
         worker_concurrency=concurrency,
@@ -307,6 +325,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format or ("json" if app_env == "production" else "text"),  # type: ignore[arg-type]
         api_keys=api_keys,
+        openapi_public=openapi_public,
+        max_connections=max_connections or default_connections,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
         max_result_bytes=max_result,

@@ -97,6 +97,10 @@ JOB_ENDPOINTS = [
     ("POST", "/dead/retry", {"dry_run": False}),
     ("POST", f"/dead/{ANY_ID}/retry", None),
     ("DELETE", f"/dead/{ANY_ID}", None),
+    # What tells about the jobs: queue names, job types and counts, every payload schema.
+    ("GET", "/backlog", None),
+    ("GET", "/metrics", None),
+    ("GET", "/openapi.json", None),
 ]
 
 
@@ -821,7 +825,7 @@ def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = base_env(redis_server, PORT=str(free_port()), API_KEYS=KEY, MONGODB_URI=mongo.uri)
     api = ServiceProcess(env).wait_healthy()
     config = schemathesis.Config.from_dict({"auth": {"openapi": {"bearer": {"bearer": KEY}}}})
-    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json", config=config)
+    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json", config=config, headers=AUTH)
     queue_redis = redis.Redis.from_url(f"{redis_server}/1")
     yield Fuzzed(api, queue_redis, schema)
     queue_redis.close()

@@ -206,7 +206,11 @@ def test_redis_down_is_503_with_retry_after_and_not_ready() -> None:
         assert response.status_code == 503
         assert response.headers["retry-after"] == str(constants.RETRY_AFTER_SECONDS)
         assert response.json()["error"]["code"] == "queue_unavailable"
-        assert client.get("/ready").status_code == 503
+        ready = client.get("/ready")
+        assert (ready.status_code, ready.json()) == (
+            503,
+            {"status": "unavailable", "redis": "unavailable"},  # named, not its error text
+        )
         assert client.get("/health").status_code == 200
 
 
@@ -239,6 +243,22 @@ def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize(("method", "path"), [("GET", "/health/"), ("POST", "/jobs/")])
+def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_host(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(
+        method,
+        path,
+        headers={"Host": "evil.example"},
+        json={"type": "noop"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "location" not in response.headers
+
+
 class TestApiKeys:
     @pytest.fixture
     def client(self, redis_url: str) -> Iterator[TestClient]:
@@ -268,10 +288,31 @@ class TestApiKeys:
         )
         assert response.status_code == 202
 
-    def test_health_stays_open(self, client: TestClient) -> None:
+    def test_probes_stay_open_and_what_tells_about_jobs_needs_a_key(
+        self, client: TestClient
+    ) -> None:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 200
-        assert client.get("/openapi.json").json()["components"]["securitySchemes"]["bearer"]
+        for path in ("/metrics", "/backlog", "/openapi.json"):
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert response.json()["error"]["code"] == "unauthorized"
+            assert client.get(path, headers={"Authorization": "Bearer key-two"}).status_code == 200
+        document = client.get("/openapi.json", headers={"Authorization": "Bearer key-one"}).json()
+        assert document["components"]["securitySchemes"]["bearer"]
+        assert document["paths"]["/backlog"]["get"]["security"] == [{"bearer": []}]
+        assert "401" in document["paths"]["/backlog"]["get"]["responses"]
+
+    def test_openapi_public_serves_the_document_without_a_key(self, redis_url: str) -> None:
+        with make_client(redis_url, API_KEYS="key-one", OPENAPI_PUBLIC="true") as client:
+            assert client.get("/openapi.json").status_code == 200
+            assert client.get("/metrics").status_code == 401  # the rest is unchanged
+            assert client.get("/backlog").status_code == 401
+
+
+def test_without_api_keys_everything_is_open(client: TestClient) -> None:
+    for path in ("/metrics", "/backlog", "/openapi.json", "/queues"):
+        assert client.get(path).status_code == 200, path
 
 
 def test_backlog_counts_every_priority_and_due_scheduled_jobs(

@@ -290,6 +290,11 @@ def test_redis_crash_and_restart_under_load(
         assert status(f"{api.url}/ready") == 503
         wait_for(lambda: status(f"{worker.url}/ready") == 503)
         assert status(f"{worker.url}/health") == 200  # alive: nobody should restart it
+        # Both name Redis as what fails, never its error (which tells addresses and versions)
+        for url in (api.url, worker.url):
+            ready = http("GET", f"{url}/ready", timeout=CLIENT_TIMEOUT)[2]
+            assert ready["redis"] == "unavailable", ready
+            assert "Error" not in str(ready) and str(own_redis.port) not in str(ready), ready
         # When Redis restarts on the same port and directory, loading its AOF
         own_redis.start()
         up_at = time.monotonic()

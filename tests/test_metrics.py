@@ -26,7 +26,8 @@ TERMINAL = {"finished", "failed", "canceled"}
 
 def scrape(url: str) -> Samples:
     """Every sample of a /metrics page, keyed by (name, labels)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{url}/metrics", headers=AUTH)
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
     samples = {}
@@ -125,6 +126,27 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     # The dead-letter gauge, on both, once their figures refresh (every interval).
     for url in (api.url, worker.url):
         scrape_until(url, lambda s: value(s, "service_queue_dead_jobs", queue="app-queue") == 2)
+
+
+@pytest.mark.timeout(60)
+def test_both_metrics_endpoints_need_the_key_when_api_keys_are_set(start_service: Start) -> None:
+    """Job types and counts are for the holders of a key (Prometheus sends one as a bearer
+    token); the worker's liveness and readiness stay open for probes."""
+    api = start_service(API_KEYS=KEY)
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", API_KEYS=KEY)
+    for url in (api.url, worker.url):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            status, answer_headers, body = http("GET", f"{url}/metrics", headers=headers)
+            assert (status, body["error"]["code"]) == (401, "unauthorized"), url
+            challenge = {k.lower(): v for k, v in answer_headers.items()}["www-authenticate"]
+            assert challenge == 'Bearer realm="jobs"'
+        assert value(scrape(url), "service_worker_processes") in (0, 1)  # with the key: served
+    assert http("GET", f"{worker.url}/health")[0] == 200
+    wait_for(lambda: http("GET", f"{worker.url}/ready")[0] == 200)
+    # A worker without API_KEYS (nothing to check against) serves its metrics to anyone.
+    open_worker = start_service(worker=True, WORKER_CONCURRENCY="1")
+    with urllib.request.urlopen(f"{open_worker.url}/metrics", timeout=5) as response:
+        assert response.status == 200
 
 
 @pytest.mark.timeout(90)

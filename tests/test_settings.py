@@ -144,14 +144,44 @@ def test_secrets_are_masked_everywhere() -> None:
     assert settings.api_keys == (Secret("hunter2"),)
 
 
+# Long enough for production (MIN_API_KEY_CHARS), and plainly not secrets.
+KEY1 = "test-key-one-" + "1" * 32
+KEY2 = "test-key-two-" + "2" * 32
+
+
 def test_production_requires_api_keys_and_logs_json() -> None:
     assert "API_KEYS" in problems({"APP_ENV": "production"})
-    settings = load({"APP_ENV": "production", "API_KEYS": "k1, k2"})
-    assert [k.reveal() for k in settings.api_keys] == ["k1", "k2"]
+    settings = load({"APP_ENV": "production", "API_KEYS": f"{KEY1}, {KEY2}"})
+    assert [k.reveal() for k in settings.api_keys] == [KEY1, KEY2]
     assert settings.log_format == "json"
-    assert (
-        load({"APP_ENV": "production", "API_KEYS": "k", "LOG_FORMAT": "text"}).log_format == "text"
-    )
+    production = {"APP_ENV": "production", "API_KEYS": KEY1, "LOG_FORMAT": "text"}
+    assert load(production).log_format == "text"
+
+
+def test_production_refuses_short_api_keys_and_names_them_masked() -> None:
+    short = "k" * (constants.MIN_API_KEY_CHARS - 1)
+    text = problems({"APP_ENV": "production", "API_KEYS": f"{KEY1},{short}"})
+    assert "API_KEYS='*****'" in text and short not in text and KEY1 not in text
+    assert f"at least {constants.MIN_API_KEY_CHARS} characters (number 2 of 2" in text
+    assert "secrets.token_urlsafe(32)" in text
+    # A worker given keys (its /metrics needs one) is held to the same rule.
+    assert "API_KEYS" in problems({"APP_ENV": "production", "WORKER_MODE": "true", "API_KEYS": "k"})
+    # Development takes any key.
+    assert load({"API_KEYS": "dev"}).api_keys == (Secret("dev"),)
+
+
+def test_max_connections_defaults_per_mode_and_is_bounded() -> None:
+    assert load({}).max_connections == constants.API_MAX_CONNECTIONS
+    assert load({"WORKER_MODE": "true"}).max_connections == constants.WORKER_MAX_CONNECTIONS
+    assert load({"MAX_CONNECTIONS": "64"}).max_connections == 64
+    for bad in ("0", "-1", "many", "2000000"):
+        assert f"MAX_CONNECTIONS={bad!r}" in problems({"MAX_CONNECTIONS": bad})
+
+
+def test_openapi_is_private_unless_made_public() -> None:
+    assert load({}).openapi_public is False
+    assert load({"OPENAPI_PUBLIC": "true"}).openapi_public is True
+    assert "OPENAPI_PUBLIC='maybe'" in problems({"OPENAPI_PUBLIC": "maybe"})
 
 
 def test_lists_and_optional_values() -> None:
@@ -263,7 +293,7 @@ def test_env_example_lists_exactly_the_variables_the_service_reads() -> None:
 def test_env_files_are_valid(name: str) -> None:
     values = {k: v for k, v in env_file(name).items() if v}
     if name == "api.production":
-        values["API_KEYS"] = "from-the-host-environment"
+        values["API_KEYS"] = KEY1  # from the host environment
     settings = load(values)
     assert settings.worker_mode is name.startswith("worker")
     assert (

@@ -142,8 +142,13 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         },
         lifespan=lifespan,
     )
+    # No redirect from `/health/` to `/health`: Starlette builds it from the Host header, so
+    # any client could have the API answer with a Location of its choosing. A path not
+    # listed in the OpenAPI document is a 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.strict = StrictGate() if settings.durability == "strict" else None
+    app.state.not_ready = {}  # what /ready last logged, by component
     app.state.registry = registry
     app.state.openapi = build_openapi(
         registry,
@@ -153,7 +158,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     )
     # The body limits wrap the rest, so an early answer (a 401 too) closes a connection whose
     # body was never read.
-    auth = ApiKeyAuth(app, settings.api_keys)
+    auth = ApiKeyAuth(app, settings.api_keys, settings.openapi_public)
     limits = BodyLimit(auth, settings.max_body_bytes, settings.request_body_timeout)
     measured = metrics.RequestMetrics(limits, table)
     # Plain POST /jobs requests skip the layers above (with the same checks); the rest pass.

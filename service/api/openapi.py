@@ -211,7 +211,8 @@ def build_openapi(
         "/backlog": {
             "get": {
                 "summary": "The true backlog (waiting in every priority + due scheduled), for "
-                "autoscaling; open like /health",
+                "autoscaling",
+                "security": security,
                 "responses": {
                     "200": _response(
                         "`{backlog, waiting, due_scheduled, queues}`", {"type": "object"}
@@ -230,7 +231,10 @@ def build_openapi(
                 "summary": "Readiness (Redis reachable)",
                 "responses": {
                     "200": _response("Ready", {"type": "object"}),
-                    "503": _response("Not ready", {"type": "object"}),
+                    "503": _response(
+                        "Not ready: each failing component named (`unavailable`), never its error",
+                        {"type": "object"},
+                    ),
                 },
             }
         },

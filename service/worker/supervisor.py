@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 
 from service import constants, durability, mongo, queues
 from service import metrics as backlog_metrics
+from service.connections import fit_file_limit
 from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
@@ -72,6 +73,11 @@ class Supervisor:
         self.signals += 1
 
     def run(self) -> int:
+        connections = self.settings.max_connections  # the health server's
+        why = f"1 per connection, {constants.FILES_RESERVE} for the process"
+        if problem := fit_file_limit(connections, connections + constants.FILES_RESERVE, why):
+            log.error("invalid configuration: %s", problem)
+            return constants.EXIT_CONFIG
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._wakeup_write.setblocking(False)
