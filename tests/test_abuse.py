@@ -32,6 +32,7 @@ from starlette.types import Message
 
 from service import constants, registry
 from service.api import params
+from service.api.errors import Problems
 from service.api.openapi import build_openapi
 from service.embedded_mongo import EmbeddedMongo
 from service.embedded_redis import free_port
@@ -277,13 +278,104 @@ def test_unknown_type_and_failing_payloads_list_every_error(
     assert enqueued(queue_redis) == NOTHING
 
 
-def test_thousands_of_errors_are_all_listed(client: TestClient, queue_redis: redis.Redis) -> None:
-    payload = {f"k{i}": i for i in range(3000)}
-    error = error_of(
-        client.post("/jobs", json={"type": "noop", "payload": payload}, headers=AUTH), 422
-    )
-    assert len(error["details"]["errors"]) == 3000
+# --- Error replies stay small however bad the request -------------------------------------------
+LISTED = constants.LISTED_ERRORS
+SMALL_REPLY = 8 * 1024  # bytes: the largest 422 a request with thousands of errors may get
+
+
+@pytest.fixture
+def roomy_client(redis_url: str) -> Iterator[TestClient]:
+    """The default MAX_BODY_BYTES (1 MiB): room for the largest bad bodies."""
+    with make_client(redis_url, API_KEYS=KEY) as test_client:
+        yield test_client
+
+
+def bad_keys(count: int) -> dict[str, int]:
+    return {f"k{i}": 0 for i in range(count)}
+
+
+# The reproductions: a 650 KB payload with 60,000 keys no schema allows (without pydantic, and
+# with it), and a 700 KB batch of 1,000 such payloads: (path, body, errors, first field listed).
+THOUSANDS_OF_ERRORS = [
+    ("/jobs", {"type": "noop", "payload": bad_keys(60_000)}, 60_000, "payload.k0"),
+    ("/jobs", {"type": "sleep", "payload": {"seconds": 1, **bad_keys(60_000)}}, 60_000, None),
+    (
+        "/jobs/batch",
+        {"jobs": [{"type": "noop", "payload": bad_keys(83)} for _ in range(1000)]},
+        83_000,
+        "jobs[0].payload.k0",
+    ),
+    (
+        "/jobs/batch",
+        {"jobs": [{"type": "sleep", "payload": {"seconds": 1, **bad_keys(83)}}] * 1000},
+        83_000,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "count", "first"),
+    THOUSANDS_OF_ERRORS,
+    ids=["noop", "sleep", "noop-batch", "sleep-batch"],
+)
+def test_thousands_of_errors_are_counted_and_the_first_listed(
+    roomy_client: TestClient,
+    queue_redis: redis.Redis,
+    path: str,
+    body: dict[str, Any],
+    count: int,
+    first: str | None,
+) -> None:
+    content = orjson.dumps(body)
+    assert 640_000 < len(content) < 1024 * 1024
+    response = roomy_client.post(path, content=content, headers=JSON)
+    error = error_of(response, 422)
+    assert error["code"] == "invalid_job"
+    assert error["message"] == f"{count} validation error(s); the first {LISTED} are listed"
+    assert error["details"]["error_count"] == count
+    assert len(error["details"]["errors"]) == LISTED
+    if first is not None:
+        assert error["details"]["errors"][0]["field"] == first
+    assert len(response.content) < SMALL_REPLY
     assert enqueued(queue_redis) == NOTHING
+
+
+def test_a_huge_field_name_is_clipped_in_the_reply(
+    roomy_client: TestClient, queue_redis: redis.Redis
+) -> None:
+    key = "k" * 600_000
+    response = roomy_client.post("/jobs", json={"type": "noop", "payload": {key: 1}}, headers=AUTH)
+    error = error_of(response, 422)
+    (listed,) = error["details"]["errors"]
+    limit = constants.ERROR_TEXT_MAX_CHARS
+    assert listed["field"] == f"payload.{key[: limit - 8]}… (600008 characters)"
+    assert error["details"]["error_count"] == 1 and error["message"] == "1 validation error(s)"
+    assert len(response.content) < 1024
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_dead_letter_parameter_errors_are_counted_and_the_first_listed(
+    roomy_client: TestClient,
+) -> None:
+    """The dead-letter endpoints list their errors with the same bound."""
+    query = "y" * 10_000 + "=1&" + "&".join(f"x{i}=1" for i in range(1500))
+    for method in ("GET", "DELETE"):
+        response = roomy_client.request(method, f"/dead?{query}", headers=AUTH)
+        error = error_of(response, 422)
+        assert error["message"] == (
+            f"1501 invalid parameter(s); the first {LISTED} are listed; nothing was changed"
+        )
+        assert error["details"]["error_count"] == 1501
+        assert len(error["details"]["errors"]) == LISTED
+        assert error["details"]["errors"][0]["field"].endswith("… (10000 characters)")
+        assert len(response.content) < SMALL_REPLY
+    body = {"dry_run": True, **bad_keys(60_000)}
+    response = roomy_client.post("/dead/retry", json=body, headers=AUTH)
+    error = error_of(response, 422)
+    assert error["details"]["error_count"] == 60_000
+    assert len(error["details"]["errors"]) == LISTED
+    assert len(response.content) < SMALL_REPLY
 
 
 # --- Deep and huge JSON: a 4xx, never a 500 -------------------------------------------------------
@@ -348,12 +440,13 @@ def test_huge_but_under_the_limit_is_a_4xx(
     client: TestClient, queue_redis: redis.Redis, body: bytes, status: int, code: str
 ) -> None:
     assert len(body) <= 65536
-    error = error_of(client.post("/jobs", content=body, headers=JSON), status)
+    response = client.post("/jobs", content=body, headers=JSON)
+    error = error_of(response, status)
     assert error["code"] == code
-    messages = [error["message"]] + [
-        e["message"] for e in error.get("details", {}).get("errors", [])
-    ]
-    assert max(map(len, messages)) < 1000  # a huge input is not echoed back
+    listed = error.get("details", {}).get("errors", [])
+    texts = [error["message"]] + [e[k] for e in listed for k in ("field", "message")]
+    assert max(map(len, texts)) < 1000  # a huge input is not echoed back
+    assert len(response.content) < 4096
     # The same item inside a batch, and the same body as a dead-letter retry filter.
     batch = b'{"jobs": [' + body + b"]}"
     assert 400 <= client.post("/jobs/batch", content=batch, headers=JSON).status_code < 500
@@ -763,7 +856,8 @@ def obeying_cross_field_rules(case: Case) -> Case:
     for where in (query, body):
         since, until = where.get("since"), where.get("until")
         if isinstance(since, str) and isinstance(until, str):
-            moments = [params.instant(name, where[name], []) for name in ("since", "until")]
+            problems = Problems()
+            moments = [params.instant(name, where[name], problems) for name in ("since", "until")]
             if None not in moments and moments[0] > moments[1]:  # type: ignore[operator]
                 where["since"], where["until"] = until, since
     if label == "DELETE /dead":

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from service import constants, jobs
 from service.api import params
-from service.api.errors import ApiError, JSONResponse
+from service.api.errors import ApiError, JSONResponse, Problems
 from service.mongo import HISTORY_COLLECTION
 
 STATUSES = ("queued", "scheduled", "started", "finished", "failed", "canceled")
@@ -69,7 +69,7 @@ async def list_jobs(request: Request) -> Response:
     """History, newest change first: ?type=&status=&since=&until=&limit=&cursor=."""
     db = _database(request)
     given = {k: v for k, v in request.query_params.items() if v}
-    problems: params.Problems = []
+    problems = Problems()
     query: dict[str, Any] = {}
     if "type" in given:
         query["type"] = given["type"]
@@ -86,9 +86,7 @@ async def list_jobs(request: Request) -> Response:
         query["updated_at"] = window
     limit = params.limit(given.get("limit"), problems)
     if problems:
-        raise ApiError(
-            422, "invalid_parameters", f"{len(problems)} invalid parameter(s)", {"errors": problems}
-        )
+        raise problems.error("invalid_parameters", "invalid parameter(s)")
     if "cursor" in given:
         stamp, last_id = _decode_cursor(given["cursor"])
         query["$or"] = [

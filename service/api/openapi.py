@@ -6,10 +6,12 @@ from typing import Any
 
 from service import constants
 from service.api import dead, params
+from service.api.errors import LISTED_ERRORS_DOC
 from service.api.submit import IDEMPOTENCY_KEY, JobRequest
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+INVALID = {"$ref": "#/components/schemas/Invalid"}
 
 
 def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -44,6 +46,38 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                         "code": {"type": "string"},
                         "message": {"type": "string"},
                         "details": {},
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+        },
+        # A 422 that lists the request's errors (details.errors: each names its field).
+        "Invalid": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {
+                            "type": "object",
+                            "properties": {
+                                "errors": {
+                                    "type": "array",
+                                    "maxItems": constants.LISTED_ERRORS,
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "field": {"type": "string"},
+                                            "message": {"type": "string"},
+                                        },
+                                        "required": ["field", "message"],
+                                    },
+                                },
+                                "error_count": {"type": "integer", "minimum": 1},
+                            },
+                        },
                     },
                     "required": ["code", "message"],
                 }
@@ -86,7 +120,10 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         "400": _response("Malformed JSON"),
         "413": _response("Body over MAX_BODY_BYTES"),
         "415": _response("Not application/json"),
-        "422": _response("Unknown job type or invalid payload; nothing was enqueued"),
+        "422": _response(
+            "Unknown job type or invalid payload; nothing was enqueued. " + LISTED_ERRORS_DOC,
+            INVALID,
+        ),
         "429": _response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
         "503": _response(
             "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "
@@ -238,7 +275,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         ],
         "responses": {
             "200": _response("`{jobs, next_cursor}`", {"type": "object"}),
-            "422": _response("A bad parameter"),
+            "422": _response("A bad parameter. " + LISTED_ERRORS_DOC, INVALID),
             "501": _response("History is off: MONGODB_URI is not set"),
             "503": _response("MongoDB unavailable"),
         },

@@ -8,8 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from service import constants
-
-Problems = list[dict[str, str]]
+from service.api.errors import Problems
 
 
 def or_empty(schema: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from starlette.requests import Request
 
 from service import constants, jobs, queues
-from service.api.errors import ApiError
+from service.api.errors import ApiError, Problems
 from service.policy import Backoff
 from service.queues import Priority
 from service.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
@@ -101,17 +102,29 @@ def _field(where: str, loc: tuple[int | str, ...]) -> str:
     return where + ".".join(map(str, loc)) if loc else where.rstrip(".") or "body"
 
 
+# Generators, so that errors past those a reply lists are never read (see Problems.extend).
+def _request_problems(where: str, exc: ValidationError) -> Iterator[dict[str, str]]:
+    for e in exc.errors(include_url=False):
+        yield {"field": _field(where, e["loc"]), "message": e["msg"]}
+
+
+def _payload_problems(where: str, exc: PayloadInvalid) -> Iterator[dict[str, str]]:
+    for e in exc.errors:
+        yield {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
+
+
 def parse_jobs(
     items: list[Any], registry: Registry, default_queue: str, *, batch: bool
 ) -> list[tuple[jobs.NewJob, JobRequest]]:
-    """Validate every item against the registry; raise one 422 listing all the errors."""
-    errors: list[dict[str, Any]] = []
+    """Validate every item against the registry; raise one 422 counting all the errors and
+    listing the first of them (see `Problems`)."""
+    problems = Problems()
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
     now = time.time()
     for index, item in enumerate(items):
         where = f"jobs[{index}]." if batch else ""
-        found: list[dict[str, Any]] = []
+        found = problems.count
         request = spec = None
         name = item.get("type") if isinstance(item, dict) else None
         plain = isinstance(item, dict) and item.keys() <= PLAIN_FIELDS
@@ -121,10 +134,7 @@ def parse_jobs(
             try:
                 request = validate_json(JobRequest, item)
             except ValidationError as exc:
-                found += [
-                    {"field": _field(where, e["loc"]), "message": e["msg"]}
-                    for e in exc.errors(include_url=False)
-                ]
+                problems.extend(_request_problems(where, exc), exc.error_count())
         # The payload is checked even when the options are not; a name too long to be a job
         # type is already an error above, and is not echoed back as an unknown one.
         if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
@@ -133,14 +143,10 @@ def parse_jobs(
                 spec.validate(item.get("payload", {}), strict=True)
             except UnknownJobType:
                 unknown = True
-                found.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
+                problems.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
             except PayloadInvalid as exc:
-                found += [
-                    {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
-                    for e in exc.errors
-                ]
-        if found or request is None or spec is None:
-            errors += found
+                problems.extend(_payload_problems(where, exc), exc.count)
+        if problems.count > found or request is None or spec is None:
             continue
         backoff = request.backoff or spec.backoff
         job = jobs.NewJob(
@@ -156,9 +162,7 @@ def parse_jobs(
             run_at=request.run_at_epoch(now),
         )
         parsed.append((job, request))
-    if errors:
-        details: dict[str, Any] = {"errors": errors}
-        if unknown:
-            details["known_types"] = registry.names()
-        raise ApiError(422, "invalid_job", f"{len(errors)} validation error(s)", details)
+    if problems:
+        known = {"known_types": registry.names()} if unknown else None
+        raise problems.error("invalid_job", "validation error(s)", details=known)
     return parsed
