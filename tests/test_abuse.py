@@ -9,13 +9,16 @@ covers what only a real server shows: memory while a huge body streams in, and s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -512,6 +515,147 @@ def test_a_bad_idempotency_key_header_is_422(
     response = client.post("/jobs", content=b'{"type": "noop"}', headers=headers)
     assert error_of(response, 422)["code"] == "invalid_job"
     assert enqueued(queue_redis) == NOTHING
+
+
+# --- Query and path parameters: an odd value is a 4xx naming it, never a 500 --------------------
+@pytest.fixture(scope="module")
+def history_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB stand-in for this module's tests, so that GET /jobs reads its parameters."""
+    mongo = EmbeddedMongo(path=str(tmp_path_factory.mktemp("history") / "mongo.sqlite")).start()
+    yield mongo.uri
+    mongo.stop()
+
+
+@pytest.fixture
+def history_client(redis_url: str, history_uri: str) -> Iterator[TestClient]:
+    with make_client(redis_url, API_KEYS=KEY, MONGODB_URI=history_uri) as test_client:
+        yield test_client
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+# (path, parameter, value): each answered 500 (Python's limit on integer strings, a time that
+# is in the year 10000 or 0 in UTC, a cursor holding one); each is now a 422 naming it.
+UNCHECKED = [
+    ("/dead", "limit", "9" * 5000),
+    ("/jobs", "limit", "9" * 5000),
+    ("/dead", "limit", "0" * 4999 + "1"),
+    ("/jobs", "since", "9999-12-31T23:59:59-23:59"),
+    ("/jobs", "until", "0001-01-01T00:00:00+23:59"),
+    ("/jobs", "cursor", b64(f"9999-12-31T23:59:59-23:59|{ANY_ID}")),
+    ("/dead", "since", "9999-12-31T23:59:59-23:59"),  # the same rule for every time parameter
+]
+
+
+@pytest.mark.parametrize(("path", "name", "value"), UNCHECKED, ids=lambda v: str(v)[:30])
+def test_unchecked_parameters_are_422_naming_them(
+    history_client: TestClient, path: str, name: str, value: str
+) -> None:
+    response = history_client.get(path, params={name: value}, headers=AUTH)
+    error = error_of(response, 422)
+    assert error["code"] == "invalid_parameters"
+    assert [e["field"] for e in error["details"]["errors"]] == [name]
+    assert error["details"]["error_count"] == 1
+    assert len(response.content) < 1024
+
+
+ODD_VALUES = [
+    *["", " ", "0", "-1", "1.5", "1e309", "nan", "-inf", "0x10", "true", "null"],
+    *["\uff11\uff10", "\u0663", "9" * 5000, "0" * 4999 + "1", "9" * 18, str(2**64)],
+    *["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "0000-01-01T00:00:00Z"],
+    *["2026-02-30T00:00:00Z", "2026-01-01T00:00:00." + "1" * 5000 + "Z", "9999-12-31T23:59:59Z"],
+    *["0001-01-01T00:00:00Z", "2026-01-01T00:00:00 01:00", "2026-01-01T00:00:00+99:99"],
+    *["*", "**", "a*b", "email.*", "$where", '{"$gt": ""}', "\x00", "\ud7ff", "é" * 5000],
+    *["a" * 15_000, "!!!", "A" * 5000, "rq:job:*", "../../etc/passwd"],
+    # Cursors: the time out of range, without a timezone, odd ids, scores no float can hold.
+    b64(f"9999-12-31T23:59:59-23:59|{ANY_ID}"),
+    b64(f"2026-01-01T00:00:00|{ANY_ID}"),  # no timezone
+    b64("2026-01-01T00:00:00+00:00|" + "x" * 5000),
+    b64("2026-01-01T00:00:00+00:00|a|b"),
+    b64(f"nan {ANY_ID}"),
+    b64(f"1e309 {ANY_ID}"),
+    b64("1 " + "a" * 5000),
+    b64("9" * 5000 + f" {ANY_ID}"),
+]
+# Sent as they are, not encoded again: bytes that are not UTF-8, broken escapes, separators.
+RAW_VALUES = ["%ff%fe", "%00", "%", "a%2", "%C0%AF", "a=b=c", "&&", "%26"]
+
+
+def operations_with_parameters() -> list[tuple[str, str, list[str]]]:
+    """Every operation that takes no body, with its query parameters (and one it does not
+    take), as the OpenAPI document describes them; and the endpoints it does not describe."""
+    document = build_openapi(registry.load(), auth=True)
+    found = [("GET", "/metrics", ["unknown"]), ("GET", "/openapi.json", ["unknown"])]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                continue
+            names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            found.append((method.upper(), path, [*names, "unknown"]))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "names"),
+    operations_with_parameters(),
+    ids=[f"{method} {path}" for method, path, _ in operations_with_parameters()],
+)
+def test_odd_parameter_values_are_never_a_5xx(
+    history_client: TestClient, method: str, path: str, names: list[str]
+) -> None:
+    """Overlong and odd values in every query parameter of every operation without a body,
+    and in its path parameter: each answered, a 4xx in the error shape when refused."""
+    encoded = [urllib.parse.quote(value, safe="") for value in ODD_VALUES] + RAW_VALUES
+    urls = [
+        f"{path.replace('{job_id}', ANY_ID)}?{query}"
+        for name in names
+        for query in [*(f"{name}={value}" for value in encoded), f"{name}=1&{name}=2"]
+    ]
+    if "{job_id}" in path:
+        urls += [path.replace("{job_id}", value) for value in encoded if value]
+    for url in urls:
+        response = history_client.request(method, url, headers=AUTH)
+        assert response.status_code < 500, (method, url[:120], response.text[:300])
+        if response.status_code >= 400:
+            error_of(response, response.status_code)
+            assert len(response.content) < 4096, (method, url[:120])
+
+
+OFFSETS = st.sampled_from(["Z", "+00:00", "-23:59", "+23:59", " 05:30", "-00:01"])
+# Times anywhere, and near either end of what Python's datetime holds, in any offset.
+MOMENTS = st.one_of(
+    st.datetimes(),
+    st.datetimes(min_value=datetime(9999, 12, 31)),
+    st.datetimes(max_value=datetime(1, 1, 1, 23, 59, 59)),
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    value=st.text(max_size=40)
+    | st.from_regex(params._RFC3339, fullmatch=True)
+    | st.tuples(MOMENTS, OFFSETS).map(lambda t: t[0].isoformat(timespec="seconds") + t[1])
+)
+def test_a_time_parameter_is_a_representable_instant_or_a_named_problem(value: str) -> None:
+    problems = Problems()
+    moment = params.instant("since", value, problems)
+    assert (moment is None) == bool(problems)  # a time, or a problem (naming `since`)
+    if moment is not None:
+        datetime.fromtimestamp(moment, UTC)  # within what the server (and MongoDB) can hold
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(value=st.text(max_size=40) | st.integers().map(str) | st.integers(0, 6000).map("9".__mul__))
+def test_a_limit_is_in_range_or_a_named_problem(value: str) -> None:
+    problems = Problems()
+    limit = params.limit(value, problems)
+    assert 1 <= limit <= constants.LIST_MAX_LIMIT
+    if problems:  # named `limit`; the default meanwhile
+        assert limit == constants.LIST_DEFAULT_LIMIT
+    else:
+        assert value.isdigit() and int(value) == limit
 
 
 # --- Unknown and malformed ids: 404 ---------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 from service import constants
 from service.api import dead, params
 from service.api.errors import LISTED_ERRORS_DOC
-from service.api.submit import IDEMPOTENCY_KEY, JobRequest
+from service.api.submit import IDEMPOTENCY_KEY, MAX_TYPE_CHARS, JobRequest
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -257,7 +257,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "description": description,
             }
             for name, schema, description in (
-                ("type", {"type": "string"}, "a job type"),
+                ("type", {"type": "string", "maxLength": MAX_TYPE_CHARS}, "a job type"),
                 (
                     "status",
                     {"enum": ["queued", "scheduled", "started", "finished", "failed", "canceled"]},
