@@ -32,6 +32,10 @@ MAX_HEAD_BYTES: Final = 16 * 1024  # request line + headers (uvicorn's own limit
 # Deepest nesting of a request body (400 beyond): under the limits of the libraries that read
 # and write it (pydantic's JSON parser stops at 201 levels, orjson's writer at 254).
 MAX_JSON_DEPTH: Final = 200
+# A 4xx lists at most this many errors (`details.error_count` counts them all), each field name
+# and message clipped to ERROR_TEXT_MAX_CHARS: a reply stays small however bad the request.
+LISTED_ERRORS: Final = 50
+ERROR_TEXT_MAX_CHARS: Final = 300
 
 # --- Redis client ------------------------------------------------------------------------------
 REDIS_SOCKET_TIMEOUT: Final = 2.0  # seconds; a stalled Redis fails a request fast, not a hang

@@ -175,7 +175,7 @@ class DeadLetters:
         for entry, (status, ended_at, data, attempts, crashes) in zip(entries, rows, strict=True):
             if status != b"failed":  # expired, deleted or retried since the registry said so
                 continue
-            job_type, payload = _decode(data)
+            job_type, payload = jobs.read_data(data)
             failed_at = ended_at.decode() if ended_at else None
             job = DeadJob(
                 id=entry.id,
@@ -303,12 +303,3 @@ class _Walk:
                     skip[q] += constants.DEAD_REGISTRY_PAGE
                     again.append(q)
             need = again
-
-
-def _decode(data: bytes | None) -> tuple[str | None, Any]:
-    if data is None:
-        return None, None
-    try:
-        return jobs.decode_data(data)
-    except (ValueError, TypeError, LookupError):  # not our JSON layout (pickled by RQ itself)
-        return None, None

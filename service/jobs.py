@@ -7,6 +7,7 @@ so a job written by one is read the same way by the others and by RQ's own class
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import os
 import re
@@ -108,6 +109,18 @@ def decode_data(data: bytes) -> tuple[str, Any]:
     return func_name, args[0] if args else None
 
 
+def read_data(data: bytes | None) -> tuple[str | None, Any]:
+    """(job type, payload) as `decode_data` reads them; (None, None) for data that is not in
+    its layout: a job RQ pickled (its default serializer), or none at all. Never unpickles."""
+    if data is None:
+        return None, None
+    try:
+        job_type, payload = decode_data(data)
+    except (ValueError, TypeError, LookupError):
+        return None, None
+    return (job_type, payload) if isinstance(job_type, str) else (None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     """A validated job, ready to publish, with every policy resolved (request, else type)."""
@@ -200,17 +213,37 @@ def decode_result_entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
         "ended_at": _stamp(fields.get(b"execution_ended_at")),
     }
     if b"return_value" in fields:
-        entry["result"] = orjson.loads(base64.b64decode(fields[b"return_value"]))
-    if b"exc_string" in fields:
-        entry["error"] = zlib.decompress(base64.b64decode(fields[b"exc_string"])).decode()
+        entry["result"] = _result(fields[b"return_value"])
+    if b"exc_string" in fields and (error := _error_text(fields[b"exc_string"])) is not None:
+        entry["error"] = error
     return entry
 
 
+def _result(raw: bytes) -> Any:
+    """A return value as we write it (base64 of JSON); None for one RQ pickled."""
+    try:
+        return orjson.loads(base64.b64decode(raw))
+    except (ValueError, binascii.Error):
+        return None
+
+
+def _error_text(raw: bytes) -> str | None:
+    try:
+        return zlib.decompress(base64.b64decode(raw)).decode(errors="replace")
+    except (ValueError, binascii.Error, zlib.error):
+        return None
+
+
 def _stamp(raw: bytes | None) -> str | None:
+    """An epoch time (RQ's or ours) as RQ's timestamp; None for none, or one out of range."""
     try:
         return utc_iso(float(raw)) if raw else None
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
+
+
+def _count(raw: bytes | None) -> int:
+    return int(raw) if raw and raw.isdigit() else 0
 
 
 def error_summary(traceback_text: str) -> str:
@@ -226,23 +259,24 @@ def describe(
 
     def text(name: str) -> str | None:
         value = fields.get(name.encode())
-        return value.decode() if value else None
+        return value.decode(errors="replace") if value else None
 
-    job_type, _payload = decode_data(fields[b"data"]) if b"data" in fields else ("", None)
+    # A job RQ itself enqueued (its data and results pickled, no run_at) shows the rest.
+    job_type, _payload = read_data(fields.get(b"data"))
     status = text("status")
     view: dict[str, Any] = {
         "id": job_id,
         "type": job_type,
         "queue": text("origin"),
         "status": status,
-        "attempts": int(fields.get(b"attempts", b"0") or 0),
-        "retries_left": int(fields.get(b"retries_left", b"0") or 0),
-        "crashes": int(fields.get(b"crashes", b"0") or 0),
+        "attempts": _count(fields.get(b"attempts")),
+        "retries_left": _count(fields.get(b"retries_left")),
+        "crashes": _count(fields.get(b"crashes")),
         "created_at": text("created_at"),
         "enqueued_at": text("enqueued_at"),
         "started_at": text("started_at"),
         "ended_at": text("ended_at"),
-        "run_at": utc_iso(float(fields[b"run_at"])) if status == "scheduled" else None,
+        "run_at": _stamp(fields.get(b"run_at")) if status == "scheduled" else None,
         "worker": text("worker_name"),
         "progress": None,
         "result": None,
@@ -250,7 +284,8 @@ def describe(
         "history": [],
     }
     if b"progress" in fields:
-        view["progress"] = orjson.loads(fields[b"progress"])
+        with contextlib.suppress(ValueError):
+            view["progress"] = orjson.loads(fields[b"progress"])
     for entry in history:
         view["history"].append(
             {

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import operator
+import signal
+import zlib
 from collections.abc import Iterator
+from datetime import timedelta
 
+import orjson
 import pytest
 import redis
+from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from service import constants, registry
+from service import constants, registry, status
 from service.api.app import create_app
 from service.settings import load
 
@@ -326,3 +333,68 @@ def test_backlog_counts_every_priority_and_due_scheduled_jobs(
     body = client.get("/backlog").json()
     assert (body["backlog"], body["waiting"], body["due_scheduled"]) == (3, 2, 1)
     assert body["queues"]["app-queue.high"] == 1 and body["queues"]["app-queue"] == 1
+
+
+# --- Jobs RQ itself enqueued, pickled (its default serializer): read, never unpickled ---------
+def rq_pickled_jobs(queue_redis: redis.Redis) -> dict[str, str]:
+    """Jobs enqueued by RQ itself, their data pickled; its SimpleWorker runs two of them, so
+    their results are pickled too: the ids by status."""
+    queue = Queue("app-queue", connection=queue_redis)
+    finished = queue.enqueue(operator.add, 1, 2)
+    failed = queue.enqueue(operator.truediv, 1, 0)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert SimpleWorker([queue], connection=queue_redis).work(burst=True)
+    finally:  # the worker installs its own
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    ids = {"finished": finished.id, "failed": failed.id}
+    ids["queued"] = queue.enqueue(operator.add, 3, 4).id
+    ids["scheduled"] = queue.enqueue_in(timedelta(hours=1), operator.add, 5, 6).id
+    # Pickled indeed: the data, and the result of the finished one.
+    for job_id in ids.values():
+        assert zlib.decompress(queue_redis.hget(f"rq:job:{job_id}", "data"))[:1] == b"\x80"
+    ((_, fields),) = queue_redis.xrange(f"rq:results:{finished.id}")
+    assert base64.b64decode(fields[b"return_value"])[:1] == b"\x80"
+    return ids
+
+
+def test_jobs_rq_pickled_are_read_without_their_data(
+    client: TestClient,
+    redis_url: str,
+    queue_redis: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ids = rq_pickled_jobs(queue_redis)
+    for state, job_id in ids.items():
+        response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        view = response.json()
+        assert (view["id"], view["status"], view["queue"]) == (job_id, state, "app-queue")
+        assert view["type"] is None and view["result"] is None
+        assert view["created_at"].endswith("Z")
+    finished = client.get(f"/jobs/{ids['finished']}").json()
+    assert [entry["outcome"] for entry in finished["history"]] == ["finished"]
+    assert finished["worker"] and finished["ended_at"] and finished["error"] is None
+    failed = client.get(f"/jobs/{ids['failed']}").json()
+    assert failed["error"] == "ZeroDivisionError: division by zero"
+
+    # The dead-letter queue lists the failed one, without type or payload.
+    (dead,) = client.get("/dead").json()["jobs"]
+    assert (dead["id"], dead["type"], dead["payload"]) == (ids["failed"], None, None)
+    assert dead["error"] == "ZeroDivisionError: division by zero"
+    assert client.get("/dead?type=echo").json()["jobs"] == []
+    assert client.get("/dead?error=zero").json()["jobs"][0]["id"] == ids["failed"]
+
+    # `python -m service status` too, as text and as JSON.
+    settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0"})
+    assert status.main(settings, []) == 0
+    text = capsys.readouterr().out
+    (line,) = [line for line in text.splitlines() if line.startswith(ids["failed"])]
+    assert line.split()[1:3] == ["-", "app-queue"] and "ZeroDivisionError" in line
+    assert status.main(settings, ["--json"]) == 0
+    document = orjson.loads(capsys.readouterr().out)
+    (failure,) = document["failures"]
+    assert (failure["id"], failure["type"]) == (ids["failed"], None)
+    (row,) = document["queues"]
+    assert (row["waiting"]["default"], row["scheduled"], row["dead"]) == (1, 1, 1)

@@ -25,8 +25,7 @@ from starlette.routing import Route
 
 from service import constants, jobs, queues
 from service.api import params
-from service.api.errors import ApiError, JSONResponse
-from service.api.params import Problems
+from service.api.errors import LISTED_ERRORS_DOC, ApiError, JSONResponse, Problems, clip
 from service.api.submit import read_json
 from service.dead import DeadJob, DeadLetters, Filter, Position, Sweep
 
@@ -53,7 +52,7 @@ async def _queues(request: Request, dead: DeadLetters, where: Filter) -> list[st
 
 
 async def list_dead(request: Request) -> Response:
-    problems: Problems = []
+    problems = Problems()
     query = _query(request, (*_FILTERS, "limit", "cursor"), problems)
     where = _filter(query, problems)
     limit = params.limit(query.get("limit"), problems)
@@ -75,12 +74,14 @@ async def retry_one(request: Request) -> Response:
 
 async def retry_matching(request: Request) -> Response:
     body = await read_json(request)
+    problems = Problems()
     if not isinstance(body, dict):
-        raise _invalid([{"field": "body", "message": 'expected an object: {"dry_run": true}'}])
-    problems: Problems = []
+        problems.append({"field": "body", "message": 'expected an object: {"dry_run": true}'})
+        raise _invalid(problems)
     known = ("dry_run", "all", "cursor", *_FILTERS)
-    for name in sorted(body.keys() - set(known)):
-        problems.append({"field": name, "message": _unknown(known)})
+    unknown = sorted(body.keys() - set(known))
+    message = _unknown(known)
+    problems.extend(({"field": name, "message": message} for name in unknown), len(unknown))
     dry_run = body.get("dry_run")
     if not isinstance(dry_run, bool):
         problems.append({"field": "dry_run", "message": "required: true or false"})
@@ -117,7 +118,7 @@ async def delete_one(request: Request) -> Response:
 
 
 async def delete_matching(request: Request) -> Response:
-    problems: Problems = []
+    problems = Problems()
     query = _query(request, (*_FILTERS, "all", "cursor"), problems)
     where = _filter(query, problems)
     after = _cursor(query.get("cursor"), problems)
@@ -195,7 +196,7 @@ routes: list[Route] = [
 
 # --- Parameters: every problem reported at once, each naming its parameter -------------------
 def _not_dead(job_id: str) -> ApiError:
-    message = f"no job with id {job_id!r} in the dead-letter queue"
+    message = f"no job with id {clip(job_id)!r} in the dead-letter queue"
     return ApiError(404, "not_in_dead_letter_queue", message)
 
 
@@ -205,8 +206,7 @@ def _check(problems: Problems) -> None:
 
 
 def _invalid(problems: Problems) -> ApiError:
-    message = f"{len(problems)} invalid parameter(s); nothing was changed"
-    return ApiError(422, "invalid_parameters", message, {"errors": problems})
+    return problems.error("invalid_parameters", "invalid parameter(s)", "; nothing was changed")
 
 
 def _unknown(known: tuple[str, ...]) -> str:
@@ -344,7 +344,10 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
         for name, doc in _FILTER_DOCS.items()
     ]
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    invalid = _response("An invalid parameter (each named in details.errors); nothing changed")
+    invalid = _response(
+        "An invalid parameter; nothing changed. " + LISTED_ERRORS_DOC,
+        {"$ref": "#/components/schemas/Invalid"},
+    )
     common: dict[str, Any] = {"503": _response("Redis unavailable (see Retry-After)")}
     security: list[dict[str, list[str]]] = []
     if auth:

@@ -6,10 +6,12 @@ from typing import Any
 
 from service import constants
 from service.api import dead, params
-from service.api.submit import IDEMPOTENCY_KEY, JobRequest
+from service.api.errors import LISTED_ERRORS_DOC
+from service.api.submit import IDEMPOTENCY_KEY, MAX_TYPE_CHARS, JobRequest
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+INVALID = {"$ref": "#/components/schemas/Invalid"}
 
 
 def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -72,6 +74,38 @@ def build_openapi(
                 }
             },
         },
+        # A 422 that lists the request's errors (details.errors: each names its field).
+        "Invalid": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {
+                            "type": "object",
+                            "properties": {
+                                "errors": {
+                                    "type": "array",
+                                    "maxItems": constants.LISTED_ERRORS,
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "field": {"type": "string"},
+                                            "message": {"type": "string"},
+                                        },
+                                        "required": ["field", "message"],
+                                    },
+                                },
+                                "error_count": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+        },
         "Accepted": {
             "type": "object",
             "properties": {k: {"type": "string"} for k in ("id", "type", "queue", "status")},
@@ -112,7 +146,8 @@ def build_openapi(
         "415": _response("Not application/json"),
         "422": _response(
             "Unknown job type, invalid payload, or an integer outside the signed 64-bit range "
-            "anywhere in the body; nothing was enqueued"
+            "anywhere in the body; nothing was enqueued. " + LISTED_ERRORS_DOC,
+            INVALID,
         ),
         "429": _response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
         "503": _response(
@@ -251,7 +286,7 @@ def build_openapi(
                 "description": description,
             }
             for name, schema, description in (
-                ("type", {"type": "string"}, "a job type"),
+                ("type", {"type": "string", "maxLength": MAX_TYPE_CHARS}, "a job type"),
                 (
                     "status",
                     {"enum": ["queued", "scheduled", "started", "finished", "failed", "canceled"]},
@@ -269,7 +304,7 @@ def build_openapi(
         ],
         "responses": {
             "200": _response("`{jobs, next_cursor}`", {"type": "object"}),
-            "422": _response("A bad parameter"),
+            "422": _response("A bad parameter. " + LISTED_ERRORS_DOC, INVALID),
             "501": _response("History is off: MONGODB_URI is not set"),
             "503": _response("MongoDB unavailable"),
         },

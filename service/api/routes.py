@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from service import constants, jobs, mongo, queues
 from service.api import history, metrics
-from service.api.errors import ApiError, JSONResponse
+from service.api.errors import ApiError, JSONResponse, clip
 from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
 from service.registry import Registry
 from service.settings import Settings
@@ -154,7 +154,7 @@ def _not_found(job_id: str, registry: Registry) -> ApiError:
             "they end, so it has expired"
         )
         return ApiError(410, "job_expired", message, {"created_at": jobs.utc_iso(created)})
-    return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    return ApiError(404, "job_not_found", f"no job with id {clip(job_id)!r}")
 
 
 async def list_queues(request: Request) -> Response:

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from starlette.requests import Request
 
 from service import constants, jobs, queues
-from service.api.errors import ApiError
+from service.api.errors import ApiError, Problems
 from service.policy import Backoff
 from service.queues import Priority
 from service.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
@@ -183,23 +183,49 @@ def _wide_per_item(body: bytes, batch: bool) -> dict[int, list[_Path]]:
     return per_item
 
 
+# Generators, so that errors past those a reply lists are never read (see Problems.extend).
+def _request_problems(where: str, exc: ValidationError) -> Iterator[dict[str, str]]:
+    for e in exc.errors(include_url=False):
+        yield {"field": _field(where, e["loc"]), "message": e["msg"]}
+
+
+def _payload_problems(where: str, exc: PayloadInvalid) -> Iterator[dict[str, str]]:
+    for e in exc.errors:
+        yield {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
+
+
+def _extend(
+    problems: Problems, more: Iterator[dict[str, str]], count: int, wide: list[str]
+) -> None:
+    """`count` errors for `problems`, but none of a field that holds an integer beyond 64
+    bits: that one is named once, for that reason (the errors are read whole then: a rare
+    body)."""
+    if wide:
+        kept = [problem for problem in more if problem["field"] not in wide]
+        problems.extend(iter(kept), len(kept))
+    else:
+        problems.extend(more, count)
+
+
 def parse_jobs(
     items: list[Any], registry: Registry, settings: Settings, *, batch: bool, body: bytes
 ) -> list[tuple[jobs.NewJob, JobRequest]]:
     """Validate every item against the registry and the settings' limits; raise one 422
-    listing all the errors.
+    counting all the errors and listing the first of them (see `Problems`).
 
     `body`: the request body the items were read from, for what its parse lost (integers
     outside jobs.INT64, read as floats or kept too large to store)."""
-    errors: list[dict[str, Any]] = []
+    problems = Problems()
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
     now = time.time()
     wide = _wide_per_item(body, batch)
     for index, item in enumerate(items):
         where = f"jobs[{index}]." if batch else ""
-        found: list[dict[str, Any]] = []
+        found = problems.count
         request = spec = None
+        wide_fields = [_field(where, path) for path in wide.get(index, ())]
+
         name = item.get("type") if isinstance(item, dict) else None
         plain = isinstance(item, dict) and item.keys() <= PLAIN_FIELDS
         if plain and isinstance(name, str) and name in registry:
@@ -208,12 +234,10 @@ def parse_jobs(
             try:
                 request = validate_json(JobRequest, item)
             except ValidationError as exc:
-                found += [
-                    {"field": _field(where, e["loc"]), "message": e["msg"]}
-                    for e in exc.errors(include_url=False)
-                ]
+                _extend(problems, _request_problems(where, exc), exc.error_count(), wide_fields)
             else:
-                found += _beyond_limits(request, settings, where, now)
+                limits = _beyond_limits(request, settings, where, now)
+                _extend(problems, iter(limits), len(limits), wide_fields)
         # The payload is checked even when the options are not; a name too long to be a job
         # type is already an error above, and is not echoed back as an unknown one.
         if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
@@ -222,18 +246,12 @@ def parse_jobs(
                 spec.validate(item.get("payload", {}), strict=True)
             except UnknownJobType:
                 unknown = True
-                found.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
+                problems.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
             except PayloadInvalid as exc:
-                found += [
-                    {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
-                    for e in exc.errors
-                ]
-        if index in wide:  # named once, for this reason, whatever else its value broke
-            fields = [_field(where, path) for path in wide[index]]
-            found = [e for e in found if e["field"] not in fields]
-            found += [{"field": field, "message": OUT_OF_RANGE} for field in fields]
-        if found or request is None or spec is None:
-            errors += found
+                _extend(problems, _payload_problems(where, exc), exc.count, wide_fields)
+        for field in wide_fields:  # named once, for this reason, whatever else it broke
+            problems.append({"field": field, "message": OUT_OF_RANGE})
+        if problems.count > found or request is None or spec is None:
             continue
         backoff = request.backoff or spec.backoff
         job = jobs.NewJob(
@@ -251,9 +269,7 @@ def parse_jobs(
             run_at=request.run_at_epoch(now),
         )
         parsed.append((job, request))
-    if errors:
-        details: dict[str, Any] = {"errors": errors}
-        if unknown:
-            details["known_types"] = registry.names()
-        raise ApiError(422, "invalid_job", f"{len(errors)} validation error(s)", details)
+    if problems:
+        known = {"known_types": registry.names()} if unknown else None
+        raise problems.error("invalid_job", "validation error(s)", details=known)
     return parsed
