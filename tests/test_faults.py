@@ -474,7 +474,8 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     dead = claim(args=[2, "w0", jobs.utc_iso(now), int(now) + 60, "ax", "app-queue"])
     failed = [jobs.encode_exc_string("boom"), now, now, 0, "exception"]
     ends = [x for row in dead for x in ("fail", row[0], "app-queue", row[1], *failed)]
-    assert complete(args=["w0", jobs.utc_iso(now), now, *ends]) == [b"failed"] * 2
+    limits = DEFAULT_RETENTION.args()
+    assert complete(args=["w0", jobs.utc_iso(now), now, *limits, *ends]) == [b"failed"] * 2
     rows = claim(args=[3, "w", jobs.utc_iso(now), int(now) + 1, "bx", "app-queue"])
     waiting = queued[-1].id
     for script in (scripts.RECOVER, scripts.PROMOTE, scripts.CANCEL):

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from service import constants, embedded_redis, jobs, lua, scripts
 from service.dead import DeadLetters, Filter
 from service.embedded_redis import EmbeddedRedis
+from service.settings import DEFAULT_RETENTION
 from service.store import Store, out_of_memory
 from service.worker import recovery
 
@@ -118,7 +119,7 @@ async def retry_and_delete(url: str, retry: str, delete: str) -> tuple[dict[str,
     client = aioredis.Redis.from_url(f"{url}/1")
     dead = DeadLetters(client)
     try:
-        found = [job.id async for page in dead.matching(["q"], Filter()) for job in page]
+        found = [job.id async for page in dead.sweep(["q"], Filter(), None).pages() for job in page]
         assert sorted(found) == sorted([retry, delete])
         return await dead.retry([retry]), await dead.delete([delete])
     finally:
@@ -140,7 +141,7 @@ def test_every_script_runs(server: str) -> None:
     beat = ["rq:worker:w", 10, int(now) + 100, "pid", 1, "--", "q", "--", *held]
     assert lua.Script(client, scripts.HEARTBEAT)(args=beat) == 1
     failed = [jobs.encode_exc_string("boom"), now, now, 0, "exception"]
-    complete = ["w", jobs.utc_iso(now), now]
+    complete = ["w", jobs.utc_iso(now), now, *DEFAULT_RETENTION.args()]
     for row in rows[:2]:
         complete += ["fail", row[0], "q", row[1], *failed]
     assert lua.Script(client, scripts.COMPLETE)(args=complete) == [b"failed", b"failed"]
