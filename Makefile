@@ -1,5 +1,6 @@
 # Everyday commands. `make help` lists them. COMPOSE files: docker-compose.yml (production)
-# and docker-compose.dev.yml (development); API_KEYS must be set in the shell for production.
+# and docker-compose.dev.yml (development); API_KEYS, REDIS_PASSWORD and MONGO_PASSWORD must be
+# set in the shell for production.
 COMPOSE ?= docker compose
 PROD = $(COMPOSE) -f docker-compose.yml
 DEV = $(COMPOSE) -f docker-compose.dev.yml
@@ -20,7 +21,7 @@ dev-down: ## stop the development stack
 	$(DEV) down
 dev-logs: ## follow the development stack's logs
 	$(DEV) logs -f
-prod-up: ## start production (API_KEYS=... make prod-up WORKERS=3)
+prod-up: ## start production (API_KEYS=... REDIS_PASSWORD=... MONGO_PASSWORD=... make prod-up WORKERS=3)
 	$(PROD) up -d --scale worker=$(WORKERS)
 prod-down: ## stop production (volumes are kept)
 	$(PROD) down

@@ -24,7 +24,7 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.harness import QUEUE_KEY, Bench, Row
-from service import jobs, scripts
+from service import jobs, lua, scripts
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _open_loop_service(bench: Bench, rate: float, seconds: float) -> OpenLoop:
     microseconds of the schedule, where an asyncio timer wakes up to a millisecond late
     (epoll's resolution), which would count against the service."""
     client = bench.db(DB_SERVICE)
-    publish = client.register_script(scripts.PUBLISH)
+    publish = lua.Script(client, scripts.PUBLISH)
     publish(args=jobs.publish_args([bench.noop_job()], time.time()))  # load it, connect
     run = OpenLoop(total=1)
     start = time.time() + 0.05

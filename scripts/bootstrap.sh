@@ -26,8 +26,12 @@ if [ ! -x "$VENV/bin/python" ]; then
         "$VENV/bin/python" "$ROOT/scripts/install_pip.py"
     fi
 fi
-if [ ! -f "$VENV/.installed" ] || [ "$ROOT/pyproject.toml" -nt "$VENV/.installed" ]; then
+# The runtime dependencies at the versions the image pins (requirements.lock), so tests and
+# type checks see what production runs; the test tools at their newest compatible releases.
+if [ ! -f "$VENV/.installed" ] || [ "$ROOT/pyproject.toml" -nt "$VENV/.installed" ] ||
+    [ "$ROOT/requirements.lock" -nt "$VENV/.installed" ]; then
     echo "installing the project and its test tools into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -c "$ROOT/requirements.lock" -e "$ROOT[dev]"
     touch "$VENV/.installed"
 fi

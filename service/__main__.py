@@ -74,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         return dev.run(settings)
     logs.configure(settings, "worker" if settings.worker_mode else "api")
     try:
-        handlers = registry.load(settings.handler_modules)
+        handlers = registry.load(settings.handler_modules).within(
+            settings.max_result_ttl, settings.max_failure_ttl
+        )
     except ImportError as exc:
         modules = ",".join(settings.handler_modules)
         print(f"invalid configuration:\n  HANDLER_MODULES={modules!r}: {exc}", file=sys.stderr)
+        return constants.EXIT_CONFIG
+    except registry.TtlAboveCeiling as exc:  # before any port is bound
+        print(ConfigError(exc.problems), file=sys.stderr)
         return constants.EXIT_CONFIG
     if settings.worker_mode:
         with worker_metrics_dir():

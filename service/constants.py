@@ -18,6 +18,15 @@ EXIT_RETIRED: Final = 75
 # --- Ports and HTTP --------------------------------------------------------------------------
 API_PORT: Final = 3001
 WORKER_HEALTH_PORT: Final = 3003
+# MAX_CONNECTIONS: most client connections open at once (the API's; the worker's health server)
+API_MAX_CONNECTIONS: Final = 1000  # as gunicorn's worker_connections
+WORKER_MAX_CONNECTIONS: Final = 32  # probes and scrapes only
+LISTEN_BACKLOG: Final = 511  # connections the kernel queues for accept (nginx's default)
+# Files a process opens besides its client connections (and, for the API, one Redis connection
+# per request in flight): 17 measured in an idle API and 23 in a worker supervisor of 5
+# processes (pipes to them, Redis, MongoDB), plus MongoDB's pool (up to 100), plus margin.
+FILES_RESERVE: Final = 256
+MIN_API_KEY_CHARS: Final = 32  # production: 32 characters, secrets.token_urlsafe(32) has 43
 MAX_BATCH_JOBS: Final = 1000  # most jobs accepted by one POST /jobs/batch
 RETRY_AFTER_SECONDS: Final = 5  # the Retry-After we send with a 503
 KEEP_ALIVE_SECONDS: Final = 5  # an idle keep-alive connection is closed after this (uvicorn's)
@@ -26,6 +35,10 @@ MAX_HEAD_BYTES: Final = 16 * 1024  # request line + headers (uvicorn's own limit
 # Deepest nesting of a request body (400 beyond): under the limits of the libraries that read
 # and write it (pydantic's JSON parser stops at 201 levels, orjson's writer at 254).
 MAX_JSON_DEPTH: Final = 200
+# A 4xx lists at most this many errors (`details.error_count` counts them all), each field name
+# and message clipped to ERROR_TEXT_MAX_CHARS: a reply stays small however bad the request.
+LISTED_ERRORS: Final = 50
+ERROR_TEXT_MAX_CHARS: Final = 300
 
 # --- Redis client ------------------------------------------------------------------------------
 REDIS_SOCKET_TIMEOUT: Final = 2.0  # seconds; a stalled Redis fails a request fast, not a hang
@@ -36,10 +49,20 @@ WORKER_SOCKET_TIMEOUT: Final = REDIS_SOCKET_TIMEOUT + 1  # the worker's: above i
 DEFAULT_JOB_TIMEOUT: Final = 180  # seconds, as in RQ
 RESULT_TTL: Final = 24 * 3600  # seconds a finished job and its result stay readable
 FAILURE_TTL: Final = 7 * 24 * 3600  # seconds a failed job stays in the failed registry
+# Operators' ceilings on what a job may ask for (MAX_RESULT_TTL, MAX_FAILURE_TTL): requests above
+# them are refused, job types above them stop the service at start, and the scripts that set
+# an expiry clamp any job (one another tool wrote too) into 1..ceiling.
+MAX_RESULT_TTL: Final = 7 * 24 * 3600
+MAX_FAILURE_TTL: Final = 30 * 24 * 3600
+LONGEST_TTL: Final = 365 * 24 * 3600  # the highest either ceiling may be set to
+MAX_SCHEDULE_SECONDS: Final = 365 * 24 * 3600  # the farthest ahead `delay` or `run_at` may be
 RESULTS_KEPT: Final = 30  # attempts kept in a job's results stream (RQ keeps 10)
 MIN_PROMOTE_WAIT: Final = 0.05  # seconds: housekeeping never spins faster than this
 PROMOTE_BATCH: Final = 1000  # most due scheduled jobs moved per queue per promotion
 JOB_ERROR_MAX_CHARS: Final = 4000  # traceback text kept on a failed job
+# Largest result (its JSON) a job may return, MAX_RESULT_BYTES's default: Temporal refuses
+# payloads over 2 MB, SQS messages over 256 KiB.
+MAX_RESULT_BYTES: Final = 1024 * 1024
 
 # --- Dead-letter queue (GET/POST/DELETE /dead) ----------------------------------------------
 LIST_DEFAULT_LIMIT: Final = 50  # jobs per page of GET /dead and GET /jobs
@@ -47,17 +70,21 @@ LIST_MAX_LIMIT: Final = 500
 DEAD_DRY_RUN_IDS: Final = 1000  # most ids a dry run lists (it counts them all)
 DEAD_REGISTRY_PAGE: Final = 200  # failed-registry entries read per queue in one round trip
 DEAD_FIELDS_PAGE: Final = 200  # most jobs read in one pipeline, or sent to one script
-DEAD_LIST_BUDGET: Final = 10_000  # most entries one listing examines before handing a cursor
+DEAD_LIST_BUDGET: Final = 10_000  # most entries one request examines before handing a cursor
+DEAD_MAX_JOBS: Final = 10_000  # most dead jobs kept per RQ queue (DEAD_MAX_JOBS), as Sidekiq's
+DEAD_TRIM_MAX: Final = 100  # most registry entries one dead-lettering removes (cap or expiry)
+DEAD_TRIMMED_KEY: Final = "rq:dead:trimmed"  # dead jobs removed to keep under DEAD_MAX_JOBS
 
 # --- Job history (MongoDB) ------------------------------------------------------------------
 HISTORY_STREAM: Final = "rq:history"  # state-change events waiting to be shipped to MongoDB
-HISTORY_ON_KEY: Final = "rq:history:on"  # exists while a shipper runs: scripts record events
+HISTORY_ON_KEY: Final = "rq:history:on"  # kept alive by APIs and shippers: scripts record events
 HISTORY_LEASE_KEY: Final = "rq:history:lease"  # the one shipper allowed to ship
-HISTORY_DROPPED_KEY: Final = "rq:history:dropped"  # events dropped while MongoDB was behind
-HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB
+HISTORY_DROPPED_KEY: Final = "rq:history:dropped"  # events dropped, the stream being full
+HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB (the scripts trim)
 HISTORY_PAYLOAD_MAX: Final = 16 * 1024  # bytes of payload kept in a history record
 HISTORY_RESULT_MAX: Final = 16 * 1024  # bytes of result kept in a history record
 HISTORY_DRAIN_SECONDS: Final = 3.0  # on shutdown, how long the shipper may keep shipping
+HISTORY_BACKOFF_MAX: Final = 60.0  # seconds: the longest wait after an unexpected shipper error
 
 # --- Tracing (OpenTelemetry, optional) ---------------------------------------------------------
 TRACING_FLUSH_SECONDS: Final = 3.0  # on exit, how long a process may take to export its spans

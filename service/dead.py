@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, lua, scripts
 
 _FIELDS = ("status", "ended_at", "data", "attempts", "crashes")
 
@@ -106,8 +106,8 @@ class DeadLetters:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self._retry = client.register_script(scripts.DEAD_RETRY)
-        self._delete = client.register_script(scripts.DEAD_DELETE)
+        self._retry = lua.ScriptAsync(client, scripts.DEAD_RETRY)
+        self._delete = lua.ScriptAsync(client, scripts.DEAD_DELETE)
 
     async def queues(self, served: Iterable[str]) -> list[str]:
         """Every RQ queue that may hold dead jobs: `served`, and every queue Redis knows."""
@@ -146,13 +146,9 @@ class DeadLetters:
             if examined >= constants.DEAD_LIST_BUDGET:
                 return found, (entries[-1].score, entries[-1].id)
 
-    async def matching(self, queues: Sequence[str], where: Filter) -> AsyncIterator[list[DeadJob]]:
-        """Every matching job, a page at a time (DEAD_FIELDS_PAGE entries per page), without
-        `reason` and `error_text` unless the filter needed them."""
-        walk = _Walk(self.client, queues, None)
-        while entries := await walk.take(constants.DEAD_FIELDS_PAGE):
-            if found := await self._select(entries, where, details=False):
-                yield found
+    def sweep(self, queues: Sequence[str], where: Filter, after: Position | None) -> Sweep:
+        """A bulk action's share of the dead jobs: see `Sweep`."""
+        return Sweep(self, queues, where, after)
 
     async def retry(self, ids: Sequence[str]) -> dict[str, str]:
         """Put these jobs back on their queues as new, those still dead (one script): their
@@ -179,7 +175,7 @@ class DeadLetters:
         for entry, (status, ended_at, data, attempts, crashes) in zip(entries, rows, strict=True):
             if status != b"failed":  # expired, deleted or retried since the registry said so
                 continue
-            job_type, payload = _decode(data)
+            job_type, payload = jobs.read_data(data)
             failed_at = ended_at.decode() if ended_at else None
             job = DeadJob(
                 id=entry.id,
@@ -207,6 +203,38 @@ class DeadLetters:
             if where.admits_error(error_text):
                 selected.append(replace(job, reason=result.get("reason"), error_text=error_text))
         return selected
+
+
+class Sweep:
+    """What one bulk request (retry or delete by filter) goes through: the matching jobs after
+    `after`, one page of DEAD_FIELDS_PAGE registry entries at a time (a page may match none),
+    over at most DEAD_LIST_BUDGET entries, so a request's work is bounded whatever the filter.
+    The jobs come without `reason` and `error_text` unless the filter needed them.
+
+    Once the pages are read (or the caller stops), `examined` is how many entries were, and
+    `position` where the next request goes on from (None: the end was reached)."""
+
+    def __init__(
+        self, dead: DeadLetters, queues: Sequence[str], where: Filter, after: Position | None
+    ) -> None:
+        self._dead = dead
+        self._walk = _Walk(dead.client, queues, after)
+        self._where = where
+        self.examined = 0
+        self.position: Position | None = None
+
+    async def pages(self) -> AsyncGenerator[list[DeadJob], None]:
+        budget = constants.DEAD_LIST_BUDGET
+        while self.examined < budget:
+            entries = await self._walk.take(min(constants.DEAD_FIELDS_PAGE, budget - self.examined))
+            if not entries:
+                self.position = None
+                return
+            self.examined += len(entries)
+            self.position = (entries[-1].score, entries[-1].id)
+            yield await self._dead._select(entries, self._where, details=False)
+        if self._walk.exhausted:
+            self.position = None
 
 
 class _Walk:
@@ -275,12 +303,3 @@ class _Walk:
                     skip[q] += constants.DEAD_REGISTRY_PAGE
                     again.append(q)
             need = again
-
-
-def _decode(data: bytes | None) -> tuple[str | None, Any]:
-    if data is None:
-        return None, None
-    try:
-        return jobs.decode_data(data)
-    except (ValueError, TypeError, LookupError):  # not our JSON layout (pickled by RQ itself)
-        return None, None

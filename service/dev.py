@@ -77,11 +77,8 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         if _wait_ready(api_port, api) and _wait_ready(worker_port, worker):
-            key = (
-                f" -H 'Authorization: Bearer {settings.api_keys[0].reveal()}'"
-                if settings.api_keys
-                else ""
-            )
+            # A placeholder, never a key: this output ends up in terminals' scrollback and CI logs.
+            key = " -H 'Authorization: Bearer <one of API_KEYS>'" if settings.api_keys else ""
             print(
                 f"\n  API     http://127.0.0.1:{api_port}   (OpenAPI: /openapi.json)\n"
                 f"  worker  http://127.0.0.1:{worker_port}/health\n\n  Try:\n"

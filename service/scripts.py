@@ -10,14 +10,33 @@ from __future__ import annotations
 
 from service import constants
 
-# Job history: while a history shipper runs (MONGODB_URI set), it keeps `rq:history:on` alive
-# and every state change is appended to the `rq:history` stream, in the same atomic script as
-# the change itself; the shipper moves them to MongoDB in bulk (service/history.py).
-_HISTORY = """
+# Redis 7 script flags, the first line of each script (service/lua.py turns it into a comment
+# for older servers). Without `allow-oom`, Redis refuses the whole script, before it starts,
+# while its used memory is over `maxmemory`: scripts that add data whose size a client controls,
+# or that start new work, so Redis passes its limit by one call's writes at most. The others
+# declare `allow-oom`, each saying why it must run on a full Redis.
+_REFUSED_WHEN_FULL = "#!lua\n"
+_RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
+
+# Job history: while an API or a history shipper with MONGODB_URI runs, it keeps
+# `rq:history:on` alive and every state change is appended to the `rq:history` stream, in the
+# same atomic script as the change itself; the shipper moves them to MongoDB in bulk
+# (service/history.py). Events may wait long (no worker running, MongoDB down): at
+# HISTORY_BUFFER_MAX events the oldest are trimmed and counted in `rq:history:dropped`. XLEN
+# is O(1), and read once per script call.
+_HISTORY = f"""
 local history_on = redis.call('EXISTS', 'rq:history:on') == 1
+local history_len = history_on and redis.call('XLEN', 'rq:history') or 0
+local history_max = {constants.HISTORY_BUFFER_MAX}
 local function record(id, status, ...)
   if history_on then
+    if history_len >= history_max then
+      redis.call('XTRIM', 'rq:history', 'MAXLEN', history_max - 1)
+      redis.call('INCRBY', 'rq:history:dropped', history_len - history_max + 1)
+      history_len = history_max - 1
+    end
     redis.call('XADD', 'rq:history', '*', 'id', id, 'status', status, ...)
+    history_len = history_len + 1
   end
 end
 """
@@ -37,14 +56,69 @@ end
 )
 
 # Shared by the scripts that end an attempt. `now` is epoch seconds, `now_iso` RQ's format.
+# Each such script first calls set_limits with the operator's retention limits, three
+# arguments in the order of settings.Retention.args(): MAX_RESULT_TTL, MAX_FAILURE_TTL,
+# DEAD_MAX_JOBS.
 _TRANSITIONS = (
     _PUSH
     + f"""
-local function ttl_of(jk, field, default)
-  return tonumber(redis.call('HGET', jk, field) or default) or default
+local limits = {{}}
+local function set_limits(argv, first)
+  limits.result_ttl = tonumber(argv[first])
+  limits.failure_ttl = tonumber(argv[first + 1])
+  limits.dead_max = tonumber(argv[first + 2])
 end
 
-local function failure_ttl(jk) return ttl_of(jk, 'failure_ttl', {constants.FAILURE_TTL}) end
+-- A job's TTL as it asks (else the default), within 1..ceiling whoever wrote it: to RQ a
+-- negative TTL (it writes -1) means "kept forever", which is as long as the ceiling allows
+-- here; 0 ("not kept") is one second.
+local function ttl_of(jk, field, default, ceiling)
+  local ttl = tonumber(redis.call('HGET', jk, field) or '') or default
+  if ttl ~= ttl then ttl = default end  -- nan
+  if ttl < 0 then return ceiling end
+  return math.max(1, math.min(math.floor(ttl), ceiling))
+end
+
+local function result_ttl(jk)
+  return ttl_of(jk, 'result_ttl', {constants.RESULT_TTL}, limits.result_ttl)
+end
+
+local function failure_ttl(jk)
+  return ttl_of(jk, 'failure_ttl', {constants.FAILURE_TTL}, limits.failure_ttl)
+end
+
+-- DEAD_MAX_JOBS, before a job joins the failed registry of its queue: entries already expired
+-- go, then the lowest-scored (the soonest to expire: the oldest failures among jobs that share
+-- a failure_ttl) until there is room for it; at most {constants.DEAD_TRIM_MAX} of each, so a
+-- lowered limit is reached over a few failures, never in one long script. A dead job goes with
+-- its hash and results stream; those removed for room are counted in `rq:dead:trimmed`.
+local function drop_dead(key, q, member)
+  redis.call('ZREM', key, member)
+  local jk = 'rq:job:' .. member
+  local f = redis.call('HMGET', jk, 'status', 'origin')
+  if f[1] ~= 'failed' or f[2] ~= q then return 0 end  -- a stale entry: its job moved on
+  redis.call('DEL', jk, 'rq:results:' .. member)
+  return 1
+end
+
+local function make_room(q, id, now)
+  local key = 'rq:failed:' .. q
+  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. now,
+    'LIMIT', 0, {constants.DEAD_TRIM_MAX})
+  for _, member in ipairs(expired) do drop_dead(key, q, member) end
+  local joining = redis.call('ZSCORE', key, id) and 0 or 1
+  local over = math.min(redis.call('ZCARD', key) + joining - limits.dead_max,
+    {constants.DEAD_TRIM_MAX})
+  if over <= 0 then return end
+  local removed, trimmed = 0, 0
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, over)) do  -- one more: `id` is kept
+    if member ~= id and removed < over then
+      removed = removed + 1
+      trimmed = trimmed + drop_dead(key, q, member)
+    end
+  end
+  if trimmed > 0 then redis.call('INCRBY', '{constants.DEAD_TRIMMED_KEY}', trimmed) end
+end
 
 -- One results-stream entry per attempt: RQ's Result (type 1 ok, 2 failed, 3 stopped,
 -- 4 retried) plus `reason`: exception, timeout, worker_lost, interrupted or canceled.
@@ -59,7 +133,7 @@ local function add_result(id, kind, reason, worker, field, value, exec, t0, t1, 
 end
 
 local function finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
-  local ttl = ttl_of(jk, 'result_ttl', {constants.RESULT_TTL})
+  local ttl = result_ttl(jk)
   redis.call('ZREM', 'rq:wip:' .. q, member)
   redis.call('HSET', jk, 'status', 'finished', 'ended_at', now_iso, 'last_heartbeat', now_iso)
   redis.call('ZADD', 'rq:finished:' .. q, now + ttl, id)
@@ -88,6 +162,7 @@ local function fail(jk, id, q, member, worker, exc, reason, delay, t0, t1, now_i
     return 'retried'
   end
   redis.call('HSET', jk, 'status', 'failed', 'ended_at', now_iso, 'last_heartbeat', now_iso)
+  make_room(q, id, now)
   redis.call('ZADD', 'rq:failed:' .. q, now + ttl, id)
   redis.call('EXPIRE', jk, ttl)
   add_result(id, '2', reason, worker, 'exc_string', exc, member, t0, t1, ttl)
@@ -214,13 +289,14 @@ end
 )
 
 # ARGV: as _PUBLISH's, from 1. Returns 1, or {queue, backlog} if MAX_BACKLOG refused it.
-PUBLISH = _PUBLISH + "return publish(ARGV, 1, {}) or 1\n"
+PUBLISH = _REFUSED_WHEN_FULL + _PUBLISH + "return publish(ARGV, 1, {}) or 1\n"
 
 # Single jobs of concurrent requests, sent together (store.Coalescer). ARGV: as _PUBLISH's;
 # each job is admitted or refused alone (MAX_BACKLOG), in order, as if published one by one.
 # Returns, per job, 1 or {queue, backlog}.
 PUBLISH_EACH = (
-    _PUBLISH
+    _REFUSED_WHEN_FULL
+    + _PUBLISH
     + """
 local outcomes, seen = {}, {}
 for i = 4, #ARGV, 10 do
@@ -236,7 +312,8 @@ return outcomes
 # returns its job's id, and whether this request is the same as the one that made it; or
 # {queue, 'full', backlog} when MAX_BACKLOG refused a new job (a repeat is still answered).
 PUBLISH_ONCE = (
-    _PUBLISH
+    _REFUSED_WHEN_FULL
+    + _PUBLISH
     + """
 local key, fingerprint = 'rq:idempotency:' .. ARGV[1], ARGV[2]
 local existing = redis.call('HMGET', key, 'id', 'fingerprint')
@@ -251,13 +328,17 @@ return {ARGV[7], 'new'}
 """
 )
 
-# DELETE /jobs/{id}. ARGV: id, now, now_iso. A queued or scheduled job is canceled at once; a
-# started one gets a `stop-job` command on its worker's channel (RQ's), and ends canceled
-# when the worker stops it. Returns {outcome, status}: canceled | canceling | conflict | missing.
+# DELETE /jobs/{id}. ARGV: id, now, now_iso, the retention limits. A queued or scheduled job
+# is canceled at once; a started one gets a `stop-job` command on its worker's channel (RQ's),
+# and ends canceled when the worker stops it. Returns {outcome, status}: canceled | canceling
+# | conflict | missing. Runs on a full Redis: a cancel moves a job and frees its place, and
+# must not wait for memory.
 CANCEL = (
-    _TRANSITIONS
+    _RUNS_WHEN_FULL
+    + _TRANSITIONS
     + """
 local id, now, now_iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+set_limits(ARGV, 4)
 local jk = 'rq:job:' .. id
 local f = redis.call('HMGET', jk, 'status', 'origin', 'worker_name')
 local status, q = f[1], f[2]
@@ -284,7 +365,8 @@ return {'canceled', 'canceled'}
 # id, member, data, timeout, attempt, queue, backoff, enqueued_at, traceparent ('' if none),
 # crashes (how many runners it has killed: above 0, it runs alone).
 CLAIM = (
-    _HISTORY
+    _REFUSED_WHEN_FULL
+    + _HISTORY
     + """
 local want = tonumber(ARGV[1])
 local out = {}
@@ -316,19 +398,22 @@ return out
 """
 )
 
-# ARGV: worker, now_iso, now, max crashes, then per job 9 values: outcome, id, queue, member,
-# value (b64 result or exc), started, ended, retry delay, reason. Outcomes: ok, fail (retried
-# by its policy), reject (failed without retry: an unknown type or an invalid payload), crash
-# (its runner died: see `crashed`), interrupt, cancel, skip (a claimed job put back that
-# never started, recording nothing). Returns, per job, what became of it: finished | retried
-# | failed (dead-lettered) | canceled | interrupted | '' (a skip, or a job whose claim this
-# worker no longer holds: nothing is recorded).
+# ARGV: worker, now_iso, now, the retention limits, max crashes, then per job 9 values:
+# outcome, id, queue, member, value (b64 result or exc), started, ended, retry delay, reason.
+# Outcomes: ok, fail (retried by its policy), reject (failed without retry: an unknown type or
+# an invalid payload), crash (its runner died: see `crashed`), interrupt, cancel, skip (a
+# claimed job put back that never started, recording nothing). Returns, per job, what became
+# of it: finished | retried | failed (dead-lettered) | canceled | interrupted | '' (a skip, or
+# a job whose claim this worker no longer holds: nothing is recorded).
 COMPLETE = (
-    _TRANSITIONS
+    _REFUSED_WHEN_FULL
+    + _TRANSITIONS
     + """
-local worker, now_iso, now, max_crashes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local worker, now_iso, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+set_limits(ARGV, 4)
+local max_crashes = tonumber(ARGV[7])
 local results = {}
-for i = 5, #ARGV, 9 do
+for i = 8, #ARGV, 9 do
   local outcome, id, q, member = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local value, t0, t1 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local delay, reason = tonumber(ARGV[i + 7]), ARGV[i + 8]
@@ -360,25 +445,30 @@ return results
 
 # Jobs whose worker is gone. ARGV: now_iso, now, owner ('' = every entry whose heartbeat
 # expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost worker),
-# running (the ids of the jobs the dead process was running, comma-separated), then the
-# queues. lost: each running job is re-delivered (not counted against its retries) until it
-# has crashed its worker MAX_CRASHES times, then failed (see `crashed`); the owner's other
-# claimed jobs never started and go back to the head of the queue untouched. When a whole
-# container died (owner ''), nobody knows which of its jobs were running: each one it held
-# is blamed. A blamed job runs alone afterwards (the worker isolates a job with crashes), so
-# an innocent neighbour of a poison job finishes there and only the guilty one keeps
-# crashing. interrupted: all go back to the head, not counted.
+# running (the ids of the jobs the dead process was running, comma-separated), the retention
+# limits, then the queues. lost: each running job is re-delivered (not counted against its
+# retries) until it has crashed its worker MAX_CRASHES times, then failed (see `crashed`); the
+# owner's other claimed jobs never started and go back to the head of the queue untouched.
+# When a whole container died (owner ''), nobody knows which of its jobs were running: each
+# one it held is blamed (a process holds little more than it runs: jobs claimed ahead go back
+# when they wait). A blamed job runs alone afterwards (the worker isolates a job with
+# crashes), so an innocent neighbour of a poison job finishes there and only the guilty one
+# keeps crashing. interrupted: all go back to the head, not counted.
 # Returns {failed, redelivered, interrupted, {type, 'failed' | 'retried', ...} per blamed job}.
+# Runs on a full Redis: it only moves jobs of dead workers back, and a refused recovery would
+# leave them started, run by no one.
 RECOVER = (
-    _TRANSITIONS
+    _RUNS_WHEN_FULL
+    + _TRANSITIONS
     + """
 local now_iso, now, owner, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max_crashes, exc = tonumber(ARGV[5]), ARGV[6]
 local running = {}
 for id in string.gmatch(ARGV[7], '[^,]+') do running[id] = true end
+set_limits(ARGV, 8)
 local counts = {failed = 0, redelivered = 0, interrupted = 0}
 local lost = {}  -- per job blamed for the crash: its type, then 'failed' or 'retried'
-for qi = 8, #ARGV do
+for qi = 11, #ARGV do
   local q = ARGV[qi]
   local wip = 'rq:wip:' .. q
   local members
@@ -420,10 +510,13 @@ return {counts.failed, counts.redelivered, counts.interrupted, lost}
 # of the jobs it holds pushed ahead of the clock (XX: never re-adds a recovered entry).
 # ARGV: worker key, ttl, registry score, then the registration's fields as name/value pairs
 # up to '--', then the queues it serves up to '--', then queue/member pairs of held jobs.
-# EXPIRE comes first: a write that cannot grow memory, after which Redis lets the script's
-# memory-growing commands run even when it is full; a heartbeat only replaces values in place,
-# and a full Redis must not make running jobs look abandoned.
-HEARTBEAT = """
+# Runs on a full Redis: a refused heartbeat would make running jobs look abandoned, and run
+# them twice; it only replaces values in place. (On Redis 6.2, which ignores flags, EXPIRE
+# coming first does the same: a write that cannot grow memory, after which Redis lets the
+# script's memory-growing commands run even when it is full.)
+HEARTBEAT = (
+    _RUNS_WHEN_FULL
+    + """
 local key, ttl, score = ARGV[1], ARGV[2], ARGV[3]
 redis.call('EXPIRE', key, ttl)
 local i, fields = 4, {}
@@ -441,12 +534,16 @@ for j = i + 1, #ARGV, 2 do
 end
 return 1
 """
+)
 
 # Due scheduled jobs (delays, run_at, retry backoff) onto their queues. Any worker container
 # runs it; ZREM decides which caller moves a job, so none is moved twice. ARGV: now, now_iso,
 # then queue names. Returns {moved, next due epoch or ''}.
+# Runs on a full Redis: it moves jobs accepted earlier from one key to another; refused, delays
+# and retries would wait for memory that only running them frees.
 PROMOTE = (
-    _PUSH
+    _RUNS_WHEN_FULL
+    + _PUSH
     + f"""
 local now, now_iso = ARGV[1], ARGV[2]
 local moved, next_due = 0, nil
@@ -490,8 +587,11 @@ end
 # queued, retries_left back to max_retries, crashes to 0, out of the failed registry, no
 # expiry. Its attempts count and its results stream (the history; no expiry while it waits)
 # are kept. Returns per id its queue, or '' if it was not dead.
+# Runs on a full Redis: it moves jobs already stored back onto their queues, adding nothing a
+# client sends (the retried jobs then wait for memory, as their claims are refused meanwhile).
 DEAD_RETRY = (
-    _PUSH
+    _RUNS_WHEN_FULL
+    + _PUSH
     + _DEAD
     + """
 local now_iso = ARGV[1]
@@ -519,8 +619,10 @@ return out
 
 # ARGV: job ids. Each job still dead is deleted: its hash, its results stream and its
 # failed-registry entry. Returns how many were.
+# Runs on a full Redis: deleting frees memory, the way out of a full Redis.
 DEAD_DELETE = (
-    _DEAD
+    _RUNS_WHEN_FULL
+    + _DEAD
     + """
 local deleted = 0
 for _, id in ipairs(ARGV) do

@@ -79,6 +79,23 @@ class RedisTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """The operator's ceilings on how long, and how many, ended jobs are kept. The scripts that
+    end a job apply them (see scripts._TRANSITIONS), whoever wrote the job."""
+
+    max_result_ttl: int = constants.MAX_RESULT_TTL  # seconds
+    max_failure_ttl: int = constants.MAX_FAILURE_TTL  # seconds
+    dead_max_jobs: int = constants.DEAD_MAX_JOBS  # per RQ queue
+
+    def args(self) -> list[int]:
+        """As the scripts take them, in this order."""
+        return [self.max_result_ttl, self.max_failure_ttl, self.dead_max_jobs]
+
+
+DEFAULT_RETENTION = Retention()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     worker_mode: bool = False
     worker_concurrency: int = 5  # jobs in flight in one worker process
@@ -95,8 +112,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     api_keys: tuple[Secret, ...] = ()
+    openapi_public: bool = False  # /openapi.json without a key even when API_KEYS is set
+    max_connections: int = constants.API_MAX_CONNECTIONS  # the worker's: WORKER_MAX_CONNECTIONS
     shutdown_timeout: float = 25.0
     max_body_bytes: int = 1024 * 1024
+    max_result_bytes: int = constants.MAX_RESULT_BYTES  # largest result (its JSON) a job may return
     request_header_timeout: float = 10.0  # seconds for a request line and headers to arrive
     request_body_timeout: float = 30.0  # seconds for a request body to arrive, once begun
     handler_modules: tuple[str, ...] = field(default=())
@@ -106,6 +126,13 @@ class Settings:
     max_backlog: int = 0  # most waiting jobs per queue (all priorities) before 429; 0 = no limit
     history_ttl_days: int = 30  # job history kept in MongoDB (a TTL index)
     durability: Durability = "relaxed"  # strict: refuse a Redis that can lose accepted jobs
+    max_result_ttl: int = constants.MAX_RESULT_TTL  # seconds: the longest a job's result_ttl
+    max_failure_ttl: int = constants.MAX_FAILURE_TTL  # seconds: the longest a job's failure_ttl
+    dead_max_jobs: int = constants.DEAD_MAX_JOBS  # most dead jobs kept per RQ queue
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.max_result_ttl, self.max_failure_ttl, self.dead_max_jobs)
 
 
 def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
@@ -203,10 +230,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
     host = env.str("HOST", "0.0.0.0")  # noqa: S104
     port = env.int("PORT", None, validate=validate.Range(min=1, max=65535))
+    max_connections = env.int(
+        "MAX_CONNECTIONS", None, validate=validate.Range(min=1, max=1_000_000)
+    )
+    openapi_public = env.bool("OPENAPI_PUBLIC", False)
     log_level = env.str("LOG_LEVEL", "INFO", validate=validate.OneOf(LOG_LEVELS))
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
     shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
     max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
+    max_result = env.int(
+        "MAX_RESULT_BYTES",
+        constants.MAX_RESULT_BYTES,
+        validate=validate.Range(min=1024, max=64 * 1024 * 1024),
+    )
     header_timeout = env.float(
         "REQUEST_HEADER_TIMEOUT", 10.0, validate=validate.Range(min=0.1, max=300)
     )
@@ -224,6 +260,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     idempotency_ttl = env.int(
         "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)
     )
+    max_result_ttl = env.int(
+        "MAX_RESULT_TTL",
+        constants.MAX_RESULT_TTL,
+        validate=validate.Range(min=1, max=constants.LONGEST_TTL),
+    )
+    max_failure_ttl = env.int(
+        "MAX_FAILURE_TTL",
+        constants.MAX_FAILURE_TTL,
+        validate=validate.Range(min=1, max=constants.LONGEST_TTL),
+    )
+    dead_max_jobs = env.int(
+        "DEAD_MAX_JOBS", constants.DEAD_MAX_JOBS, validate=validate.Range(min=1, max=10**7)
+    )
     try:
         env.seal()
     except environs.EnvValidationError as exc:
@@ -240,6 +289,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     api_keys = tuple(Secret(k.strip()) for k in environ.get("API_KEYS", "").split(",") if k.strip())
     if app_env == "production" and not api_keys and not worker_mode:
         problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
+    shortest = constants.MIN_API_KEY_CHARS
+    short = [n for n, key in enumerate(api_keys, 1) if len(key.reveal()) < shortest]
+    if app_env == "production" and short:
+        problems.append(
+            f"API_KEYS='*****': production (APP_ENV=production) needs keys of at least "
+            f"{shortest} characters (number {', '.join(map(str, short))} of {len(api_keys)} "
+            "is shorter); make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     mongodb_uri = environ.get("MONGODB_URI") or None
     if mongodb_uri is not None and not _mongodb_uri_ok(mongodb_uri):
         problems.append(
@@ -251,6 +309,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(problems)
     assert redis is not None and queue_redis is not None
     default_port = constants.WORKER_HEALTH_PORT if worker_mode else constants.API_PORT
+    default_connections = (
+        constants.WORKER_MAX_CONNECTIONS if worker_mode else constants.API_MAX_CONNECTIONS
+    )
     return Settings(
         worker_mode=worker_mode,
         worker_concurrency=concurrency,
@@ -267,8 +328,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format or ("json" if app_env == "production" else "text"),  # type: ignore[arg-type]
         api_keys=api_keys,
+        openapi_public=openapi_public,
+        max_connections=max_connections or default_connections,
         shutdown_timeout=shutdown_timeout,
         max_body_bytes=max_body,
+        max_result_bytes=max_result,
         request_header_timeout=header_timeout,
         request_body_timeout=body_timeout,
         handler_modules=tuple(handler_modules or ()),
@@ -278,6 +342,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_backlog=max_backlog,
         history_ttl_days=history_ttl_days,
         durability=durability,  # type: ignore[arg-type]
+        max_result_ttl=max_result_ttl,
+        max_failure_ttl=max_failure_ttl,
+        dead_max_jobs=dead_max_jobs,
     )
 
 

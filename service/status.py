@@ -3,9 +3,10 @@
 For an operator at a shell (`docker compose exec worker python -m service status`): per named
 queue, its waiting jobs by priority, scheduled jobs (and how many are due), running and dead
 jobs, and how long the oldest waiting job has waited; the live worker processes, from their
-registrations; the most recent failures in the dead-letter queue. The figures are the backlog
-gauges' (service/metrics.py reads them), the failures GET /dead's first page; the service's own
-settings (QUEUE_REDIS_*) say where Redis is. Nothing is written.
+registrations; the most recent failures in the dead-letter queue, and how many dead jobs
+DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges' (service/metrics.py reads them),
+the failures GET /dead's first page; the service's own settings (QUEUE_REDIS_*) say where Redis
+is. Nothing is written.
 """
 
 from __future__ import annotations
@@ -71,11 +72,14 @@ class Status:
     failures: list[Failure]  # newest first
     history_pending: int  # job state changes waiting in Redis for MongoDB
     history_dropped: int
+    dead_trimmed: int  # dead jobs removed to keep each queue within DEAD_MAX_JOBS, ever
+    dead_max_jobs: int  # DEAD_MAX_JOBS, as this process reads it
 
 
 async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> Status:
     """The backlog as the metrics read it (service.metrics), then the worker registrations,
-    the dropped-events count and the dead-letter queue's first page."""
+    the dropped-events count and the dead-letter queue's first page; the trimmed dead jobs'
+    count comes with the backlog."""
     now = time.time()
     known = await client.smembers(constants.QUEUES_KEY)
     bases = {settings.queue_name, *settings.worker_queues}
@@ -104,6 +108,8 @@ async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> 
         failures=await _failures(client, queues.served(bases), failures),
         history_pending=backlog.history_pending,
         history_dropped=int(dropped or 0),
+        dead_trimmed=backlog.dead_trimmed,
+        dead_max_jobs=settings.dead_max_jobs,
     )
 
 
@@ -201,6 +207,10 @@ def render(status: Status) -> str:
         lines += _table(header, rows, right=set())
     else:
         lines.append("RECENT FAILURES: none in the dead-letter queue")
+    lines.append(
+        f"DEAD LETTERS: {status.dead_trimmed} trimmed, oldest first, to keep each queue within"
+        f" DEAD_MAX_JOBS ({status.dead_max_jobs})"
+    )
     lines.append("")
     lines.append(
         f"HISTORY: {status.history_pending} events waiting for MongoDB,"

@@ -13,9 +13,9 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, scripts, tracing
+from service import constants, jobs, lua, scripts, tracing
 from service.deadline import before
-from service.settings import RedisTarget
+from service.settings import DEFAULT_RETENTION, RedisTarget, Retention
 
 
 def connect(target: RedisTarget) -> redis.Redis:
@@ -27,6 +27,15 @@ def connect(target: RedisTarget) -> redis.Redis:
         socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
         health_check_interval=30,
     )
+
+
+def out_of_memory(exc: Exception) -> bool:
+    """Whether Redis refused a command or script for want of memory (`maxmemory`, noeviction):
+    Redis 7 refuses a flagged script whole with OOM, Redis 6.2 wraps the refused command in a
+    script error."""
+    if isinstance(exc, redis.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis.ResponseError) and "used memory > 'maxmemory'" in str(exc)
 
 
 class _CPacking:
@@ -106,8 +115,15 @@ class Direct:
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
         self._pool = client.connection_pool
         self._idle: list[aioredis.Connection] = []
+        self.version: lua.Version | None = None  # the server's, once read
+
+    async def server_version(self) -> lua.Version:
+        """The server's version (INFO server, on the client: read once)."""
+        self.version = await lua.server_version_async(self._client)
+        return self.version
 
     async def call(self, *args: Any) -> Any:
         if self._idle:
@@ -152,18 +168,29 @@ def _timed_out(conn: aioredis.Connection) -> redis.TimeoutError:
 
 
 class Script:
-    """A Lua script run by EVALSHA on `Direct` (loaded on NOSCRIPT, as redis-py's Script)."""
+    """A Lua script run by EVALSHA on `Direct` (loaded on NOSCRIPT, as redis-py's Script), in
+    the form its server runs (`lua.for_server`)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self._forms: dict[lua.Version, tuple[str, str]] = {}
+
+    def form(self, version: lua.Version) -> tuple[str, str]:
+        """(source, sha) of the script for a server of `version`."""
+        found = self._forms.get(version)
+        if found is None:
+            source = lua.for_server(self.source, version)
+            sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+            found = self._forms[version] = (source, sha)
+        return found
 
     async def __call__(self, direct: Direct, args: Sequence[Any]) -> Any:
+        source, sha = self.form(direct.version or await direct.server_version())
         try:
-            return await direct.call("EVALSHA", self.sha, 0, *args)
+            return await direct.call("EVALSHA", sha, 0, *args)
         except redis.exceptions.NoScriptError:
-            await direct.call("SCRIPT", "LOAD", self.source)
-            return await direct.call("EVALSHA", self.sha, 0, *args)
+            await direct.call("SCRIPT", "LOAD", source)
+            return await direct.call("EVALSHA", sha, 0, *args)
 
 
 class QueueFull(Exception):
@@ -233,9 +260,12 @@ class Coalescer:
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, max_backlog: int = 0) -> None:
+    def __init__(
+        self, client: aioredis.Redis, max_backlog: int = 0, retention: Retention = DEFAULT_RETENTION
+    ) -> None:
         self.client = client
         self.max_backlog = max_backlog
+        self.retention = retention.args()  # the CANCEL script's limits
         self.direct = Direct(client)
         self._publish = Script(scripts.PUBLISH)
         self._publish_once = Script(scripts.PUBLISH_ONCE)
@@ -291,7 +321,8 @@ class Store:
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """(canceled | canceling | conflict | missing, the job's status)."""
         now = time.time()
-        outcome, status = await self._cancel(self.direct, [job_id, now, jobs.utc_iso(now)])
+        args = [job_id, now, jobs.utc_iso(now), *self.retention]
+        outcome, status = await self._cancel(self.direct, args)
         return outcome.decode(), status.decode()
 
     async def job(self, job_id: str) -> dict[str, Any] | None:

@@ -102,7 +102,13 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
 class ServiceProcess:
     """`python -m service` as a real process, with its output kept for failure reports."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), log: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        args: tuple[str, ...] = (),
+        log: Path | None = None,
+        preexec_fn: Callable[[], object] | None = None,  # run in the child before it starts
+    ):
         self.port = int(env["PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -115,6 +121,7 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
 
     @property
@@ -156,12 +163,17 @@ def start_service(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Serv
     """Start `python -m service` (API or worker) against the test's Redis; stopped afterwards."""
     started: list[ServiceProcess] = []
 
-    def start(worker: bool = False, wait: bool = True, **env: str) -> ServiceProcess:
+    def start(
+        worker: bool = False,
+        wait: bool = True,
+        preexec_fn: Callable[[], object] | None = None,
+        **env: str,
+    ) -> ServiceProcess:
         settings = base_env(
             redis_url, WORKER_MODE="true" if worker else "false", PORT=str(free_port()), **env
         )
         name = f"{'worker' if worker else 'api'}-{len(started)}.log"
-        process = ServiceProcess(settings, log=tmp_path / name)
+        process = ServiceProcess(settings, log=tmp_path / name, preexec_fn=preexec_fn)
         started.append(process)
         return process.wait_healthy() if wait else process
 

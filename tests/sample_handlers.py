@@ -126,3 +126,29 @@ def gated(payload: Gate, ctx: JobContext) -> int:
         time.sleep(0.01)
     ctx.redis.hincrby("completions", ctx.id, 1)
     return ctx.attempt
+
+
+class Size(BaseModel):
+    chars: int
+
+
+@job("test.not_json", max_retries=1)
+def not_json(payload: EmptyPayload, ctx: JobContext) -> set[int]:
+    """Returns a set, which JSON cannot hold."""
+    return {1, 2}
+
+
+@job("test.not_json_isolated", isolated=True)
+def not_json_isolated(payload: EmptyPayload, ctx: JobContext) -> set[int]:
+    return {1, 2}
+
+
+@job("test.sized")
+def sized(payload: Size, ctx: JobContext) -> str:
+    """Returns a string of `chars` characters: its JSON is `chars` + 2 bytes."""
+    return "x" * payload.chars
+
+
+@job("test.sized_isolated", isolated=True)
+def sized_isolated(payload: Size, ctx: JobContext) -> str:
+    return "x" * payload.chars

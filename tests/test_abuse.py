@@ -9,13 +9,16 @@ covers what only a real server shows: memory while a huge body streams in, and s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -32,7 +35,9 @@ from starlette.types import Message
 
 from service import constants, registry
 from service.api import params
+from service.api.errors import Problems
 from service.api.openapi import build_openapi
+from service.api.submit import OUT_OF_RANGE
 from service.embedded_mongo import EmbeddedMongo
 from service.embedded_redis import free_port
 from service.store import Store
@@ -96,6 +101,10 @@ JOB_ENDPOINTS = [
     ("POST", "/dead/retry", {"dry_run": False}),
     ("POST", f"/dead/{ANY_ID}/retry", None),
     ("DELETE", f"/dead/{ANY_ID}", None),
+    # What tells about the jobs: queue names, job types and counts, every payload schema.
+    ("GET", "/backlog", None),
+    ("GET", "/metrics", None),
+    ("GET", "/openapi.json", None),
 ]
 
 
@@ -277,13 +286,104 @@ def test_unknown_type_and_failing_payloads_list_every_error(
     assert enqueued(queue_redis) == NOTHING
 
 
-def test_thousands_of_errors_are_all_listed(client: TestClient, queue_redis: redis.Redis) -> None:
-    payload = {f"k{i}": i for i in range(3000)}
-    error = error_of(
-        client.post("/jobs", json={"type": "noop", "payload": payload}, headers=AUTH), 422
-    )
-    assert len(error["details"]["errors"]) == 3000
+# --- Error replies stay small however bad the request -------------------------------------------
+LISTED = constants.LISTED_ERRORS
+SMALL_REPLY = 8 * 1024  # bytes: the largest 422 a request with thousands of errors may get
+
+
+@pytest.fixture
+def roomy_client(redis_url: str) -> Iterator[TestClient]:
+    """The default MAX_BODY_BYTES (1 MiB): room for the largest bad bodies."""
+    with make_client(redis_url, API_KEYS=KEY) as test_client:
+        yield test_client
+
+
+def bad_keys(count: int) -> dict[str, int]:
+    return {f"k{i}": 0 for i in range(count)}
+
+
+# The reproductions: a 650 KB payload with 60,000 keys no schema allows (without pydantic, and
+# with it), and a 700 KB batch of 1,000 such payloads: (path, body, errors, first field listed).
+THOUSANDS_OF_ERRORS = [
+    ("/jobs", {"type": "noop", "payload": bad_keys(60_000)}, 60_000, "payload.k0"),
+    ("/jobs", {"type": "sleep", "payload": {"seconds": 1, **bad_keys(60_000)}}, 60_000, None),
+    (
+        "/jobs/batch",
+        {"jobs": [{"type": "noop", "payload": bad_keys(83)} for _ in range(1000)]},
+        83_000,
+        "jobs[0].payload.k0",
+    ),
+    (
+        "/jobs/batch",
+        {"jobs": [{"type": "sleep", "payload": {"seconds": 1, **bad_keys(83)}}] * 1000},
+        83_000,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "count", "first"),
+    THOUSANDS_OF_ERRORS,
+    ids=["noop", "sleep", "noop-batch", "sleep-batch"],
+)
+def test_thousands_of_errors_are_counted_and_the_first_listed(
+    roomy_client: TestClient,
+    queue_redis: redis.Redis,
+    path: str,
+    body: dict[str, Any],
+    count: int,
+    first: str | None,
+) -> None:
+    content = orjson.dumps(body)
+    assert 640_000 < len(content) < 1024 * 1024
+    response = roomy_client.post(path, content=content, headers=JSON)
+    error = error_of(response, 422)
+    assert error["code"] == "invalid_job"
+    assert error["message"] == f"{count} validation error(s); the first {LISTED} are listed"
+    assert error["details"]["error_count"] == count
+    assert len(error["details"]["errors"]) == LISTED
+    if first is not None:
+        assert error["details"]["errors"][0]["field"] == first
+    assert len(response.content) < SMALL_REPLY
     assert enqueued(queue_redis) == NOTHING
+
+
+def test_a_huge_field_name_is_clipped_in_the_reply(
+    roomy_client: TestClient, queue_redis: redis.Redis
+) -> None:
+    key = "k" * 600_000
+    response = roomy_client.post("/jobs", json={"type": "noop", "payload": {key: 1}}, headers=AUTH)
+    error = error_of(response, 422)
+    (listed,) = error["details"]["errors"]
+    limit = constants.ERROR_TEXT_MAX_CHARS
+    assert listed["field"] == f"payload.{key[: limit - 8]}… (600008 characters)"
+    assert error["details"]["error_count"] == 1 and error["message"] == "1 validation error(s)"
+    assert len(response.content) < 1024
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_dead_letter_parameter_errors_are_counted_and_the_first_listed(
+    roomy_client: TestClient,
+) -> None:
+    """The dead-letter endpoints list their errors with the same bound."""
+    query = "y" * 10_000 + "=1&" + "&".join(f"x{i}=1" for i in range(1500))
+    for method in ("GET", "DELETE"):
+        response = roomy_client.request(method, f"/dead?{query}", headers=AUTH)
+        error = error_of(response, 422)
+        assert error["message"] == (
+            f"1501 invalid parameter(s); the first {LISTED} are listed; nothing was changed"
+        )
+        assert error["details"]["error_count"] == 1501
+        assert len(error["details"]["errors"]) == LISTED
+        assert error["details"]["errors"][0]["field"].endswith("… (10000 characters)")
+        assert len(response.content) < SMALL_REPLY
+    body = {"dry_run": True, **bad_keys(60_000)}
+    response = roomy_client.post("/dead/retry", json=body, headers=AUTH)
+    error = error_of(response, 422)
+    assert error["details"]["error_count"] == 60_000
+    assert len(error["details"]["errors"]) == LISTED
+    assert len(response.content) < SMALL_REPLY
 
 
 # --- Deep and huge JSON: a 4xx, never a 500 -------------------------------------------------------
@@ -348,12 +448,13 @@ def test_huge_but_under_the_limit_is_a_4xx(
     client: TestClient, queue_redis: redis.Redis, body: bytes, status: int, code: str
 ) -> None:
     assert len(body) <= 65536
-    error = error_of(client.post("/jobs", content=body, headers=JSON), status)
+    response = client.post("/jobs", content=body, headers=JSON)
+    error = error_of(response, status)
     assert error["code"] == code
-    messages = [error["message"]] + [
-        e["message"] for e in error.get("details", {}).get("errors", [])
-    ]
-    assert max(map(len, messages)) < 1000  # a huge input is not echoed back
+    listed = error.get("details", {}).get("errors", [])
+    texts = [error["message"]] + [e[k] for e in listed for k in ("field", "message")]
+    assert max(map(len, texts)) < 1000  # a huge input is not echoed back
+    assert len(response.content) < 4096
     # The same item inside a batch, and the same body as a dead-letter retry filter.
     batch = b'{"jobs": [' + body + b"]}"
     assert 400 <= client.post("/jobs/batch", content=batch, headers=JSON).status_code < 500
@@ -366,11 +467,88 @@ def test_huge_but_valid_bodies_are_accepted(client: TestClient, queue_redis: red
     for payload in (
         {"x": long_string(60_000)},
         {f"k{i}": i for i in range(4000)},
-        {"big": 18446744073709551615, "small": -9223372036854775808, "tiny": 1e-300},
+        {"big": 9223372036854775807, "small": -9223372036854775808, "tiny": 1e-300},
     ):
         body = orjson.dumps({"type": "echo", "payload": payload})
         assert client.post("/jobs", content=body, headers=JSON).status_code == 202
     assert enqueued(queue_redis)["queued"] == 3
+
+
+# Integers outside the signed 64-bit range, anywhere in a job: (the job, the field named).
+# orjson reads the first as an int BSON cannot store and the second as the float 1.2e29.
+WIDE_INTEGERS = [
+    (b'{"type": "echo", "payload": {"n": 18446744073709551615}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"n": 123456789012345678901234567890}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"n": -9223372036854775809}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"n": 9223372036854775808}}', "payload.n"),
+    (b'{"type": "echo", "payload": {"a": [1, {"b": -1' + b"0" * 300 + b"}]}}", "payload.a.1.b"),
+    (b'{"type": "sleep", "payload": {"seconds": 18446744073709551615}}', "payload.seconds"),
+    (b'{"type":"echo","timeout":18446744073709551616}', "timeout"),
+]
+
+
+@pytest.mark.parametrize(
+    ("job", "field"),
+    WIDE_INTEGERS,
+    ids=[
+        "uint64-max",
+        "beyond-uint64",
+        "below-int64",
+        "int64-max+1",
+        "300-digits",
+        "typed",
+        "option",
+    ],
+)
+def test_integers_beyond_64_bits_are_422_naming_the_field(
+    client: TestClient, queue_redis: redis.Redis, job: bytes, field: str
+) -> None:
+    error = error_of(client.post("/jobs", content=job, headers=JSON), 422)
+    assert error["code"] == "invalid_job"
+    assert error["details"]["errors"] == [{"field": field, "message": OUT_OF_RANGE}]
+    # As the fourth job of a batch; the others are fine, and none is enqueued.
+    batch = b'{"jobs": [' + b'{"type": "noop"}, ' * 3 + job + b"]}"
+    error = error_of(client.post("/jobs/batch", content=batch, headers=JSON), 422)
+    assert error["details"]["errors"] == [{"field": f"jobs[3].{field}", "message": OUT_OF_RANGE}]
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_every_wide_integer_is_named_with_the_other_errors(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    batch = {
+        "jobs": [
+            {"type": "echo", "payload": {"a": 2**64 - 1, "b": [2**63, 5]}},
+            {"type": "nope"},
+            {"type": "echo", "payload": {"c": -(2**63) - 1}, "max_retries": 2**70},
+        ]
+    }
+    errors = error_of(client.post("/jobs/batch", json=batch, headers=AUTH), 422)["details"]
+    assert [e["field"] for e in errors["errors"]] == [
+        "jobs[0].payload.a",
+        "jobs[0].payload.b.0",
+        "jobs[1].type",
+        "jobs[2].payload.c",  # in the order they come
+        "jobs[2].max_retries",  # once, though also over its own bound
+    ]
+    assert enqueued(queue_redis) == NOTHING
+
+
+def test_long_digit_runs_that_are_no_wide_integer_are_accepted(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    """The control: the bounds themselves, and 19 digits or more that are a string, a
+    fraction or an exponent, which the first search takes for a possible wide integer."""
+    for payload in (
+        b'{"max": 9223372036854775807, "min": -9223372036854775808}',
+        b'{"id": "1234567890123456789012345", "pi": 3.14159265358979323846264}',
+        b'{"x": 12345678901234567890.5, "y": 1e300, "z": 1234567890123456789e-3}',
+    ):
+        body = b'{"type": "echo", "payload": ' + payload + b"}"
+        assert client.post("/jobs", content=body, headers=JSON).status_code == 202
+        batch = b'{"jobs": [' + body + b"]}"
+        assert client.post("/jobs/batch", content=batch, headers=JSON).status_code == 202
+    assert enqueued(queue_redis)["queued"] == 6
 
 
 # Fields are typed as the OpenAPI document says, strictly: (body, the field in error or None).
@@ -419,6 +597,147 @@ def test_a_bad_idempotency_key_header_is_422(
     response = client.post("/jobs", content=b'{"type": "noop"}', headers=headers)
     assert error_of(response, 422)["code"] == "invalid_job"
     assert enqueued(queue_redis) == NOTHING
+
+
+# --- Query and path parameters: an odd value is a 4xx naming it, never a 500 --------------------
+@pytest.fixture(scope="module")
+def history_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB stand-in for this module's tests, so that GET /jobs reads its parameters."""
+    mongo = EmbeddedMongo(path=str(tmp_path_factory.mktemp("history") / "mongo.sqlite")).start()
+    yield mongo.uri
+    mongo.stop()
+
+
+@pytest.fixture
+def history_client(redis_url: str, history_uri: str) -> Iterator[TestClient]:
+    with make_client(redis_url, API_KEYS=KEY, MONGODB_URI=history_uri) as test_client:
+        yield test_client
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+# (path, parameter, value): each answered 500 (Python's limit on integer strings, a time that
+# is in the year 10000 or 0 in UTC, a cursor holding one); each is now a 422 naming it.
+UNCHECKED = [
+    ("/dead", "limit", "9" * 5000),
+    ("/jobs", "limit", "9" * 5000),
+    ("/dead", "limit", "0" * 4999 + "1"),
+    ("/jobs", "since", "9999-12-31T23:59:59-23:59"),
+    ("/jobs", "until", "0001-01-01T00:00:00+23:59"),
+    ("/jobs", "cursor", b64(f"9999-12-31T23:59:59-23:59|{ANY_ID}")),
+    ("/dead", "since", "9999-12-31T23:59:59-23:59"),  # the same rule for every time parameter
+]
+
+
+@pytest.mark.parametrize(("path", "name", "value"), UNCHECKED, ids=lambda v: str(v)[:30])
+def test_unchecked_parameters_are_422_naming_them(
+    history_client: TestClient, path: str, name: str, value: str
+) -> None:
+    response = history_client.get(path, params={name: value}, headers=AUTH)
+    error = error_of(response, 422)
+    assert error["code"] == "invalid_parameters"
+    assert [e["field"] for e in error["details"]["errors"]] == [name]
+    assert error["details"]["error_count"] == 1
+    assert len(response.content) < 1024
+
+
+ODD_VALUES = [
+    *["", " ", "0", "-1", "1.5", "1e309", "nan", "-inf", "0x10", "true", "null"],
+    *["\uff11\uff10", "\u0663", "9" * 5000, "0" * 4999 + "1", "9" * 18, str(2**64)],
+    *["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "0000-01-01T00:00:00Z"],
+    *["2026-02-30T00:00:00Z", "2026-01-01T00:00:00." + "1" * 5000 + "Z", "9999-12-31T23:59:59Z"],
+    *["0001-01-01T00:00:00Z", "2026-01-01T00:00:00 01:00", "2026-01-01T00:00:00+99:99"],
+    *["*", "**", "a*b", "email.*", "$where", '{"$gt": ""}', "\x00", "\ud7ff", "é" * 5000],
+    *["a" * 15_000, "!!!", "A" * 5000, "rq:job:*", "../../etc/passwd"],
+    # Cursors: the time out of range, without a timezone, odd ids, scores no float can hold.
+    b64(f"9999-12-31T23:59:59-23:59|{ANY_ID}"),
+    b64(f"2026-01-01T00:00:00|{ANY_ID}"),  # no timezone
+    b64("2026-01-01T00:00:00+00:00|" + "x" * 5000),
+    b64("2026-01-01T00:00:00+00:00|a|b"),
+    b64(f"nan {ANY_ID}"),
+    b64(f"1e309 {ANY_ID}"),
+    b64("1 " + "a" * 5000),
+    b64("9" * 5000 + f" {ANY_ID}"),
+]
+# Sent as they are, not encoded again: bytes that are not UTF-8, broken escapes, separators.
+RAW_VALUES = ["%ff%fe", "%00", "%", "a%2", "%C0%AF", "a=b=c", "&&", "%26"]
+
+
+def operations_with_parameters() -> list[tuple[str, str, list[str]]]:
+    """Every operation that takes no body, with its query parameters (and one it does not
+    take), as the OpenAPI document describes them; and the endpoints it does not describe."""
+    document = build_openapi(registry.load(), auth=True)
+    found = [("GET", "/metrics", ["unknown"]), ("GET", "/openapi.json", ["unknown"])]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" in operation:
+                continue
+            names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            found.append((method.upper(), path, [*names, "unknown"]))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "names"),
+    operations_with_parameters(),
+    ids=[f"{method} {path}" for method, path, _ in operations_with_parameters()],
+)
+def test_odd_parameter_values_are_never_a_5xx(
+    history_client: TestClient, method: str, path: str, names: list[str]
+) -> None:
+    """Overlong and odd values in every query parameter of every operation without a body,
+    and in its path parameter: each answered, a 4xx in the error shape when refused."""
+    encoded = [urllib.parse.quote(value, safe="") for value in ODD_VALUES] + RAW_VALUES
+    urls = [
+        f"{path.replace('{job_id}', ANY_ID)}?{query}"
+        for name in names
+        for query in [*(f"{name}={value}" for value in encoded), f"{name}=1&{name}=2"]
+    ]
+    if "{job_id}" in path:
+        urls += [path.replace("{job_id}", value) for value in encoded if value]
+    for url in urls:
+        response = history_client.request(method, url, headers=AUTH)
+        assert response.status_code < 500, (method, url[:120], response.text[:300])
+        if response.status_code >= 400:
+            error_of(response, response.status_code)
+            assert len(response.content) < 4096, (method, url[:120])
+
+
+OFFSETS = st.sampled_from(["Z", "+00:00", "-23:59", "+23:59", " 05:30", "-00:01"])
+# Times anywhere, and near either end of what Python's datetime holds, in any offset.
+MOMENTS = st.one_of(
+    st.datetimes(),
+    st.datetimes(min_value=datetime(9999, 12, 31)),
+    st.datetimes(max_value=datetime(1, 1, 1, 23, 59, 59)),
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    value=st.text(max_size=40)
+    | st.from_regex(params._RFC3339, fullmatch=True)
+    | st.tuples(MOMENTS, OFFSETS).map(lambda t: t[0].isoformat(timespec="seconds") + t[1])
+)
+def test_a_time_parameter_is_a_representable_instant_or_a_named_problem(value: str) -> None:
+    problems = Problems()
+    moment = params.instant("since", value, problems)
+    assert (moment is None) == bool(problems)  # a time, or a problem (naming `since`)
+    if moment is not None:
+        datetime.fromtimestamp(moment, UTC)  # within what the server (and MongoDB) can hold
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(value=st.text(max_size=40) | st.integers().map(str) | st.integers(0, 6000).map("9".__mul__))
+def test_a_limit_is_in_range_or_a_named_problem(value: str) -> None:
+    problems = Problems()
+    limit = params.limit(value, problems)
+    assert 1 <= limit <= constants.LIST_MAX_LIMIT
+    if problems:  # named `limit`; the default meanwhile
+        assert limit == constants.LIST_DEFAULT_LIMIT
+    else:
+        assert value.isdigit() and int(value) == limit
 
 
 # --- Unknown and malformed ids: 404 ---------------------------------------------------------------
@@ -743,7 +1062,7 @@ def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = base_env(redis_server, PORT=str(free_port()), API_KEYS=KEY, MONGODB_URI=mongo.uri)
     api = ServiceProcess(env).wait_healthy()
     config = schemathesis.Config.from_dict({"auth": {"openapi": {"bearer": {"bearer": KEY}}}})
-    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json", config=config)
+    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json", config=config, headers=AUTH)
     queue_redis = redis.Redis.from_url(f"{redis_server}/1")
     yield Fuzzed(api, queue_redis, schema)
     queue_redis.close()
@@ -751,30 +1070,59 @@ def fuzzed(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     mongo.stop()
 
 
+def within_int64(value: Any) -> Any:
+    """`value` with every integer beyond 64 bits clamped to the nearest bound."""
+    if isinstance(value, dict):
+        return {key: within_int64(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [within_int64(child) for child in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(-(2**63), min(value, 2**63 - 1))
+    return value
+
+
 def obeying_cross_field_rules(case: Case) -> Case:
     """Make a valid (positive) case obey the rules that span fields, which a JSON Schema cannot
     state and which the API answers with a 422: an opaque cursor it never gave, `since` after
-    `until`, DELETE /dead with no filter (or `all=true` with one), `delay` with `run_at`, and an
-    Idempotency-Key header that differs from the body's `idempotency_key`."""
+    `until`, DELETE /dead with no filter (or `all=true` with one), a retry of every dead job
+    without `"all": true` (or with it and a filter), `delay` with `run_at`, a `run_at` more than
+    a year from now, an Idempotency-Key header that differs from the body's `idempotency_key`,
+    and, in a free-form payload, an integer beyond 64 bits (JSON Schema's integers are values:
+    1e30 is one, and the API takes that float, but not the integer 10**30)."""
     label = case.operation.label
     query = case.query if isinstance(case.query, dict) else {}
     body = case.body if isinstance(case.body, dict) else {}
+    if isinstance(case.body, dict) and case.operation.method.upper() == "POST":
+        case.body = body = within_int64(body)
     query.pop("cursor", None)
+    if label == "POST /dead/retry":
+        body.pop("cursor", None)
     for where in (query, body):
         since, until = where.get("since"), where.get("until")
         if isinstance(since, str) and isinstance(until, str):
-            moments = [params.instant(name, where[name], []) for name in ("since", "until")]
+            problems = Problems()
+            moments = [params.instant(name, where[name], problems) for name in ("since", "until")]
             if None not in moments and moments[0] > moments[1]:  # type: ignore[operator]
                 where["since"], where["until"] = until, since
+    filters = ("type", "queue", "error", "since", "until")
     if label == "DELETE /dead":
-        if any(query.get(name) for name in ("type", "queue", "error", "since", "until")):
+        if any(query.get(name) for name in filters):
             query.pop("all", None)
         else:
             query["all"] = "true"
+    if label == "POST /dead/retry":
+        if any(body.get(name) for name in filters):
+            body.pop("all", None)
+        elif body.get("dry_run") is False:
+            body["all"] = True
     jobs = body.get("jobs", []) if label == "POST /jobs/batch" else [body]
+    farthest = time.time() + constants.MAX_SCHEDULE_SECONDS
     for job in jobs:
         if isinstance(job, dict) and job.get("delay") is not None:
             job.pop("run_at", None)
+        run_at = job.get("run_at") if isinstance(job, dict) else None
+        if isinstance(run_at, str) and (params.instant("run_at", run_at, []) or 0) > farthest:
+            job.pop("run_at")
     headers = case.headers if case.headers is not None else {}
     if label == "POST /jobs" and body.get("idempotency_key") and "Idempotency-Key" in headers:
         headers["Idempotency-Key"] = body["idempotency_key"]

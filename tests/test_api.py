@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import operator
+import signal
+import zlib
 from collections.abc import Iterator
+from datetime import timedelta
 
+import orjson
 import pytest
 import redis
+from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from service import constants, registry
+from service import constants, registry, status
 from service.api.app import create_app
 from service.settings import load
 
@@ -206,7 +213,11 @@ def test_redis_down_is_503_with_retry_after_and_not_ready() -> None:
         assert response.status_code == 503
         assert response.headers["retry-after"] == str(constants.RETRY_AFTER_SECONDS)
         assert response.json()["error"]["code"] == "queue_unavailable"
-        assert client.get("/ready").status_code == 503
+        ready = client.get("/ready")
+        assert (ready.status_code, ready.json()) == (
+            503,
+            {"status": "unavailable", "redis": "unavailable"},  # named, not its error text
+        )
         assert client.get("/health").status_code == 200
 
 
@@ -239,6 +250,22 @@ def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize(("method", "path"), [("GET", "/health/"), ("POST", "/jobs/")])
+def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_host(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(
+        method,
+        path,
+        headers={"Host": "evil.example"},
+        json={"type": "noop"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "location" not in response.headers
+
+
 class TestApiKeys:
     @pytest.fixture
     def client(self, redis_url: str) -> Iterator[TestClient]:
@@ -268,10 +295,31 @@ class TestApiKeys:
         )
         assert response.status_code == 202
 
-    def test_health_stays_open(self, client: TestClient) -> None:
+    def test_probes_stay_open_and_what_tells_about_jobs_needs_a_key(
+        self, client: TestClient
+    ) -> None:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 200
-        assert client.get("/openapi.json").json()["components"]["securitySchemes"]["bearer"]
+        for path in ("/metrics", "/backlog", "/openapi.json"):
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert response.json()["error"]["code"] == "unauthorized"
+            assert client.get(path, headers={"Authorization": "Bearer key-two"}).status_code == 200
+        document = client.get("/openapi.json", headers={"Authorization": "Bearer key-one"}).json()
+        assert document["components"]["securitySchemes"]["bearer"]
+        assert document["paths"]["/backlog"]["get"]["security"] == [{"bearer": []}]
+        assert "401" in document["paths"]["/backlog"]["get"]["responses"]
+
+    def test_openapi_public_serves_the_document_without_a_key(self, redis_url: str) -> None:
+        with make_client(redis_url, API_KEYS="key-one", OPENAPI_PUBLIC="true") as client:
+            assert client.get("/openapi.json").status_code == 200
+            assert client.get("/metrics").status_code == 401  # the rest is unchanged
+            assert client.get("/backlog").status_code == 401
+
+
+def test_without_api_keys_everything_is_open(client: TestClient) -> None:
+    for path in ("/metrics", "/backlog", "/openapi.json", "/queues"):
+        assert client.get(path).status_code == 200, path
 
 
 def test_backlog_counts_every_priority_and_due_scheduled_jobs(
@@ -285,3 +333,68 @@ def test_backlog_counts_every_priority_and_due_scheduled_jobs(
     body = client.get("/backlog").json()
     assert (body["backlog"], body["waiting"], body["due_scheduled"]) == (3, 2, 1)
     assert body["queues"]["app-queue.high"] == 1 and body["queues"]["app-queue"] == 1
+
+
+# --- Jobs RQ itself enqueued, pickled (its default serializer): read, never unpickled ---------
+def rq_pickled_jobs(queue_redis: redis.Redis) -> dict[str, str]:
+    """Jobs enqueued by RQ itself, their data pickled; its SimpleWorker runs two of them, so
+    their results are pickled too: the ids by status."""
+    queue = Queue("app-queue", connection=queue_redis)
+    finished = queue.enqueue(operator.add, 1, 2)
+    failed = queue.enqueue(operator.truediv, 1, 0)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert SimpleWorker([queue], connection=queue_redis).work(burst=True)
+    finally:  # the worker installs its own
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    ids = {"finished": finished.id, "failed": failed.id}
+    ids["queued"] = queue.enqueue(operator.add, 3, 4).id
+    ids["scheduled"] = queue.enqueue_in(timedelta(hours=1), operator.add, 5, 6).id
+    # Pickled indeed: the data, and the result of the finished one.
+    for job_id in ids.values():
+        assert zlib.decompress(queue_redis.hget(f"rq:job:{job_id}", "data"))[:1] == b"\x80"
+    ((_, fields),) = queue_redis.xrange(f"rq:results:{finished.id}")
+    assert base64.b64decode(fields[b"return_value"])[:1] == b"\x80"
+    return ids
+
+
+def test_jobs_rq_pickled_are_read_without_their_data(
+    client: TestClient,
+    redis_url: str,
+    queue_redis: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ids = rq_pickled_jobs(queue_redis)
+    for state, job_id in ids.items():
+        response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        view = response.json()
+        assert (view["id"], view["status"], view["queue"]) == (job_id, state, "app-queue")
+        assert view["type"] is None and view["result"] is None
+        assert view["created_at"].endswith("Z")
+    finished = client.get(f"/jobs/{ids['finished']}").json()
+    assert [entry["outcome"] for entry in finished["history"]] == ["finished"]
+    assert finished["worker"] and finished["ended_at"] and finished["error"] is None
+    failed = client.get(f"/jobs/{ids['failed']}").json()
+    assert failed["error"] == "ZeroDivisionError: division by zero"
+
+    # The dead-letter queue lists the failed one, without type or payload.
+    (dead,) = client.get("/dead").json()["jobs"]
+    assert (dead["id"], dead["type"], dead["payload"]) == (ids["failed"], None, None)
+    assert dead["error"] == "ZeroDivisionError: division by zero"
+    assert client.get("/dead?type=echo").json()["jobs"] == []
+    assert client.get("/dead?error=zero").json()["jobs"][0]["id"] == ids["failed"]
+
+    # `python -m service status` too, as text and as JSON.
+    settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0"})
+    assert status.main(settings, []) == 0
+    text = capsys.readouterr().out
+    (line,) = [line for line in text.splitlines() if line.startswith(ids["failed"])]
+    assert line.split()[1:3] == ["-", "app-queue"] and "ZeroDivisionError" in line
+    assert status.main(settings, ["--json"]) == 0
+    document = orjson.loads(capsys.readouterr().out)
+    (failure,) = document["failures"]
+    assert (failure["id"], failure["type"]) == (ids["failed"], None)
+    (row,) = document["queues"]
+    assert (row["waiting"]["default"], row["scheduled"], row["dead"]) == (1, 1, 1)

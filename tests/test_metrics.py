@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+
+from service import constants
 
 from .conftest import ServiceProcess, http, publish, wait_for
 
@@ -23,7 +26,8 @@ TERMINAL = {"finished", "failed", "canceled"}
 
 def scrape(url: str) -> Samples:
     """Every sample of a /metrics page, keyed by (name, labels)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{url}/metrics", headers=AUTH)
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
     samples = {}
@@ -124,6 +128,27 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
         scrape_until(url, lambda s: value(s, "service_queue_dead_jobs", queue="app-queue") == 2)
 
 
+@pytest.mark.timeout(60)
+def test_both_metrics_endpoints_need_the_key_when_api_keys_are_set(start_service: Start) -> None:
+    """Job types and counts are for the holders of a key (Prometheus sends one as a bearer
+    token); the worker's liveness and readiness stay open for probes."""
+    api = start_service(API_KEYS=KEY)
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", API_KEYS=KEY)
+    for url in (api.url, worker.url):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            status, answer_headers, body = http("GET", f"{url}/metrics", headers=headers)
+            assert (status, body["error"]["code"]) == (401, "unauthorized"), url
+            challenge = {k.lower(): v for k, v in answer_headers.items()}["www-authenticate"]
+            assert challenge == 'Bearer realm="jobs"'
+        assert value(scrape(url), "service_worker_processes") in (0, 1)  # with the key: served
+    assert http("GET", f"{worker.url}/health")[0] == 200
+    wait_for(lambda: http("GET", f"{worker.url}/ready")[0] == 200)
+    # A worker without API_KEYS (nothing to check against) serves its metrics to anyone.
+    open_worker = start_service(worker=True, WORKER_CONCURRENCY="1")
+    with urllib.request.urlopen(f"{open_worker.url}/metrics", timeout=5) as response:
+        assert response.status == 200
+
+
 @pytest.mark.timeout(90)
 def test_backlog_gauges_show_waiting_work_and_who_serves_it(start_service: Start) -> None:
     """A worker serving only `reports`: jobs for app-queue wait, and both endpoints say so."""
@@ -181,3 +206,32 @@ def test_one_json_log_line_per_job_outcome(start_service: Start, redis_url: str)
     assert isinstance(finished["duration"], float)
     assert by_job[(echo, 1)]["outcome"] == "finished"
     assert "hunter2" not in worker.output  # payloads are never logged
+
+
+@pytest.mark.timeout(60)
+def test_a_type_written_straight_into_redis_is_labelled_unknown(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis
+) -> None:
+    """Labels take only registered job types: a job's type is read from Redis, where anyone
+    who can write may put any name."""
+    # Given a job whose type no handler registers, written into Redis by hand
+    ghost = publish(redis_url, "os.system", {"command": "true"})
+    # and a started job of another such type, whose worker vanished (recovered by housekeeping)
+    lost = publish(redis_url, "os.popen", {"command": "true"})
+    queue_redis.lrem(constants.queue_key("app-queue"), 1, lost)
+    queue_redis.hset(constants.job_key(lost), mapping={"status": "started", "worker_name": "gone"})
+    queue_redis.zadd(constants.registry_key("started", "app-queue"), {f"{lost}:gonex1": 1})
+    # When a worker runs them
+    worker = start_service(worker=True, WORKER_CONCURRENCY="1", WORKER_PROCESSING_INTERVAL="1000")
+    # Then both fail, and its metrics count them as `unknown`, never under their names
+    samples = scrape_until(
+        worker.url, lambda s: value(s, "service_jobs_dead_total", type="unknown") == 2
+    )
+    assert value(samples, "service_jobs_started_total", type="unknown") == 2
+    assert value(samples, "service_jobs_failed_total", type="unknown", reason="exception") == 2
+    assert value(samples, "service_jobs_failed_total", type="unknown", reason="worker_lost") == 1
+    assert value(samples, "service_jobs_retried_total", type="unknown") == 1
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert "os.system" not in text and "os.popen" not in text
+    assert {queue_redis.hget(constants.job_key(i), "status") for i in (ghost, lost)} == {b"failed"}

@@ -55,6 +55,10 @@ CONTRACT = {
     "service_queue_dead_jobs": "gauge",
     "service_queue_workers": "gauge",
     "service_history_pending_events": "gauge",
+    "service_dead_trimmed_jobs_total": "counter",
+    # the history shipper of each worker container with MONGODB_URI
+    "service_history_shipper_up": "gauge",
+    "service_history_unstorable_events_total": "counter",
 }
 PROMETHEUS_OWN = {"up"}  # made by Prometheus for every target it scrapes
 SCRAPE_JOBS = {"job-service-api", "job-service-worker"}  # prometheus.yml's, named by the alerts
@@ -122,6 +126,7 @@ from service.worker import metrics as worker_metrics
 
 live = CollectorRegistry()
 live.register(worker_metrics.SupervisorCollector(lambda: (1, 0, 0)))
+live.register(worker_metrics.HistoryCollector(lambda: (True, 0, 0)))
 backlog = metrics.BacklogCollector()
 backlog.latest = metrics.Snapshot({"q": metrics.QueueFigures(waiting={"high": 0})}, 0, 0.0)
 live.register(backlog)
@@ -192,7 +197,10 @@ def test_the_rule_schema_rejects_a_malformed_rule(tmp_path: Path) -> None:
     assert good.returncode == 0, good.stdout + good.stderr
 
 
-def test_prometheus_config_scrapes_both_services_and_loads_the_rules() -> None:
+KEY_FILE = "/run/secrets/job_service_api_key"  # the compose secret prometheus.yml names
+
+
+def test_prometheus_config_scrapes_both_services_and_loads_the_rules(tmp_path: Path) -> None:
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     assert config["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
@@ -200,9 +208,17 @@ def test_prometheus_config_scrapes_both_services_and_loads_the_rules() -> None:
     assert jobs["job-service-api"]["static_configs"][0]["targets"] == ["app:3001"]
     discovery = jobs["job-service-worker"]["dns_sd_configs"][0]
     assert discovery == {**discovery, "names": ["worker"], "type": "A", "port": 3003}
+    # Both /metrics need a key when API_KEYS is set: Prometheus sends one as a bearer token.
+    for job in jobs.values():
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": KEY_FILE}
     tool = promtool()
-    if tool is not None:
-        result = run(tool, "check", "config", "prometheus.yml")
+    if tool is not None:  # promtool checks that the key file exists: one stands in for it
+        key_file = tmp_path / "api_key"
+        key_file.write_text("a-key")
+        text = (PROMETHEUS / "prometheus.yml").read_text().replace(KEY_FILE, str(key_file))
+        (tmp_path / "prometheus.yml").write_text(text)
+        (tmp_path / "alerts.yml").write_text((PROMETHEUS / "alerts.yml").read_text())
+        result = run(tool, "check", "config", tmp_path / "prometheus.yml")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "SUCCESS: 1 rule files found" in result.stdout
 

@@ -37,6 +37,7 @@ def test_defaults() -> None:
     assert settings.port == constants.API_PORT
     assert settings.log_format == "text"
     assert settings.mongodb_uri is None
+    assert settings.max_result_bytes == 1024 * 1024
 
 
 def test_settings_are_immutable() -> None:
@@ -87,6 +88,8 @@ def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
         ("WORKER_CONCURRENCY", "50", "0"),
         ("WORKER_BATCH_SIZE", "1000", "1001"),
         ("WORKER_PROCESSING_INTERVAL", "60000", "60001"),
+        ("MAX_RESULT_BYTES", "1024", "1023"),
+        ("MAX_RESULT_BYTES", str(64 * 1024 * 1024), str(64 * 1024 * 1024 + 1)),
     ],
 )
 def test_ranges(variable: str, good: str, bad: str) -> None:
@@ -141,14 +144,44 @@ def test_secrets_are_masked_everywhere() -> None:
     assert settings.api_keys == (Secret("hunter2"),)
 
 
+# Long enough for production (MIN_API_KEY_CHARS), and plainly not secrets.
+KEY1 = "test-key-one-" + "1" * 32
+KEY2 = "test-key-two-" + "2" * 32
+
+
 def test_production_requires_api_keys_and_logs_json() -> None:
     assert "API_KEYS" in problems({"APP_ENV": "production"})
-    settings = load({"APP_ENV": "production", "API_KEYS": "k1, k2"})
-    assert [k.reveal() for k in settings.api_keys] == ["k1", "k2"]
+    settings = load({"APP_ENV": "production", "API_KEYS": f"{KEY1}, {KEY2}"})
+    assert [k.reveal() for k in settings.api_keys] == [KEY1, KEY2]
     assert settings.log_format == "json"
-    assert (
-        load({"APP_ENV": "production", "API_KEYS": "k", "LOG_FORMAT": "text"}).log_format == "text"
-    )
+    production = {"APP_ENV": "production", "API_KEYS": KEY1, "LOG_FORMAT": "text"}
+    assert load(production).log_format == "text"
+
+
+def test_production_refuses_short_api_keys_and_names_them_masked() -> None:
+    short = "k" * (constants.MIN_API_KEY_CHARS - 1)
+    text = problems({"APP_ENV": "production", "API_KEYS": f"{KEY1},{short}"})
+    assert "API_KEYS='*****'" in text and short not in text and KEY1 not in text
+    assert f"at least {constants.MIN_API_KEY_CHARS} characters (number 2 of 2" in text
+    assert "secrets.token_urlsafe(32)" in text
+    # A worker given keys (its /metrics needs one) is held to the same rule.
+    assert "API_KEYS" in problems({"APP_ENV": "production", "WORKER_MODE": "true", "API_KEYS": "k"})
+    # Development takes any key.
+    assert load({"API_KEYS": "dev"}).api_keys == (Secret("dev"),)
+
+
+def test_max_connections_defaults_per_mode_and_is_bounded() -> None:
+    assert load({}).max_connections == constants.API_MAX_CONNECTIONS
+    assert load({"WORKER_MODE": "true"}).max_connections == constants.WORKER_MAX_CONNECTIONS
+    assert load({"MAX_CONNECTIONS": "64"}).max_connections == 64
+    for bad in ("0", "-1", "many", "2000000"):
+        assert f"MAX_CONNECTIONS={bad!r}" in problems({"MAX_CONNECTIONS": bad})
+
+
+def test_openapi_is_private_unless_made_public() -> None:
+    assert load({}).openapi_public is False
+    assert load({"OPENAPI_PUBLIC": "true"}).openapi_public is True
+    assert "OPENAPI_PUBLIC='maybe'" in problems({"OPENAPI_PUBLIC": "maybe"})
 
 
 def test_lists_and_optional_values() -> None:
@@ -260,7 +293,7 @@ def test_env_example_lists_exactly_the_variables_the_service_reads() -> None:
 def test_env_files_are_valid(name: str) -> None:
     values = {k: v for k, v in env_file(name).items() if v}
     if name == "api.production":
-        values["API_KEYS"] = "from-the-host-environment"
+        values["API_KEYS"] = KEY1  # from the host environment
     settings = load(values)
     assert settings.worker_mode is name.startswith("worker")
     assert (
@@ -287,3 +320,16 @@ def test_max_backlog() -> None:
     text = problems({"MAX_BACKLOG": "-1"})
     assert "MAX_BACKLOG='-1'" in text
     assert "MAX_BACKLOG='many'" in problems({"MAX_BACKLOG": "many"})
+
+
+def test_retention_limits() -> None:
+    settings = load({})
+    assert (settings.max_result_ttl, settings.max_failure_ttl) == (7 * 24 * 3600, 30 * 24 * 3600)
+    assert settings.dead_max_jobs == 10_000
+    raised = load({"MAX_RESULT_TTL": "31536000", "MAX_FAILURE_TTL": "1", "DEAD_MAX_JOBS": "1"})
+    assert raised.retention.args() == [31536000, 1, 1]
+    text = problems({"MAX_RESULT_TTL": "0", "MAX_FAILURE_TTL": "31536001", "DEAD_MAX_JOBS": "0"})
+    assert "MAX_RESULT_TTL='0'" in text
+    assert "MAX_FAILURE_TTL='31536001'" in text
+    assert "DEAD_MAX_JOBS='0'" in text
+    assert "MAX_RESULT_TTL='a week'" in problems({"MAX_RESULT_TTL": "a week"})

@@ -82,7 +82,7 @@ import pymongo, redis, rq, starlette, uvicorn
 baseline = set(sys.modules)
 from service import __main__, jobs, tracing
 from service.api import app, server
-from service.worker import runner, supervisor
+from service.worker import process, supervisor
 assert tracing.start("service-api") is False
 with tracing.enqueue([]) as traceparent:
     assert traceparent == ""

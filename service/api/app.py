@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import redis.asyncio
 import redis.exceptions
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,9 +25,10 @@ from service.api.openapi import build_openapi
 from service.api.tracing import TraceRequests
 from service.dead import DeadLetters
 from service.durability import StrictGate
+from service.history import on_ttl
 from service.registry import Registry
 from service.settings import Settings
-from service.store import QueueFull, Store, connect_async
+from service.store import QueueFull, Store, connect_async, out_of_memory
 
 log = logging.getLogger("service.api")
 
@@ -46,9 +49,7 @@ async def redis_unavailable(request: Request, exc: Exception) -> Response:
 async def redis_refused(request: Request, exc: Exception) -> Response:
     """Redis full (maxmemory with noeviction): 503 `redis_full`. Any other refusal is a bug."""
     assert isinstance(exc, redis.exceptions.ResponseError)
-    # Redis 7 reports OOM inside a script as such; Redis 6.2 wraps it in a script error.
-    oom = "command not allowed when used memory > 'maxmemory'"
-    if not isinstance(exc, redis.exceptions.OutOfMemoryError) and oom not in str(exc):
+    if not out_of_memory(exc):
         raise exc
     log.warning("Redis full for %s %s: %s", request.method, request.url.path, exc)
     message = "Redis is out of memory (maxmemory); nothing was written, retry later"
@@ -65,15 +66,37 @@ async def queue_full(request: Request, exc: Exception) -> Response:
     return ApiError(429, "queue_full", message, details, headers).response()
 
 
+async def record_history(client: redis.asyncio.Redis, interval: float) -> None:
+    """`rq:history:on` for the next few intervals: while it exists, the scripts record every
+    job published or canceled, whole, whether a worker runs or not (the events wait in Redis
+    for a worker's shipper)."""
+    try:
+        await client.set(constants.HISTORY_ON_KEY, 1, ex=on_ttl(interval))
+    except redis.exceptions.RedisError as exc:  # Redis down: the next refresh will do
+        log.debug("job history: Redis unavailable, recording not renewed: %s", exc)
+
+
+async def keep_recording_history(client: redis.asyncio.Redis, interval: float) -> None:
+    """With MONGODB_URI: `record_history` every `interval`, as the shippers do."""
+    while True:
+        await asyncio.sleep(interval)
+        await record_history(client, interval)
+
+
 def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
-        app.state.store = Store(client, settings.max_backlog)
+        app.state.store = Store(client, settings.max_backlog, settings.retention)
         app.state.dead = DeadLetters(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
         )
+        recording = None
+        if settings.mongodb_uri is not None:  # recorded from the first request on
+            interval = settings.worker_processing_interval
+            await record_history(client, interval)
+            recording = asyncio.create_task(keep_recording_history(client, interval))
         log.info(
             "API: %d job types, queue %s on %s",
             len(registry),
@@ -83,6 +106,10 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         try:
             yield
         finally:
+            if recording is not None:
+                recording.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recording
             await client.aclose()
             if app.state.mongo is not None:
                 await app.state.mongo.client.close()
@@ -115,13 +142,23 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         },
         lifespan=lifespan,
     )
+    # No redirect from `/health/` to `/health`: Starlette builds it from the Host header, so
+    # any client could have the API answer with a Location of its choosing. A path not
+    # listed in the OpenAPI document is a 404.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.strict = StrictGate() if settings.durability == "strict" else None
+    app.state.not_ready = {}  # what /ready last logged, by component
     app.state.registry = registry
-    app.state.openapi = build_openapi(registry, auth=bool(settings.api_keys))
+    app.state.openapi = build_openapi(
+        registry,
+        auth=bool(settings.api_keys),
+        max_result_ttl=settings.max_result_ttl,
+        max_failure_ttl=settings.max_failure_ttl,
+    )
     # The body limits wrap the rest, so an early answer (a 401 too) closes a connection whose
     # body was never read.
-    auth = ApiKeyAuth(app, settings.api_keys)
+    auth = ApiKeyAuth(app, settings.api_keys, settings.openapi_public)
     limits = BodyLimit(auth, settings.max_body_bytes, settings.request_body_timeout)
     measured = metrics.RequestMetrics(limits, table)
     # Plain POST /jobs requests skip the layers above (with the same checks); the rest pass.

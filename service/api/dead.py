@@ -1,18 +1,22 @@
 """The dead-letter queue over HTTP: failed jobs (RQ's failed registries), listed, retried, deleted.
 
-Every endpoint takes the same filter (type, queue, error, since, until; see `dead.Filter`). A
-listing's cursor is opaque to clients: base64url of `<score> <id>`, the registry position of
-the last job it examined (see service/dead.py), so a cursor stays valid while jobs are retried
-or deleted around it.
+Every endpoint takes the same filter (type, queue, error, since, until; see `dead.Filter`).
+A listing, a bulk retry and a bulk delete each examine at most DEAD_LIST_BUDGET registry
+entries, then answer a cursor to go on from. The cursor is opaque to clients: base64url of
+`<score> <id>`, the registry position of the last job examined (see service/dead.py), so it
+stays valid while jobs are retried or deleted around it. A bulk action stops between pages
+once its client has gone away.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -21,10 +25,11 @@ from starlette.routing import Route
 
 from service import constants, jobs, queues
 from service.api import params
-from service.api.errors import ApiError, JSONResponse
-from service.api.params import Problems
+from service.api.errors import LISTED_ERRORS_DOC, ApiError, JSONResponse, Problems, clip
 from service.api.submit import read_json
-from service.dead import DeadLetters, Filter, Position
+from service.dead import DeadJob, DeadLetters, Filter, Position, Sweep
+
+log = logging.getLogger("service.api")
 
 _FILTERS = ("type", "queue", "error", "since", "until")
 _QUEUE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -47,7 +52,7 @@ async def _queues(request: Request, dead: DeadLetters, where: Filter) -> list[st
 
 
 async def list_dead(request: Request) -> Response:
-    problems: Problems = []
+    problems = Problems()
     query = _query(request, (*_FILTERS, "limit", "cursor"), problems)
     where = _filter(query, problems)
     limit = params.limit(query.get("limit"), problems)
@@ -69,29 +74,40 @@ async def retry_one(request: Request) -> Response:
 
 async def retry_matching(request: Request) -> Response:
     body = await read_json(request)
+    problems = Problems()
     if not isinstance(body, dict):
-        raise _invalid([{"field": "body", "message": 'expected an object: {"dry_run": true}'}])
-    problems: Problems = []
-    for name in sorted(body.keys() - {*_FILTERS, "dry_run"}):
-        problems.append({"field": name, "message": _unknown(("dry_run", *_FILTERS))})
+        problems.append({"field": "body", "message": 'expected an object: {"dry_run": true}'})
+        raise _invalid(problems)
+    known = ("dry_run", "all", "cursor", *_FILTERS)
+    unknown = sorted(body.keys() - set(known))
+    message = _unknown(known)
+    problems.extend(({"field": name, "message": message} for name in unknown), len(unknown))
     dry_run = body.get("dry_run")
     if not isinstance(dry_run, bool):
         problems.append({"field": "dry_run", "message": "required: true or false"})
+    everything = body.get("all")
+    if everything is not None and not isinstance(everything, bool):
+        problems.append({"field": "all", "message": "expected true or false"})
+    cursor = body.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        problems.append({"field": "cursor", "message": "expected a string"})
+        cursor = None
     where = _filter(body, problems)
+    after = _cursor(cursor or None, problems)
+    _all_rule(everything is True, where, dry_run is False, ('"all": true', "retries"), problems)
     _check(problems)
     dead = _dead_letters(request)
-    matches = dead.matching(await _queues(request, dead, where), where)
-    count = 0
     ids: list[str] = []
-    async for found in matches:
-        if dry_run:
-            count += len(found)
-            ids += [job.id for job in found][: constants.DEAD_DRY_RUN_IDS - len(ids)]
-        else:
-            count += len(await dead.retry([job.id for job in found]))
-    if dry_run:
-        return JSONResponse({"dry_run": True, "count": count, "ids": ids})
-    return JSONResponse({"dry_run": False, "count": count})
+
+    async def count_or_retry(found: list[DeadJob]) -> int:
+        if not dry_run:
+            return len(await dead.retry([job.id for job in found]))
+        ids.extend(job.id for job in found[: constants.DEAD_DRY_RUN_IDS - len(ids)])
+        return len(found)
+
+    count, sweep = await _sweep(request, where, after, count_or_retry)
+    answer = {"dry_run": dry_run, "count": count, **_progress(sweep)}
+    return JSONResponse({**answer, "ids": ids} if dry_run else answer)
 
 
 async def delete_one(request: Request) -> Response:
@@ -102,23 +118,71 @@ async def delete_one(request: Request) -> Response:
 
 
 async def delete_matching(request: Request) -> Response:
-    problems: Problems = []
-    query = _query(request, (*_FILTERS, "all"), problems)
+    problems = Problems()
+    query = _query(request, (*_FILTERS, "all", "cursor"), problems)
     where = _filter(query, problems)
+    after = _cursor(query.get("cursor"), problems)
     everything = query.get("all")
     if everything not in (None, "true", "false"):
         problems.append({"field": "all", "message": "expected true or false"})
-    elif everything == "true" and not where.empty:
-        problems.append({"field": "all", "message": "all=true deletes everything: no filters"})
-    elif everything != "true" and where.empty and not problems:
-        message = f"give at least one filter ({', '.join(_FILTERS)}), or all=true"
-        problems.append({"field": "all", "message": message})
+    else:
+        _all_rule(everything == "true", where, True, ("all=true", "deletes"), problems)
     _check(problems)
     dead = _dead_letters(request)
+
+    async def delete(found: list[DeadJob]) -> int:
+        return await dead.delete([job.id for job in found])
+
+    count, sweep = await _sweep(request, where, after, delete)
+    return JSONResponse({"count": count, **_progress(sweep)})
+
+
+def _all_rule(
+    everything: bool, where: Filter, needed: bool, said: tuple[str, str], problems: Problems
+) -> None:
+    """`all` stands for every dead job: never with a filter; and an action on every dead job
+    (`needed`) must say so with it, not with an empty filter (a forgotten one). `said`: the
+    flag as this endpoint spells it, and the verb."""
+    flag, verb = said
+    if everything and not where.empty:
+        problems.append({"field": "all", "message": f"{flag} {verb} everything: no filters"})
+    elif needed and not everything and where.empty and not problems:
+        message = f"give at least one filter ({', '.join(_FILTERS)}), or {flag}"
+        problems.append({"field": "all", "message": message})
+
+
+async def _sweep(
+    request: Request,
+    where: Filter,
+    after: Position | None,
+    act: Callable[[list[DeadJob]], Awaitable[int]],
+) -> tuple[int, Sweep]:
+    """`act` on each page of a bounded sweep (see dead.Sweep); the sum of what it returns.
+    Between pages, a client that has gone away stops the work: nobody would read the answer,
+    and what is done stays done (a retried or deleted job is never half so)."""
+    dead = _dead_letters(request)
+    sweep = dead.sweep(await _queues(request, dead, where), where, after)
     count = 0
-    async for found in dead.matching(await _queues(request, dead, where), where):
-        count += await dead.delete([job.id for job in found])
-    return JSONResponse({"count": count})
+    async with contextlib.aclosing(sweep.pages()) as pages:
+        async for found in pages:
+            count += await act(found)
+            if await request.is_disconnected():
+                log.info(
+                    "%s %s: the client went away after %d entries (%d jobs); stopped",
+                    request.method,
+                    request.url.path,
+                    sweep.examined,
+                    count,
+                )
+                break
+    return count, sweep
+
+
+def _progress(sweep: Sweep) -> dict[str, Any]:
+    """How far a bulk action got: the counts cover `examined` entries; `next_cursor` (null
+    at the end) goes on from there."""
+    cursor = None if sweep.position is None else _encode_cursor(sweep.position)
+    return {"examined": sweep.examined, "next_cursor": cursor}
 
 
 routes: list[Route] = [
@@ -132,7 +196,7 @@ routes: list[Route] = [
 
 # --- Parameters: every problem reported at once, each naming its parameter -------------------
 def _not_dead(job_id: str) -> ApiError:
-    message = f"no job with id {job_id!r} in the dead-letter queue"
+    message = f"no job with id {clip(job_id)!r} in the dead-letter queue"
     return ApiError(404, "not_in_dead_letter_queue", message)
 
 
@@ -142,8 +206,7 @@ def _check(problems: Problems) -> None:
 
 
 def _invalid(problems: Problems) -> ApiError:
-    message = f"{len(problems)} invalid parameter(s); nothing was changed"
-    return ApiError(422, "invalid_parameters", message, {"errors": problems})
+    return problems.error("invalid_parameters", "invalid parameter(s)", "; nothing was changed")
 
 
 def _unknown(known: tuple[str, ...]) -> str:
@@ -237,7 +300,16 @@ _DEAD_JOB = {
         "expires_at": {"type": "string", "format": "date-time"},
         "attempts": {"type": "integer"},
         "crashes": {"type": "integer"},
-        "reason": {"enum": ["exception", "timeout", "worker_lost", None]},
+        "reason": {
+            "enum": [
+                "exception",
+                "timeout",
+                "result_not_json",
+                "result_too_large",
+                "worker_lost",
+                None,
+            ]
+        },
         "error": {"type": ["string", "null"], "description": "Last line of the traceback"},
         "payload": {},
     },
@@ -272,19 +344,43 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
         for name, doc in _FILTER_DOCS.items()
     ]
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    invalid = _response("An invalid parameter (each named in details.errors); nothing changed")
+    invalid = _response(
+        "An invalid parameter; nothing changed. " + LISTED_ERRORS_DOC,
+        {"$ref": "#/components/schemas/Invalid"},
+    )
     common: dict[str, Any] = {"503": _response("Redis unavailable (see Retry-After)")}
     security: list[dict[str, list[str]]] = []
     if auth:
         common["401"] = _response("Missing or invalid API key")
         security = [{"bearer": []}]
     not_dead = _response("Not in the dead-letter queue (not_in_dead_letter_queue)")
+    cursor = _query_param("cursor", "`next_cursor` of the previous answer", {"type": "string"})
+    budget = (
+        f"One request examines at most {constants.DEAD_LIST_BUDGET} registry entries, newest "
+        "failure first, and answers `next_cursor`: send the same request again with it as "
+        "`cursor` until it is null. `count` covers the entries this request examined "
+        "(`examined`). A client that hangs up stops the work between pages of "
+        f"{constants.DEAD_FIELDS_PAGE} entries; what was done stays done."
+    )
+    progress = {
+        "count": {"type": "integer"},
+        "examined": {"type": "integer", "description": "Registry entries this request examined"},
+        "next_cursor": {"type": ["string", "null"], "description": "null: the end was reached"},
+    }
     retry_body = {
         "type": "object",
         "required": ["dry_run"],
         "additionalProperties": False,
         "properties": {
             "dry_run": {"type": "boolean", "description": "Count and list, change nothing"},
+            "all": {
+                "type": ["boolean", "null"],
+                "description": "true: every dead job (no filters); required to retry them all",
+            },
+            "cursor": {
+                "type": ["string", "null"],
+                "description": "`next_cursor` of the previous answer",
+            },
             **{
                 name: {
                     "anyOf": [
@@ -322,9 +418,7 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                             }
                         ),
                     ),
-                    _query_param(
-                        "cursor", "`next_cursor` of the previous page", {"type": "string"}
-                    ),
+                    cursor,
                 ],
                 "responses": {
                     "200": _response(
@@ -339,7 +433,8 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                 },
             },
             "delete": {
-                "summary": "Delete every matching dead job (a filter, or all=true, is required)",
+                "summary": "Delete the matching dead jobs (a filter, or all=true, is required)",
+                "description": budget,
                 "security": security,
                 "parameters": [
                     *filters,
@@ -348,9 +443,10 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                         "true: delete every dead job (no filters)",
                         params.or_empty({"type": "boolean"}),
                     ),
+                    cursor,
                 ],
                 "responses": {
-                    "200": _response("How many were deleted", _object(count={"type": "integer"})),
+                    "200": _response("How many were deleted", _object(**progress)),
                     "422": invalid,
                     **common,
                 },
@@ -358,7 +454,9 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
         },
         "/dead/retry": {
             "post": {
-                "summary": "Retry every matching dead job, or (dry_run) count them",
+                "summary": "Retry the matching dead jobs, or (dry_run) count them; retrying "
+                'every one needs "all": true',
+                "description": budget,
                 "security": security,
                 "requestBody": {
                     "required": True,
@@ -366,11 +464,12 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _response(
-                        "The count; a dry run also lists the ids "
+                        "How many were retried (or, in a dry run, match) among the entries "
+                        "examined; a dry run also lists their ids "
                         f"(at most {constants.DEAD_DRY_RUN_IDS})",
                         _object(
                             dry_run={"type": "boolean"},
-                            count={"type": "integer"},
+                            **progress,
                             ids={"type": "array", "items": {"type": "string"}},
                         ),
                     ),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+
+from service import constants
 
 
 class JSONResponse(Response):
@@ -39,6 +42,63 @@ class ApiError(Exception):
         if self.details is not None:
             body["details"] = self.details
         return JSONResponse({"error": body}, self.status, headers=self.headers)
+
+
+def clip(text: str) -> str:
+    """`text`, or its start and its length when it is longer than ERROR_TEXT_MAX_CHARS: an
+    error never echoes a huge input (a 600 KB key) back."""
+    limit = constants.ERROR_TEXT_MAX_CHARS
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+# How a 422 that lists errors reads, for the OpenAPI document.
+LISTED_ERRORS_DOC = (
+    f"`details.errors` lists the first {constants.LISTED_ERRORS} errors (each field name and "
+    f"message clipped to {constants.ERROR_TEXT_MAX_CHARS} characters), "
+    "`details.error_count` counts them all."
+)
+
+
+class Problems:
+    """The errors found in one request, each naming its field, answered at once as one 422:
+    every error counted, the first LISTED_ERRORS listed (their text clipped), so the reply
+    stays small however many there are."""
+
+    __slots__ = ("count", "listed")
+
+    def __init__(self) -> None:
+        self.listed: list[dict[str, str]] = []
+        self.count = 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def append(self, problem: dict[str, str]) -> None:
+        """One error: `{"field", "message"}`."""
+        if len(self.listed) < constants.LISTED_ERRORS:
+            self.listed.append(
+                {"field": clip(problem["field"]), "message": clip(problem["message"])}
+            )
+        self.count += 1
+
+    def extend(self, problems: Iterable[dict[str, str]], count: int) -> None:
+        """`count` errors, `problems` lazily: those past the listed ones are never built."""
+        room = max(constants.LISTED_ERRORS - len(self.listed), 0)
+        before = self.count
+        for problem in itertools.islice(problems, room):
+            self.append(problem)
+        self.count = before + count
+
+    def error(
+        self, code: str, what: str, after: str = "", details: Mapping[str, Any] | None = None
+    ) -> ApiError:
+        """The 422: `<count> <what>`, how many are listed when not all are, then `after`;
+        `details`: any besides `errors` and `error_count`."""
+        message = f"{self.count} {what}"
+        if self.count > len(self.listed):
+            message += f"; the first {len(self.listed)} are listed"
+        listed = {"errors": self.listed, "error_count": self.count}
+        return ApiError(422, code, message + after, {**listed, **(details or {})})
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:

@@ -130,7 +130,8 @@ class FastSubmit:
 
 def _plain_job(message: Message, state: Any) -> jobs.NewJob | None:
     """The job, or None for a request the full stack must answer: a body not all in this
-    message, malformed, nested deeper than the limit, invalid, or with an idempotency key."""
+    message, malformed, nested deeper than the limit, invalid (an integer beyond 64 bits
+    too: `parse_jobs` reads the body for them), or with an idempotency key."""
     if message["type"] != "http.request" or message.get("more_body", False):
         return None
     body: bytes = message.get("body", b"")
@@ -143,7 +144,7 @@ def _plain_job(message: Message, state: Any) -> jobs.NewJob | None:
         return None  # read_json's depth check, and its answer
     try:
         ((job, options),) = parse_jobs(
-            [value], state.registry, state.settings.queue_name, batch=False
+            [value], state.registry, state.settings, batch=False, body=body
         )
     except ApiError:
         return None

@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 from service import constants, jobs
 from service.api import params
-from service.api.errors import ApiError, JSONResponse
+from service.api.errors import ApiError, JSONResponse, Problems
+from service.api.submit import MAX_TYPE_CHARS
 from service.mongo import HISTORY_COLLECTION
 
 STATUSES = ("queued", "scheduled", "started", "finished", "failed", "canceled")
@@ -47,17 +48,20 @@ def _iso(value: Any) -> Any:
     return value
 
 
-def _decode_cursor(raw: str) -> tuple[datetime, str]:
+def _decode_cursor(raw: str | None, problems: Problems) -> tuple[datetime, str] | None:
+    if raw is None:
+        return None
     try:
-        stamp, job_id = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().split("|")
-        return datetime.fromisoformat(stamp), job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(
-            422,
-            "invalid_parameters",
-            "the cursor is not one this API gave",
-            {"errors": [{"field": "cursor", "message": "invalid"}]},
-        ) from None
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        stamp, job_id = text.split("|")
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is not None and jobs.valid_id(job_id):
+            # In UTC within years 1 to 9999, as MongoDB's driver must write it.
+            return moment.astimezone(UTC), job_id
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
+        pass
+    problems.append({"field": "cursor", "message": "not a cursor this API returned"})
+    return None
 
 
 def _encode_cursor(doc: dict[str, Any]) -> str:
@@ -69,9 +73,11 @@ async def list_jobs(request: Request) -> Response:
     """History, newest change first: ?type=&status=&since=&until=&limit=&cursor=."""
     db = _database(request)
     given = {k: v for k, v in request.query_params.items() if v}
-    problems: params.Problems = []
+    problems = Problems()
     query: dict[str, Any] = {}
     if "type" in given:
+        if len(given["type"]) > MAX_TYPE_CHARS:  # longer than any job type: matches none
+            problems.append({"field": "type", "message": f"at most {MAX_TYPE_CHARS} characters"})
         query["type"] = given["type"]
     if "status" in given:
         if given["status"] not in STATUSES:
@@ -85,12 +91,11 @@ async def list_jobs(request: Request) -> Response:
     if window:
         query["updated_at"] = window
     limit = params.limit(given.get("limit"), problems)
+    after = _decode_cursor(given.get("cursor"), problems)
     if problems:
-        raise ApiError(
-            422, "invalid_parameters", f"{len(problems)} invalid parameter(s)", {"errors": problems}
-        )
-    if "cursor" in given:
-        stamp, last_id = _decode_cursor(given["cursor"])
+        raise problems.error("invalid_parameters", "invalid parameter(s)")
+    if after is not None:
+        stamp, last_id = after
         query["$or"] = [
             {"updated_at": {"$lt": stamp}},
             {"updated_at": stamp, "_id": {"$lt": last_id}},

@@ -1,7 +1,7 @@
 """The API's Prometheus metrics: requests, accepted and rejected jobs, publish latency, backlog.
 
-One uvicorn process, so prometheus_client's default in-process registry; GET /metrics is open,
-like /health (counts only, no job data).
+One uvicorn process, so prometheus_client's default in-process registry. GET /metrics needs a
+key when API_KEYS is set (job types and queue names are in it; service/api/middleware.py).
 """
 
 from __future__ import annotations

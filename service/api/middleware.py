@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import apikeys
 from service.api.errors import ApiError
 from service.deadline import before
 from service.settings import Secret
 
-PROTECTED = ("/jobs", "/queues", "/dead")  # health, readiness and the OpenAPI document stay open
+# What needs a key when API_KEYS is set: the jobs, and what tells about them (queue names, job
+# types and counts). Liveness and readiness stay open for probes; the OpenAPI document (every
+# payload schema) follows OPENAPI_PUBLIC.
+PROTECTED = ("/jobs", "/queues", "/dead", "/backlog", "/metrics")
+OPENAPI = "/openapi.json"
 
 
 class ApiKeyAuth:
-    """`Authorization: Bearer <key>` on job endpoints when API_KEYS is set; 401 otherwise."""
+    """`Authorization: Bearer <key>` on the PROTECTED paths (and `/openapi.json` unless
+    `openapi_public`) when API_KEYS is set; 401 otherwise."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[Secret, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: tuple[Secret, ...], openapi_public: bool) -> None:
         self.app = app
         self.keys = [k.reveal().encode() for k in keys]
+        self.protected = PROTECTED if openapi_public else (*PROTECTED, OPENAPI)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not scope["path"].startswith(PROTECTED):
+        if scope["type"] != "http" or not self.keys or not scope["path"].startswith(self.protected):
             return await self.app(scope, receive, send)
         if self.allows(dict(scope["headers"])):
             return await self.app(scope, receive, send)
@@ -34,13 +40,7 @@ class ApiKeyAuth:
 
     def allows(self, headers: dict[bytes, bytes]) -> bool:
         """No keys are set, or the request carries one of them."""
-        if not self.keys:
-            return True
-        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-        valid = False
-        for key in self.keys:  # compare with every key, in constant time: no early exit
-            valid |= hmac.compare_digest(token.strip(), key)
-        return scheme.lower() == b"bearer" and valid
+        return apikeys.allows(self.keys, headers.get(b"authorization", b""))
 
 
 class BodyLimit:

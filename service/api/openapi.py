@@ -6,10 +6,12 @@ from typing import Any
 
 from service import constants
 from service.api import dead, params
-from service.api.submit import IDEMPOTENCY_KEY, JobRequest
+from service.api.errors import LISTED_ERRORS_DOC
+from service.api.submit import IDEMPOTENCY_KEY, MAX_TYPE_CHARS, JobRequest
 from service.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+INVALID = {"$ref": "#/components/schemas/Invalid"}
 
 
 def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -33,7 +35,30 @@ def _int64(schema: Any) -> Any:
     return bounded
 
 
-def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
+def _bounded_options(properties: dict[str, Any], ceilings: dict[str, int]) -> dict[str, Any]:
+    """The options' schemas with the limits the request model leaves to the settings: each
+    TTL's `maximum` is its ceiling (MAX_RESULT_TTL, MAX_FAILURE_TTL), and run_at says how far
+    ahead it may be."""
+    bounded = dict(properties)
+    for field, ceiling in ceilings.items():
+        schema = bounded[field]
+        integer = {**schema["anyOf"][0], "maximum": ceiling}
+        bounded[field] = {**schema, "anyOf": [integer, *schema["anyOf"][1:]]}
+    bounded["run_at"] = {
+        **bounded["run_at"],
+        "description": "RFC 3339 time with a timezone, at most a year (365 days) ahead; "
+        "not with delay",
+    }
+    return bounded
+
+
+def build_openapi(
+    registry: Registry,
+    *,
+    auth: bool,
+    max_result_ttl: int = constants.MAX_RESULT_TTL,
+    max_failure_ttl: int = constants.MAX_FAILURE_TTL,
+) -> dict[str, Any]:
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -49,6 +74,38 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 }
             },
         },
+        # A 422 that lists the request's errors (details.errors: each names its field).
+        "Invalid": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {
+                            "type": "object",
+                            "properties": {
+                                "errors": {
+                                    "type": "array",
+                                    "maxItems": constants.LISTED_ERRORS,
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "field": {"type": "string"},
+                                            "message": {"type": "string"},
+                                        },
+                                        "required": ["field", "message"],
+                                    },
+                                },
+                                "error_count": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    },
+                    "required": ["code", "message"],
+                }
+            },
+        },
         "Accepted": {
             "type": "object",
             "properties": {k: {"type": "string"} for k in ("id", "type", "queue", "status")},
@@ -57,9 +114,10 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
     # The options every job takes (priority, delay, retries...), from the request model.
     options = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(options.pop("$defs", {}))
-    option_properties = {
-        k: v for k, v in options["properties"].items() if k not in ("type", "payload")
-    }
+    option_properties = _bounded_options(
+        {k: v for k, v in options["properties"].items() if k not in ("type", "payload")},
+        {"result_ttl": max_result_ttl, "failure_ttl": max_failure_ttl},
+    )
     refs = []
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
@@ -86,7 +144,11 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         "400": _response("Malformed JSON"),
         "413": _response("Body over MAX_BODY_BYTES"),
         "415": _response("Not application/json"),
-        "422": _response("Unknown job type or invalid payload; nothing was enqueued"),
+        "422": _response(
+            "Unknown job type, invalid payload, or an integer outside the signed 64-bit range "
+            "anywhere in the body; nothing was enqueued. " + LISTED_ERRORS_DOC,
+            INVALID,
+        ),
         "429": _response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
         "503": _response(
             "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "
@@ -184,7 +246,8 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         "/backlog": {
             "get": {
                 "summary": "The true backlog (waiting in every priority + due scheduled), for "
-                "autoscaling; open like /health",
+                "autoscaling",
+                "security": security,
                 "responses": {
                     "200": _response(
                         "`{backlog, waiting, due_scheduled, queues}`", {"type": "object"}
@@ -203,7 +266,10 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "summary": "Readiness (Redis reachable)",
                 "responses": {
                     "200": _response("Ready", {"type": "object"}),
-                    "503": _response("Not ready", {"type": "object"}),
+                    "503": _response(
+                        "Not ready: each failing component named (`unavailable`), never its error",
+                        {"type": "object"},
+                    ),
                 },
             }
         },
@@ -220,7 +286,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
                 "description": description,
             }
             for name, schema, description in (
-                ("type", {"type": "string"}, "a job type"),
+                ("type", {"type": "string", "maxLength": MAX_TYPE_CHARS}, "a job type"),
                 (
                     "status",
                     {"enum": ["queued", "scheduled", "started", "finished", "failed", "canceled"]},
@@ -238,7 +304,7 @@ def build_openapi(registry: Registry, *, auth: bool) -> dict[str, Any]:
         ],
         "responses": {
             "200": _response("`{jobs, next_cursor}`", {"type": "object"}),
-            "422": _response("A bad parameter"),
+            "422": _response("A bad parameter. " + LISTED_ERRORS_DOC, INVALID),
             "501": _response("History is off: MONGODB_URI is not set"),
             "503": _response("MongoDB unavailable"),
         },

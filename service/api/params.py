@@ -4,12 +4,11 @@ collected, named, and answered at once with a 422."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service import constants
-
-Problems = list[dict[str, str]]
+from service.api.errors import Problems
 
 
 def or_empty(schema: dict[str, Any]) -> dict[str, Any]:
@@ -21,17 +20,20 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:
 
 
 def instant(name: str, value: str | None, problems: Problems) -> float | None:
-    """An RFC 3339 time with a timezone, as epoch seconds."""
+    """An RFC 3339 time with a timezone, as epoch seconds; in UTC within years 1 to 9999,
+    which Python's datetime (and so MongoDB's driver) can represent."""
     if value is None:
         return None
     # A '+' sent unencoded in a query string arrives as a space: read it as the '+' it was.
     value = re.sub(r" (\d\d:\d\d)$", r"+\1", value)
+    message = "expected an RFC 3339 time with a timezone: 2026-11-29T10:00:00Z"
     if _RFC3339.fullmatch(value):
         try:
-            return datetime.fromisoformat(value.upper()).timestamp()
+            return datetime.fromisoformat(value.upper()).astimezone(UTC).timestamp()
         except ValueError:
             pass
-    message = "expected an RFC 3339 time with a timezone: 2026-11-29T10:00:00Z"
+        except OverflowError:  # 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
+            message = "expected a time from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
     problems.append({"field": name, "message": message})
     return None
 
@@ -39,8 +41,11 @@ def instant(name: str, value: str | None, problems: Problems) -> float | None:
 def limit(value: str | None, problems: Problems) -> int:
     if value is None:
         return constants.LIST_DEFAULT_LIMIT
-    if value.isascii() and value.isdigit() and 1 <= int(value) <= constants.LIST_MAX_LIMIT:
-        return int(value)
+    # Digits, and a few only: int() refuses a string of over 4300 digits (a ValueError).
+    if value.isascii() and value.isdigit() and len(value) <= 9:
+        number = int(value)
+        if 1 <= number <= constants.LIST_MAX_LIMIT:
+            return number
     problems.append(
         {"field": "limit", "message": f"expected a whole number 1-{constants.LIST_MAX_LIMIT}"}
     )

@@ -18,6 +18,12 @@ before the ASGI app is called, so no middleware can see them: they live here.
   unparsed for `linger_seconds`, then the connection is closed. Closing at once would make
   the kernel answer the unread data with a reset, which can destroy the answer before the
   client has read it.
+- Connections: at most `max_connections` open (MAX_CONNECTIONS), so the process never runs
+  out of files. At the limit a new connection takes the place of the one that has waited
+  longest for a request, never of one being served, and is closed at once only when every
+  one is being served. Refusing every new connection instead would let idle sockets shut
+  out the orchestrator's probes until REQUEST_HEADER_TIMEOUT frees them, again and again;
+  an idle connection closed loses nothing (service/connections.py).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import http
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.connections import Connections
+
 
 class HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing; httptools wraps it in a parser error."""
@@ -37,6 +45,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head_timeout: float = 10.0  # set by `guarded_protocol`
     max_head_bytes: int = 16 * 1024
     linger_seconds: float = 2.0
+    limit: Connections[GuardedHttpToolsProtocol]  # one per server, set by `guarded_protocol`
 
     _head_timer: asyncio.TimerHandle | None = None
     _awaiting_head = False  # the timer runs: waiting for a request head, or part way through
@@ -49,9 +58,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        if not self.limit.opened(self):
+            self.transport.close()
+            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.limit.closed(self)
         self._cancel_head_timer()
         if self._lingering is not None:
             self._lingering.cancel()
@@ -80,6 +93,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.limit.began(self)
         self._in_head = self._head_began = True
         self._head_size = self._head_reads = 0
 
@@ -94,6 +108,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_head = self._in_head = False
         self._cancel_head_timer()
+        self.limit.serving(self)
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -122,6 +137,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._awaiting_head = True
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        self.limit.idle(self)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -156,6 +172,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         (at once if the client closes first)."""
         self._cancel_head_timer()
         self._unset_keepalive_if_required()
+        self.limit.unserved(self)
         if not self.transport.can_write_eof():  # TLS: no half-close
             self.transport.close()
             return
@@ -165,12 +182,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(
-    head_timeout: float, max_head_bytes: int, linger_seconds: float
+    head_timeout: float, max_head_bytes: int, linger_seconds: float, max_connections: int
 ) -> type[HttpToolsProtocol]:
     """The protocol class to give uvicorn (`Config(http=...)`), with these limits."""
+    connections: Connections[GuardedHttpToolsProtocol] = Connections(
+        max_connections, lambda protocol: protocol.transport.close(), "API"
+    )
     limits = {
         "head_timeout": head_timeout,
         "max_head_bytes": max_head_bytes,
         "linger_seconds": linger_seconds,
+        "limit": connections,
     }
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), limits)

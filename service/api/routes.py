@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from typing import Any
 
@@ -12,11 +13,13 @@ from starlette.responses import Response
 
 from service import constants, jobs, mongo, queues
 from service.api import history, metrics
-from service.api.errors import ApiError, JSONResponse
+from service.api.errors import ApiError, JSONResponse, clip
 from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
 from service.registry import Registry
 from service.settings import Settings
 from service.store import Store
+
+log = logging.getLogger("service.api")
 
 
 def _state(request: Request) -> tuple[Settings, Registry, Store]:
@@ -47,7 +50,8 @@ async def _ensure_durable(request: Request) -> None:
 async def submit_job(request: Request) -> Response:
     settings, registry, store = _state(request)
     body = await read_json(request)
-    ((job, options),) = parse_jobs([body], registry, settings.queue_name, batch=False)
+    raw = await request.body()  # read already: kept by the request
+    ((job, options),) = parse_jobs([body], registry, settings, batch=False, body=raw)
     await _ensure_durable(request)
     header = request.headers.get("idempotency-key")  # present but empty is an invalid key
     key = options.idempotency_key if header is None else header
@@ -100,7 +104,8 @@ async def submit_batch(request: Request) -> Response:
             "batch_too_large",
             f"a batch holds at most {constants.MAX_BATCH_JOBS} jobs, got {len(items)}",
         )
-    batch = [job for job, _ in parse_jobs(items, registry, settings.queue_name, batch=True)]
+    raw = await request.body()  # read already: kept by the request
+    batch = [job for job, _ in parse_jobs(items, registry, settings, batch=True, body=raw)]
     await _ensure_durable(request)
     with metrics.PUBLISH_SECONDS.time():
         await store.publish(batch)
@@ -149,7 +154,7 @@ def _not_found(job_id: str, registry: Registry) -> ApiError:
             "they end, so it has expired"
         )
         return ApiError(410, "job_expired", message, {"created_at": jobs.utc_iso(created)})
-    return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    return ApiError(404, "job_not_found", f"no job with id {clip(job_id)!r}")
 
 
 async def list_queues(request: Request) -> Response:
@@ -160,7 +165,8 @@ async def list_queues(request: Request) -> Response:
 
 async def backlog(request: Request) -> Response:
     """The true backlog, for autoscaling (KEDA's metrics-api scaler reads `backlog`): every
-    priority of every queue, plus scheduled jobs that are due. Open, like /health: counts only."""
+    priority of every queue, plus scheduled jobs that are due. Needs a key when API_KEYS is set:
+    it names the queues."""
     settings, registry, store = _state(request)
     bases = {settings.queue_name} | {t.queue for t in registry if t.queue}
     return JSONResponse(await store.backlog(queues.served(bases)))
@@ -172,23 +178,39 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: Redis answers a PING, and MongoDB too when MONGODB_URI is set."""
+    """Readiness: Redis answers a PING, and MongoDB too when MONGODB_URI is set.
+
+    Open to anyone (probes send no key), so it names a failing component, never its error
+    (which tells addresses and versions): the error goes to the log, once until it changes."""
     _, _, store = _state(request)
     body: dict[str, Any] = {"status": "ok", "redis": "ok"}
+    failures: dict[str, str] = {}
     try:
         await store.client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        body["redis"] = f"unavailable: {exc}"
+        body["redis"], failures["redis"] = "unavailable", str(exc)
     if body["redis"] == "ok" and request.app.state.strict is not None:
         problems = await request.app.state.strict.check(store.client)
-        body["durability"] = "; ".join(problems) or "ok"
+        body["durability"] = "not_durable" if problems else "ok"
+        if problems:
+            failures["durability"] = "; ".join(problems)
     if request.app.state.mongo is not None:
         up = await mongo.ping_async(request.app.state.mongo)
         body["mongodb"] = "ok" if up else "unavailable"
+    _log_changes(request.app.state.not_ready, failures)
     if any(value != "ok" for value in body.values()):
         body["status"] = "unavailable"
         return JSONResponse(body, 503, headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)})
     return JSONResponse(body)
+
+
+def _log_changes(logged: dict[str, str], failures: dict[str, str]) -> None:
+    """Log each failure /ready found, unless the same one was logged last time."""
+    for component, detail in failures.items():
+        if logged.get(component) != detail:
+            log.warning("not ready: %s: %s", component, detail)
+    logged.clear()
+    logged.update(failures)
 
 
 async def openapi(request: Request) -> Response:

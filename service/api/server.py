@@ -10,6 +10,7 @@ import uvicorn
 from service import constants, durability, tracing
 from service.api.app import create_app
 from service.api.protocol import guarded_protocol
+from service.connections import fit_file_limit
 from service.registry import Registry
 from service.settings import Settings
 from service.store import connect
@@ -27,6 +28,17 @@ class Server(uvicorn.Server):
 
 
 def run(settings: Settings, registry: Registry) -> int:
+    # A file per connection, and per Redis connection a request in flight may hold (a stalled
+    # Redis holds one per request); a burst of accepts can take a whole backlog at once.
+    connections = settings.max_connections
+    needed = 2 * connections + constants.LISTEN_BACKLOG + constants.FILES_RESERVE
+    why = (
+        f"2 per connection (its own, one to Redis), {constants.LISTEN_BACKLOG} queued for "
+        f"accept, {constants.FILES_RESERVE} for the process"
+    )
+    if problem := fit_file_limit(connections, needed, why):
+        log.error("invalid configuration: %s", problem)
+        return constants.EXIT_CONFIG
     with connect(settings.queue_redis) as client:
         refused = durability.problems_at_start(client, settings.durability == "strict")
     if refused:  # before any port is bound
@@ -39,8 +51,12 @@ def run(settings: Settings, registry: Registry) -> int:
         port=settings.port,
         # uvicorn has no request-head timeout or size limit: our protocol adds both.
         http=guarded_protocol(
-            settings.request_header_timeout, constants.MAX_HEAD_BYTES, constants.LINGER_SECONDS
+            settings.request_header_timeout,
+            constants.MAX_HEAD_BYTES,
+            constants.LINGER_SECONDS,
+            connections,
         ),
+        backlog=constants.LISTEN_BACKLOG,
         ws="none",  # no WebSocket routes: do not offer the upgrade
         timeout_keep_alive=constants.KEEP_ALIVE_SECONDS,
         log_config=None,

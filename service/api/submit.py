@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -11,13 +13,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from starlette.requests import Request
 
 from service import constants, jobs, queues
-from service.api.errors import ApiError
+from service.api.errors import ApiError, Problems
 from service.policy import Backoff
 from service.queues import Priority
 from service.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
+from service.settings import Settings
 
-MAX_DELAY_SECONDS = 365 * 24 * 3600
-MAX_TTL_SECONDS = 365 * 24 * 3600
 MAX_TYPE_CHARS = 100  # the longest name the registry allows
 # Printable ASCII, as a header carries it (and without the spaces HTTP trims at either end).
 IDEMPOTENCY_KEY = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
@@ -31,13 +32,14 @@ class JobRequest(BaseModel):
     type: str = Field(min_length=1, max_length=MAX_TYPE_CHARS)
     payload: Any = Field(default_factory=dict)
     priority: Priority | None = None
-    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_SECONDS)
+    delay: float | None = Field(default=None, ge=0, le=constants.MAX_SCHEDULE_SECONDS)
     run_at: AwareDatetime | None = None
     max_retries: int | None = Field(default=None, ge=0, le=25)
     backoff: Backoff | None = None
     timeout: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    result_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
-    failure_ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
+    # At most MAX_RESULT_TTL and MAX_FAILURE_TTL: settings, checked by `parse_jobs`.
+    result_ttl: int | None = Field(default=None, ge=1)
+    failure_ttl: int | None = Field(default=None, ge=1)
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=f"^{IDEMPOTENCY_KEY.pattern}$"
     )
@@ -54,6 +56,48 @@ class JobRequest(BaseModel):
         if self.run_at is not None and self.run_at.timestamp() > now:
             return self.run_at.timestamp()
         return None  # due now (or in the past): queued at once
+
+
+OUT_OF_RANGE = (
+    f"integers must be within the signed 64-bit range ({jobs.INT64.start} to {jobs.INT64.stop - 1})"
+)
+_Path = tuple[str | int, ...]
+
+
+class _OutOfRange:
+    """Stands for an integer outside jobs.INT64 in the exact parse."""
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+def _exact_int(literal: str) -> int | _OutOfRange:
+    if len(literal.lstrip("-")) > 19:  # JSON has no leading zeros: too large, unconverted
+        return _OUT_OF_RANGE
+    value = int(literal)
+    return value if value in jobs.INT64 else _OUT_OF_RANGE
+
+
+def wide_integers(body: bytes) -> list[_Path]:
+    """Where the JSON `body` holds integers outside jobs.INT64 (which MongoDB cannot store,
+    and orjson reads as inexact floats), in document order; usually none, found at once."""
+    if not jobs.may_hold_wide_integer(body):
+        return []
+    return list(_paths_to(_OUT_OF_RANGE, json.loads(body, parse_int=_exact_int)))
+
+
+def _paths_to(marker: object, value: Any) -> Iterator[_Path]:
+    """The paths of `marker` in `value` (iterative: the depth is already bounded, the stack
+    need not be)."""
+    stack: list[tuple[_Path, Any]] = [((), value)]
+    while stack:
+        path, node = stack.pop()
+        if node is marker:
+            yield path
+        elif isinstance(node, dict):
+            stack += reversed([((*path, key), child) for key, child in node.items()])
+        elif isinstance(node, list):
+            stack += reversed([((*path, index), child) for index, child in enumerate(node)])
 
 
 # Most jobs give only these: every option then takes the job type's default.
@@ -101,18 +145,87 @@ def _field(where: str, loc: tuple[int | str, ...]) -> str:
     return where + ".".join(map(str, loc)) if loc else where.rstrip(".") or "body"
 
 
+# The options bounded by a setting: (field, Settings attribute, variable).
+CEILINGS = (
+    ("result_ttl", "max_result_ttl", "MAX_RESULT_TTL"),
+    ("failure_ttl", "max_failure_ttl", "MAX_FAILURE_TTL"),
+)
+
+
+def _beyond_limits(
+    request: JobRequest, settings: Settings, where: str, now: float
+) -> list[dict[str, Any]]:
+    """What the request model cannot check alone: the operator's TTL ceilings, and a run_at
+    no farther ahead than the longest delay (so it is a time RFC 3339 can write, and the
+    job's hash expires some day)."""
+    found = []
+    for field, attribute, variable in CEILINGS:
+        value, ceiling = getattr(request, field), getattr(settings, attribute)
+        if value is not None and value > ceiling:
+            message = f"Input should be at most {ceiling} seconds ({variable})"
+            found.append({"field": f"{where}{field}", "message": message})
+    farthest = now + constants.MAX_SCHEDULE_SECONDS
+    if request.run_at is not None and request.run_at.timestamp() > farthest:
+        message = "Input should be at most a year (365 days) ahead, as delay is"
+        found.append({"field": f"{where}run_at", "message": message})
+    return found
+
+
+def _wide_per_item(body: bytes, batch: bool) -> dict[int, list[_Path]]:
+    """wide_integers(body), by item (a batch's `jobs[i]`), each path from its item."""
+    per_item: dict[int, list[_Path]] = {}
+    for path in wide_integers(body):
+        if batch:  # {"jobs": [...]} and nothing else: every path starts with ("jobs", i)
+            index, path = int(path[1]), path[2:]
+        else:
+            index = 0
+        per_item.setdefault(index, []).append(path)
+    return per_item
+
+
+# Generators, so that errors past those a reply lists are never read (see Problems.extend).
+def _request_problems(where: str, exc: ValidationError) -> Iterator[dict[str, str]]:
+    for e in exc.errors(include_url=False):
+        yield {"field": _field(where, e["loc"]), "message": e["msg"]}
+
+
+def _payload_problems(where: str, exc: PayloadInvalid) -> Iterator[dict[str, str]]:
+    for e in exc.errors:
+        yield {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
+
+
+def _extend(
+    problems: Problems, more: Iterator[dict[str, str]], count: int, wide: list[str]
+) -> None:
+    """`count` errors for `problems`, but none of a field that holds an integer beyond 64
+    bits: that one is named once, for that reason (the errors are read whole then: a rare
+    body)."""
+    if wide:
+        kept = [problem for problem in more if problem["field"] not in wide]
+        problems.extend(iter(kept), len(kept))
+    else:
+        problems.extend(more, count)
+
+
 def parse_jobs(
-    items: list[Any], registry: Registry, default_queue: str, *, batch: bool
+    items: list[Any], registry: Registry, settings: Settings, *, batch: bool, body: bytes
 ) -> list[tuple[jobs.NewJob, JobRequest]]:
-    """Validate every item against the registry; raise one 422 listing all the errors."""
-    errors: list[dict[str, Any]] = []
+    """Validate every item against the registry and the settings' limits; raise one 422
+    counting all the errors and listing the first of them (see `Problems`).
+
+    `body`: the request body the items were read from, for what its parse lost (integers
+    outside jobs.INT64, read as floats or kept too large to store)."""
+    problems = Problems()
     parsed: list[tuple[jobs.NewJob, JobRequest]] = []
     unknown = False
     now = time.time()
+    wide = _wide_per_item(body, batch)
     for index, item in enumerate(items):
         where = f"jobs[{index}]." if batch else ""
-        found: list[dict[str, Any]] = []
+        found = problems.count
         request = spec = None
+        wide_fields = [_field(where, path) for path in wide.get(index, ())]
+
         name = item.get("type") if isinstance(item, dict) else None
         plain = isinstance(item, dict) and item.keys() <= PLAIN_FIELDS
         if plain and isinstance(name, str) and name in registry:
@@ -121,10 +234,10 @@ def parse_jobs(
             try:
                 request = validate_json(JobRequest, item)
             except ValidationError as exc:
-                found += [
-                    {"field": _field(where, e["loc"]), "message": e["msg"]}
-                    for e in exc.errors(include_url=False)
-                ]
+                _extend(problems, _request_problems(where, exc), exc.error_count(), wide_fields)
+            else:
+                limits = _beyond_limits(request, settings, where, now)
+                _extend(problems, iter(limits), len(limits), wide_fields)
         # The payload is checked even when the options are not; a name too long to be a job
         # type is already an error above, and is not echoed back as an unknown one.
         if isinstance(name, str) and len(name) <= MAX_TYPE_CHARS:
@@ -133,20 +246,20 @@ def parse_jobs(
                 spec.validate(item.get("payload", {}), strict=True)
             except UnknownJobType:
                 unknown = True
-                found.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
+                problems.append({"field": f"{where}type", "message": f"unknown job type {name!r}"})
             except PayloadInvalid as exc:
-                found += [
-                    {"field": f"{where}payload.{e['field']}".rstrip("."), "message": e["message"]}
-                    for e in exc.errors
-                ]
-        if found or request is None or spec is None:
-            errors += found
+                _extend(problems, _payload_problems(where, exc), exc.count, wide_fields)
+        for field in wide_fields:  # named once, for this reason, whatever else it broke
+            problems.append({"field": field, "message": OUT_OF_RANGE})
+        if problems.count > found or request is None or spec is None:
             continue
         backoff = request.backoff or spec.backoff
         job = jobs.NewJob(
             id=jobs.new_id(),
             type=spec.name,
-            queue=queues.concrete(spec.queue or default_queue, request.priority or spec.priority),
+            queue=queues.concrete(
+                spec.queue or settings.queue_name, request.priority or spec.priority
+            ),
             payload=item.get("payload", {}),  # as sent (the validated copy may differ: 5.0 is 5)
             timeout=request.timeout or spec.timeout,
             max_retries=spec.max_retries if request.max_retries is None else request.max_retries,
@@ -156,9 +269,7 @@ def parse_jobs(
             run_at=request.run_at_epoch(now),
         )
         parsed.append((job, request))
-    if errors:
-        details: dict[str, Any] = {"errors": errors}
-        if unknown:
-            details["known_types"] = registry.names()
-        raise ApiError(422, "invalid_job", f"{len(errors)} validation error(s)", details)
+    if problems:
+        known = {"known_types": registry.names()} if unknown else None
+        raise problems.error("invalid_job", "validation error(s)", details=known)
     return parsed

@@ -126,6 +126,7 @@ class Attempt:
         "claimed",
         "claimed_at",
         "ended",
+        "max_result_bytes",
         "payload",
         "problem",
         "spec",
@@ -137,8 +138,9 @@ class Attempt:
         "type",
     )
 
-    def __init__(self, claimed: Claimed, registry: Registry) -> None:
+    def __init__(self, claimed: Claimed, registry: Registry, max_result_bytes: int) -> None:
         self.claimed = claimed
+        self.max_result_bytes = max_result_bytes
         self.claimed_at = time.monotonic()
         self.started = 0.0
         self.taken = False  # a lane or task took it to run: it can no longer be given back
@@ -188,16 +190,17 @@ class Attempt:
         ours): failed at once, never retried. None for a job that can run."""
         if not self.problem:
             return None
-        self.started = time.time()
+        self.start()  # counted as `unknown` (metric labels are registered types only)
         return self._failed("reject", "exception", self.problem)
 
     def succeeded(self, result: Any) -> Outcome:
+        """The handler returned `result`: stored as JSON, unless it is not JSON or its JSON
+        passes MAX_RESULT_BYTES (then the attempt fails, retried by its policy)."""
         try:
-            value = b"" if result is None else jobs.encode_return_value(result)
-        except TypeError as exc:  # orjson: a set, an object, an integer beyond 64 bits...
-            error = f"ResultNotJSON: the handler's result cannot be stored as JSON: {exc}"
-            return self._failed("fail", "result_not_json", error)
-        return self._outcome("ok", value=value)
+            encoded = jobs.result_json(result, self.max_result_bytes)
+        except jobs.ResultRejected as exc:
+            return self._failed("fail", exc.reason, str(exc))
+        return self._outcome("ok", value=jobs.encode_return_value(encoded))
 
     def failed(self, exc: BaseException) -> Outcome:
         """The handler (or its payload's validation) raised `exc`."""

@@ -10,7 +10,6 @@ one step; the child is then killed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import select
@@ -19,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from service import constants
 from service.settings import Settings
 from service.worker.execute import Attempt, Outcome, call_async, call_sync
 
@@ -45,16 +45,21 @@ def run_alone(attempt: Attempt, settings: Settings) -> Outcome:
         os.close(read_fd)
         _child(attempt, settings, write_fd)
     os.close(write_fd)
+    # The longest report: the result's JSON in base64 (the child checked it against
+    # MAX_RESULT_BYTES) or the error text (cut to JOB_ERROR_MAX_CHARS, 6 bytes of JSON each).
+    bound = 4 * settings.max_result_bytes // 3 + 6 * constants.JOB_ERROR_MAX_CHARS + 1024
     output: bytes | None = None
     try:
-        output = _read_all(read_fd)
+        output = _read_all(read_fd, bound)
     finally:
         os.close(read_fd)
-        if output is None:  # stopped while it ran: stop the child
+        if output is None or len(output) > bound:  # stopped, or a report too long: stop it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-    if not output:
+    if output is not None and len(output) > bound:
+        return attempt.failed_with(f"IsolatedJobDied: job process wrote over {bound} bytes")
+    if not output or status != 0:  # no report, or one cut short by the child's death
         how = _describe(status)
         if attempt.claimed.crashes > 0:
             return attempt.crashed(LOST_ALONE.format(how=how))
@@ -62,7 +67,7 @@ def run_alone(attempt: Attempt, settings: Settings) -> Outcome:
     report: dict[str, Any] = orjson.loads(output)
     return attempt.reported(
         report["kind"],
-        base64.b64decode(report["value"]),
+        report["value"].encode(),
         report["reason"],
         report["error"],
         report["delay"],
@@ -83,9 +88,9 @@ def _child(attempt: Attempt, settings: Settings, write_fd: int) -> None:
         report = orjson.dumps(
             {
                 "kind": outcome.kind,
-                "value": base64.b64encode(outcome.value).decode(),
+                "value": outcome.value.decode(),  # base64 already
                 "reason": outcome.reason,
-                "error": outcome.error,
+                "error": outcome.error[-constants.JOB_ERROR_MAX_CHARS :],
                 "delay": outcome.delay,
             }
         )
@@ -97,13 +102,17 @@ def _child(attempt: Attempt, settings: Settings, write_fd: int) -> None:
     os._exit(0)
 
 
-def _read_all(fd: int) -> bytes:
-    """Everything the child writes, until it exits (EOF), looking up every WAIT_STEP."""
+def _read_all(fd: int, bound: int) -> bytes:
+    """What the child writes until it exits (EOF), or just over `bound` bytes, looking up
+    every WAIT_STEP (a stop raised into this thread lands there)."""
     chunks: list[bytes] = []
-    while True:
+    size = 0
+    while size <= bound:
         ready, _, _ = select.select([fd], [], [], WAIT_STEP)
         if ready:
             chunk = os.read(fd, 65536)
             if not chunk:
-                return b"".join(chunks)
+                break
             chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)

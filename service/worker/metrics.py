@@ -9,7 +9,7 @@ only it knows at scrape time: processes alive, jobs in progress, restarts, and t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -30,7 +30,8 @@ STARTED = Counter("service_jobs_started", "Job attempts started", ["type"])
 FINISHED = Counter("service_jobs_finished", "Job attempts that succeeded", ["type"])
 FAILED = Counter(
     "service_jobs_failed",
-    "Job attempts that failed (reason: exception, timeout, worker_lost)",
+    "Job attempts that failed (reason: exception, timeout, result_not_json, result_too_large, "
+    "worker_lost)",
     ["type", "reason"],
 )
 RETRIED = Counter("service_jobs_retried", "Failed attempts scheduled to run again", ["type"])
@@ -49,6 +50,23 @@ QUEUE_WAIT = Histogram(
     buckets=BUCKETS,
 )
 
+# The job types that may become a `type` label: those registered in this process. A job's type
+# is read from Redis, where anyone who can write may put any name (`os.system`); any other name
+# is counted as `unknown`, so labels never come from untrusted data, and their number is bounded.
+_types: frozenset[str] = frozenset()
+UNKNOWN = "unknown"
+
+
+def label_types(names: Iterable[str]) -> None:
+    """Set the job types that label metrics (the registry's), once per process."""
+    global _types
+    _types = frozenset(names)
+
+
+def _label(job_type: str) -> str:
+    return job_type if job_type in _types else UNKNOWN
+
+
 # The counter each COMPLETE result adds to (see scripts.COMPLETE).
 _BY_RESULT = {
     "finished": FINISHED,
@@ -60,20 +78,22 @@ _BY_RESULT = {
 
 
 def started(job_type: str, enqueued_at: str, now: float) -> None:
-    child(STARTED, job_type).inc()
+    label = _label(job_type)
+    child(STARTED, label).inc()
     if enqueued_at:
         wait = now - datetime.fromisoformat(enqueued_at).timestamp()
-        child(QUEUE_WAIT, job_type).observe(max(wait, 0.0))
+        child(QUEUE_WAIT, label).observe(max(wait, 0.0))
 
 
 def ended(job_type: str, result: str, reason: str, duration: float | None) -> None:
     """One attempt's end, as COMPLETE or RECOVER decided it."""
+    label = _label(job_type)
     if result in _BY_RESULT:
-        child(_BY_RESULT[result], job_type).inc()
+        child(_BY_RESULT[result], label).inc()
     if result in ("retried", "failed"):
-        child(FAILED, job_type, reason).inc()
+        child(FAILED, label, reason).inc()
     if duration is not None:
-        child(DURATION, job_type).observe(duration)
+        child(DURATION, label).observe(duration)
 
 
 class SupervisorCollector(Collector):
@@ -107,10 +127,39 @@ class SupervisorCollector(Collector):
         )
 
 
-def registry(live: Collector, backlog: BacklogCollector) -> CollectorRegistry:
+class HistoryCollector(Collector):
+    """The container's history shipper (MONGODB_URI only): whether it runs, and the events
+    MongoDB could not store whole."""
+
+    def __init__(self, figures: Callable[[], tuple[bool, int, int] | None]) -> None:
+        self.figures = figures  # () -> (running, stored in part, not stored); None: no shipper
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures()
+        if figures is None:
+            return
+        running, in_part, dropped = figures
+        yield GaugeMetricFamily(
+            "service_history_shipper_up",
+            "1 while this container's job history shipper runs, 0 once it has stopped",
+            value=int(running),
+        )
+        unstorable = CounterMetricFamily(
+            "service_history_unstorable_events",
+            "History events MongoDB could not store whole: stored_in_part (a part replaced "
+            "by a marker) or dropped",
+            labels=["outcome"],
+        )
+        unstorable.add_metric(["stored_in_part"], in_part)
+        unstorable.add_metric(["dropped"], dropped)
+        yield unstorable
+
+
+def registry(live: Collector, backlog: BacklogCollector, history: Collector) -> CollectorRegistry:
     """What the health server's /metrics shows: every process's counts, plus live figures."""
     collected = CollectorRegistry()
     MultiProcessCollector(collected, os.environ[MULTIPROC_DIR])  # type: ignore[no-untyped-call]
     collected.register(live)
     collected.register(backlog)
+    collected.register(history)
     return collected

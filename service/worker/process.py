@@ -38,11 +38,11 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, logs, scripts, tracing
+from service import constants, jobs, logs, lua, scripts, tracing
 from service import registry as registry_module
 from service.registry import Registry
 from service.settings import Settings
-from service.store import connect, connect_async
+from service.store import connect, connect_async, out_of_memory
 from service.worker import metrics, recovery
 from service.worker.clients import Clients
 from service.worker.execute import (
@@ -106,6 +106,7 @@ class WorkerProcess:
         self.tasks: dict[Attempt, asyncio.Task[None]] = {}  # async jobs running
         self._places = list(range(2 * self.slots - 1, self.slots - 1, -1))  # for tasks
         self.pending: list[Outcome] = []  # ended, not recorded yet
+        self._pending_bytes = 0  # of results and errors in `pending`
         self._cancel: set[str] = set()  # ids a `stop-job` command named
         self._avg_seconds = float("inf")  # running mean job time (no prefetch until known)
         self._exec_seq = itertools.count(1)
@@ -115,6 +116,8 @@ class WorkerProcess:
         self._wake_scheduled = False
         self._blpop: asyncio.Task[Any] | None = None
         self._recording = False  # a COMPLETE call is in flight
+        self._holding = False  # outcomes Redis refused wait to be recorded: claim nothing
+        self._trouble_since: float | None = None  # since when Redis has failed or refused us
         self.outcome_log = logs.BatchLog(log, settings)
 
     # --- life cycle ---
@@ -127,8 +130,9 @@ class WorkerProcess:
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
-        self._claim_script = self.redis.register_script(scripts.CLAIM)
-        self._complete_script = self.redis.register_script(scripts.COMPLETE)
+        self._claim_script = lua.ScriptAsync(self.redis, scripts.CLAIM)
+        self._complete_script = lua.ScriptAsync(self.redis, scripts.COMPLETE)
+        metrics.label_types(self.registry.names())
         self.clients = Clients(self.settings)
         self.lanes = Lanes(self.slots, self._execute_in_lane, self._admit, self._lane_ended)
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
@@ -186,24 +190,22 @@ class WorkerProcess:
                 log.warning("worker %s: supervisor gone; stopping", self.name)
                 self.stopping = True
                 break
-            room = self._room()
-            if room == 0:
+            room = 0 if self._holding else self._room()
+            if room == 0:  # full, or holding outcomes Redis will not take: claim nothing
                 await self._wait_changed(WAIT_SECONDS)
                 continue
             try:
                 claimed = await self._claim(room)
             except (redis.RedisError, OSError) as exc:
-                self.block.set_ready(False)
-                log.warning(
-                    "worker %s: Redis unavailable (%s); retrying in %.1fs", self.name, exc, backoff
-                )
+                self._troubled(exc)
                 await self._wait_changed(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self._untroubled()
             self.block.set_ready(True)
             backoff = 0.1
             for job in claimed:
-                self._dispatch(Attempt(job, self.registry))
+                self._dispatch(Attempt(job, self.registry, self.settings.max_result_bytes))
             if len(claimed) < room:  # the queues ran dry: wait for a token
                 await self._wait_for_work()
 
@@ -362,8 +364,16 @@ class WorkerProcess:
             else:
                 self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * seconds
         self.pending.append(outcome)
+        self._pending_bytes += len(outcome.value)
         self._to_record.set()
-        if self.active == 0 or len(self.pending) >= self.settings.worker_batch_size:
+        # At once when nothing else runs, a batch is full, or the outcomes carry
+        # MAX_RESULT_BYTES: a COMPLETE that starts just under `maxmemory` passes it by its own
+        # writes only.
+        if (
+            self.active == 0
+            or len(self.pending) >= self.settings.worker_batch_size
+            or self._pending_bytes >= self.settings.max_result_bytes
+        ):
             self._flush_now.set()
         self._changed.set()
 
@@ -449,7 +459,7 @@ class WorkerProcess:
                     async with asyncio.timeout(constants.BATCH_TARGET_SECONDS):
                         await self._flush_now.wait()
             self._flush_now.clear()
-            batch, self.pending = self.pending, []
+            batch, self.pending, self._pending_bytes = self.pending, [], 0
             if batch:
                 self._recording = True
                 try:
@@ -458,29 +468,32 @@ class WorkerProcess:
                     self._recording = False
 
     async def _record(self, outcomes: list[Outcome]) -> None:
-        """Record outcomes. Jobs already ran: while Redis is unreachable, keep trying (with
-        backoff) rather than lose the results, until a forced stop gives up on them (the jobs
-        then run again elsewhere: at least once)."""
+        """Record outcomes. Jobs already ran: while Redis is unreachable or full (it refuses
+        COMPLETE whole), keep them and keep trying (with backoff) rather than lose the
+        results, until a forced stop gives up on them (the jobs then run again elsewhere: at
+        least once). The heartbeat still lands on a full Redis, so the held jobs do not look
+        abandoned."""
         args: list[Any] = [value for outcome in outcomes for value in outcome.args()]
+        limits = [*self.settings.retention.args(), self.settings.max_crashes]
         backoff = 0.1
         while True:
             now = time.time()
-            header: list[Any] = [self.name, jobs.utc_iso(now), now, self.settings.max_crashes]
             try:
-                results = await self._complete_script(args=[*header, *args])
-                break
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self.forced:
-                    raise
-                log.warning(
-                    "worker %s: cannot record %d outcomes yet (%s); retrying in %.1fs",
-                    self.name,
-                    len(outcomes),
-                    exc,
-                    backoff,
+                results = await self._complete_script(
+                    args=[self.name, jobs.utc_iso(now), now, *limits, *args]
                 )
+                break
+            except (redis.RedisError, OSError) as exc:
+                if self.forced or not _passing(exc):
+                    raise
+                self._holding = True
+                self._troubled(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        if self._holding:
+            self._holding = False
+            self._changed.set()
+        self._untroubled()
         fates = [jobs.as_text(result) for result in results]
         self.block.count(*fates)
         with self._held_lock:
@@ -493,6 +506,26 @@ class WorkerProcess:
                 metrics.ended(outcome.type, fate, outcome.reason, duration)
                 self.outcome_log.add(*_outcome_line(outcome, fate))
         self.outcome_log.flush()
+
+    def _troubled(self, exc: Exception) -> None:
+        """Redis failed a claim or refused outcomes: not ready; one line per episode, not one
+        per retry."""
+        self.block.set_ready(False)
+        if self._trouble_since is None:
+            self._trouble_since = time.monotonic()
+            log.warning(
+                "worker %s: %s; not ready: outcomes are kept and nothing is claimed until "
+                "it takes them, retrying with backoff (up to 5s)",
+                self.name,
+                _trouble(exc),
+            )
+
+    def _untroubled(self) -> None:
+        if self._trouble_since is not None and not self._holding:
+            waited = time.monotonic() - self._trouble_since
+            log.info("worker %s: Redis answers again after %.1fs", self.name, waited)
+            self._trouble_since = None
+        self.block.set_ready(not self._holding)
 
     # --- commands and liveness ---
     async def _commands(self) -> None:
@@ -519,7 +552,7 @@ class WorkerProcess:
         """A thread of its own, with its own client: jobs that hog the loop or the GIL for a
         while must not make the jobs of a live process look abandoned."""
         client = connect(self.settings.queue_redis)
-        heartbeat = client.register_script(scripts.HEARTBEAT)
+        heartbeat = lua.Script(client, scripts.HEARTBEAT)
         key = constants.worker_key(self.name)
         ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
         while True:
@@ -551,6 +584,7 @@ class WorkerProcess:
                 client,
                 self.queues,
                 max_crashes=self.settings.max_crashes,
+                retention=self.settings.retention,
                 owner=self.name,
                 mode="interrupted",
             )
@@ -564,6 +598,18 @@ class WorkerProcess:
             log.warning("worker %s: could not deregister: %s", self.name, exc)
         finally:
             client.close()
+
+
+def _passing(exc: Exception) -> bool:
+    """Trouble that passes by itself: Redis unreachable, stalled or full."""
+    lost = (redis.ConnectionError, redis.TimeoutError, OSError)
+    return isinstance(exc, lost) or out_of_memory(exc)
+
+
+def _trouble(exc: Exception) -> str:
+    if out_of_memory(exc):
+        return "Redis is full (used memory > maxmemory)"
+    return f"Redis unavailable ({exc})"
 
 
 _LEVELS = {

@@ -10,7 +10,8 @@ from typing import Literal
 
 import redis
 
-from service import constants, jobs, scripts
+from service import constants, jobs, lua, scripts
+from service.settings import DEFAULT_RETENTION, Retention
 
 LOST_REASON = "WorkerLost: the worker running this job died (killed, out of memory, or lost)"
 
@@ -20,6 +21,7 @@ def recover(
     queues: Sequence[str],
     *,
     max_crashes: int,
+    retention: Retention = DEFAULT_RETENTION,
     owner: str = "",
     mode: Literal["lost", "interrupted"] = "lost",
     running: Sequence[str] = (),
@@ -31,10 +33,11 @@ def recover(
     re-delivered until each has crashed `max_crashes` times, then failed; the owner's other
     jobs never started and go back to the head of the queue. interrupted: all back at the
     head, not counted as attempts. Returns [failed, redelivered, interrupted] and, per job
-    blamed for a crash, its type and fate ('failed' or 'retried').
+    blamed for a crash, its type and fate ('failed' or 'retried'). `retention`: the
+    ceilings the RECOVER script applies to the jobs it ends (see scripts._TRANSITIONS).
     """
     now = time.time()
-    script = client.register_script(scripts.RECOVER)
+    script = lua.Script(client, scripts.RECOVER)
     args: list[str | bytes | float] = [
         jobs.utc_iso(now),
         now,
@@ -43,6 +46,7 @@ def recover(
         max_crashes,
         jobs.encode_exc_string(LOST_REASON),
         ",".join(running),
+        *retention.args(),
         *queues,
     ]
     *counts, lost = script(args=args)
@@ -53,7 +57,7 @@ def recover(
 def promote(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float | None]:
     """Move due scheduled jobs onto their queues; return (moved, when the next one is due)."""
     now = time.time()
-    script = client.register_script(scripts.PROMOTE)
+    script = lua.Script(client, scripts.PROMOTE)
     moved, next_due = script(args=[now, jobs.utc_iso(now), *queues])
     return int(moved), float(next_due) if next_due else None
 

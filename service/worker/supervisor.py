@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 
 from service import constants, durability, mongo, queues
 from service import metrics as backlog_metrics
+from service.connections import fit_file_limit
 from service.history import Shipper
 from service.registry import Registry
 from service.settings import Settings
@@ -51,6 +52,7 @@ class Supervisor:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.queues = served_queues(settings, registry)
+        self.job_types = registry.names()  # the only names a `type` label may take
         count = settings.worker_processes
         self.slots = Slots(count, settings.worker_concurrency)
         self.processes: list[BaseProcess | None] = [None] * count
@@ -63,6 +65,7 @@ class Supervisor:
         self._redis_since: float | None = None  # since when housekeeping has reached Redis
         self.db: Database[dict[str, Any]] | None = None
         self.shipper: Shipper | None = None
+        self.history: threading.Thread | None = None  # the shipper's thread
         self._history_stop = threading.Event()
         self.backlog = backlog_metrics.BacklogCollector()
         self._backlog_plan = backlog_metrics.BacklogPlan({queues.base(q) for q in self.queues})
@@ -73,6 +76,11 @@ class Supervisor:
         self.signals += 1
 
     def run(self) -> int:
+        connections = self.settings.max_connections  # the health server's
+        why = f"1 per connection, {constants.FILES_RESERVE} for the process"
+        if problem := fit_file_limit(connections, connections + constants.FILES_RESERVE, why):
+            log.error("invalid configuration: %s", problem)
+            return constants.EXIT_CONFIG
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._wakeup_write.setblocking(False)
@@ -83,7 +91,12 @@ class Supervisor:
         if refused:  # before the health server binds its port
             log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
             return constants.EXIT_CONFIG
-        exposed = metrics.registry(metrics.SupervisorCollector(self.live_figures), self.backlog)
+        metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
+        exposed = metrics.registry(
+            metrics.SupervisorCollector(self.live_figures),
+            self.backlog,
+            metrics.HistoryCollector(self.history_figures),
+        )
         health = HealthServer(
             self.settings, self.healthy, self.ready, lambda: backlog_metrics.exposition(exposed)
         )
@@ -99,14 +112,14 @@ class Supervisor:
         )
         for index in range(self.settings.worker_processes):
             self._start(index)
-        history = self._start_history()
+        self.history = self._start_history()
         try:
             self._supervise()
             code = self._shut_down()
         finally:
-            if history is not None:  # after the workers: their last events ship too
+            if self.history is not None:  # after the workers: their last events ship too
                 self._history_stop.set()
-                history.join(constants.HISTORY_DRAIN_SECONDS + 2)
+                self.history.join(constants.HISTORY_DRAIN_SECONDS + 2)
             if self.db is not None:
                 self.db.client.close()
             health.stop()
@@ -206,6 +219,16 @@ class Supervisor:
             self.backlog.latest = None  # no figures rather than stale ones
             log.debug("backlog figures skipped, Redis unavailable: %s", exc)
 
+    def history_figures(self) -> tuple[bool, int, int] | None:
+        """(shipper running, events stored in part, events not stored), None without one."""
+        if self.shipper is None:
+            return None
+        stats = self.shipper.stats
+        return self._shipping(), stats.stored_in_part, stats.unstorable
+
+    def _shipping(self) -> bool:
+        return self.history is not None and self.history.is_alive()
+
     def live_figures(self) -> tuple[int, int, int, int]:
         """(processes alive, slots busy, slots in all, restarts so far): read at scrape time."""
         alive = [i for i, p in enumerate(self.processes) if p is not None and p.is_alive()]
@@ -254,12 +277,13 @@ class Supervisor:
                 self.redis,
                 self.queues,
                 max_crashes=self.settings.max_crashes,
+                retention=self.settings.retention,
                 owner=name,
                 mode=mode,
                 running=running,
             )
             for job_type, fate in fates:
-                metrics.ended(job_type or "unknown", fate, "worker_lost", None)
+                metrics.ended(job_type, fate, "worker_lost", None)
             for queue in self.queues:
                 recovery.prune_workers(self.redis, queue)
             if name:
@@ -341,7 +365,8 @@ class Supervisor:
         return ok, details
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        """Ready: Redis (and MongoDB, when configured) answer, and the processes consume."""
+        """Ready: Redis (and MongoDB and the history shipper, when configured) answer, and
+        the processes consume."""
         consuming = sum(self.slots[i].get(READY) > 0 for i in range(len(self.processes)))
         try:
             redis_ok = bool(self.redis.ping())
@@ -351,12 +376,14 @@ class Supervisor:
             "redis": "ok" if redis_ok else "unavailable",
             "consuming": consuming,
         }
-        mongo_ok = True
+        mongo_ok = shipping = True
         if self.db is not None and self.shipper is not None:
             mongo_ok = mongo.ping(self.db)
+            shipping = self._shipping()
             details["mongodb"] = "ok" if mongo_ok else "unavailable"
-            details["history"] = dataclasses.asdict(self.shipper.stats)
-        ok = redis_ok and mongo_ok and consuming > 0 and not self.stopping
+            details["history"] = "ok" if shipping else "stopped"
+            details["shipper"] = dataclasses.asdict(self.shipper.stats)
+        ok = redis_ok and mongo_ok and shipping and consuming > 0 and not self.stopping
         return ok, details
 
 

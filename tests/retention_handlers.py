@@ -1,0 +1,14 @@
+"""A job type that asks to keep its results for 30 days (loaded only by the processes of
+tests/test_retention.py, through HANDLER_MODULES): above the default MAX_RESULT_TTL."""
+
+from __future__ import annotations
+
+from service import JobContext, job
+from service.registry import EmptyPayload
+
+MONTH = 30 * 24 * 3600
+
+
+@job("test.keep_long", result_ttl=MONTH)
+def keep_long(payload: EmptyPayload, ctx: JobContext) -> None:
+    """Does nothing; its result is meant to be kept a month."""
