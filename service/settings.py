@@ -219,7 +219,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
     worker_mode = env.bool("WORKER_MODE", False)
     concurrency = env.int("WORKER_CONCURRENCY", 5, validate=validate.Range(min=1, max=50))
-    processes = env.int("WORKER_PROCESSES", None, validate=validate.Range(min=1, max=64))
+    processes = None  # left out or empty: the CPUs this container may use
+    if environ.get("WORKER_PROCESSES"):
+        processes = env.int("WORKER_PROCESSES", None, validate=validate.Range(min=1, max=64))
     batch_size = env.int("WORKER_BATCH_SIZE", 50, validate=validate.Range(min=1, max=1000))
     interval_ms = env.int(
         "WORKER_PROCESSING_INTERVAL", 5000, validate=validate.Range(min=1000, max=60000)

@@ -272,7 +272,7 @@ def test_redis_crash_and_restart_under_load(
 ) -> None:
     env = own_env(own_redis, redis_url)
     api = start_service(**env)
-    worker = start_service(worker=True, WORKER_CONCURRENCY="2", **env)
+    worker = start_service(worker=True, WORKER_PROCESSES="2", **env)
     wait_for(lambda: status(f"{worker.url}/ready") == 200, 15)
     processes = children(worker.process.pid)
     queue = redis.Redis.from_url(f"{own_redis.url}/1")
@@ -350,7 +350,7 @@ def test_redis_paused_fails_fast_and_recovers_without_restarts(
     assert PAUSE > constants.HEARTBEAT_MISSES * INTERVAL + 1
     env = own_env(own_redis, redis_url)
     api = start_service(**env)
-    worker = start_service(worker=True, WORKER_CONCURRENCY="2", **env)
+    worker = start_service(worker=True, WORKER_PROCESSES="2", **env)
     wait_for(lambda: status(f"{worker.url}/ready") == 200, 15)
     processes = children(worker.process.pid)
     queue = redis.Redis.from_url(f"{own_redis.url}/1")

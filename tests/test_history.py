@@ -150,7 +150,7 @@ def test_mongodb_outage_never_stops_jobs_and_history_catches_up(
     api = start_service(MONGODB_URI=mongo_uri)
     worker = start_service(
         worker=True,
-        WORKER_CONCURRENCY="2",
+        WORKER_PROCESSES="2",
         WORKER_PROCESSING_INTERVAL="1000",
         MONGODB_URI=mongo_uri,
     )

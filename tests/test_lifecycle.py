@@ -105,7 +105,7 @@ def test_two_worker_containers_promote_but_never_run_a_job_twice(
 ) -> None:
     api = start_service()
     for _ in range(2):
-        start_service(worker=True, WORKER_CONCURRENCY="2", WORKER_PROCESSING_INTERVAL="1000")
+        start_service(worker=True, WORKER_PROCESSES="2", WORKER_PROCESSING_INTERVAL="1000")
     ids = [
         post(api, {"type": "test.count", "payload": {"key": f"runs:{n}"}, "delay": 0.5})[1]["id"]
         for n in range(40)

@@ -72,7 +72,7 @@ def wait_ended(api: ServiceProcess, ids: list[str]) -> None:
 def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     common = {"API_KEYS": KEY, "WORKER_PROCESSING_INTERVAL": "1000"}
     api = start_service(MAX_BODY_BYTES="2048", **common)
-    worker = start_service(worker=True, WORKER_CONCURRENCY="2", **common)
+    worker = start_service(worker=True, WORKER_PROCESSES="2", **common)
     ids = [submit(api, {"type": "noop", "priority": "high"}) for _ in range(2)]
     ids += [submit(api, {"type": "noop"}) for _ in range(3)]
     ids.append(submit(api, {"type": "test.flaky", "payload": {"fail_times": 1}}))  # retried once
@@ -86,6 +86,9 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     big = {"type": "echo", "payload": {"text": "x" * 4096}}
     assert http("POST", f"{api.url}/jobs", big, AUTH)[0] == 413
     wait_ended(api, ids)
+    # test.slow sleeps in C code, where its timeout cannot reach it: its process gives up on it
+    # STOP_GRACE_SECONDS later and is replaced
+    wait_for(lambda: value(scrape(worker.url), "service_worker_processes") == 2)
 
     jobs = scrape(worker.url)
     assert value(jobs, "service_jobs_started_total", type="noop") == 5
@@ -100,7 +103,7 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     assert value(jobs, "service_job_duration_seconds_count", type="noop") == 5
     assert value(jobs, "service_job_queue_wait_seconds_count", type="test.flaky") == 3
     assert value(jobs, "service_job_duration_seconds_bucket", type="test.slow", le="0.5") == 0
-    assert value(jobs, "service_job_duration_seconds_bucket", type="test.slow", le="2.5") == 1
+    assert value(jobs, "service_job_duration_seconds_bucket", type="test.slow", le="5.0") == 1
     assert value(jobs, "service_worker_processes") == 2
     assert value(jobs, "service_jobs_in_progress") == 0
     assert value(jobs, "service_worker_process_restarts_total") == 0
@@ -154,7 +157,7 @@ def test_backlog_gauges_show_waiting_work_and_who_serves_it(start_service: Start
     """A worker serving only `reports`: jobs for app-queue wait, and both endpoints say so."""
     common = {"API_KEYS": KEY, "WORKER_PROCESSING_INTERVAL": "1000"}
     api = start_service(**common)
-    worker = start_service(worker=True, WORKER_CONCURRENCY="2", WORKER_QUEUES="reports", **common)
+    worker = start_service(worker=True, WORKER_PROCESSES="2", WORKER_QUEUES="reports", **common)
     for _ in range(2):
         submit(api, {"type": "noop", "priority": "high"})
     for _ in range(3):

@@ -45,6 +45,8 @@ CONTRACT = {
     "service_job_queue_wait_seconds": "histogram",
     "service_jobs_in_progress": "gauge",
     "service_worker_processes": "gauge",
+    "service_worker_slots_busy": "gauge",
+    "service_worker_slots": "gauge",
     "service_worker_process_restarts_total": "counter",
     # backlog gauges, exported by the API and every worker container (aggregate with max)
     "service_queue_waiting_jobs": "gauge",
@@ -125,7 +127,7 @@ from service.api import metrics as api_metrics
 from service.worker import metrics as worker_metrics
 
 live = CollectorRegistry()
-live.register(worker_metrics.SupervisorCollector(lambda: (1, 0, 0)))
+live.register(worker_metrics.SupervisorCollector(lambda: (1, 0, 5, 0)))
 live.register(worker_metrics.HistoryCollector(lambda: (True, 0, 0)))
 backlog = metrics.BacklogCollector()
 backlog.latest = metrics.Snapshot({"q": metrics.QueueFigures(waiting={"high": 0})}, 0, 0.0)

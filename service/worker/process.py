@@ -118,6 +118,7 @@ class WorkerProcess:
         self._recording = False  # a COMPLETE call is in flight
         self._holding = False  # outcomes Redis refused wait to be recorded: claim nothing
         self._trouble_since: float | None = None  # since when Redis has failed or refused us
+        self._registered = threading.Event()  # the first heartbeat was sent
         self.outcome_log = logs.BatchLog(log, settings)
 
     # --- life cycle ---
@@ -136,6 +137,9 @@ class WorkerProcess:
         self.clients = Clients(self.settings)
         self.lanes = Lanes(self.slots, self._execute_in_lane, self._admit, self._lane_ended)
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        # Registered before claiming (as RQ's workers are): `rq info`, GET /queues and the
+        # status command count it from its first job on.
+        await asyncio.to_thread(self._registered.wait, constants.WORKER_SOCKET_TIMEOUT)
         helpers = [
             asyncio.create_task(self._recorder()),
             asyncio.create_task(self._watch()),
@@ -573,6 +577,7 @@ class WorkerProcess:
                 heartbeat(args=args)
             except redis.RedisError as exc:
                 log.debug("heartbeat failed: %s", exc)
+            self._registered.set()
             time.sleep(self.settings.worker_processing_interval)
 
     def _deregister(self) -> None:
