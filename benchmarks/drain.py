@@ -28,6 +28,7 @@ from benchmarks.common import (
 )
 from benchmarks.harness import FAILED_KEY, FINISHED_KEY, PUBLISH_CHUNK, QUEUE_KEY, Bench, Row
 from benchmarks.redis_meter import RedisCost
+from service import cpus
 
 PARKED_KEY = "bench:parked"  # the pre-loaded queue waits here until every worker is ready
 RQ_BATCH = 1000  # jobs per enqueue_many call when pre-loading RQ
@@ -60,8 +61,8 @@ class DrainResult:
 def run(bench: Bench) -> None:
     n, n_rq = bench.args.jobs, bench.args.rq_jobs
     log(f"\n== drain: {n:,} no-op jobs pre-loaded, then the worker started")
-    default = drain_service(bench, n, concurrency=5)
-    single = drain_service(bench, n, concurrency=1)
+    default = drain_service(bench, n)
+    single = drain_service(bench, n, processes=1)
     baseline = drain_rq(bench, n_rq)
     for label, result, system in (
         ("service, 5 processes", default, "service, 5 processes (defaults)"),
@@ -77,8 +78,11 @@ def run(bench: Bench) -> None:
         figures.rss_mib = sum(result.rss_kib) / len(result.rss_kib) / 1024
     rq_figure = f"RQ SimpleWorker ({n_rq:,} jobs): {fmt_rate(baseline.rate, 'jobs/s')}"
     for result, setting in (
-        (default, "WORKER_CONCURRENCY=5, WORKER_BATCH_SIZE=50"),
-        (single, "WORKER_CONCURRENCY=1: one process each"),
+        (
+            default,
+            "defaults: WORKER_PROCESSES = the CPUs, WORKER_CONCURRENCY=5, WORKER_BATCH_SIZE=50",
+        ),
+        (single, "WORKER_PROCESSES=1: one process each"),
     ):
         bench.rows.append(
             Row(
@@ -106,21 +110,27 @@ def preload_parked(bench: Bench, n: int) -> list[str]:
     return ids
 
 
-def start_and_release(bench: Bench, concurrency: int) -> tuple[Child, list[int]]:
-    """Start the worker, wait until every process consumes, then put the queue back."""
+def start_and_release(
+    bench: Bench, processes: int | None = None, concurrency: int = 5
+) -> tuple[Child, list[int]]:
+    """Start the worker (`processes` None: the default, one per CPU), wait until every process
+    consumes, then put the queue back."""
     started = time.perf_counter()
-    worker = bench.start_worker(concurrency)
+    worker = bench.start_worker(processes, concurrency)
+    count = processes or cpus.available()
     log(
-        f"   worker up, {concurrency}/{concurrency} processes consuming after "
+        f"   worker up, {count} processes x {concurrency} slots consuming after "
         f"{time.perf_counter() - started:.2f} s; releasing the queue"
     )
     return worker, worker_pids(worker.pid)
 
 
-def drain_service(bench: Bench, n: int, concurrency: int) -> DrainResult:
+def drain_service(
+    bench: Bench, n: int, processes: int | None = None, concurrency: int = 5
+) -> DrainResult:
     client = bench.db(DB_SERVICE)
     ids = preload_parked(bench, n)
-    worker, workers = start_and_release(bench, concurrency)
+    worker, workers = start_and_release(bench, processes, concurrency)
     workers_cpu, meter = sum(map(cpu_seconds, workers)), bench.redis_meter()
     released = time.perf_counter()
     client.rename(PARKED_KEY, QUEUE_KEY)

@@ -31,7 +31,7 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.redis_meter import RedisCost, RedisMeter
-from service import constants, jobs
+from service import constants, cpus, jobs
 from service import registry as service_registry
 from service.embedded_redis import EmbeddedRedis, free_port
 from service.store import Store
@@ -140,15 +140,26 @@ class Bench:
         self.wait_http(child, f"{base}/health", lambda status, _: status == 200)
         return child, base
 
-    def start_worker(self, concurrency: int = 5) -> Child:
+    def start_worker(
+        self, processes: int | None = None, concurrency: int = 5, **extra: str
+    ) -> Child:
+        """A worker container: `processes` worker processes (None: the default, the CPUs this
+        machine lets it use), each running up to `concurrency` jobs at once."""
         port = free_port()
-        env = self.env(WORKER_MODE="true", PORT=str(port), WORKER_CONCURRENCY=str(concurrency))
+        env = self.env(
+            WORKER_MODE="true",
+            PORT=str(port),
+            WORKER_CONCURRENCY=str(concurrency),
+            WORKER_PROCESSES="" if processes is None else str(processes),
+            **extra,
+        )
+        wanted = processes or cpus.available()
         child = self.procs.start("worker", [sys.executable, "-m", "service"], env)
         # /ready counts the processes that have made a first claim: all of them, or we wait.
         self.wait_http(
             child,
             f"http://127.0.0.1:{port}/ready",
-            lambda status, body: status == 200 and body.get("consuming") == concurrency,
+            lambda status, body: status == 200 and body.get("consuming") == wanted,
         )
         return child
 

@@ -25,7 +25,7 @@ def run(bench: Bench) -> None:
     log(f"\n== memory: VmRSS of each worker process every {step:,} jobs of {n:,} (defaults)")
     client = bench.db(DB_SERVICE)
     preload_parked(bench, n)
-    worker, workers = start_and_release(bench, concurrency=5)
+    worker, workers = start_and_release(bench)
     pids = [worker.pid, *workers]
     rows = [_sample(0, 0, pids)]  # before the first job
     released = time.perf_counter()

@@ -218,7 +218,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     problems: list[str] = []
 
     worker_mode = env.bool("WORKER_MODE", False)
-    concurrency = env.int("WORKER_CONCURRENCY", 5, validate=validate.Range(min=1, max=50))
+    concurrency = env.int("WORKER_CONCURRENCY", 5, validate=validate.Range(min=1, max=1000))
     processes = None  # left out or empty: the CPUs this container may use
     if environ.get("WORKER_PROCESSES"):
         processes = env.int("WORKER_PROCESSES", None, validate=validate.Range(min=1, max=64))

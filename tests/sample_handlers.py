@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 
 from pydantic import BaseModel
 
-from service import JobContext, job, tracing
+from service import AsyncJobContext, JobContext, job, tracing
 from service.registry import EmptyPayload
 
 
@@ -152,3 +153,57 @@ def sized(payload: Size, ctx: JobContext) -> str:
 @job("test.sized_isolated", isolated=True)
 def sized_isolated(payload: Size, ctx: JobContext) -> str:
     return "x" * payload.chars
+
+
+# --- async handlers and concurrency ---------------------------------------------------------
+
+
+@job("test.async_gated")
+async def async_gated(payload: Gate, ctx: AsyncJobContext) -> dict[str, object]:
+    """test.gated on the event loop, with the process's asyncio clients: counts its starts
+    and completions (hashes `starts`, `completions`); in between, waits for `payload.gate`.
+    Returns what it ran with: the process, and the identity and kind of its client."""
+    await ctx.redis.hincrby("starts", ctx.id, 1)
+    while not await ctx.redis.exists(payload.gate):
+        await asyncio.sleep(0.01)
+    await ctx.redis.hincrby("completions", ctx.id, 1)
+    client = ctx.redis
+    return {"pid": os.getpid(), "client": id(client), "kind": type(client).__module__}
+
+
+@job("test.async_slow", timeout=1)
+async def async_slow(payload: Key, ctx: AsyncJobContext) -> None:
+    """Awaits past its 1 s timeout; marks itself started, and `cancelled` when stopped."""
+    await ctx.redis.rpush("started", ctx.id)
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await ctx.redis.rpush("cancelled", ctx.id)
+        raise
+
+
+@job("test.spin", timeout=1)
+def spin(payload: Key, ctx: JobContext) -> None:
+    """Computes past its 1 s timeout, in Python: an exception raised in its thread stops it."""
+    ctx.redis.rpush("started", ctx.id)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pass
+
+
+@job("test.poison", max_retries=10)
+def poison(payload: Gate, ctx: JobContext) -> None:
+    """Aborts its process once `payload.gate` holds a count of starts reached (its neighbours
+    are running), every time it runs."""
+    ctx.redis.incr("poison_runs")
+    need = int(ctx.redis.get(payload.gate) or 0)
+    while len(ctx.redis.hkeys("starts")) < need:
+        time.sleep(0.01)
+    os.abort()
+
+
+@job("test.async_db")
+async def async_db(payload: Key, ctx: AsyncJobContext) -> str:
+    """Writes a document with the process's asyncio MongoDB client (ctx.db), returns its key."""
+    await ctx.db["notes"].insert_one({"key": payload.key, "job": ctx.id})
+    return type(ctx.db).__name__

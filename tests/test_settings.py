@@ -54,7 +54,7 @@ def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
     text = problems(
         {
             "WORKER_MODE": "maybe",
-            "WORKER_CONCURRENCY": "51",
+            "WORKER_CONCURRENCY": "1001",
             "WORKER_BATCH_SIZE": "0",
             "WORKER_PROCESSING_INTERVAL": "999",
             "QUEUE_NAME": "bad name",
@@ -68,7 +68,7 @@ def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
     )
     for fragment in (
         "WORKER_MODE='maybe'",
-        "WORKER_CONCURRENCY='51'",
+        "WORKER_CONCURRENCY='1001'",
         "WORKER_BATCH_SIZE='0'",
         "WORKER_PROCESSING_INTERVAL='999'",
         "QUEUE_NAME='bad name'",
@@ -85,7 +85,9 @@ def test_every_problem_is_reported_at_once_with_variable_and_value() -> None:
 @pytest.mark.parametrize(
     ("variable", "good", "bad"),
     [
-        ("WORKER_CONCURRENCY", "50", "0"),
+        ("WORKER_CONCURRENCY", "1000", "0"),
+        ("WORKER_PROCESSES", "64", "65"),
+        ("WORKER_PROCESSES", "1", "0"),
         ("WORKER_BATCH_SIZE", "1000", "1001"),
         ("WORKER_PROCESSING_INTERVAL", "60000", "60001"),
         ("MAX_RESULT_BYTES", "1024", "1023"),

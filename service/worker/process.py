@@ -395,7 +395,8 @@ class WorkerProcess:
                         self._stop(attempt, JobTimeout, now)
                 elif now > attempt.stop_at + STOP_GRACE_SECONDS:
                     self._give_up(attempt)
-            if self.active > len(self.tasks) + len(self.lanes.lanes):  # some wait to start
+            running = self._running()
+            if self.active > len(running):  # some wait to start
                 late = time.monotonic() - constants.PREFETCH_WAIT_SECONDS
                 for attempt in list(self.held.values()):
                     if not attempt.taken and not attempt.ended and attempt.claimed_at < late:
