@@ -49,6 +49,7 @@ class WorkerStatus:
     host: str | None
     pid: int | None
     state: str | None  # busy or idle
+    slots: str | None  # jobs running of those it may run at once: "3/5"
     queues: list[str]
     last_heartbeat: str | None
     heartbeat_age_seconds: float | None
@@ -140,6 +141,7 @@ def _worker(key: str, fields: dict[bytes, bytes], now: float) -> WorkerStatus | 
         host=text.get("hostname"),
         pid=int(pid) if pid.isdigit() else None,
         state=text.get("state"),
+        slots=text.get("slots"),
         queues=[q for q in text.get("queues", "").split(",") if q],
         last_heartbeat=heartbeat,
         heartbeat_age_seconds=None if beat is None else max(0.0, now - beat),
@@ -181,13 +183,14 @@ def render(status: Status) -> str:
     lines.append("")
     if status.workers:
         lines.append(f"WORKERS ({len(status.workers)} alive)")
-        header = ["NAME", "HOST", "PID", "STATE", "QUEUES", "HEARTBEAT"]
+        header = ["NAME", "HOST", "PID", "STATE", "SLOTS", "QUEUES", "HEARTBEAT"]
         rows = [
             [
                 w.name,
                 w.host or "-",
                 str(w.pid or "-"),
                 w.state or "-",
+                w.slots or "-",
                 ",".join(w.queues),
                 f"{_age(w.heartbeat_age_seconds)} ago",
             ]

@@ -323,6 +323,10 @@ def test_kubernetes_wiring() -> None:
     assert (
         scaled["minReplicaCount"] >= 1 and scaled["scaleTargetRef"]["name"] == "job-service-worker"
     )
+    # and on saturation: busy slots per replica, from the workers' /metrics in Prometheus
+    saturation = scaled["triggers"][1]
+    assert saturation["type"] == "prometheus"
+    assert "service_worker_slots_busy" in saturation["metadata"]["query"]
 
 
 def test_the_makefile_lists_every_target_and_each_expands() -> None:

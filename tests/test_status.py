@@ -145,7 +145,8 @@ def test_status_of_a_running_worker(
     def busy() -> dict[str, Any] | None:
         document = status_json(settings, capsys)
         workers = document["workers"]
-        return document if workers and workers[0]["state"] == "busy" else None
+        busy = workers and workers[0]["state"] == "busy" and workers[0]["slots"] == "1/1"
+        return document if busy else None
 
     document = wait_for(busy, timeout=15)
 
@@ -181,7 +182,7 @@ def test_status_of_a_running_worker(
     assert row.split()[:8] == ["app-queue", "1", "2", "1", "0", "0", "1", "1"]
     assert row.split()[-1] == "1"
     (worker_line,) = [line for line in lines if line.startswith(process["name"])]
-    assert worker_line.split()[1:4] == [socket.gethostname(), str(process["pid"]), "busy"]
+    assert worker_line.split()[1:5] == [socket.gethostname(), str(process["pid"]), "busy", "1/1"]
     (failure_line,) = [line for line in lines if line.startswith(failed)]
     assert failure_line.split()[1:3] == ["fail", "app-queue"]
     assert failure_line.endswith("service.handlers.JobFailed: SMTP refused")

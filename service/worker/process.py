@@ -570,6 +570,7 @@ class WorkerProcess:
                 "pid": os.getpid(),
                 "hostname": socket.gethostname(),
                 "state": "busy" if held else "idle",
+                "slots": f"{self.block.busy()}/{self.slots}",  # running / at once, as of now
             }
             args: list[Any] = [key, ttl, self._registry_score()]
             args += [*itertools.chain(*registration.items()), "--", *self.queues, "--"]
