@@ -4,7 +4,6 @@ reaches Redis."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +19,7 @@ from service.settings import Settings
 from service.worker import isolation
 from service.worker.execute import Attempt, Claimed, Outcome
 from service.worker.isolation import run_alone
-from service.worker.process import WorkerProcess
-from service.worker.slots import Slots
+from service.worker.recorder import Recorder
 
 from .conftest import ServiceProcess, publish, wait_for
 
@@ -168,17 +166,16 @@ def test_a_result_over_max_result_bytes_fails_and_nothing_of_it_is_stored(
 def test_outcomes_are_recorded_once_they_carry_max_result_bytes() -> None:
     """One COMPLETE carries about MAX_RESULT_BYTES of results at most (plus the last one): a
     full Redis refuses the next call, so it is passed by one call's writes only."""
-    worker = WorkerProcess(Settings(max_result_bytes=1024), Registry(), Slots(1, 1)[0], ["q"], "w")
-    worker._to_record, worker._flush_now, worker._changed = (asyncio.Event() for _ in range(3))
-    worker.active = 10  # other jobs still run: only the batch's size sends it early
+    unused: Any = None  # neither Redis nor its trouble is reached here
+    recorder = Recorder(Settings(max_result_bytes=1024), "w", unused, unused, lambda o, f: None)
     batches: list[list[int]] = []
     for n, size in enumerate([600, 600, 100, 1400, 10]):
         claimed = Claimed(f"j{n}", f"j{n}:bx{n}", b"", 0, 1, "q", "", "")
-        worker._account(Outcome(claimed, "ok", "noop", b"x" * size))
-        if worker._flush_now.is_set():  # what the recorder then takes
-            batches.append([len(o.value) for o in worker.pending])
-            worker.pending, worker._pending_bytes = [], 0
-            worker._flush_now.clear()
+        recorder.add(Outcome(claimed, "ok", "noop", b"x" * size), idle=False)  # others run
+        if recorder._now.is_set():  # what the recorder then takes
+            batches.append([len(o.value) for o in recorder.pending])
+            recorder.pending, recorder._pending_bytes = [], 0
+            recorder._now.clear()
     assert batches == [[600, 600], [100, 1400]]
 
 

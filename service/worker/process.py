@@ -27,7 +27,6 @@ import itertools
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -42,8 +41,8 @@ from service import constants, jobs, logs, lua, scripts, tracing
 from service import registry as registry_module
 from service.registry import Registry
 from service.settings import Settings
-from service.store import connect, connect_async, out_of_memory
-from service.worker import metrics, recovery
+from service.store import connect_async
+from service.worker import metrics
 from service.worker.clients import Clients
 from service.worker.execute import (
     Attempt,
@@ -59,7 +58,10 @@ from service.worker.execute import (
 )
 from service.worker.isolation import run_alone
 from service.worker.lanes import Lanes
+from service.worker.recorder import Recorder
+from service.worker.registration import Registration
 from service.worker.slots import Block, Slots
+from service.worker.trouble import Trouble
 
 log = logging.getLogger("service.worker")
 
@@ -105,43 +107,43 @@ class WorkerProcess:
         self.waiting: deque[Attempt] = deque()  # async jobs claimed, waiting for a slot
         self.tasks: dict[Attempt, asyncio.Task[None]] = {}  # async jobs running
         self._places = list(range(2 * self.slots - 1, self.slots - 1, -1))  # for tasks
-        self.pending: list[Outcome] = []  # ended, not recorded yet
-        self._pending_bytes = 0  # of results and errors in `pending`
         self._cancel: set[str] = set()  # ids a `stop-job` command named
         self._avg_seconds = float("inf")  # running mean job time (no prefetch until known)
         self._exec_seq = itertools.count(1)
         self._exec_token = uuid.uuid4().hex[:8]
-        self._birth = jobs.utc_iso()
+        self.registration = Registration(settings, name, queues)
+        self.trouble = Trouble(name, block)
         self._from_lanes: deque[Outcome] = deque()
         self._wake_scheduled = False
         self._blpop: asyncio.Task[Any] | None = None
-        self._recording = False  # a COMPLETE call is in flight
-        self._holding = False  # outcomes Redis refused wait to be recorded: claim nothing
-        self._trouble_since: float | None = None  # since when Redis has failed or refused us
-        self._registered = threading.Event()  # the first heartbeat was sent
-        self.outcome_log = logs.BatchLog(log, settings)
 
     # --- life cycle ---
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()  # a job ended, or a signal came
-        self._to_record = asyncio.Event()
-        self._flush_now = asyncio.Event()  # nothing else runs, or a batch is full
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor relays Ctrl-C as SIGTERM
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
         self._claim_script = lua.ScriptAsync(self.redis, scripts.CLAIM)
-        self._complete_script = lua.ScriptAsync(self.redis, scripts.COMPLETE)
+        complete = lua.ScriptAsync(self.redis, scripts.COMPLETE)
+        self.recorder = Recorder(self.settings, self.name, complete, self.trouble, self._recorded)
         metrics.label_types(self.registry.names())
         self.clients = Clients(self.settings)
         self.lanes = Lanes(self.slots, self._execute_in_lane, self._admit, self._lane_ended)
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        beat = threading.Thread(
+            target=self.registration.beat,
+            args=(self._held_jobs, self._slots_busy),
+            name="heartbeat",
+            daemon=True,
+        )
+        beat.start()
         # Registered before claiming (as RQ's workers are): `rq info`, GET /queues and the
         # status command count it from its first job on.
-        await asyncio.to_thread(self._registered.wait, constants.WORKER_SOCKET_TIMEOUT)
+        registered = self.registration.registered
+        await asyncio.to_thread(registered.wait, constants.WORKER_SOCKET_TIMEOUT)
         helpers = [
-            asyncio.create_task(self._recorder()),
+            asyncio.create_task(self.recorder.run()),
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._commands()),
         ]
@@ -156,7 +158,7 @@ class WorkerProcess:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
         self.lanes.close()
-        self._deregister()
+        self.registration.deregister()
         self.clients.close()
         await self.clients.aclose()
         await self.redis.aclose()
@@ -176,7 +178,7 @@ class WorkerProcess:
         self._wake()
 
     def _on_force(self) -> None:
-        self.stopping = self.forced = True
+        self.stopping = self.forced = self.recorder.forced = True
         self._wake()
 
     def _wake(self) -> None:
@@ -194,18 +196,18 @@ class WorkerProcess:
                 log.warning("worker %s: supervisor gone; stopping", self.name)
                 self.stopping = True
                 break
-            room = 0 if self._holding else self._room()
+            room = 0 if self.trouble.holding else self._room()
             if room == 0:  # full, or holding outcomes Redis will not take: claim nothing
                 await self._wait_changed(WAIT_SECONDS)
                 continue
             try:
                 claimed = await self._claim(room)
             except (redis.RedisError, OSError) as exc:
-                self._troubled(exc)
+                self.trouble.seen(exc)
                 await self._wait_changed(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            self._untroubled()
+            self.trouble.over()
             self.block.set_ready(True)
             backoff = 0.1
             for job in claimed:
@@ -230,7 +232,7 @@ class WorkerProcess:
     async def _claim(self, count: int) -> list[Claimed]:
         prefix = f"{self._exec_token}{next(self._exec_seq):x}x"
         rows = await self._claim_script(
-            args=[count, self.name, jobs.utc_iso(), self._registry_score(), prefix, *self.queues]
+            args=[count, self.name, jobs.utc_iso(), self.registration.score(), prefix, *self.queues]
         )
         return [Claimed.from_reply(row) for row in rows]
 
@@ -255,11 +257,6 @@ class WorkerProcess:
             log.debug("waiting for work: %s", exc)
         finally:
             self._blpop = None
-
-    def _registry_score(self) -> int:
-        """Started-registry score: the heartbeat keeps it ahead of now while we live."""
-        ttl = constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval
-        return int(time.time() + ttl) + 1
 
     # --- running ---
     def _dispatch(self, attempt: Attempt) -> None:
@@ -367,18 +364,7 @@ class WorkerProcess:
                 self._avg_seconds = seconds
             else:
                 self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * seconds
-        self.pending.append(outcome)
-        self._pending_bytes += len(outcome.value)
-        self._to_record.set()
-        # At once when nothing else runs, a batch is full, or the outcomes carry
-        # MAX_RESULT_BYTES: a COMPLETE that starts just under `maxmemory` passes it by its own
-        # writes only.
-        if (
-            self.active == 0
-            or len(self.pending) >= self.settings.worker_batch_size
-            or self._pending_bytes >= self.settings.max_result_bytes
-        ):
-            self._flush_now.set()
+        self.recorder.add(outcome, idle=self.active == 0)
         self._changed.set()
 
     # --- stopping jobs ---
@@ -450,89 +436,28 @@ class WorkerProcess:
                 self._interrupt_all()
                 interrupted = True
             await self._wait_changed(WAIT_SECONDS)
-        self._flush_now.set()
-        while self.pending or self._recording:
+        self.recorder.soon()
+        while not self.recorder.idle:
             await asyncio.sleep(0.005)
 
-    # --- recording ---
-    async def _recorder(self) -> None:
-        while True:
-            await self._to_record.wait()
-            self._to_record.clear()
-            if not self._flush_now.is_set():  # others still run: gather their outcomes too
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(constants.BATCH_TARGET_SECONDS):
-                        await self._flush_now.wait()
-            self._flush_now.clear()
-            batch, self.pending, self._pending_bytes = self.pending, [], 0
-            if batch:
-                self._recording = True
-                try:
-                    await self._record(batch)
-                finally:
-                    self._recording = False
-
-    async def _record(self, outcomes: list[Outcome]) -> None:
-        """Record outcomes. Jobs already ran: while Redis is unreachable or full (it refuses
-        COMPLETE whole), keep them and keep trying (with backoff) rather than lose the
-        results, until a forced stop gives up on them (the jobs then run again elsewhere: at
-        least once). The heartbeat still lands on a full Redis, so the held jobs do not look
-        abandoned."""
-        args: list[Any] = [value for outcome in outcomes for value in outcome.args()]
-        limits = [*self.settings.retention.args(), self.settings.max_crashes]
-        backoff = 0.1
-        while True:
-            now = time.time()
-            try:
-                results = await self._complete_script(
-                    args=[self.name, jobs.utc_iso(now), now, *limits, *args]
-                )
-                break
-            except (redis.RedisError, OSError) as exc:
-                if self.forced or not _passing(exc):
-                    raise
-                self._holding = True
-                self._troubled(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-        if self._holding:
-            self._holding = False
-            self._changed.set()
-        self._untroubled()
-        fates = [jobs.as_text(result) for result in results]
+    def _recorded(self, outcomes: list[Outcome], fates: list[str]) -> None:
+        """The recorder's outcomes are in Redis: the jobs are no longer held."""
         self.block.count(*fates)
         with self._held_lock:
             for outcome in outcomes:
                 self.held.pop(outcome.claimed.member, None)
-        for outcome, fate in zip(outcomes, fates, strict=True):
+        for outcome in outcomes:
             self._cancel.discard(outcome.claimed.id)
-            if fate:
-                duration = outcome.ended - outcome.started if outcome.started else None
-                metrics.ended(outcome.type, fate, outcome.reason, duration)
-                self.outcome_log.add(*_outcome_line(outcome, fate))
-        self.outcome_log.flush()
 
-    def _troubled(self, exc: Exception) -> None:
-        """Redis failed a claim or refused outcomes: not ready; one line per episode, not one
-        per retry."""
-        self.block.set_ready(False)
-        if self._trouble_since is None:
-            self._trouble_since = time.monotonic()
-            log.warning(
-                "worker %s: %s; not ready: outcomes are kept and nothing is claimed until "
-                "it takes them, retrying with backoff (up to 5s)",
-                self.name,
-                _trouble(exc),
-            )
+    def _held_jobs(self) -> list[Claimed]:
+        """For the heartbeat's thread."""
+        with self._held_lock:
+            return [attempt.claimed for attempt in self.held.values()]
 
-    def _untroubled(self) -> None:
-        if self._trouble_since is not None and not self._holding:
-            waited = time.monotonic() - self._trouble_since
-            log.info("worker %s: Redis answers again after %.1fs", self.name, waited)
-            self._trouble_since = None
-        self.block.set_ready(not self._holding)
+    def _slots_busy(self) -> str:
+        return f"{self.block.busy()}/{self.slots}"
 
-    # --- commands and liveness ---
+    # --- commands ---
     async def _commands(self) -> None:
         """RQ's command channel: `stop-job` cancels a job this process holds."""
         while True:
@@ -552,110 +477,3 @@ class WorkerProcess:
         for attempt in self._running():
             if attempt.claimed.id == job_id:
                 self._stop(attempt, Canceled, time.time())
-
-    def _heartbeat_loop(self) -> None:
-        """A thread of its own, with its own client: jobs that hog the loop or the GIL for a
-        while must not make the jobs of a live process look abandoned."""
-        client = connect(self.settings.queue_redis)
-        heartbeat = lua.Script(client, scripts.HEARTBEAT)
-        key = constants.worker_key(self.name)
-        ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
-        while True:
-            with self._held_lock:
-                held = [attempt.claimed for attempt in self.held.values()]
-            registration = {
-                "birth": self._birth,
-                "last_heartbeat": jobs.utc_iso(),
-                "queues": ",".join(self.queues),
-                "pid": os.getpid(),
-                "hostname": socket.gethostname(),
-                "state": "busy" if held else "idle",
-                "slots": f"{self.block.busy()}/{self.slots}",  # running / at once, as of now
-            }
-            args: list[Any] = [key, ttl, self._registry_score()]
-            args += [*itertools.chain(*registration.items()), "--", *self.queues, "--"]
-            args += [*itertools.chain(*((c.queue, c.member) for c in held))]
-            try:
-                heartbeat(args=args)
-            except redis.RedisError as exc:
-                log.debug("heartbeat failed: %s", exc)
-            self._registered.set()
-            time.sleep(self.settings.worker_processing_interval)
-
-    def _deregister(self) -> None:
-        """Put back any job we still hold, then remove our worker registration."""
-        key = constants.worker_key(self.name)
-        client = connect(self.settings.queue_redis)
-        try:
-            recovery.recover(
-                client,
-                self.queues,
-                max_crashes=self.settings.max_crashes,
-                retention=self.settings.retention,
-                owner=self.name,
-                mode="interrupted",
-            )
-            with client.pipeline() as pipe:
-                pipe.srem(constants.WORKERS_KEY, key)
-                for queue in self.queues:
-                    pipe.srem(constants.queue_workers_key(queue), key)
-                pipe.delete(key)
-                pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("worker %s: could not deregister: %s", self.name, exc)
-        finally:
-            client.close()
-
-
-def _passing(exc: Exception) -> bool:
-    """Trouble that passes by itself: Redis unreachable, stalled or full."""
-    lost = (redis.ConnectionError, redis.TimeoutError, OSError)
-    return isinstance(exc, lost) or out_of_memory(exc)
-
-
-def _trouble(exc: Exception) -> str:
-    if out_of_memory(exc):
-        return "Redis is full (used memory > maxmemory)"
-    return f"Redis unavailable ({exc})"
-
-
-_LEVELS = {
-    "finished": logging.INFO,
-    "canceled": logging.INFO,
-    "interrupted": logging.INFO,
-    "retried": logging.WARNING,
-    "failed": logging.ERROR,
-}
-
-
-def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]]:
-    """One line per job outcome: id, type, attempt, duration and what happens next; of the
-    error only its last line (payloads and tracebacks can carry secrets; the job keeps them)."""
-    claimed = outcome.claimed
-    duration = outcome.ended - outcome.started if outcome.started else 0.0
-    detail = ""
-    if fate in ("retried", "failed"):
-        detail = f" ({outcome.reason}: {_last_line(outcome.error)})"
-        detail += "; will retry" if fate == "retried" else "; dead-lettered"
-    message = (
-        f"job {claimed.id} {outcome.type} {fate} in {duration:.3f}s, "
-        f"attempt {claimed.attempt}{detail}"
-    )
-    fields: dict[str, Any] = {
-        "job_id": claimed.id,
-        "job_type": outcome.type,
-        "queue": claimed.queue,
-        "attempt": claimed.attempt,
-        "duration": round(duration, 6),
-        "outcome": fate,
-    }
-    if outcome.trace_id:  # tracing on: the line leads to the attempt's trace
-        message += f", trace {outcome.trace_id}"
-        fields["trace_id"] = outcome.trace_id
-    return _LEVELS[fate], message, fields
-
-
-def _last_line(text: str, limit: int = 200) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else "no error text"
-    return last if len(last) <= limit else last[: limit - 1] + "…"
