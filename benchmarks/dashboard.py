@@ -45,9 +45,9 @@ if str(ROOT) not in sys.path:  # `python benchmarks/dashboard.py` works as well 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.demo_handlers import OUTAGE_KEY  # noqa: E402
-from service import constants  # noqa: E402
-from service.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
-from service.queues import PRIORITIES, concrete  # noqa: E402
+from service.config import constants  # noqa: E402
+from service.config.queues import PRIORITIES, concrete  # noqa: E402
+from service.dev.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUEUE = "app-queue"  # the service's default QUEUE_NAME, which every demo job type uses

@@ -28,7 +28,7 @@ from benchmarks.common import (
 )
 from benchmarks.harness import FAILED_KEY, FINISHED_KEY, PUBLISH_CHUNK, QUEUE_KEY, Bench, Row
 from benchmarks.redis_meter import RedisCost
-from service import cpus
+from service.config import cpus
 
 PARKED_KEY = "bench:parked"  # the pre-loaded queue waits here until every worker is ready
 RQ_BATCH = 1000  # jobs per enqueue_many call when pre-loading RQ

@@ -31,10 +31,12 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.redis_meter import RedisCost, RedisMeter
-from service import constants, cpus, jobs
-from service import registry as service_registry
-from service.embedded_redis import EmbeddedRedis, free_port
-from service.store import Store
+from service.config import constants, cpus
+from service.dev.embedded_redis import EmbeddedRedis, free_port
+from service.dev.runner import DEMO_MODULE
+from service.jobs import records
+from service.jobs import registry as service_registry
+from service.store.publisher import Store
 
 QUEUE_KEY = constants.queue_key(QUEUE)
 FINISHED_KEY = constants.registry_key("finished", QUEUE)
@@ -85,7 +87,7 @@ class Bench:
     def __post_init__(self) -> None:
         self.procs = Processes(self.work_dir)
         self._clients: dict[int, redis.Redis] = {}
-        self._registry = service_registry.load()
+        self._registry = service_registry.load((DEMO_MODULE,))
 
     def system(self, name: str) -> SystemFigures:
         return self.systems.setdefault(name, SystemFigures())
@@ -129,6 +131,7 @@ class Bench:
             "REDIS_URL": self.url(DB_APP),
             "QUEUE_REDIS_URL": self.url(DB_SERVICE),
             "HOST": "127.0.0.1",
+            "HANDLER_MODULES": DEMO_MODULE,
             **self.service_env,
             **extra,
         }
@@ -185,9 +188,9 @@ class Bench:
         wait_until(check, 30.0, f"{child.name} at {url}")
 
     # --- jobs ---
-    def noop_job(self) -> jobs.NewJob:
+    def noop_job(self) -> records.NewJob:
         spec = self._registry.get("noop")
-        return jobs.NewJob(jobs.new_id(), "noop", QUEUE, {}, spec.timeout, spec.max_retries)
+        return records.NewJob(records.new_id(), "noop", QUEUE, {}, spec.timeout, spec.max_retries)
 
     def publish_noops(self, n: int) -> list[str]:
         """Pre-load `n` no-op jobs with the service's own Store (PUBLISH script, 1,000 a call)."""

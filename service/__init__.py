@@ -1,6 +1,6 @@
 """A job service on Redis: an HTTP publisher and a worker, one package, RQ's data model."""
 
-from service.context import AsyncJobContext, JobContext
-from service.registry import job
+from service.jobs.context import AsyncJobContext, JobContext
+from service.jobs.registry import job
 
 __all__ = ["AsyncJobContext", "JobContext", "job"]

@@ -9,6 +9,7 @@ status          queues, live workers and recent failures, read from Redis (`stat
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -17,10 +18,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from service import constants, logs, registry
-from service.settings import ConfigError, Settings, load
+from service.config import constants
+from service.config.settings import ConfigError, Settings, load
+from service.jobs import registry
+from service.telemetry import logs
 
 COMMANDS = ("run", "dev", "healthcheck", "status")
+
+log = logging.getLogger("service")
 
 
 def healthcheck(settings: Settings) -> int:
@@ -69,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return status.main(settings, args[1:])
     if command == "dev":
-        from service import dev
+        from service.dev import runner
 
-        return dev.run(settings)
+        return runner.run(settings)
     logs.configure(settings, "worker" if settings.worker_mode else "api")
     try:
         handlers = registry.load(settings.handler_modules).within(
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except registry.TtlAboveCeiling as exc:  # before any port is bound
         print(ConfigError(exc.problems), file=sys.stderr)
         return constants.EXIT_CONFIG
+    if not handlers:
+        log.warning("no job types registered: HANDLER_MODULES names no module with @job handlers")
     if settings.worker_mode:
         with worker_metrics_dir():
             from service.worker import supervisor

@@ -4,9 +4,9 @@ For an operator at a shell (`docker compose exec worker python -m service status
 queue, its waiting jobs by priority, scheduled jobs (and how many are due), running and dead
 jobs, and how long the oldest waiting job has waited; the live worker processes, from their
 registrations; the most recent failures in the dead-letter queue, and how many dead jobs
-DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges' (service/metrics.py reads them),
-the failures GET /dead's first page; the service's own settings (QUEUE_REDIS_*) say where Redis
-is. Nothing is written.
+DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges' (service/telemetry/gauges.py
+reads them), the failures GET /dead's first page; the service's own settings (QUEUE_REDIS_*)
+say where Redis is. Nothing is written.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, metrics, queues, store
-from service.dead import DeadLetters, Filter
-from service.settings import Settings
+from service.config import constants, queues
+from service.config.settings import Settings
+from service.jobs import records
+from service.store import connection
+from service.store.dead_letters import DeadLetters, Filter
+from service.telemetry import gauges
 
 DEFAULT_FAILURES = 10
 ERROR_WIDTH = 100  # characters of an error the text output shows (--json has it whole)
@@ -78,20 +81,20 @@ class Status:
 
 
 async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> Status:
-    """The backlog as the metrics read it (service.metrics), then the worker registrations,
+    """The backlog as the metrics read it (service.telemetry.gauges), then the worker registrations,
     the dropped-events count and the dead-letter queue's first page; the trimmed dead jobs'
     count comes with the backlog."""
     now = time.time()
     known = await client.smembers(constants.QUEUES_KEY)
     bases = {settings.queue_name, *settings.worker_queues}
-    bases |= {queues.base(jobs.as_text(key).removeprefix("rq:queue:")) for key in known}
-    plan = metrics.BacklogPlan(bases)
-    backlog = await metrics.read_backlog_async(client, plan)
+    bases |= {queues.base(records.as_text(key).removeprefix("rq:queue:")) for key in known}
+    plan = gauges.BacklogPlan(bases)
+    backlog = await gauges.read_backlog_async(client, plan)
     async with client.pipeline(transaction=False) as pipe:
         pipe.smembers(constants.WORKERS_KEY)
         pipe.get(constants.HISTORY_DROPPED_KEY)
         worker_keys, dropped = await pipe.execute()
-    keys = sorted(jobs.as_text(key) for key in worker_keys)
+    keys = sorted(records.as_text(key) for key in worker_keys)
     async with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hgetall(key)
@@ -103,7 +106,7 @@ async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> 
     ]
     return Status(
         redis=str(settings.queue_redis),
-        at=jobs.utc_iso(now),
+        at=records.utc_iso(now),
         queues=[_queue(base, figures) for base, figures in backlog.queues.items()],
         workers=workers,
         failures=await _failures(client, queues.served(bases), failures),
@@ -114,7 +117,7 @@ async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> 
     )
 
 
-def _queue(base: str, figures: metrics.QueueFigures) -> QueueStatus:
+def _queue(base: str, figures: gauges.QueueFigures) -> QueueStatus:
     waiting: dict[str, int] = {p: figures.waiting.get(p, 0) for p in queues.PRIORITIES}
     return QueueStatus(
         queue=base,
@@ -132,9 +135,9 @@ def _worker(key: str, fields: dict[bytes, bytes], now: float) -> WorkerStatus | 
     """A worker registration, or None when it expired after the set was read (it died)."""
     if not fields:
         return None
-    text = {jobs.as_text(k): jobs.as_text(v) for k, v in fields.items()}
+    text = {records.as_text(k): records.as_text(v) for k, v in fields.items()}
     heartbeat = text.get("last_heartbeat")
-    beat = jobs.epoch(heartbeat)
+    beat = records.epoch(heartbeat)
     pid = text.get("pid", "")
     return WorkerStatus(
         name=key.removeprefix(constants.worker_key("")),
@@ -293,7 +296,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 async def _read(settings: Settings, failures: int) -> Status:
-    client = store.connect_async(settings.queue_redis)
+    client = connection.connect_async(settings.queue_redis)
     try:
         return await collect(client, settings, failures)
     finally:

@@ -19,8 +19,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import EmbeddedRedis, free_port
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,6 +83,11 @@ def http(
         return exc.code, dict(exc.headers), orjson.loads(exc.read() or b"null")
 
 
+# The job types every test may use: the demo types dev mode registers, and the tests' own.
+TEST_MODULES = ("service.dev.demo", "tests.sample_handlers")
+TEST_HANDLERS = ",".join(TEST_MODULES)
+
+
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """A clean environment: nothing leaks in from the developer's shell."""
     env = {
@@ -91,7 +96,7 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
         "REDIS_URL": f"{redis_url}/0",
         "QUEUE_REDIS_URL": f"{redis_url}/1",
         "LOG_LEVEL": "INFO",
-        "HANDLER_MODULES": "tests.sample_handlers",
+        "HANDLER_MODULES": TEST_HANDLERS,
         "HOST": "127.0.0.1",
         "WORKER_PROCESSES": "1",  # one unless a test asks for more (the default: the CPUs)
     }
@@ -196,8 +201,8 @@ def publish(
     `queue` is the RQ queue (priority included); `run_at` schedules it."""
     import asyncio
 
-    from service.jobs import NewJob, new_id
-    from service.store import Store
+    from service.jobs.records import NewJob, new_id
+    from service.store.publisher import Store
 
     job = NewJob(
         new_id(),

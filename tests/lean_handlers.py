@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from service import JobContext, job
-from service.registry import EmptyPayload
+from service.jobs.registry import EmptyPayload
 
 
 @job("test.modules")

@@ -4,7 +4,7 @@ tests/test_retention.py, through HANDLER_MODULES): above the default MAX_RESULT_
 from __future__ import annotations
 
 from service import JobContext, job
-from service.registry import EmptyPayload
+from service.jobs.registry import EmptyPayload
 
 MONTH = 30 * 24 * 3600
 

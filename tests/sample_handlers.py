@@ -9,8 +9,9 @@ import time
 
 from pydantic import BaseModel
 
-from service import AsyncJobContext, JobContext, job, tracing
-from service.registry import EmptyPayload
+from service import AsyncJobContext, JobContext, job
+from service.jobs.registry import EmptyPayload
+from service.telemetry import tracing
 
 
 class Key(BaseModel):

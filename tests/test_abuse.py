@@ -33,16 +33,17 @@ from schemathesis import BaseSchema, Case, GenerationMode
 from starlette.testclient import TestClient
 from starlette.types import Message
 
-from service import constants, registry
 from service.api import params
 from service.api.errors import Problems
 from service.api.openapi import build_openapi
 from service.api.submit import OUT_OF_RANGE
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import free_port
-from service.store import Store
+from service.config import constants
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import free_port
+from service.jobs import registry
+from service.store.publisher import Store
 
-from .conftest import ServiceProcess, base_env, http, wait_for
+from .conftest import TEST_HANDLERS, TEST_MODULES, ServiceProcess, base_env, http, wait_for
 from .test_api import make_client
 
 KEY = "abuse-key"
@@ -668,7 +669,7 @@ RAW_VALUES = ["%ff%fe", "%00", "%", "a%2", "%C0%AF", "a=b=c", "&&", "%26"]
 def operations_with_parameters() -> list[tuple[str, str, list[str]]]:
     """Every operation that takes no body, with its query parameters (and one it does not
     take), as the OpenAPI document describes them; and the endpoints it does not describe."""
-    document = build_openapi(registry.load(), auth=True)
+    document = build_openapi(registry.load(TEST_MODULES), auth=True)
     found = [("GET", "/metrics", ["unknown"]), ("GET", "/openapi.json", ["unknown"])]
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
@@ -814,7 +815,7 @@ def test_an_unhandled_error_is_a_generic_500(
 def test_a_failing_handler_registry_is_a_generic_500(
     client: TestClient, queue_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.registry import Registry
+    from service.jobs.registry import Registry
 
     monkeypatch.setattr(Registry, "get", explode)
     response = client.post("/jobs", json={"type": "noop"}, headers=AUTH)
@@ -830,7 +831,7 @@ def test_an_unhandled_error_in_a_real_process_is_logged_not_answered(
     operator gets the traceback in the log."""
     from .broken_handlers import SECRET as BUG
 
-    api = start_service(HANDLER_MODULES="tests.sample_handlers,tests.broken_handlers")
+    api = start_service(HANDLER_MODULES=f"{TEST_HANDLERS},tests.broken_handlers")
     status, _, body = http("POST", f"{api.url}/jobs", {"type": "test.broken"})
     assert (status, body) == (
         500,
@@ -1042,7 +1043,7 @@ FUZZ_EXAMPLES = int(
 )  # per operation, half valid and half invalid requests, on average
 OPERATIONS = [
     (method.upper(), path)
-    for path, operations in build_openapi(registry.load(), auth=True)["paths"].items()
+    for path, operations in build_openapi(registry.load(TEST_MODULES), auth=True)["paths"].items()
     for method in operations
 ]
 

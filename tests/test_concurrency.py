@@ -15,8 +15,8 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service import constants
-from service.settings import load
+from service.config import constants
+from service.config.settings import load
 
 from .conftest import ServiceProcess, http, publish, wait_for
 
@@ -231,7 +231,7 @@ def test_shutdown_interrupts_async_and_thread_jobs_and_loses_none(
 
 
 def test_worker_processes_defaults_to_the_cpus_the_container_may_use() -> None:
-    from service import cpus
+    from service.config import cpus
 
     assert load({}).worker_processes == min(64, cpus.available())
     assert load({"WORKER_PROCESSES": ""}).worker_processes == min(64, cpus.available())

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from service import constants
-from service.connections import Connections
+from service.config import constants
+from service.net.connections import Connections
 
 from .conftest import ServiceProcess, http, wait_for
 

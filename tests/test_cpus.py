@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cpus
+from service.config import cpus
 
 
 def write(root: Path, name: str, text: str) -> None:

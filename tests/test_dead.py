@@ -22,16 +22,16 @@ import redis
 import redis.asyncio
 from starlette.testclient import TestClient
 
-from service import constants, registry
 from service.api import dead as dead_api
 from service.api.app import create_app
-from service.embedded_redis import EmbeddedRedis, free_port
-from service.jobs import NewJob, new_id, utc_iso
-from service.settings import load
-from service.store import Store
+from service.config import constants
+from service.config.settings import load
+from service.dev.embedded_redis import EmbeddedRedis, free_port
+from service.jobs import registry
+from service.jobs.records import NewJob, new_id, utc_iso
+from service.store.publisher import Store
 
-from . import sample_handlers  # noqa: F401 - registers the test job types
-from .conftest import ServiceProcess, base_env, publish, wait_for
+from .conftest import TEST_MODULES, ServiceProcess, base_env, publish, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,9 @@ class Dead:
 
 def make_client(server: str, db: int = QUEUE_DB, **env: str) -> TestClient:
     settings = load({"QUEUE_REDIS_URL": f"{server}/{db}", "REDIS_URL": f"{server}/0", **env})
-    return TestClient(create_app(settings, registry.load()), raise_server_exceptions=False)
+    return TestClient(
+        create_app(settings, registry.load(TEST_MODULES)), raise_server_exceptions=False
+    )
 
 
 def publish_many(server: str, jobs: list[NewJob]) -> None:

@@ -17,10 +17,10 @@ import pytest
 import redis
 import yaml
 
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import EmbeddedRedis, free_port
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import EmbeddedRedis, free_port
 
-from .conftest import ROOT, ServiceProcess, http, wait_for
+from .conftest import ROOT, TEST_HANDLERS, ServiceProcess, http, wait_for
 from .test_settings import env_file
 
 BIN = Path(sys.executable).parent
@@ -165,6 +165,7 @@ def deployed_env(
         # The MongoDB stand-in (nx-27017) has no users: its URI, without the credentials.
         MONGODB_URI=mongo_uri,
         SHUTDOWN_TIMEOUT="5",
+        HANDLER_MODULES=TEST_HANDLERS,  # the application's job types, as a deployment names its own
     )
     return env
 

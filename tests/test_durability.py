@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import constants
-from service.durability import Persistence
-from service.embedded_redis import EmbeddedRedis, free_port
+from service.config import constants
+from service.dev.embedded_redis import EmbeddedRedis, free_port
+from service.store.durability import Persistence
 
 from .conftest import ServiceProcess, base_env, http, wait_for
 

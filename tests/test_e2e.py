@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded_redis import free_port
+from service.dev.embedded_redis import free_port
 
 from .conftest import ROOT, ServiceProcess, http, wait_for
 from .test_settings import env_file
@@ -66,7 +66,7 @@ def test_api_and_two_workers_from_the_env_files(redis_url: str, tmp_path: Path) 
         wait_for(all_done, timeout=30, interval=0.1)
         assert [view(i)["result"] for i in ids[:20]] == [{"n": n} for n in range(20)]
         assert view(ids[-1])["status"] == "failed"
-        assert view(ids[-1])["error"] == "service.handlers.JobFailed: failed on purpose"
+        assert view(ids[-1])["error"] == "service.dev.demo.JobFailed: failed on purpose"
         assert {view(i)["worker"].split(".")[1] for i in ids[:-1]} <= {  # type: ignore[union-attr]
             str(w.process.pid) for w in workers
         }

@@ -11,7 +11,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import ServerSelectionTimeoutError
 
-from service.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_mongo import EmbeddedMongo
 
 Client = MongoClient[dict[str, Any]]
 

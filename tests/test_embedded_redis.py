@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import embedded_redis
-from service.embedded_redis import EmbeddedRedis
+from service.dev import embedded_redis
+from service.dev.embedded_redis import EmbeddedRedis
 
 
 def test_starts_a_real_server_and_stops_it() -> None:

@@ -12,12 +12,12 @@ import redis
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from service import registry
 from service.api.app import create_app
 from service.api.fastpath import FastSubmit
-from service.settings import load
+from service.config.settings import load
+from service.jobs import registry
 
-from . import sample_handlers  # noqa: F401 - registers the test job types
+from .conftest import TEST_MODULES
 
 KEY = "fast-path-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -27,7 +27,7 @@ ENV = {"API_KEYS": KEY, "MAX_BODY_BYTES": "4096"}
 
 def make_app(redis_url: str) -> FastSubmit:
     settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0", **ENV})
-    app = create_app(settings, registry.load())
+    app = create_app(settings, registry.load(TEST_MODULES))
     assert isinstance(app, FastSubmit)
     return app
 

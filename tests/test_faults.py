@@ -24,11 +24,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from service import constants, jobs, lua, scripts
-from service.embedded_redis import EmbeddedRedis
-from service.settings import DEFAULT_RETENTION
-from service.store import Store
-from service.worker import recovery
+from service.config import constants
+from service.config.settings import DEFAULT_RETENTION
+from service.dev.embedded_redis import EmbeddedRedis
+from service.jobs import records
+from service.store import housekeeping, lua, scripts
+from service.store.publisher import Store
 
 from .conftest import ServiceProcess, http, wait_for
 
@@ -183,7 +184,7 @@ def aof_written(client: redis.Redis) -> bool:
 # --- 3. The whole worker container SIGKILLed with 100 jobs in flight ---------------------------
 
 
-def publish_batch(url: str, batch: list[jobs.NewJob]) -> None:
+def publish_batch(url: str, batch: list[records.NewJob]) -> None:
     """One PUBLISH script for the whole batch, as POST /jobs/batch does: every job is waiting
     before any worker process wakes up."""
 
@@ -207,13 +208,15 @@ def test_sigkilled_worker_container_every_job_ends_once(
         "WORKER_PROCESSING_INTERVAL": str(int(INTERVAL * 1000)),
     }
     worker = start_service(worker=True, **env)
-    warm_up = [jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(300)]
+    warm_up = [
+        records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(300)
+    ]
     publish_batch(redis_url, warm_up)
     wait_for(lambda: all_finished(queue_redis, [j.id for j in warm_up]), 30)
     # and 100 slow jobs: each slot runs one (held at a gate); those claimed ahead of them go
     # back to the queue, so the container holds only the jobs it runs
     batch = [
-        jobs.NewJob(jobs.new_id(), "test.gated", "app-queue", {"gate": "open"}, 180, 0)
+        records.NewJob(records.new_id(), "test.gated", "app-queue", {"gate": "open"}, 180, 0)
         for _ in range(100)
     ]
     ids = [j.id for j in batch]
@@ -474,16 +477,16 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     claim = lua.Script(client, scripts.CLAIM)
     complete = lua.Script(client, scripts.COMPLETE)
     # Given two dead jobs, three held by worker w, one queued and one due
-    queued = [jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(6)]
-    due = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0, run_at=time.time() - 1)
-    assert publish(args=jobs.publish_args([*queued, due], time.time())) == 1
+    queued = [records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(6)]
+    due = records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0, run_at=time.time() - 1)
+    assert publish(args=records.publish_args([*queued, due], time.time())) == 1
     now = time.time()
-    dead = claim(args=[2, "w0", jobs.utc_iso(now), int(now) + 60, "ax", "app-queue"])
-    failed = [jobs.encode_exc_string("boom"), now, now, 0, "exception"]
+    dead = claim(args=[2, "w0", records.utc_iso(now), int(now) + 60, "ax", "app-queue"])
+    failed = [records.encode_exc_string("boom"), now, now, 0, "exception"]
     ends = [x for row in dead for x in ("fail", row[0], "app-queue", row[1], *failed)]
     limits = DEFAULT_RETENTION.args()
-    assert complete(args=["w0", jobs.utc_iso(now), now, *limits, 3, *ends]) == [b"failed"] * 2
-    rows = claim(args=[3, "w", jobs.utc_iso(now), int(now) + 1, "bx", "app-queue"])
+    assert complete(args=["w0", records.utc_iso(now), now, *limits, 3, *ends]) == [b"failed"] * 2
+    rows = claim(args=[3, "w", records.utc_iso(now), int(now) + 1, "bx", "app-queue"])
     waiting = queued[-1].id
     for script in (scripts.RECOVER, scripts.PROMOTE, scripts.CANCEL):
         client.script_load(lua.for_server(script, lua.server_version(client)))
@@ -491,7 +494,9 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     keys = client.dbsize()
 
     # PUBLISH, PUBLISH_EACH, PUBLISH_ONCE: refused before their first write
-    more = jobs.publish_args([jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 0)], now)
+    more = records.publish_args(
+        [records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0)], now
+    )
     for refused, args in [
         (publish, more),
         (lua.Script(client, scripts.PUBLISH_EACH), more),
@@ -501,7 +506,7 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
             refused(args=args)
     # CLAIM: refused, the queued job stays queued
     with pytest.raises(redis.OutOfMemoryError):
-        claim(args=[3, "w2", jobs.utc_iso(now), int(now) + 1, "cx", "app-queue"])
+        claim(args=[3, "w2", records.utc_iso(now), int(now) + 1, "cx", "app-queue"])
     assert client.lrange("rq:queue:app-queue", 0, -1) == [waiting.encode()]
     # COMPLETE: refused, the first held job is still started, with no result
     first = rows[0]
@@ -509,7 +514,7 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
         complete(
             args=[
                 "w",
-                jobs.utc_iso(now),
+                records.utc_iso(now),
                 now,
                 "ok",
                 first[0],
@@ -536,7 +541,7 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     # RECOVER, the process died running the first job: it is re-delivered with a crash, the
     # two claimed behind it go back untouched
     running = [rows[0][0].decode()]
-    totals, blamed = recovery.recover(
+    totals, blamed = housekeeping.recover(
         client, ["app-queue"], max_crashes=3, owner="w", running=running
     )
     assert (totals, blamed) == ([0, 1, 2], [("noop", "retried")])
@@ -545,14 +550,16 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     ]
     assert crashes == [[b"queued", b"1"], [b"queued", None], [b"queued", None]]
     # PROMOTE: the due job is queued
-    assert recovery.promote(client, ["app-queue"])[0] == 1
+    assert housekeeping.promote(client, ["app-queue"])[0] == 1
     # CANCEL: the waiting job is canceled
     cancel = lua.Script(client, scripts.CANCEL)
     limits = DEFAULT_RETENTION.args()
-    assert cancel(args=[waiting, now, jobs.utc_iso(now), *limits]) == [b"canceled", b"canceled"]
+    assert cancel(args=[waiting, now, records.utc_iso(now), *limits]) == [b"canceled", b"canceled"]
     # DEAD_RETRY one dead job, DEAD_DELETE the other
     retry, delete = (row[0].decode() for row in dead)
-    assert lua.Script(client, scripts.DEAD_RETRY)(args=[jobs.utc_iso(now), retry]) == [b"app-queue"]
+    assert lua.Script(client, scripts.DEAD_RETRY)(args=[records.utc_iso(now), retry]) == [
+        b"app-queue"
+    ]
     assert lua.Script(client, scripts.DEAD_DELETE)(args=[delete]) == 1
     # nothing half-written, and Redis is still full
     assert_no_half_written_job(client)
@@ -629,7 +636,7 @@ def test_full_redis_refuses_new_jobs_and_the_worker_holds_outcomes_until_memory_
     wait_for(lambda: all_finished(queue, ids), 15)
     for job_id in ids:
         ((_, entry),) = queue.xrange(constants.result_key(job_id))
-        assert jobs.decode_result_entry(entry)["result"] == 1  # the attempt number
+        assert records.decode_result_entry(entry)["result"] == 1  # the attempt number
     assert counts(app_redis, "starts") == counts(app_redis, "completions") == dict.fromkeys(ids, 1)
     assert children(worker.process.pid) == processes  # no process died
     # and the worker is ready, and runs new jobs
@@ -713,12 +720,12 @@ def test_a_replayed_complete_changes_nothing(queue_redis: redis.Redis) -> None:
     publish = lua.Script(queue_redis, scripts.PUBLISH)
     claim = lua.Script(queue_redis, scripts.CLAIM)
     complete = lua.Script(queue_redis, scripts.COMPLETE)
-    job = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, 2)
-    publish(args=jobs.publish_args([job], time.time()))
+    job = records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 2)
+    publish(args=records.publish_args([job], time.time()))
     now = time.time()
-    ((_, member, *_),) = claim(args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", "app-queue"])
-    outcome = ["fail", job.id, "app-queue", member, jobs.encode_exc_string("boom"), now, now, 0]
-    args = ["w", jobs.utc_iso(now), now, *DEFAULT_RETENTION.args(), 3, *outcome, "exception"]
+    ((_, member, *_),) = claim(args=[1, "w", records.utc_iso(now), int(now) + 60, "b", "app-queue"])
+    outcome = ["fail", job.id, "app-queue", member, records.encode_exc_string("boom"), now, now, 0]
+    args = ["w", records.utc_iso(now), now, *DEFAULT_RETENTION.args(), 3, *outcome, "exception"]
     assert complete(args=args) == [b"retried"]
     assert complete(args=args) == [b""]  # the replay
     assert queue_redis.hget(constants.job_key(job.id), "retries_left") == b"1"

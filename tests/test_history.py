@@ -18,15 +18,17 @@ import redis
 from prometheus_client import CollectorRegistry
 from pymongo.database import Database
 
-from service import constants, history, registry
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import free_port
-from service.settings import load
+from service.config import constants
+from service.config.settings import load
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import free_port
+from service.history import shipper
+from service.jobs import registry
 from service.worker.health import HealthServer
-from service.worker.metrics import HistoryCollector
+from service.worker.job_metrics import HistoryCollector
 from service.worker.supervisor import Supervisor
 
-from .conftest import ServiceProcess, http, publish, wait_for
+from .conftest import TEST_MODULES, ServiceProcess, http, publish, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]
@@ -93,7 +95,7 @@ def test_every_state_change_lands_in_history(
     assert record["events"][-1]["duration"] >= 0
     failed = jobs_collection.find_one({"_id": dead})
     assert failed is not None and failed["status"] == "failed"
-    assert failed["error"] == "service.handlers.JobFailed: boom"
+    assert failed["error"] == "service.dev.demo.JobFailed: boom"
     assert failed["events"][-1]["reason"] == "exception"
 
     # GET /jobs lists the history, filtered and paginated
@@ -198,7 +200,7 @@ def test_without_mongodb_history_is_off_and_ctx_db_fails_clearly(start_service: 
         lambda: (v := http("GET", f"{bare.url}/jobs/{job_id}")[2])["status"] == "failed" and v
     )
     assert failed["error"].startswith(
-        "service.context.MongoNotConfigured: job type 'test.db' needs"
+        "service.jobs.context.MongoNotConfigured: job type 'test.db' needs"
     )
 
 
@@ -206,12 +208,12 @@ def test_update_for_caps_payloads_and_maps_statuses() -> None:
     big = orjson.dumps({"blob": "x" * (constants.HISTORY_PAYLOAD_MAX + 10)})
     data = b'["echo",null,[' + big + b"],{}]"
     fields = {b"id": b"j1", b"status": b"queued", b"type": b"echo", b"queue": b"q", b"data": data}
-    update = history.update_for(b"1700000000000-0", fields)
+    update = shipper.update_for(b"1700000000000-0", fields)
     changes = update._doc["$set"]
     assert changes["payload"] == {"truncated": True, "bytes": len(big)}
     assert (changes["status"], changes["type"], changes["queue"]) == ("queued", "echo", "q")
     assert changes["updated_at"].year == 2023
-    dead = history.update_for(b"1700000000001-0", {b"id": b"j1", b"status": b"dead"})
+    dead = shipper.update_for(b"1700000000001-0", {b"id": b"j1", b"status": b"dead"})
     assert dead._doc["$set"]["status"] == "failed"
 
 
@@ -245,7 +247,7 @@ def test_the_api_keeps_recording_on_and_the_scripts_bound_the_stream(
 ) -> None:
     api = start_service(MONGODB_URI=mongo_uri, WORKER_PROCESSING_INTERVAL="1000")
     # The API renews the key as a shipper does (TTL: three intervals and a second)
-    assert 0 < queue_redis.ttl(constants.HISTORY_ON_KEY) <= history.on_ttl(1.0)
+    assert 0 < queue_redis.ttl(constants.HISTORY_ON_KEY) <= shipper.on_ttl(1.0)
     queue_redis.delete(constants.HISTORY_ON_KEY)
     wait_for(lambda: queue_redis.exists(constants.HISTORY_ON_KEY), 3)
     # Given a stream one event short of its bound (no shipper has run for a long time)
@@ -375,15 +377,15 @@ def test_a_refused_event_is_stored_in_part_and_holds_up_none_of_the_others(
     down: tuple[int, ...],
     calls: int,
 ) -> None:
-    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=1.0)
-    collection = shipper.collection = RefusingCollection(mongo_db["jobs"], down)  # type: ignore[assignment]
+    running = shipper.Shipper(queue_redis, mongo_db, "test", batch=10, interval=1.0)
+    collection = running.collection = RefusingCollection(mongo_db["jobs"], down)  # type: ignore[assignment]
     for job_id, payload in (("a", {}), ("b", {"$where": 1}), ("c", {"n": 3}), ("d", {})):
         queue_redis.xadd(constants.HISTORY_STREAM, published(job_id, payload))  # type: ignore[arg-type]
     # a is written in the batch, which MongoDB refuses at b; then one at a time: b whole
     # (refused), b in part, c, d. Should MongoDB go down at b in part, the next round starts
     # again from b, and a is not written twice.
     while queue_redis.xlen(constants.HISTORY_STREAM):
-        shipper.ship()
+        running.ship()
     assert collection.calls == calls
     jobs_collection = mongo_db["jobs"]
     assert {d["_id"]: len(d["events"]) for d in jobs_collection.find()} == dict.fromkeys("abcd", 1)
@@ -392,8 +394,8 @@ def test_a_refused_event_is_stored_in_part_and_holds_up_none_of_the_others(
     assert refused["payload"] == {
         "unstorable": "MongoDB error 52: field names may not start with $"
     }
-    assert (shipper.stats.stored_in_part, shipper.stats.unstorable) == (1, 0)
-    assert shipper.stats.mongo_ok
+    assert (running.stats.stored_in_part, running.stats.unstorable) == (1, 0)
+    assert running.stats.mongo_ok
 
 
 def test_the_shipper_survives_an_unexpected_error(
@@ -401,8 +403,8 @@ def test_the_shipper_survives_an_unexpected_error(
     mongo_db: Database[dict[str, Any]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
-    real = shipper.collection
+    running = shipper.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
+    real = running.collection
     failures = iter([ZeroDivisionError("a bug"), KeyError("another")])
 
     class Surprising:
@@ -412,10 +414,10 @@ def test_the_shipper_survives_an_unexpected_error(
                 raise failure
             return real.bulk_write(updates)
 
-    shipper.collection = Surprising()  # type: ignore[assignment]
+    running.collection = Surprising()  # type: ignore[assignment]
     queue_redis.xadd(constants.HISTORY_STREAM, published("a", {}))  # type: ignore[arg-type]
     stop = threading.Event()
-    thread = threading.Thread(target=shipper.run, args=(stop,))
+    thread = threading.Thread(target=running.run, args=(stop,))
     thread.start()
     try:
         wait_for(lambda: real.find_one({"_id": "a"}), 5)
@@ -442,7 +444,7 @@ def test_a_stopped_shipper_makes_ready_503_and_its_gauge_0(
             "PORT": str(free_port()),
         }
     )
-    supervisor = Supervisor(settings, registry.load())
+    supervisor = Supervisor(settings, registry.load(TEST_MODULES))
     supervisor.redis = queue_redis
     supervisor.slots[0].set_ready(True)  # its worker process consumes
     supervisor.history = supervisor._start_history()
@@ -478,7 +480,7 @@ def test_a_stopped_shipper_makes_ready_503_and_its_gauge_0(
 def test_update_for_stores_what_it_can_of_an_event() -> None:
     def changes(fields: dict[bytes, bytes], refused: dict[str, str] | None = None) -> Any:
         spoiled: list[str] = []
-        update = history.update_for(b"1700000000000-0", fields, refused, spoiled)
+        update = shipper.update_for(b"1700000000000-0", fields, refused, spoiled)
         return update._doc["$set"], update._doc["$push"]["events"], spoiled
 
     wide, _, spoiled = changes(FOREIGN_EVENTS[0])
@@ -491,7 +493,7 @@ def test_update_for_stores_what_it_can_of_an_event() -> None:
     assert len(spoiled) == 2 and all(s.startswith("does not decode: ") for s in spoiled)
     assert "attempts" not in garbled and "attempt" not in event and event["event"] == "dead"
     assert "run_at" not in garbled and "duration" not in event
-    with pytest.raises(history.UnreadableEvent):
+    with pytest.raises(shipper.UnreadableEvent):
         changes(FOREIGN_EVENTS[3])
     # A part MongoDB refused, named by the shipper; one that decodes and fits is kept as it is
     fine = published("j", {"n": 2**63 - 1, "s": "\u0000 in a value is fine"})
@@ -506,14 +508,14 @@ def test_the_shipper_reports_the_events_the_scripts_dropped(
     mongo_db: Database[dict[str, Any]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.history")
+    caplog.set_level(logging.INFO, logger="service.history.shipper")
     queue_redis.set(constants.HISTORY_DROPPED_KEY, 5)  # before this shipper started
-    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
-    shipper.step(threading.Event())
-    assert shipper.stats.dropped == 0
+    running = shipper.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
+    running.step(threading.Event())
+    assert running.stats.dropped == 0
     queue_redis.incrby(constants.HISTORY_DROPPED_KEY, 3)
-    shipper.step(threading.Event())
-    assert shipper.stats.dropped == 3
-    messages = [r.getMessage() for r in caplog.records if r.name == "service.history"]
+    running.step(threading.Event())
+    assert running.stats.dropped == 3
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.history.shipper"]
     assert "job history: 5 events dropped so far, the stream being full" in messages
     assert "job history: the stream is full; its 3 oldest events dropped" in messages

@@ -12,34 +12,41 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 
-from service import constants, jobs, lua, scripts
+from service.config import constants
+from service.jobs import records
+from service.store import lua, scripts
 
 
-def published(batch: list[jobs.NewJob]) -> fakeredis.FakeRedis:
+def published(batch: list[records.NewJob]) -> fakeredis.FakeRedis:
     """Run the real PUBLISH script (fakeredis runs Lua, without Redis 7's script flags) and
     return the Redis it wrote."""
     client = fakeredis.FakeRedis()
     publish = lua.Script(client, scripts.PUBLISH)
-    assert publish(args=jobs.publish_args(batch, 1.8e9)) == 1
+    assert publish(args=records.publish_args(batch, 1.8e9)) == 1
     return client
 
 
 def test_data_is_rqs_layout_and_round_trips() -> None:
-    job = jobs.NewJob("j1", "email.send", "mail", {"to": "a@b.c"}, 30, 0)
+    job = records.NewJob("j1", "email.send", "mail", {"to": "a@b.c"}, 30, 0)
     data = published([job]).hget("rq:job:j1", "data")
     assert data == b'["email.send",null,[{"to":"a@b.c"}],{}]'
-    assert jobs.decode_data(data) == ("email.send", {"to": "a@b.c"})
-    assert jobs.decode_data(zlib.compress(data)) == ("email.send", {"to": "a@b.c"})  # as RQ saves
+    assert records.decode_data(data) == ("email.send", {"to": "a@b.c"})
+    assert records.decode_data(zlib.compress(data)) == (
+        "email.send",
+        {"to": "a@b.c"},
+    )  # as RQ saves
 
 
 def test_pickled_data_is_refused() -> None:
     data = zlib.compress(pickle.dumps(("os.system", None, ["true"], {})))
     with pytest.raises(orjson.JSONDecodeError):
-        jobs.decode_data(data)
+        records.decode_data(data)
 
 
 def test_rq_reads_the_jobs_we_publish() -> None:
-    batch = [jobs.NewJob(jobs.new_id(), "echo", "app-queue", {"x": n}, 30, 2) for n in range(3)]
+    batch = [
+        records.NewJob(records.new_id(), "echo", "app-queue", {"x": n}, 30, 2) for n in range(3)
+    ]
     client = published(batch)
     assert Queue("app-queue", connection=client).job_ids == [job.id for job in batch]
     assert [q.name for q in Queue.all(connection=client)] == ["app-queue"]
@@ -53,8 +60,8 @@ def test_rq_reads_the_jobs_we_publish() -> None:
 
 
 def test_result_entries_decode() -> None:
-    exc = jobs.encode_exc_string("T\nE: boom\n")
-    entry = jobs.decode_result_entry(
+    exc = records.encode_exc_string("T\nE: boom\n")
+    entry = records.decode_result_entry(
         {
             b"type": b"4",
             b"worker_name": b"w",
@@ -71,23 +78,23 @@ def test_result_entries_decode() -> None:
         "ended_at": None,
         "error": "T\nE: boom\n",
     }
-    assert jobs.error_summary(entry["error"]) == "E: boom"
-    ok = jobs.decode_result_entry(
-        {b"type": b"1", b"return_value": jobs.encode_return_value(b"[1]")}
+    assert records.error_summary(entry["error"]) == "E: boom"
+    ok = records.decode_result_entry(
+        {b"type": b"1", b"return_value": records.encode_return_value(b"[1]")}
     )
     assert (ok["outcome"], ok["result"]) == ("finished", [1])
-    stopped = jobs.decode_result_entry({b"type": b"3", b"reason": b"interrupted"})
+    stopped = records.decode_result_entry({b"type": b"3", b"reason": b"interrupted"})
     assert stopped["outcome"] == "interrupted"
 
 
 def test_utc_iso_is_rqs_format() -> None:
-    assert jobs.utc_iso(0) == "1970-01-01T00:00:00.000000Z"
+    assert records.utc_iso(0) == "1970-01-01T00:00:00.000000Z"
 
 
 def test_ids_are_uuid7_and_tell_their_age() -> None:
-    first, second = jobs.new_id(1_800_000_000.0), jobs.new_id(1_800_000_000.5)
+    first, second = records.new_id(1_800_000_000.0), records.new_id(1_800_000_000.5)
     assert len(first) == 32 and first[12] == "7" and first[16] in "89ab"
     assert first < second  # time-ordered
-    assert jobs.id_created_at(first) == 1_800_000_000.0
-    assert jobs.id_created_at("f" * 32) is None
-    assert jobs.id_created_at("short") is None
+    assert records.id_created_at(first) == 1_800_000_000.0
+    assert records.id_created_at("f" * 32) is None
+    assert records.id_created_at("short") is None

@@ -15,12 +15,15 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, embedded_redis, jobs, lua, scripts
-from service.dead import DeadLetters, Filter
-from service.embedded_redis import EmbeddedRedis
-from service.settings import DEFAULT_RETENTION
-from service.store import Store, out_of_memory
-from service.worker import recovery
+from service.config import constants
+from service.config.settings import DEFAULT_RETENTION
+from service.dev import embedded_redis
+from service.dev.embedded_redis import EmbeddedRedis
+from service.jobs import records
+from service.store import housekeeping, lua, scripts
+from service.store.connection import out_of_memory
+from service.store.dead_letters import DeadLetters, Filter
+from service.store.publisher import Store
 
 from .conftest import ServiceProcess, publish, wait_for
 
@@ -62,8 +65,8 @@ def test_the_version_is_read_once_per_client(redis_url: str) -> None:
     client.info = counted  # type: ignore[method-assign]
     try:
         assert lua.server_version(client) > (0,)
-        lua.Script(client, scripts.PROMOTE)(args=[time.time(), jobs.utc_iso(), "q"])
-        lua.Script(client, scripts.PROMOTE)(args=[time.time(), jobs.utc_iso(), "q"])
+        lua.Script(client, scripts.PROMOTE)(args=[time.time(), records.utc_iso(), "q"])
+        lua.Script(client, scripts.PROMOTE)(args=[time.time(), records.utc_iso(), "q"])
         assert reads == ["server"]
     finally:
         client.close()
@@ -72,7 +75,7 @@ def test_the_version_is_read_once_per_client(redis_url: str) -> None:
 def test_a_server_that_does_not_say_its_version_gets_no_flags() -> None:
     client = fakeredis.FakeRedis()  # no INFO command
     assert lua.server_version(client) == (0,)
-    moved, _ = recovery.promote(client, ["q"])  # the script runs
+    moved, _ = housekeeping.promote(client, ["q"])  # the script runs
     assert moved == 0
 
 
@@ -93,8 +96,8 @@ def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     own.stop()
 
 
-def new_job(**fields: Any) -> jobs.NewJob:
-    return jobs.NewJob(jobs.new_id(), "noop", "q", {}, 180, 0, **fields)
+def new_job(**fields: Any) -> records.NewJob:
+    return records.NewJob(records.new_id(), "noop", "q", {}, 180, 0, **fields)
 
 
 async def publish_and_cancel(url: str) -> list[str]:
@@ -130,23 +133,23 @@ def test_every_script_runs(server: str) -> None:
     client = redis.Redis.from_url(f"{server}/1")
     queued = asyncio.run(publish_and_cancel(server))
     due = new_job(run_at=time.time() - 1)
-    lua.Script(client, scripts.PUBLISH)(args=jobs.publish_args([due], time.time()))
-    assert recovery.promote(client, ["q"])[0] == 1  # PROMOTE
+    lua.Script(client, scripts.PUBLISH)(args=records.publish_args([due], time.time()))
+    assert housekeeping.promote(client, ["q"])[0] == 1  # PROMOTE
     # CLAIM all four, HEARTBEAT, COMPLETE two as failed (dead), RECOVER the other two
     now = time.time()
     claim = lua.Script(client, scripts.CLAIM)
-    rows = claim(args=[10, "w", jobs.utc_iso(now), int(now) + 60, "bx", "q"])
+    rows = claim(args=[10, "w", records.utc_iso(now), int(now) + 60, "bx", "q"])
     assert sorted(row[0].decode() for row in rows) == sorted([*queued, due.id])
     held = [x for row in rows for x in (row[5], row[1])]
     beat = ["rq:worker:w", 10, int(now) + 100, "pid", 1, "--", "q", "--", *held]
     assert lua.Script(client, scripts.HEARTBEAT)(args=beat) == 1
-    failed = [jobs.encode_exc_string("boom"), now, now, 0, "exception"]
-    complete = ["w", jobs.utc_iso(now), now, *DEFAULT_RETENTION.args(), 3]
+    failed = [records.encode_exc_string("boom"), now, now, 0, "exception"]
+    complete = ["w", records.utc_iso(now), now, *DEFAULT_RETENTION.args(), 3]
     for row in rows[:2]:
         complete += ["fail", row[0], "q", row[1], *failed]
     assert lua.Script(client, scripts.COMPLETE)(args=complete) == [b"failed", b"failed"]
     running = [rows[2][0].decode()]  # the process was running one, had claimed the other
-    totals, _ = recovery.recover(client, ["q"], max_crashes=3, owner="w", running=running)
+    totals, _ = housekeeping.recover(client, ["q"], max_crashes=3, owner="w", running=running)
     assert totals == [0, 1, 1]
     retry, delete = (row[0].decode() for row in rows[:2])
     assert asyncio.run(retry_and_delete(server, retry, delete)) == ({retry: "q"}, 1)

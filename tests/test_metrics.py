@@ -12,7 +12,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import constants
+from service.config import constants
 
 from .conftest import ServiceProcess, http, publish, wait_for
 

@@ -122,15 +122,15 @@ def test_metric_names_finds_every_selector_and_nothing_else() -> None:
 # the worker's counters here would add them to this process's default registry).
 EXPOSE_ALL = """
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from service import metrics
-from service.api import metrics as api_metrics
-from service.worker import metrics as worker_metrics
+from service.telemetry import gauges
+from service.api import request_metrics as api_metrics
+from service.worker import job_metrics as worker_metrics
 
 live = CollectorRegistry()
 live.register(worker_metrics.SupervisorCollector(lambda: (1, 0, 5, 0)))
 live.register(worker_metrics.HistoryCollector(lambda: (True, 0, 0)))
-backlog = metrics.BacklogCollector()
-backlog.latest = metrics.Snapshot({"q": metrics.QueueFigures(waiting={"high": 0})}, 0, 0.0)
+backlog = gauges.BacklogCollector()
+backlog.latest = gauges.Snapshot({"q": gauges.QueueFigures(waiting={"high": 0})}, 0, 0.0)
 live.register(backlog)
 print(generate_latest(REGISTRY).decode() + generate_latest(live).decode())
 """

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from service.policy import Backoff
+from service.jobs.policy import Backoff
 
 
 def test_fixed_waits_base_every_time() -> None:

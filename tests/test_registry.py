@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from service import constants
-from service.context import JobContext
-from service.registry import EmptyPayload, PayloadInvalid, Registry, UnknownJobType
+from service.config import constants
+from service.jobs.context import JobContext
+from service.jobs.registry import EmptyPayload, PayloadInvalid, Registry, UnknownJobType
+
+from .conftest import ROOT
 
 
 class Email(BaseModel):
@@ -81,9 +86,9 @@ def test_a_name_is_registered_once() -> None:
 
 def test_a_payload_model_named_by_import_string_is_imported_on_first_use() -> None:
     registry = Registry()
-    registry.job("nap", payload="service.payloads:SleepPayload")(lambda payload, ctx: None)
+    registry.job("nap", payload="service.dev.demo_payloads:SleepPayload")(lambda payload, ctx: None)
     spec = registry.get("nap")
-    assert spec.payload == "service.payloads:SleepPayload"
+    assert spec.payload == "service.dev.demo_payloads:SleepPayload"
     assert spec.model().__name__ == "SleepPayload"
     assert spec.validate({"seconds": 2}).seconds == 2  # type: ignore[union-attr]
     with pytest.raises(PayloadInvalid):
@@ -92,9 +97,9 @@ def test_a_payload_model_named_by_import_string_is_imported_on_first_use() -> No
 
 def test_a_wrong_import_string_is_refused() -> None:
     with pytest.raises(ValueError, match="must be 'module:Model'"):
-        Registry().job("nap", payload="service.payloads.SleepPayload")
+        Registry().job("nap", payload="service.dev.demo_payloads.SleepPayload")
     registry = Registry()
-    registry.job("nap", payload="service.payloads:Nothing")(lambda payload, ctx: None)
+    registry.job("nap", payload="service.dev.demo_payloads:Nothing")(lambda payload, ctx: None)
     with pytest.raises(ImportError, match="not a pydantic model"):
         registry.get("nap").model()
 
@@ -124,3 +129,23 @@ def test_the_empty_payload_is_checked_as_pydantic_would(payload: object) -> None
     lax = [[e["field"] for e in errors(name, strict=False)] for name in ("none", "model")]
     assert lax[0] == lax[1]  # as the worker checks a job published by other tools
     assert registry.get("none").json_schema() == Empty.model_json_schema()
+
+
+def registered(handler_modules: str) -> list[str]:
+    """The job types a fresh process registers with HANDLER_MODULES set so."""
+    code = (
+        "from service.config.settings import load; from service.jobs import registry; "
+        f"print(','.join(registry.load(load({{'HANDLER_MODULES': {handler_modules!r}}})"
+        ".handler_modules).names()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return [name for name in result.stdout.strip().split(",") if name]
+
+
+def test_a_production_registry_holds_only_the_applications_job_types() -> None:
+    assert registered("") == []
+    assert registered("tests.lean_handlers") == ["test.modules"]
+    assert registered("service.dev.demo") == ["echo", "fail", "noop", "sleep"]

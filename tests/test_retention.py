@@ -22,16 +22,17 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from service import constants, jobs, registry, scripts, status
+from service import status
 from service.api.app import create_app
-from service.embedded_redis import free_port
-from service.registry import EmptyPayload, Registry, TtlAboveCeiling
-from service.settings import Retention, load
-from service.store import Store
-from service.worker import recovery
+from service.config import constants
+from service.config.settings import Retention, load
+from service.dev.embedded_redis import free_port
+from service.jobs import records, registry
+from service.jobs.registry import EmptyPayload, Registry, TtlAboveCeiling
+from service.store import housekeeping, scripts
+from service.store.publisher import Store
 
-from . import sample_handlers  # noqa: F401 - registers the test job types
-from .conftest import ROOT, ServiceProcess, base_env, http, publish, wait_for
+from .conftest import ROOT, TEST_MODULES, ServiceProcess, base_env, http, publish, wait_for
 
 Start = Callable[..., ServiceProcess]
 DAY = 24 * 3600
@@ -43,7 +44,7 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 def client_for(redis_url: str, **env: str) -> TestClient:
     """The API on the test's Redis, its job types within the settings' ceilings (as at start)."""
     settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0", **env})
-    handlers = registry.load().within(settings.max_result_ttl, settings.max_failure_ttl)
+    handlers = registry.load(TEST_MODULES).within(settings.max_result_ttl, settings.max_failure_ttl)
     return TestClient(create_app(settings, handlers), raise_server_exceptions=False)
 
 
@@ -210,8 +211,8 @@ def test_a_job_type_within_a_raised_ceiling_starts(start_service: Start) -> None
 def claimed(client: redis.Redis, max_retries: int = 0, **ttls: str | None) -> tuple[str, str]:
     """A job published, its TTL fields then written as another tool might (None: removed),
     and claimed by worker `w`: (id, started-registry member)."""
-    job = jobs.NewJob(jobs.new_id(), "noop", "app-queue", {}, 180, max_retries)
-    client.register_script(scripts.PUBLISH)(args=jobs.publish_args([job], time.time()))
+    job = records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, max_retries)
+    client.register_script(scripts.PUBLISH)(args=records.publish_args([job], time.time()))
     for field, raw in ttls.items():
         if raw is None:
             client.hdel(constants.job_key(job.id), field)
@@ -219,7 +220,7 @@ def claimed(client: redis.Redis, max_retries: int = 0, **ttls: str | None) -> tu
             client.hset(constants.job_key(job.id), field, raw)
     now = time.time()
     rows = client.register_script(scripts.CLAIM)(
-        args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", "app-queue"]
+        args=[1, "w", records.utc_iso(now), int(now) + 60, "b", "app-queue"]
     )
     ((_, member, *_),) = rows
     return job.id, member.decode()
@@ -227,8 +228,8 @@ def claimed(client: redis.Redis, max_retries: int = 0, **ttls: str | None) -> tu
 
 def complete(client: redis.Redis, job_id: str, member: str, outcome: str, now: float) -> bytes:
     script = client.register_script(scripts.COMPLETE)
-    args = ["w", jobs.utc_iso(now), now, *LIMITS.args(), 3]
-    args += [outcome, job_id, "app-queue", member, jobs.encode_exc_string("boom"), now, now, 0]
+    args = ["w", records.utc_iso(now), now, *LIMITS.args(), 3]
+    args += [outcome, job_id, "app-queue", member, records.encode_exc_string("boom"), now, now, 0]
     (fate,) = script(args=[*args, "exception"])
     return bytes(fate)
 
@@ -280,7 +281,7 @@ def test_recovery_and_cancel_keep_a_job_within_max_failure_ttl(
 ) -> None:
     # A job whose worker died once too often is failed by the supervisor's recovery
     lost, _ = claimed(queue_redis, failure_ttl=raw)
-    totals, _ = recovery.recover(
+    totals, _ = housekeeping.recover(
         queue_redis, ["app-queue"], max_crashes=1, retention=LIMITS, owner="w", running=[lost]
     )
     assert totals == [1, 0, 0]
@@ -330,15 +331,15 @@ def dead_letter(
     client: redis.Redis, limits: Retention, now: float, queue: str = "app-queue"
 ) -> str:
     """One job published, claimed and failed for good on `queue` at `now`: its id."""
-    job = jobs.NewJob(jobs.new_id(), "fail", queue, {}, 180, 0)
-    client.register_script(scripts.PUBLISH)(args=jobs.publish_args([job], now))
+    job = records.NewJob(records.new_id(), "fail", queue, {}, 180, 0)
+    client.register_script(scripts.PUBLISH)(args=records.publish_args([job], now))
     rows = client.register_script(scripts.CLAIM)(
-        args=[1, "w", jobs.utc_iso(now), int(now) + 60, "b", queue]
+        args=[1, "w", records.utc_iso(now), int(now) + 60, "b", queue]
     )
     ((_, member, *_),) = rows
     script = client.register_script(scripts.COMPLETE)
-    args = ["w", jobs.utc_iso(now), now, *limits.args(), 3]
-    args += ["fail", job.id, queue, member, jobs.encode_exc_string("boom"), now, now, 0]
+    args = ["w", records.utc_iso(now), now, *limits.args(), 3]
+    args += ["fail", job.id, queue, member, records.encode_exc_string("boom"), now, now, 0]
     assert script(args=[*args, "exception"]) == [b"failed"]
     return job.id
 
@@ -378,15 +379,15 @@ def test_the_job_being_dead_lettered_is_never_the_one_trimmed(queue_redis: redis
     start = time.time()
     kept = [dead_letter(queue_redis, limits, start + n) for n in range(2)]
     # Given a job that expires sooner than those already dead (a shorter failure_ttl)
-    job = jobs.NewJob(jobs.new_id(), "fail", "app-queue", {}, 180, 0, failure_ttl=60)
+    job = records.NewJob(records.new_id(), "fail", "app-queue", {}, 180, 0, failure_ttl=60)
     publish_job = queue_redis.register_script(scripts.PUBLISH)
-    publish_job(args=jobs.publish_args([job], start + 2))
+    publish_job(args=records.publish_args([job], start + 2))
     rows = queue_redis.register_script(scripts.CLAIM)(
-        args=[1, "w", jobs.utc_iso(start), int(start) + 60, "b", "app-queue"]
+        args=[1, "w", records.utc_iso(start), int(start) + 60, "b", "app-queue"]
     )
     ((_, member, *_),) = rows
-    args = ["w", jobs.utc_iso(start + 2), start + 2, *limits.args(), 3]
-    args += ["fail", job.id, "app-queue", member, jobs.encode_exc_string("boom"), 0, 0, 0]
+    args = ["w", records.utc_iso(start + 2), start + 2, *limits.args(), 3]
+    args += ["fail", job.id, "app-queue", member, records.encode_exc_string("boom"), 0, 0, 0]
     queue_redis.register_script(scripts.COMPLETE)(args=[*args, "exception"])
     # Then it stays, and the soonest to expire of the others makes room
     assert set(dead_ids(queue_redis)) == {job.id, kept[1]}

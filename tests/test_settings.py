@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from service import constants
-from service.embedded_redis import free_port
-from service.settings import ConfigError, Secret, load
+from service.config import constants
+from service.config.settings import ConfigError, Secret, load
+from service.dev.embedded_redis import free_port
 
 from .conftest import ROOT
 

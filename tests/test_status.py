@@ -16,9 +16,11 @@ import redis
 import redis.asyncio
 
 from service import __main__ as entry
-from service import constants, jobs, status
-from service.embedded_redis import free_port
-from service.settings import Settings, load
+from service import status
+from service.config import constants
+from service.config.settings import Settings, load
+from service.dev.embedded_redis import free_port
+from service.jobs import records
 
 from .conftest import ROOT, ServiceProcess, base_env, publish, wait_for
 
@@ -50,7 +52,7 @@ def test_counts_per_queue_and_priority_from_redis(
     # Given: jobs waiting in every priority of app-queue, the oldest queued two minutes ago,
     now = time.time()
     oldest = publish_job(redis_url, "app-queue.low")
-    queue_redis.hset(constants.job_key(oldest), "enqueued_at", jobs.utc_iso(now - 120))
+    queue_redis.hset(constants.job_key(oldest), "enqueued_at", records.utc_iso(now - 120))
     for queue in ("app-queue.high", "app-queue", "app-queue"):
         publish_job(redis_url, queue)
     publish_job(redis_url, "app-queue", run_at=now + 3600)  # scheduled, not due
@@ -65,7 +67,7 @@ def test_counts_per_queue_and_priority_from_redis(
             "pid": 4242,
             "state": "idle",
             "queues": "app-queue.high,app-queue,app-queue.low",
-            "last_heartbeat": jobs.utc_iso(now - 2),
+            "last_heartbeat": records.utc_iso(now - 2),
         },
     )
     for queue in ("app-queue.high", "app-queue", "app-queue.low"):
@@ -164,7 +166,7 @@ def test_status_of_a_running_worker(
     (failure,) = document["failures"]
     assert failure["id"] == failed and failure["type"] == "fail"
     assert failure["queue"] == "app-queue"
-    assert failure["error"] == "service.handlers.JobFailed: SMTP refused"
+    assert failure["error"] == "service.dev.demo.JobFailed: SMTP refused"
     assert failure["ended_at"] is not None
 
     # And the command line, as an operator types it, prints the same.
@@ -185,7 +187,7 @@ def test_status_of_a_running_worker(
     assert worker_line.split()[1:5] == [socket.gethostname(), str(process["pid"]), "busy", "1/1"]
     (failure_line,) = [line for line in lines if line.startswith(failed)]
     assert failure_line.split()[1:3] == ["fail", "app-queue"]
-    assert failure_line.endswith("service.handlers.JobFailed: SMTP refused")
+    assert failure_line.endswith("service.dev.demo.JobFailed: SMTP refused")
     app_redis.set("release", 1)  # let the blocked job finish before the worker stops
     app_redis.close()
 
@@ -200,14 +202,18 @@ def test_newest_failures_first_and_limited(
         ended = now - 10 + n
         queue_redis.lrem(constants.queue_key("app-queue"), 0, job_id)
         queue_redis.hset(
-            constants.job_key(job_id), mapping={"status": "failed", "ended_at": jobs.utc_iso(ended)}
+            constants.job_key(job_id),
+            mapping={"status": "failed", "ended_at": records.utc_iso(ended)},
         )
         queue_redis.zadd(
             constants.registry_key("failed", "app-queue"), {job_id: ended + constants.FAILURE_TTL}
         )
         queue_redis.xadd(
             constants.result_key(job_id),
-            {"type": 2, "exc_string": jobs.encode_exc_string(f"Traceback\nJobFailed: number {n}")},
+            {
+                "type": 2,
+                "exc_string": records.encode_exc_string(f"Traceback\nJobFailed: number {n}"),
+            },
         )
 
     # When only two are asked for

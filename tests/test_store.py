@@ -12,10 +12,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, lua, scripts
-from service.embedded_redis import EmbeddedRedis
-from service.settings import RedisTarget
-from service.store import Coalescer, Direct, QueueFull, Script, Store, connect_async
+from service.config import constants
+from service.config.settings import RedisTarget
+from service.dev.embedded_redis import EmbeddedRedis
+from service.jobs import records
+from service.store import lua, scripts
+from service.store.connection import Direct, Script, connect_async
+from service.store.publisher import Coalescer, QueueFull, Store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,9 +45,9 @@ def clients(url: str) -> int:
         return len(admin.client_list()) - 1
 
 
-def a_job() -> jobs.NewJob:
-    return jobs.NewJob(
-        id=jobs.new_id(), type="noop", queue="q", payload={}, timeout=5, max_retries=0
+def a_job() -> records.NewJob:
+    return records.NewJob(
+        id=records.new_id(), type="noop", queue="q", payload={}, timeout=5, max_retries=0
     )
 
 
@@ -223,7 +226,7 @@ def test_a_failed_call_reaches_every_job_sent_in_it(own_redis: EmbeddedRedis) ->
 
 
 def test_callers_are_cancelled_with_their_call_not_left_waiting() -> None:
-    async def send(batch: list[jobs.NewJob]) -> list[Exception | None]:
+    async def send(batch: list[records.NewJob]) -> list[Exception | None]:
         raise asyncio.CancelledError  # as when the task sending it is cancelled
 
     async def scenario() -> list[BaseException | None]:
@@ -238,7 +241,7 @@ def test_callers_are_cancelled_with_their_call_not_left_waiting() -> None:
 def test_a_turn_with_more_jobs_than_a_batch_holds_is_sent_in_batches() -> None:
     sent: list[int] = []
 
-    async def send(batch: list[jobs.NewJob]) -> list[Exception | None]:
+    async def send(batch: list[records.NewJob]) -> list[Exception | None]:
         sent.append(len(batch))
         return [None] * len(batch)
 

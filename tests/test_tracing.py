@@ -27,8 +27,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
-from service import constants, jobs, tracing
-from service.store import Store
+from service.config import constants
+from service.jobs import records
+from service.store.publisher import Store
+from service.telemetry import tracing
 
 from .conftest import ROOT, ServiceProcess, http, wait_for
 from .test_api import make_client
@@ -80,7 +82,9 @@ def test_off_the_service_never_imports_opentelemetry() -> None:
 import sys
 import pymongo, redis, rq, starlette, uvicorn
 baseline = set(sys.modules)
-from service import __main__, jobs, tracing
+from service import __main__
+from service.jobs import records
+from service.telemetry import tracing
 from service.api import app, server
 from service.worker import process, supervisor
 assert tracing.start("service-api") is False
@@ -98,7 +102,7 @@ def test_configured_without_the_extra_it_warns_and_stays_off() -> None:
 import logging, sys
 sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
 logging.basicConfig()
-from service import tracing
+from service.telemetry import tracing
 print(tracing.start("service-api"), tracing.enabled())
 """
     result = run_python(code, OTEL_TRACES_EXPORTER="otlp")
@@ -108,9 +112,10 @@ print(tracing.start("service-api"), tracing.enabled())
 
 def test_console_exporter_writes_spans_named_after_the_service() -> None:
     code = """
-from service import jobs, tracing
+from service.jobs import records
+from service.telemetry import tracing
 assert tracing.start("service-api")
-with tracing.enqueue([jobs.NewJob("j1", "echo", "app-queue", {}, 10, 0)]) as traceparent:
+with tracing.enqueue([records.NewJob("j1", "echo", "app-queue", {}, 10, 0)]) as traceparent:
     print("traceparent", traceparent, flush=True)
 tracing.shutdown()
 """
@@ -134,7 +139,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider.shutdown()
 
 
-def publish(redis_url: str, batch: list[jobs.NewJob], key: str | None = None) -> None:
+def publish(redis_url: str, batch: list[records.NewJob], key: str | None = None) -> None:
     async def run() -> None:
         client = redis.asyncio.Redis.from_url(f"{redis_url}/1")
         store = Store(client)
@@ -147,8 +152,8 @@ def publish(redis_url: str, batch: list[jobs.NewJob], key: str | None = None) ->
     asyncio.run(run())
 
 
-def new_job(job_type: str = "echo") -> jobs.NewJob:
-    return jobs.NewJob(jobs.new_id(), job_type, "app-queue", {}, 10, 0)
+def new_job(job_type: str = "echo") -> records.NewJob:
+    return records.NewJob(records.new_id(), job_type, "app-queue", {}, 10, 0)
 
 
 def traceparent_of(span: ReadableSpan) -> str:

@@ -16,7 +16,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
-from service import constants
+from service.config import constants
 
 from .conftest import ServiceProcess, http, publish, wait_for
 
@@ -135,7 +135,9 @@ NOT_IN_WORKERS |= {"starlette", "uvicorn", "service.api", "service.worker.superv
 def test_a_worker_process_imports_pydantic_only_for_a_job_with_a_payload_model(
     start_service: Start, redis_url: str, queue_redis: redis.Redis
 ) -> None:
-    start_service(worker=True, WORKER_CONCURRENCY="1", HANDLER_MODULES="tests.lean_handlers")
+    start_service(
+        worker=True, WORKER_CONCURRENCY="1", HANDLER_MODULES="service.dev.demo,tests.lean_handlers"
+    )
     jobs = [
         publish(redis_url, "noop"),
         publish(redis_url, "test.modules"),
@@ -147,7 +149,7 @@ def test_a_worker_process_imports_pydantic_only_for_a_job_with_a_payload_model(
     before, after = (set(fetch(queue_redis, jobs[i]).return_value()) for i in (1, 3))
     assert "service.worker.process" in before
     assert before & NOT_IN_WORKERS == set()
-    assert {"pydantic", "service.payloads"} <= after
+    assert {"pydantic", "service.dev.demo_payloads"} <= after
 
 
 def test_killed_worker_process_job_runs_again_and_the_process_is_replaced(
@@ -281,7 +283,7 @@ def test_second_signal_forces_the_stop(
 def test_worker_started_before_redis_waits_unready_then_consumes(
     start_service: Start, tmp_path: Path
 ) -> None:
-    from service.embedded_redis import EmbeddedRedis, free_port
+    from service.dev.embedded_redis import EmbeddedRedis, free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}"

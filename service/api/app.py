@@ -16,19 +16,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from service import constants, mongo, tracing
-from service.api import dead, history, metrics, routes
+from service.api import dead, job_history, request_metrics, routes
 from service.api.errors import ApiError, api_error_handler, http_error_handler, internal_error
 from service.api.fastpath import FastSubmit
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
-from service.api.tracing import TraceRequests
-from service.dead import DeadLetters
-from service.durability import StrictGate
-from service.history import on_ttl
-from service.registry import Registry
-from service.settings import Settings
-from service.store import QueueFull, Store, connect_async, out_of_memory
+from service.api.request_tracing import TraceRequests
+from service.config import constants
+from service.config.settings import Settings
+from service.history import mongo
+from service.history.shipper import on_ttl
+from service.jobs.registry import Registry
+from service.store.connection import connect_async, out_of_memory
+from service.store.dead_letters import DeadLetters
+from service.store.durability import StrictGate
+from service.store.publisher import QueueFull, Store
+from service.telemetry import tracing
 
 log = logging.getLogger("service.api")
 
@@ -116,7 +119,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
 
     table = [
         Route("/jobs", routes.submit_job, methods=["POST"]),
-        Route("/jobs", history.list_jobs, methods=["GET"]),
+        Route("/jobs", job_history.list_jobs, methods=["GET"]),
         Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
         Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
         Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
@@ -125,7 +128,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         Route("/backlog", routes.backlog, methods=["GET"]),
         Route("/ready", routes.ready, methods=["GET"]),
         Route("/openapi.json", routes.openapi, methods=["GET"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/metrics", request_metrics.metrics, methods=["GET"]),
         *dead.routes,
     ]
     app = Starlette(
@@ -160,7 +163,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     # body was never read.
     auth = ApiKeyAuth(app, settings.api_keys, settings.openapi_public)
     limits = BodyLimit(auth, settings.max_body_bytes, settings.request_body_timeout)
-    measured = metrics.RequestMetrics(limits, table)
+    measured = request_metrics.RequestMetrics(limits, table)
     # Plain POST /jobs requests skip the layers above (with the same checks); the rest pass.
     served = FastSubmit(measured, app, auth, limits)
     # Outermost, so a request refused by the key check or the body limit is traced too.

@@ -3,9 +3,9 @@
 Every endpoint takes the same filter (type, queue, error, since, until; see `dead.Filter`).
 A listing, a bulk retry and a bulk delete each examine at most DEAD_LIST_BUDGET registry
 entries, then answer a cursor to go on from. The cursor is opaque to clients: base64url of
-`<score> <id>`, the registry position of the last job examined (see service/dead.py), so it
-stays valid while jobs are retried or deleted around it. A bulk action stops between pages
-once its client has gone away.
+`<score> <id>`, the registry position of the last job examined (see
+service/store/dead_letters.py), so it stays valid while jobs are retried or deleted around it.
+A bulk action stops between pages once its client has gone away.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import constants, jobs, queues
 from service.api import params
 from service.api.errors import LISTED_ERRORS_DOC, ApiError, JSONResponse, Problems, clip
 from service.api.submit import read_json
-from service.dead import DeadJob, DeadLetters, Filter, Position, Sweep
+from service.config import constants, queues
+from service.jobs import records
+from service.store.dead_letters import DeadJob, DeadLetters, Filter, Position, Sweep
 
 log = logging.getLogger("service.api")
 
@@ -66,7 +67,7 @@ async def list_dead(request: Request) -> Response:
 
 async def retry_one(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    retried = await _dead_letters(request).retry([job_id]) if jobs.valid_id(job_id) else {}
+    retried = await _dead_letters(request).retry([job_id]) if records.valid_id(job_id) else {}
     if job_id not in retried:
         raise _not_dead(job_id)
     return JSONResponse({"id": job_id, "queue": retried[job_id], "status": "queued"})
@@ -112,7 +113,7 @@ async def retry_matching(request: Request) -> Response:
 
 async def delete_one(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    if not jobs.valid_id(job_id) or not await _dead_letters(request).delete([job_id]):
+    if not records.valid_id(job_id) or not await _dead_letters(request).delete([job_id]):
         raise _not_dead(job_id)
     return Response(status_code=204)
 
@@ -264,7 +265,7 @@ def _cursor(value: str | None, problems: Problems) -> Position | None:
         text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
         score_text, job_id = text.split(" ")
         score = float(score_text)
-        if math.isfinite(score) and jobs.valid_id(job_id):
+        if math.isfinite(score) and records.valid_id(job_id):
             return score, job_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

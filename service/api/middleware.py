@@ -6,10 +6,10 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import apikeys
 from service.api.errors import ApiError
-from service.deadline import before
-from service.settings import Secret
+from service.config.settings import Secret
+from service.net import apikeys
+from service.net.deadline import before
 
 # What needs a key when API_KEYS is set: the jobs, and what tells about them (queue names, job
 # types and counts). Liveness and readiness stay open for probes; the OpenAPI document (every

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import constants
 from service.api import dead, params
 from service.api.errors import LISTED_ERRORS_DOC
 from service.api.submit import IDEMPOTENCY_KEY, MAX_TYPE_CHARS, JobRequest
-from service.registry import Registry
+from service.config import constants
+from service.jobs.registry import Registry
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 INVALID = {"$ref": "#/components/schemas/Invalid"}

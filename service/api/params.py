@@ -7,8 +7,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from service import constants
 from service.api.errors import Problems
+from service.config import constants
 
 
 def or_empty(schema: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ before the ASGI app is called, so no middleware can see them: they live here.
   longest for a request, never of one being served, and is closed at once only when every
   one is being served. Refusing every new connection instead would let idle sockets shut
   out the orchestrator's probes until REQUEST_HEADER_TIMEOUT frees them, again and again;
-  an idle connection closed loses nothing (service/connections.py).
+  an idle connection closed loses nothing (service/net/connections.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import http
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.connections import Connections
+from service.net.connections import Connections
 
 
 class HeadTooLarge(Exception):

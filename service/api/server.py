@@ -7,13 +7,15 @@ from types import FrameType
 
 import uvicorn
 
-from service import constants, durability, tracing
 from service.api.app import create_app
 from service.api.protocol import guarded_protocol
-from service.connections import fit_file_limit
-from service.registry import Registry
-from service.settings import Settings
-from service.store import connect
+from service.config import constants
+from service.config.settings import Settings
+from service.jobs.registry import Registry
+from service.net.connections import fit_file_limit
+from service.store import durability
+from service.store.connection import connect
+from service.telemetry import tracing
 
 log = logging.getLogger("service.api")
 

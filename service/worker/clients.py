@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from service.context import AsyncJobContext, JobContext
-from service.settings import Settings
-from service.store import connect, connect_async
+from service.config.settings import Settings
+from service.jobs.context import AsyncJobContext, JobContext
+from service.store.connection import connect, connect_async
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -32,7 +32,7 @@ class Clients:
         self.queue_redis: redis.Redis = connect(settings.queue_redis)
         self.db: Database[dict[str, Any]] | None = None
         if settings.mongodb_uri:  # imported here: pymongo costs a process ~15 MiB
-            from service import mongo
+            from service.history import mongo
 
             self.db = mongo.connect(settings.mongodb_uri)
         self._async: tuple[aioredis.Redis, aioredis.Redis, AsyncDatabase[dict[str, Any]] | None]
@@ -55,7 +55,7 @@ class Clients:
         if not self._async_made:
             db = None
             if self.settings.mongodb_uri:
-                from service import mongo
+                from service.history import mongo
 
                 db = mongo.connect_async(self.settings.mongodb_uri)
             app = connect_async(self.settings.redis)

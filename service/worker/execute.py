@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from service import jobs, tracing
-from service.policy import Backoff
-from service.registry import (
+from service.jobs import records
+from service.jobs.policy import Backoff
+from service.jobs.registry import (
     AsyncHandler,
     Handler,
     JobType,
@@ -27,7 +27,8 @@ from service.registry import (
     Registry,
     UnknownJobType,
 )
-from service.worker import metrics
+from service.telemetry import tracing
+from service.worker import job_metrics
 
 if TYPE_CHECKING:
     from service.worker.clients import Clients
@@ -153,7 +154,7 @@ class Attempt:
         self.stop_at = 0.0  # when it was told to stop
         self.ended = False  # its outcome is known (set by the worker process's loop)
         try:
-            name, self.payload = jobs.decode_data(claimed.data)
+            name, self.payload = records.decode_data(claimed.data)
         except (ValueError, TypeError, LookupError) as exc:
             self.problem = f"UndecodableJob: the job's data is not this service's JSON ({exc})"
             return
@@ -178,7 +179,7 @@ class Attempt:
     def start(self) -> None:
         """The attempt starts now: timed from here, and counted."""
         self.started = time.time()
-        metrics.started(self.type, self.claimed.enqueued_at, self.started)
+        job_metrics.started(self.type, self.claimed.enqueued_at, self.started)
 
     def validate(self) -> Any:
         """The payload as its model; raises PayloadInvalid."""
@@ -197,10 +198,10 @@ class Attempt:
         """The handler returned `result`: stored as JSON, unless it is not JSON or its JSON
         passes MAX_RESULT_BYTES (then the attempt fails, retried by its policy)."""
         try:
-            encoded = jobs.result_json(result, self.max_result_bytes)
-        except jobs.ResultRejected as exc:
+            encoded = records.result_json(result, self.max_result_bytes)
+        except records.ResultRejected as exc:
             return self._failed("fail", exc.reason, str(exc))
-        return self._outcome("ok", value=jobs.encode_return_value(encoded))
+        return self._outcome("ok", value=records.encode_return_value(encoded))
 
     def failed(self, exc: BaseException) -> Outcome:
         """The handler (or its payload's validation) raised `exc`."""
@@ -232,7 +233,7 @@ class Attempt:
 
     def _failed(self, kind: str, reason: str, error: str) -> Outcome:
         delay = self._retry_delay() if kind == "fail" else 0.0
-        value = jobs.encode_exc_string(error)
+        value = records.encode_exc_string(error)
         return self._outcome(kind, value=value, reason=reason, delay=delay, error=error)
 
     def _outcome(

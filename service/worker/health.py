@@ -6,7 +6,7 @@ request per connection (HTTP/1.0), a thread per connection, and bounds the stand
 server lacks:
 
 - at most MAX_CONNECTIONS connections, so at most as many threads: at the limit a new one
-  takes the place of the one waiting longest for its request (service/connections.py), or is
+  takes the place of the one waiting longest for its request (service/net/connections.py), or is
   closed at once when every one is being answered;
 - the request line and headers must arrive within REQUEST_HEADER_TIMEOUT of the connection,
   however they trickle in, and fit in MAX_HEAD_BYTES, else the connection is closed;
@@ -28,10 +28,11 @@ from typing import Any
 
 import orjson
 
-from service import apikeys, constants
-from service.connections import Connections
-from service.metrics import CONTENT_TYPE
-from service.settings import Settings
+from service.config import constants
+from service.config.settings import Settings
+from service.net import apikeys
+from service.net.connections import Connections
+from service.telemetry.gauges import CONTENT_TYPE
 
 Check = Callable[[], tuple[bool, dict[str, object]]]
 log = logging.getLogger("service.worker")

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from service import constants
-from service.settings import Settings
+from service.config import constants
+from service.config.settings import Settings
 from service.worker.execute import Attempt, Outcome, call_async, call_sync
 
 WAIT_STEP = 0.05  # seconds between looks at a stop request while the child runs

@@ -37,12 +37,15 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from service import constants, jobs, logs, lua, scripts, tracing
-from service import registry as registry_module
-from service.registry import Registry
-from service.settings import Settings
-from service.store import connect_async
-from service.worker import metrics
+from service.config import constants
+from service.config.settings import Settings
+from service.jobs import records
+from service.jobs import registry as registry_module
+from service.jobs.registry import Registry
+from service.store import lua, scripts
+from service.store.connection import connect_async
+from service.telemetry import logs, tracing
+from service.worker import job_metrics
 from service.worker.clients import Clients
 from service.worker.execute import (
     Attempt,
@@ -128,7 +131,7 @@ class WorkerProcess:
         self._claim_script = lua.ScriptAsync(self.redis, scripts.CLAIM)
         complete = lua.ScriptAsync(self.redis, scripts.COMPLETE)
         self.recorder = Recorder(self.settings, self.name, complete, self.trouble, self._recorded)
-        metrics.label_types(self.registry.names())
+        job_metrics.label_types(self.registry.names())
         self.clients = Clients(self.settings)
         self.lanes = Lanes(self.slots, self._execute_in_lane, self._admit, self._lane_ended)
         beat = threading.Thread(
@@ -232,7 +235,14 @@ class WorkerProcess:
     async def _claim(self, count: int) -> list[Claimed]:
         prefix = f"{self._exec_token}{next(self._exec_seq):x}x"
         rows = await self._claim_script(
-            args=[count, self.name, jobs.utc_iso(), self.registration.score(), prefix, *self.queues]
+            args=[
+                count,
+                self.name,
+                records.utc_iso(),
+                self.registration.score(),
+                prefix,
+                *self.queues,
+            ]
         )
         return [Claimed.from_reply(row) for row in rows]
 

@@ -19,9 +19,12 @@ from typing import Any
 
 import redis
 
-from service import constants, jobs, logs, lua
-from service.settings import Settings
-from service.worker import metrics
+from service.config import constants
+from service.config.settings import Settings
+from service.jobs import records
+from service.store import lua
+from service.telemetry import logs
+from service.worker import job_metrics
 from service.worker.execute import Outcome
 from service.worker.trouble import Trouble, passing
 
@@ -99,7 +102,7 @@ class Recorder:
             now = time.time()
             try:
                 results = await self._complete(
-                    args=[self.name, jobs.utc_iso(now), now, *limits, *args]
+                    args=[self.name, records.utc_iso(now), now, *limits, *args]
                 )
                 break
             except (redis.RedisError, OSError) as exc:
@@ -111,12 +114,12 @@ class Recorder:
                 backoff = min(backoff * 2, 5.0)
         self.trouble.holding = False
         self.trouble.over()
-        fates = [jobs.as_text(result) for result in results]
+        fates = [records.as_text(result) for result in results]
         self._recorded(outcomes, fates)
         for outcome, fate in zip(outcomes, fates, strict=True):
             if fate:
                 duration = outcome.ended - outcome.started if outcome.started else None
-                metrics.ended(outcome.type, fate, outcome.reason, duration)
+                job_metrics.ended(outcome.type, fate, outcome.reason, duration)
                 self.outcome_log.add(*_outcome_line(outcome, fate))
         self.outcome_log.flush()
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import redis
 
-from service import constants, jobs, lua, scripts
-from service.settings import Settings
-from service.store import connect
-from service.worker import recovery
+from service.config import constants
+from service.config.settings import Settings
+from service.jobs import records
+from service.store import housekeeping, lua, scripts
+from service.store.connection import connect
 from service.worker.execute import Claimed
 
 log = logging.getLogger("service.worker")
@@ -31,7 +32,7 @@ class Registration:
         self.name = name
         self.queues = list(queues)
         self.key = constants.worker_key(name)
-        self.birth = jobs.utc_iso()
+        self.birth = records.utc_iso()
         self.registered = threading.Event()  # the first heartbeat was sent
 
     def score(self) -> int:
@@ -51,7 +52,7 @@ class Registration:
             claimed = held()
             registration = {
                 "birth": self.birth,
-                "last_heartbeat": jobs.utc_iso(),
+                "last_heartbeat": records.utc_iso(),
                 "queues": ",".join(self.queues),
                 "pid": os.getpid(),
                 "hostname": socket.gethostname(),
@@ -72,7 +73,7 @@ class Registration:
         """Put back any job still held, then remove the registration."""
         client = connect(self.settings.queue_redis)
         try:
-            recovery.recover(
+            housekeeping.recover(
                 client,
                 self.queues,
                 max_crashes=self.settings.max_crashes,

@@ -26,14 +26,16 @@ import redis
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from service import constants, durability, mongo, queues
-from service import metrics as backlog_metrics
-from service.connections import fit_file_limit
-from service.history import Shipper
-from service.registry import Registry
-from service.settings import Settings
-from service.store import connect
-from service.worker import metrics, recovery
+from service.config import constants, queues
+from service.config.settings import Settings
+from service.history import mongo
+from service.history.shipper import Shipper
+from service.jobs.registry import Registry
+from service.net.connections import fit_file_limit
+from service.store import durability, housekeeping
+from service.store.connection import connect
+from service.telemetry import gauges as backlog_metrics
+from service.worker import job_metrics
 from service.worker.health import HealthServer
 from service.worker.process import main as process_main
 from service.worker.slots import READY, RETIRING, TICK, Slots
@@ -91,11 +93,11 @@ class Supervisor:
         if refused:  # before the health server binds its port
             log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
             return constants.EXIT_CONFIG
-        metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
-        exposed = metrics.registry(
-            metrics.SupervisorCollector(self.live_figures),
+        job_metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
+        exposed = job_metrics.registry(
+            job_metrics.SupervisorCollector(self.live_figures),
             self.backlog,
-            metrics.HistoryCollector(self.history_figures),
+            job_metrics.HistoryCollector(self.history_figures),
         )
         health = HealthServer(
             self.settings, self.healthy, self.ready, lambda: backlog_metrics.exposition(exposed)
@@ -191,7 +193,7 @@ class Supervisor:
         interval = self.settings.worker_processing_interval
         self._refresh_backlog(interval)
         try:
-            _, next_due = recovery.promote(self.redis, self.queues)
+            _, next_due = housekeeping.promote(self.redis, self.queues)
         except redis.RedisError as exc:
             self._redis_since = None
             log.warning("housekeeping skipped, Redis unavailable: %s", exc)
@@ -273,7 +275,7 @@ class Supervisor:
         """Put back the jobs a dead worker process held (name), or those of any worker whose
         heartbeat expired (no name: its whole container died), and prune dead registrations."""
         try:
-            totals, fates = recovery.recover(
+            totals, fates = housekeeping.recover(
                 self.redis,
                 self.queues,
                 max_crashes=self.settings.max_crashes,
@@ -283,9 +285,9 @@ class Supervisor:
                 running=running,
             )
             for job_type, fate in fates:
-                metrics.ended(job_type, fate, "worker_lost", None)
+                job_metrics.ended(job_type, fate, "worker_lost", None)
             for queue in self.queues:
-                recovery.prune_workers(self.redis, queue)
+                housekeeping.prune_workers(self.redis, queue)
             if name:
                 self.redis.delete(constants.worker_key(name))
         except redis.RedisError as exc:

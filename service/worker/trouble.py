@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from service.store import out_of_memory
+from service.store.connection import out_of_memory
 from service.worker.slots import Block
 
 log = logging.getLogger("service.worker")

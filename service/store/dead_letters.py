@@ -19,7 +19,9 @@ from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
-from service import constants, jobs, lua, scripts
+from service.config import constants
+from service.jobs import records
+from service.store import lua, scripts
 
 _FIELDS = ("status", "ended_at", "data", "attempts", "crashes")
 
@@ -92,11 +94,11 @@ class DeadJob:
             "type": self.type,
             "queue": self.queue,
             "failed_at": self.failed_at,
-            "expires_at": jobs.utc_iso(self.position[0]),
+            "expires_at": records.utc_iso(self.position[0]),
             "attempts": self.attempts,
             "crashes": self.crashes,
             "reason": self.reason,
-            "error": jobs.error_summary(self.error_text) if self.error_text else None,
+            "error": records.error_summary(self.error_text) if self.error_text else None,
             "payload": self.payload,
         }
 
@@ -112,7 +114,7 @@ class DeadLetters:
     async def queues(self, served: Iterable[str]) -> list[str]:
         """Every RQ queue that may hold dead jobs: `served`, and every queue Redis knows."""
         members = await self.client.smembers(constants.QUEUES_KEY)
-        known = {jobs.as_text(key).removeprefix("rq:queue:") for key in members}
+        known = {records.as_text(key).removeprefix("rq:queue:") for key in members}
         return sorted(known | set(served))
 
     async def page(
@@ -155,8 +157,8 @@ class DeadLetters:
         queues by id. The caller checks every id against RQ's id rule."""
         if not ids:
             return {}
-        queues = await self._retry(args=[jobs.utc_iso(), *ids])
-        return {job_id: jobs.as_text(q) for job_id, q in zip(ids, queues, strict=True) if q}
+        queues = await self._retry(args=[records.utc_iso(), *ids])
+        return {job_id: records.as_text(q) for job_id, q in zip(ids, queues, strict=True) if q}
 
     async def delete(self, ids: Sequence[str]) -> int:
         """Delete these jobs, those still dead (one script): how many were."""
@@ -175,7 +177,7 @@ class DeadLetters:
         for entry, (status, ended_at, data, attempts, crashes) in zip(entries, rows, strict=True):
             if status != b"failed":  # expired, deleted or retried since the registry said so
                 continue
-            job_type, payload = jobs.read_data(data)
+            job_type, payload = records.read_data(data)
             failed_at = ended_at.decode() if ended_at else None
             job = DeadJob(
                 id=entry.id,
@@ -184,7 +186,7 @@ class DeadLetters:
                 type=job_type,
                 payload=payload,
                 failed_at=failed_at,
-                failed_epoch=jobs.epoch(failed_at),
+                failed_epoch=records.epoch(failed_at),
                 attempts=int(attempts or 0),
                 crashes=int(crashes or 0),
             )
@@ -198,7 +200,7 @@ class DeadLetters:
             lasts = await pipe.execute()
         selected = []
         for job, last in zip(candidates, lasts, strict=True):
-            result = jobs.decode_result_entry(last[0][1]) if last else {}
+            result = records.decode_result_entry(last[0][1]) if last else {}
             error_text = result.get("error")
             if where.admits_error(error_text):
                 selected.append(replace(job, reason=result.get("reason"), error_text=error_text))
@@ -291,7 +293,9 @@ class _Walk:
                 # The bound's score is read inclusively: drop the ties at it already passed.
                 fresh = [
                     entry
-                    for entry in (_Entry(score, jobs.as_text(member), q) for member, score in rows)
+                    for entry in (
+                        _Entry(score, records.as_text(member), q) for member, score in rows
+                    )
                     if bound is None or (entry.score, entry.id) < bound
                 ]
                 if len(rows) < constants.DEAD_REGISTRY_PAGE:

@@ -10,8 +10,10 @@ from typing import Literal
 
 import redis
 
-from service import constants, jobs, lua, scripts
-from service.settings import DEFAULT_RETENTION, Retention
+from service.config import constants
+from service.config.settings import DEFAULT_RETENTION, Retention
+from service.jobs import records
+from service.store import lua, scripts
 
 LOST_REASON = "WorkerLost: the worker running this job died (killed, out of memory, or lost)"
 
@@ -39,18 +41,20 @@ def recover(
     now = time.time()
     script = lua.Script(client, scripts.RECOVER)
     args: list[str | bytes | float] = [
-        jobs.utc_iso(now),
+        records.utc_iso(now),
         now,
         owner,
         mode,
         max_crashes,
-        jobs.encode_exc_string(LOST_REASON),
+        records.encode_exc_string(LOST_REASON),
         ",".join(running),
         *retention.args(),
         *queues,
     ]
     *counts, lost = script(args=args)
-    fates = [(jobs.as_text(lost[i]), jobs.as_text(lost[i + 1])) for i in range(0, len(lost), 2)]
+    fates = [
+        (records.as_text(lost[i]), records.as_text(lost[i + 1])) for i in range(0, len(lost), 2)
+    ]
     return [int(n) for n in counts], fates
 
 
@@ -58,7 +62,7 @@ def promote(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float | No
     """Move due scheduled jobs onto their queues; return (moved, when the next one is due)."""
     now = time.time()
     script = lua.Script(client, scripts.PROMOTE)
-    moved, next_due = script(args=[now, jobs.utc_iso(now), *queues])
+    moved, next_due = script(args=[now, records.utc_iso(now), *queues])
     return int(moved), float(next_due) if next_due else None
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-log = logging.getLogger("service.connections")
+log = logging.getLogger("service.net.connections")
 C = TypeVar("C")
 REPORT_EVERY = 10.0  # seconds: at most one warning this often while the limit is reached
 

@@ -15,8 +15,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import jobs, queues
-from service.metrics import (
+from service.config import queues
+from service.jobs import records
+from service.telemetry.gauges import (
     CONTENT_TYPE,
     BacklogCollector,
     BacklogPlan,
@@ -58,7 +59,7 @@ REJECTION_REASONS = {
 }
 
 
-def accepted(batch: Sequence[jobs.NewJob]) -> None:
+def accepted(batch: Sequence[records.NewJob]) -> None:
     for job in batch:
         child(ACCEPTED, job.type, queues.priority(job.queue)).inc()
 

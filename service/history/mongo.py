@@ -13,7 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from service.settings import Secret
+from service.config.settings import Secret
 
 HISTORY_COLLECTION = "jobs"
 TIMEOUTS: dict[str, Any] = {

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis import Redis
 
-from service import constants, jobs
+from service.config import constants
+from service.jobs import records
 
 if TYPE_CHECKING:  # imported only where used: each costs a worker process memory
     import redis.asyncio as aioredis
@@ -31,7 +32,7 @@ def _job_logger() -> logging.Logger:
 def _progress_report(job_type: str, percent: float, message: str) -> bytes:
     if not 0 <= percent <= 100:
         raise ValueError(f"progress percent must be within 0-100, got {percent}")
-    return orjson.dumps({"percent": percent, "message": message[:500], "at": jobs.utc_iso()})
+    return orjson.dumps({"percent": percent, "message": message[:500], "at": records.utc_iso()})
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from service.metrics import BacklogCollector, child
+from service.telemetry.gauges import BacklogCollector, child
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: from a millisecond no-op to an hour-long job (or wait).

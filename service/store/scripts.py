@@ -8,9 +8,9 @@ The scripts write RQ 3's data model (see `jobs.py` and README "Redis data model"
 
 from __future__ import annotations
 
-from service import constants
+from service.config import constants
 
-# Redis 7 script flags, the first line of each script (service/lua.py turns it into a comment
+# Redis 7 script flags, the first line of each script (service/store/lua.py turns it into a comment
 # for older servers). Without `allow-oom`, Redis refuses the whole script, before it starts,
 # while its used memory is over `maxmemory`: scripts that add data whose size a client controls,
 # or that start new work, so Redis passes its limit by one call's writes at most. The others
@@ -21,7 +21,7 @@ _RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
 # Job history: while an API or a history shipper with MONGODB_URI runs, it keeps
 # `rq:history:on` alive and every state change is appended to the `rq:history` stream, in the
 # same atomic script as the change itself; the shipper moves them to MongoDB in bulk
-# (service/history.py). Events may wait long (no worker running, MongoDB down): at
+# (service/history/shipper.py). Events may wait long (no worker running, MongoDB down): at
 # HISTORY_BUFFER_MAX events the oldest are trimmed and counted in `rq:history:dropped`. XLEN
 # is O(1), and read once per script call.
 _HISTORY = f"""
@@ -571,7 +571,7 @@ return {{moved, next_due and tostring(next_due) or ''}}
 """
 )
 
-# --- The dead-letter queue (service/dead.py) ---------------------------------------------------
+# --- The dead-letter queue (service/store/dead_letters.py) -------------------------------------
 
 # A job is dead while it is in its queue's failed registry with status `failed`.
 _DEAD = """

@@ -19,7 +19,7 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from service.embedded_redis import free_port
+from service.dev.embedded_redis import free_port
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ RESIGNAL_AFTER = 0.5  # seconds; it exits within 0.2 s of a SIGTERM that reaches
 BOOT = """
 from neosqlite.collection.query_helper import QueryHelper
 if not hasattr(QueryHelper, "_can_use_sql_updates"):
-    raise SystemExit("neosqlite changed: review the update patch in service/embedded_mongo.py")
+    raise SystemExit("neosqlite changed: review the update patch in service/dev/embedded_mongo.py")
 QueryHelper._can_use_sql_updates = lambda *args, **kwargs: False
 from nx_27017 import main
 main()

@@ -23,8 +23,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service import constants, jobs
-from service.queues import PRIORITIES, concrete
+from service.config import constants
+from service.config.queues import PRIORITIES, concrete
+from service.jobs import records
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PER_LIST = 6  # commands per priority list in the first round trip
@@ -91,7 +92,7 @@ class BacklogPlan:
         """When each list's head was enqueued, and which registered workers are alive."""
         for heads, members in self._per_base(replies):
             for head in heads:
-                pipe.hget(constants.job_key(jobs.as_text(head)), "enqueued_at")
+                pipe.hget(constants.job_key(records.as_text(head)), "enqueued_at")
             for key in members:
                 pipe.exists(key)
 
@@ -114,7 +115,7 @@ class BacklogPlan:
                 queue.dead += int(dead)
             for _ in heads:
                 enqueued = next(answers)
-                since = jobs.epoch(jobs.as_text(enqueued)) if enqueued else None
+                since = records.epoch(records.as_text(enqueued)) if enqueued else None
                 if since is not None:
                     queue.oldest_age = max(queue.oldest_age, now - since, 0.0)
             queue.workers = sum(bool(next(answers)) for _ in members)

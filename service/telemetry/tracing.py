@@ -25,14 +25,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from service import constants, jobs
+from service.config import constants
+from service.jobs import records
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
 
-log = logging.getLogger("service.tracing")
+log = logging.getLogger("service.telemetry.tracing")
 
 _tracer: Tracer | None = None  # set while tracing is on in this process
 _provider: TracerProvider | None = None  # the provider `start` built, shut down by `shutdown`
@@ -192,7 +193,7 @@ def set_response(span: Span, method: str, status: int, route: str | None) -> Non
         span.set_status(Status(StatusCode.ERROR))
 
 
-def enqueue(batch: Sequence[jobs.NewJob]) -> contextlib.AbstractContextManager[str]:
+def enqueue(batch: Sequence[records.NewJob]) -> contextlib.AbstractContextManager[str]:
     """Around publishing `batch`: the enqueue span, yielding the `traceparent` to store on each
     job (its context: every job's execution spans are its children); '' when tracing is off."""
     if _tracer is None:
@@ -201,7 +202,7 @@ def enqueue(batch: Sequence[jobs.NewJob]) -> contextlib.AbstractContextManager[s
 
 
 @contextlib.contextmanager
-def _enqueue_span(tracer: Tracer, batch: Sequence[jobs.NewJob]) -> Iterator[str]:
+def _enqueue_span(tracer: Tracer, batch: Sequence[records.NewJob]) -> Iterator[str]:
     from opentelemetry.trace import SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -248,7 +249,7 @@ def set_outcome(span: Span, job_type: str, kind: str, reason: str, error: str) -
         span.set_attribute("job.outcome", JOB_OUTCOMES[kind])
         return
     span.set_attribute("job.outcome", "timeout" if reason == "timeout" else "failed")
-    last = jobs.error_summary(error) or reason
+    last = records.error_summary(error) or reason
     exception_type, _, message = last.partition(": ")
     span.add_event(
         "exception",

@@ -13,12 +13,13 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
-from service import constants, logs
-from service.embedded_mongo import EmbeddedMongo, find_nx_server
-from service.embedded_redis import EmbeddedRedis
-from service.settings import Settings
+from service.config import constants
+from service.config.settings import Settings
+from service.dev.embedded_mongo import EmbeddedMongo, find_nx_server
+from service.dev.embedded_redis import EmbeddedRedis
+from service.telemetry import logs
 
-log = logging.getLogger("service.dev")
+log = logging.getLogger("service.dev.runner")
 DEV_DATA = Path(".service-dev")  # dev mode's files (the history database), in the current folder
 REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "QUEUE_REDIS_URL", "QUEUE_REDIS_HOST")
 
@@ -33,6 +34,9 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 30
         except OSError:
             time.sleep(0.1)
     return False
+
+
+DEMO_MODULE = "service.dev.demo"  # the demo job types: registered in dev mode only
 
 
 def run(settings: Settings) -> int:
@@ -53,7 +57,11 @@ def run(settings: Settings) -> int:
         environ["MONGODB_URI"] = embedded_mongo.uri
     api_port = int(environ.get("PORT", constants.API_PORT))
     worker_port = int(environ.get("WORKER_PORT", constants.WORKER_HEALTH_PORT))
-    common = {**environ, "HOST": environ.get("HOST", "127.0.0.1")}
+    common = {
+        **environ,
+        "HOST": environ.get("HOST", "127.0.0.1"),
+        "HANDLER_MODULES": ",".join(dict.fromkeys([DEMO_MODULE, *settings.handler_modules])),
+    }
     # Own sessions: Ctrl-C reaches only this process, which stops each child once, in order.
     api = subprocess.Popen(
         [sys.executable, "-m", "service"],

@@ -32,10 +32,11 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from service import constants, jobs
-from service.mongo import HISTORY_COLLECTION
+from service.config import constants
+from service.history.mongo import HISTORY_COLLECTION
+from service.jobs import records
 
-log = logging.getLogger("service.history")
+log = logging.getLogger("service.history.shipper")
 
 # The job's status after each event (the same names as in Redis and GET /jobs/{id}).
 STATUS_AFTER = {
@@ -73,13 +74,13 @@ def on_ttl(interval: float) -> int:
 def _json_part(raw: bytes, limit: int) -> Any:
     """Decoded JSON, or a marker when it is larger than `limit` bytes or BSON cannot hold it.
 
-    From JSON only an integer outside jobs.INT64 or a NUL in a key (escaped `\\u0000` in the
+    From JSON only an integer outside records.INT64 or a NUL in a key (escaped `\\u0000` in the
     text) can be refused: only a text that may hold one is encoded to see. The client never
     meets such a part in a bulk write, where it would fail the whole batch."""
     if len(raw) > limit:
         return {"truncated": True, "bytes": len(raw)}
     value = orjson.loads(raw)
-    if jobs.may_hold_wide_integer(raw) or b"\\u0000" in raw:
+    if records.may_hold_wide_integer(raw) or b"\\u0000" in raw:
         try:
             bson.encode({"v": value})
         except (OverflowError, BSONError) as exc:
@@ -88,12 +89,12 @@ def _json_part(raw: bytes, limit: int) -> Any:
 
 
 def _payload(data: bytes) -> Any:
-    _, payload = jobs.decode_data(data)
+    _, payload = records.decode_data(data)
     return _json_part(orjson.dumps(payload), constants.HISTORY_PAYLOAD_MAX)
 
 
 def _error(encoded: str) -> str:
-    return jobs.error_summary(zlib.decompress(base64.b64decode(encoded)).decode())
+    return records.error_summary(zlib.decompress(base64.b64decode(encoded)).decode())
 
 
 def _content(
@@ -120,7 +121,7 @@ def _number(text: str | None, kind: type[int] | type[float]) -> Any:
         number = kind(text) if text else None
     except ValueError:
         return None
-    return None if isinstance(number, int) and number not in jobs.INT64 else number
+    return None if isinstance(number, int) and number not in records.INT64 else number
 
 
 def _moment(epoch: float | None) -> datetime | None:

@@ -1,4 +1,4 @@
-"""Payload models of the built-in job types (service/handlers.py names them by import string,
+"""Payload models of the built-in job types (service/dev/demo.py names them by import string,
 so a worker process imports them, and pydantic, only when it runs one of these types)."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from service.settings import Settings
+from service.config.settings import Settings
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is kept.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-log = logging.getLogger("service.durability")
+log = logging.getLogger("service.store.durability")
 RECHECK_SECONDS = 30.0  # strict API: how long a passed check is trusted (CONFIG can change)
 
 

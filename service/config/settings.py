@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from service import constants, cpus, queues
+from service.config import constants, cpus, queues
 
 if TYPE_CHECKING:
     import environs

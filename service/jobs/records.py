@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from service import constants
+from service.config import constants
 
 
 def new_id(now: float | None = None) -> str:

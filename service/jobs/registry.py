@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
 
-from service import constants, queues
-from service.context import AsyncJobContext, JobContext
-from service.policy import Backoff
-from service.queues import Priority
+from service.config import constants, queues
+from service.config.queues import Priority
+from service.jobs.context import AsyncJobContext, JobContext
+from service.jobs.policy import Backoff
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -372,13 +372,12 @@ job = registry.job
 
 
 def load(modules: tuple[str, ...] = (), *, import_models: bool = True) -> Registry:
-    """Import the built-in handlers and every HANDLER_MODULES module; return the registry.
+    """Import every HANDLER_MODULES module (each registers its job types); return the registry.
 
     `import_models` imports every payload model named by import string too, so a wrong name
     fails at start. Worker processes skip it (their supervisor has checked): each imports a
     model, and pydantic, only when it first runs a job of that type.
     """
-    importlib.import_module("service.handlers")
     for module in modules:
         importlib.import_module(module)
     if import_models:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import tracing
+from service.telemetry import tracing
 
 
 class TraceRequests:

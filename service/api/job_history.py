@@ -12,11 +12,12 @@ from pymongo.errors import PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import constants, jobs
 from service.api import params
 from service.api.errors import ApiError, JSONResponse, Problems
 from service.api.submit import MAX_TYPE_CHARS
-from service.mongo import HISTORY_COLLECTION
+from service.config import constants
+from service.history.mongo import HISTORY_COLLECTION
+from service.jobs import records
 
 STATUSES = ("queued", "scheduled", "started", "finished", "failed", "canceled")
 _LIST_FIELDS = (
@@ -44,7 +45,7 @@ def _database(request: Request) -> AsyncDatabase[dict[str, Any]]:
 
 def _iso(value: Any) -> Any:
     if isinstance(value, datetime):
-        return jobs.utc_iso(value.replace(tzinfo=UTC).timestamp())
+        return records.utc_iso(value.replace(tzinfo=UTC).timestamp())
     return value
 
 
@@ -55,7 +56,7 @@ def _decode_cursor(raw: str | None, problems: Problems) -> tuple[datetime, str] 
         text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
         stamp, job_id = text.split("|")
         moment = datetime.fromisoformat(stamp)
-        if moment.tzinfo is not None and jobs.valid_id(job_id):
+        if moment.tzinfo is not None and records.valid_id(job_id):
             # In UTC within years 1 to 9999, as MongoDB's driver must write it.
             return moment.astimezone(UTC), job_id
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
