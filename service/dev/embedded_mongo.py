@@ -13,12 +13,12 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
 from pymongo import MongoClient
 
+from service.dev.child_server import ChildServer
 from service.dev.embedded_redis import free_port
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def find_nx_server() -> list[str] | None:
     return [sys.executable, "-c", BOOT]
 
 
-class EmbeddedMongo:
+class EmbeddedMongo(ChildServer):
     """An nx-27017 child process on a free loopback port. `start()`, then `stop()`.
 
     `path=None` keeps the data in memory, separate for each database name, gone at stop or restart.
@@ -63,21 +63,14 @@ class EmbeddedMongo:
         database: str = "app",
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.port = 0
+        super().__init__(extra_args)
         self.path = path
         self.database = database
-        self.extra_args = extra_args
         self.command: list[str] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/{self.database}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     @property
     def log_path(self) -> str | None:
@@ -88,7 +81,7 @@ class EmbeddedMongo:
         if self.command is None:
             raise RuntimeError("nx-27017 is not installed: pip install 'service[embedded]'")
         self.port = self.port or free_port()
-        self._dir = self._dir or tempfile.TemporaryDirectory(prefix="service-mongo-")
+        workdir = self._workdir("service-mongo-")
         # Absolute, so a file named "memory" is a file, and the cwd below does not move it.
         database = os.path.abspath(self.path) if self.path else "memory"
         args = [
@@ -102,21 +95,21 @@ class EmbeddedMongo:
             # The defaults are /tmp/nx_27017.pid, shared by every instance (a second one refuses
             # to start while the first runs), and /tmp/nx_27017.log.
             "--pid-file",
-            os.path.join(self._dir.name, "nx-27017.pid"),
+            os.path.join(workdir, "nx-27017.pid"),
             # It logs to stderr and to --log-file alike: keep the stderr copy, which also holds a
             # traceback if it dies before logging is set up.
             "--log-file",
             os.devnull,
             *self.extra_args,
         ]
-        with open(os.path.join(self._dir.name, LOG_NAME), "ab") as log_file:
+        with open(os.path.join(workdir, LOG_NAME), "ab") as log_file:
             # Its own session: a terminal's Ctrl-C must not stop it before its clients.
             self._process = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                cwd=self._dir.name,
+                cwd=workdir,
                 start_new_session=True,
             )
         try:
@@ -185,9 +178,7 @@ class EmbeddedMongo:
 
     def stop(self) -> None:
         self._terminate()
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
+        self._remove_workdir()
 
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start on the same port (for fault tests). Only a file database keeps data."""

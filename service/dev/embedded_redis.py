@@ -12,12 +12,13 @@ import shutil
 import socket
 import subprocess
 import sysconfig
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import redis
+
+from service.dev.child_server import ChildServer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def find_redis_server() -> str | None:
     return str(binary) if binary.exists() else None
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(ChildServer):
     """A redis-server child process on a free loopback port. `start()`, then `stop()`."""
 
     def __init__(
@@ -59,29 +60,22 @@ class EmbeddedRedis:
         extra_args: tuple[str, ...] = (),
         password: str | None = None,  # requirepass: clients must AUTH (`url` does not)
     ) -> None:
-        self.port = 0
+        super().__init__(extra_args)
         self.appendonly = appendonly
-        self.extra_args = extra_args
         self.password = password
         self.binary: str | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         self._fake: object | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.binary = find_redis_server()
         self.port = self.port or free_port()
         if self.binary is None:
             return self._start_fake()
-        self._dir = self._dir or tempfile.TemporaryDirectory(prefix="service-redis-")
+        workdir = self._workdir("service-redis-")
         args = [
             self.binary,
             "--port",
@@ -89,7 +83,7 @@ class EmbeddedRedis:
             "--bind",
             "127.0.0.1",
             "--dir",
-            self._dir.name,
+            workdir,
             "--save",
             "",
             "--appendonly",
@@ -97,7 +91,7 @@ class EmbeddedRedis:
             "--daemonize",
             "no",
             "--logfile",
-            os.path.join(self._dir.name, "redis.log"),
+            os.path.join(workdir, "redis.log"),
             *(("--requirepass", self.password) if self.password else ()),
             *self.extra_args,
         ]
@@ -154,9 +148,7 @@ class EmbeddedRedis:
             self._fake.shutdown()  # type: ignore[attr-defined]
             self._fake.server_close()  # type: ignore[attr-defined]
             self._fake = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
+        self._remove_workdir()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no shutdown, no final save; `start()` again reloads the

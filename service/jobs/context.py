@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from redis import Redis
@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # imported only where used: each costs a worker process memor
     import redis.asyncio as aioredis
     from pymongo.asynchronous.database import AsyncDatabase
     from pymongo.database import Database
+
+
+_D = TypeVar("_D")  # a database handle, blocking or asyncio
 
 
 class MongoNotConfigured(RuntimeError):
@@ -36,16 +39,27 @@ def _progress_report(job_type: str, percent: float, message: str) -> bytes:
 
 
 @dataclass(slots=True)
-class JobContext:
-    """The running job: its identity, the application's Redis, and a progress reporter.
-
-    `redis` is the application's Redis (REDIS_*, db 0 by default), not the queue's.
-    """
+class _Job:
+    """What both contexts say of the job: which one, and which run of it."""
 
     id: str
     type: str
     queue: str
     attempt: int  # 1 on the first run
+
+    def _configured(self, database: _D | None) -> _D:
+        if database is None:
+            raise MongoNotConfigured(f"job type {self.type!r} needs MongoDB: set MONGODB_URI")
+        return database
+
+
+@dataclass(slots=True)
+class JobContext(_Job):
+    """The running job: its identity, the application's Redis, and a progress reporter.
+
+    `redis` is the application's Redis (REDIS_*, db 0 by default), not the queue's.
+    """
+
     redis: Redis
     logger: logging.Logger = field(default_factory=_job_logger)
     queue_redis: Redis | None = None  # where progress is written
@@ -54,9 +68,7 @@ class JobContext:
     @property
     def db(self) -> Database[dict[str, Any]]:
         """The application's MongoDB database (MONGODB_URI)."""
-        if self.database is None:
-            raise MongoNotConfigured(f"job type {self.type!r} needs MongoDB: set MONGODB_URI")
-        return self.database
+        return self._configured(self.database)
 
     def progress(self, percent: float, message: str = "") -> None:
         """Report progress (0-100, and a short message); GET /jobs/{id} shows the latest.
@@ -69,14 +81,10 @@ class JobContext:
 
 
 @dataclass(slots=True)
-class AsyncJobContext:
+class AsyncJobContext(_Job):
     """`JobContext` for `async def` handlers: `redis` is a `redis.asyncio` client of the
     application's Redis, `db` pymongo's `AsyncDatabase`, and `progress` is awaited."""
 
-    id: str
-    type: str
-    queue: str
-    attempt: int  # 1 on the first run
     redis: aioredis.Redis
     logger: logging.Logger = field(default_factory=_job_logger)
     queue_redis: aioredis.Redis | None = None  # where progress is written
@@ -85,9 +93,7 @@ class AsyncJobContext:
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
         """The application's MongoDB database (MONGODB_URI), for `await`."""
-        if self.database is None:
-            raise MongoNotConfigured(f"job type {self.type!r} needs MongoDB: set MONGODB_URI")
-        return self.database
+        return self._configured(self.database)
 
     async def progress(self, percent: float, message: str = "") -> None:
         """Report progress (0-100, and a short message); GET /jobs/{id} shows the latest."""
