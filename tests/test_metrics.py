@@ -87,7 +87,8 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     assert http("POST", f"{api.url}/jobs", big, AUTH)[0] == 413
     wait_ended(api, ids)
     # test.slow sleeps in C code, where its timeout cannot reach it: its process gives up on it
-    # STOP_GRACE_SECONDS later and is replaced
+    # STOP_GRACE_SECONDS later (after the job is recorded) and is replaced
+    wait_for(lambda: "retired (a job did not stop" in worker.output, timeout=30)
     wait_for(lambda: value(scrape(worker.url), "service_worker_processes") == 2)
 
     jobs = scrape(worker.url)
