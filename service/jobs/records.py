@@ -13,7 +13,6 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -135,34 +134,6 @@ class NewJob:
     result_ttl: int = constants.RESULT_TTL
     failure_ttl: int = constants.FAILURE_TTL
     run_at: float | None = None  # epoch seconds: scheduled until then
-
-
-def publish_args(
-    batch: Sequence[NewJob], now: float, traceparent: str = "", max_backlog: int = 0
-) -> list[str | bytes | int | float]:
-    """ARGV for the PUBLISH script: the time, the trace context and MAX_BACKLOG (0 = no
-    limit) once, then ten values per job.
-
-    `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
-    nothing from zlib. `traceparent` ('' when tracing is off: nothing is written) is stored on
-    every job of the batch, for its execution spans.
-    """
-    args: list[str | bytes | int | float] = [utc_iso(now), traceparent, max_backlog]
-    for job in batch:
-        data = orjson.dumps([job.type, None, [job.payload], {}])
-        args += [
-            job.id,
-            job.queue,
-            job.type,
-            data,
-            job.timeout,
-            job.max_retries,
-            job.backoff,
-            job.result_ttl,
-            job.failure_ttl,
-            "" if job.run_at is None else job.run_at,
-        ]
-    return args
 
 
 class ResultRejected(Exception):

@@ -21,8 +21,8 @@ import redis
 
 from service.config import constants
 from service.config.settings import Settings
-from service.jobs import records
-from service.store import lua
+from service.jobs.states import Fate
+from service.store.complete import Complete
 from service.telemetry import logs
 from service.worker import job_metrics
 from service.worker.execute import Outcome
@@ -36,9 +36,9 @@ class Recorder:
         self,
         settings: Settings,
         name: str,
-        complete: lua.ScriptAsync,
+        complete: Complete,
         trouble: Trouble,
-        recorded: Callable[[list[Outcome], list[str]], None],
+        recorded: Callable[[list[Outcome], list[Fate]], None],
     ) -> None:
         self.settings = settings
         self.name = name
@@ -95,15 +95,11 @@ class Recorder:
         keep their outcomes and keep trying, with backoff, rather than lose them, until a
         forced stop gives up (the jobs then run again elsewhere: at least once). The heartbeat
         still lands on a full Redis, so the held jobs do not look abandoned."""
-        args: list[Any] = [value for outcome in outcomes for value in outcome.args()]
-        limits = [*self.settings.retention.args(), self.settings.max_crashes]
+        completions = [outcome.completion() for outcome in outcomes]
         backoff = 0.1
         while True:
-            now = time.time()
             try:
-                results = await self._complete(
-                    args=[self.name, records.utc_iso(now), now, *limits, *args]
-                )
+                fates = await self._complete(self.name, completions, time.time())
                 break
             except (redis.RedisError, OSError) as exc:
                 if self.forced or not passing(exc):
@@ -114,7 +110,6 @@ class Recorder:
                 backoff = min(backoff * 2, 5.0)
         self.trouble.holding = False
         self.trouble.over()
-        fates = [records.as_text(result) for result in results]
         self._recorded(outcomes, fates)
         for outcome, fate in zip(outcomes, fates, strict=True):
             if fate:
