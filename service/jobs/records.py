@@ -217,10 +217,11 @@ def _count(raw: bytes | None) -> int:
     return int(raw) if raw and raw.isdigit() else 0
 
 
-def error_summary(traceback_text: str) -> str:
-    """The last line of a traceback: `JobFailed: boom`."""
+def error_summary(traceback_text: str, limit: int | None = None) -> str:
+    """The last line of a traceback: `JobFailed: boom`, clipped to `limit` characters."""
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    last = lines[-1].strip() if lines else ""
+    return last if limit is None or len(last) <= limit else last[: limit - 1] + "…"
 
 
 def describe(

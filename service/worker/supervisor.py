@@ -46,8 +46,7 @@ _spawn = multiprocessing.get_context("spawn")
 
 def served_queues(settings: Settings, registry: Registry) -> list[str]:
     """WORKER_QUEUES, else QUEUE_NAME and every queue a job type names; three priorities each."""
-    bases = settings.worker_queues or {settings.queue_name} | {t.queue for t in registry if t.queue}
-    return queues.served(bases)
+    return queues.served(settings.worker_queues or registry.queues(settings.queue_name))
 
 
 class Supervisor:
