@@ -24,8 +24,8 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.harness import QUEUE_KEY, Bench, Row
-from service.jobs import records
 from service.store import lua, scripts
+from service.store.publish import publish_args
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _open_loop_service(bench: Bench, rate: float, seconds: float) -> OpenLoop:
     (epoll's resolution), which would count against the service."""
     client = bench.db(DB_SERVICE)
     publish = lua.Script(client, scripts.PUBLISH)
-    publish(args=records.publish_args([bench.noop_job()], time.time()))  # load it, connect
+    publish(publish_args([bench.noop_job()], time.time()))  # load it, connect
     run = OpenLoop(total=1)
     start = time.time() + 0.05
     for i in range(int(rate * (seconds + 1))):
@@ -114,7 +114,7 @@ def _open_loop_service(bench: Bench, rate: float, seconds: float) -> OpenLoop:
         if i >= rate:  # the first second is a warm-up
             run.sent[job.id] = scheduled
             run.lag = max(run.lag, time.time() - scheduled)
-        publish(args=records.publish_args([job], time.time()))
+        publish(publish_args([job], time.time()))
         run.total += 1
     run.backlog = client.llen(QUEUE_KEY)
     return run

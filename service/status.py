@@ -87,7 +87,7 @@ async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> 
     now = time.time()
     known = await client.smembers(constants.QUEUES_KEY)
     bases = {settings.queue_name, *settings.worker_queues}
-    bases |= {queues.base(records.as_text(key).removeprefix("rq:queue:")) for key in known}
+    bases |= {queues.base(constants.queue_of_key(key)) for key in known}
     plan = gauges.BacklogPlan(bases)
     backlog = await gauges.read_backlog_async(client, plan)
     async with client.pipeline(transaction=False) as pipe:

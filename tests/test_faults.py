@@ -28,7 +28,10 @@ from service.config import constants
 from service.config.settings import DEFAULT_RETENTION
 from service.dev.embedded_redis import EmbeddedRedis
 from service.jobs import records
+from service.jobs.states import Fate
 from service.store import housekeeping, lua, scripts
+from service.store.housekeeping import Blamed, Recovered
+from service.store.publish import publish_args
 from service.store.publisher import Store
 
 from .conftest import ServiceProcess, http, wait_for
@@ -479,7 +482,7 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     # Given two dead jobs, three held by worker w, one queued and one due
     queued = [records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0) for _ in range(6)]
     due = records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0, run_at=time.time() - 1)
-    assert publish(args=records.publish_args([*queued, due], time.time())) == 1
+    assert publish(args=publish_args([*queued, due], time.time())) == 1
     now = time.time()
     dead = claim(args=[2, "w0", records.utc_iso(now), int(now) + 60, "ax", "app-queue"])
     failed = [records.encode_exc_string("boom"), now, now, 0, "exception"]
@@ -494,9 +497,7 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     keys = client.dbsize()
 
     # PUBLISH, PUBLISH_EACH, PUBLISH_ONCE: refused before their first write
-    more = records.publish_args(
-        [records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0)], now
-    )
+    more = publish_args([records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 0)], now)
     for refused, args in [
         (publish, more),
         (lua.Script(client, scripts.PUBLISH_EACH), more),
@@ -533,7 +534,7 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     # HEARTBEAT: registration written, held entries pushed ahead of the clock
     held = [x for row in rows for x in (row[5], row[1])]
     heartbeat = lua.Script(client, scripts.HEARTBEAT)
-    heartbeat(args=["rq:worker:w", 10, int(now) + 100, "pid", 1, "--", "app-queue", "--", *held])
+    heartbeat(args=["w", 10, int(now) + 100, "pid", 1, "--", "app-queue", "--", *held])
     assert client.hget("rq:worker:w", "pid") == b"1"
     assert {s for _, s in client.zrange("rq:wip:app-queue", 0, -1, withscores=True)} == {
         int(now) + 100
@@ -541,16 +542,16 @@ def test_full_redis_refuses_every_script_that_grows_it_before_it_starts(
     # RECOVER, the process died running the first job: it is re-delivered with a crash, the
     # two claimed behind it go back untouched
     running = [rows[0][0].decode()]
-    totals, blamed = housekeeping.recover(
+    recovered = housekeeping.recover(
         client, ["app-queue"], max_crashes=3, owner="w", running=running
     )
-    assert (totals, blamed) == ([0, 1, 2], [("noop", "retried")])
+    assert recovered == Recovered(0, 1, 2, (Blamed("noop", Fate.RETRIED),))
     crashes = [
         client.hmget(constants.job_key(row[0].decode()), "status", "crashes") for row in rows
     ]
     assert crashes == [[b"queued", b"1"], [b"queued", None], [b"queued", None]]
     # PROMOTE: the due job is queued
-    assert housekeeping.promote(client, ["app-queue"])[0] == 1
+    assert housekeeping.promote(client, ["app-queue"]).moved == 1
     # CANCEL: the waiting job is canceled
     cancel = lua.Script(client, scripts.CANCEL)
     limits = DEFAULT_RETENTION.args()
@@ -721,7 +722,7 @@ def test_a_replayed_complete_changes_nothing(queue_redis: redis.Redis) -> None:
     claim = lua.Script(queue_redis, scripts.CLAIM)
     complete = lua.Script(queue_redis, scripts.COMPLETE)
     job = records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, 2)
-    publish(args=records.publish_args([job], time.time()))
+    publish(args=publish_args([job], time.time()))
     now = time.time()
     ((_, member, *_),) = claim(args=[1, "w", records.utc_iso(now), int(now) + 60, "b", "app-queue"])
     outcome = ["fail", job.id, "app-queue", member, records.encode_exc_string("boom"), now, now, 0]

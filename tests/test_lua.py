@@ -20,9 +20,14 @@ from service.config.settings import DEFAULT_RETENTION
 from service.dev import embedded_redis
 from service.dev.embedded_redis import EmbeddedRedis
 from service.jobs import records
+from service.jobs.states import Ending, Fate
 from service.store import housekeeping, lua, scripts
+from service.store.claim import ClaimSync
+from service.store.complete import CompleteSync, Completion
 from service.store.connection import out_of_memory
 from service.store.dead_letters import DeadLetters, Filter
+from service.store.heartbeat import Heartbeat
+from service.store.publish import publish_now
 from service.store.publisher import Store
 
 from .conftest import ServiceProcess, publish, wait_for
@@ -75,8 +80,7 @@ def test_the_version_is_read_once_per_client(redis_url: str) -> None:
 def test_a_server_that_does_not_say_its_version_gets_no_flags() -> None:
     client = fakeredis.FakeRedis()  # no INFO command
     assert lua.server_version(client) == (0,)
-    moved, _ = housekeeping.promote(client, ["q"])  # the script runs
-    assert moved == 0
+    assert housekeeping.promote(client, ["q"]).moved == 0  # the script runs
 
 
 # --- every script on a real server of each version ------------------------------------------
@@ -133,25 +137,26 @@ def test_every_script_runs(server: str) -> None:
     client = redis.Redis.from_url(f"{server}/1")
     queued = asyncio.run(publish_and_cancel(server))
     due = new_job(run_at=time.time() - 1)
-    lua.Script(client, scripts.PUBLISH)(args=records.publish_args([due], time.time()))
-    assert housekeeping.promote(client, ["q"])[0] == 1  # PROMOTE
+    publish_now(client, [due])
+    assert housekeeping.promote(client, ["q"]).moved == 1  # PROMOTE
     # CLAIM all four, HEARTBEAT, COMPLETE two as failed (dead), RECOVER the other two
     now = time.time()
-    claim = lua.Script(client, scripts.CLAIM)
-    rows = claim(args=[10, "w", records.utc_iso(now), int(now) + 60, "bx", "q"])
-    assert sorted(row[0].decode() for row in rows) == sorted([*queued, due.id])
-    held = [x for row in rows for x in (row[5], row[1])]
-    beat = ["rq:worker:w", 10, int(now) + 100, "pid", 1, "--", "q", "--", *held]
-    assert lua.Script(client, scripts.HEARTBEAT)(args=beat) == 1
-    failed = [records.encode_exc_string("boom"), now, now, 0, "exception"]
-    complete = ["w", records.utc_iso(now), now, *DEFAULT_RETENTION.args(), 3]
-    for row in rows[:2]:
-        complete += ["fail", row[0], "q", row[1], *failed]
-    assert lua.Script(client, scripts.COMPLETE)(args=complete) == [b"failed", b"failed"]
-    running = [rows[2][0].decode()]  # the process was running one, had claimed the other
-    totals, _ = housekeeping.recover(client, ["q"], max_crashes=3, owner="w", running=running)
-    assert totals == [0, 1, 1]
-    retry, delete = (row[0].decode() for row in rows[:2])
+    rows = ClaimSync(client)(10, "w", ["q"], score=int(now) + 60, execution="bx")
+    assert sorted(row.id for row in rows) == sorted([*queued, due.id])
+    Heartbeat(client)(
+        "w", 10, int(now) + 100, {"pid": 1}, ["q"], [(r.queue, r.member) for r in rows]
+    )
+    error = records.encode_exc_string("boom")
+    failed = [
+        Completion(Ending.FAIL, r.id, "q", r.member, error, now, now, 0, "exception")
+        for r in rows[:2]
+    ]
+    complete = CompleteSync(client, DEFAULT_RETENTION, 3)
+    assert complete("w", failed, now) == [Fate.FAILED, Fate.FAILED]
+    running = [rows[2].id]  # the process was running one, had claimed the other
+    recovered = housekeeping.recover(client, ["q"], max_crashes=3, owner="w", running=running)
+    assert (recovered.failed, recovered.redelivered, recovered.interrupted) == (0, 1, 1)
+    retry, delete = (row.id for row in rows[:2])
     assert asyncio.run(retry_and_delete(server, retry, delete)) == ({retry: "q"}, 1)
     assert client.hget(constants.job_key(retry), "status") == b"queued"
     assert not client.exists(constants.job_key(delete))

@@ -29,7 +29,11 @@ from service.config.settings import Retention, load
 from service.dev.embedded_redis import free_port
 from service.jobs import records, registry
 from service.jobs.registry import EmptyPayload, Registry, TtlAboveCeiling
-from service.store import housekeeping, scripts
+from service.jobs.states import Ending, Fate
+from service.store import housekeeping
+from service.store.claim import ClaimSync
+from service.store.complete import CompleteSync, Completion
+from service.store.publish import publish_now
 from service.store.publisher import Store
 
 from .conftest import ROOT, TEST_MODULES, ServiceProcess, base_env, http, publish, wait_for
@@ -212,26 +216,23 @@ def claimed(client: redis.Redis, max_retries: int = 0, **ttls: str | None) -> tu
     """A job published, its TTL fields then written as another tool might (None: removed),
     and claimed by worker `w`: (id, started-registry member)."""
     job = records.NewJob(records.new_id(), "noop", "app-queue", {}, 180, max_retries)
-    client.register_script(scripts.PUBLISH)(args=records.publish_args([job], time.time()))
+    publish_now(client, [job])
     for field, raw in ttls.items():
         if raw is None:
             client.hdel(constants.job_key(job.id), field)
         else:
             client.hset(constants.job_key(job.id), field, raw)
-    now = time.time()
-    rows = client.register_script(scripts.CLAIM)(
-        args=[1, "w", records.utc_iso(now), int(now) + 60, "b", "app-queue"]
-    )
-    ((_, member, *_),) = rows
-    return job.id, member.decode()
+    (row,) = ClaimSync(client)(1, "w", ["app-queue"], score=int(time.time()) + 60, execution="b")
+    return job.id, row.member
 
 
 def complete(client: redis.Redis, job_id: str, member: str, outcome: str, now: float) -> bytes:
-    script = client.register_script(scripts.COMPLETE)
-    args = ["w", records.utc_iso(now), now, *LIMITS.args(), 3]
-    args += [outcome, job_id, "app-queue", member, records.encode_exc_string("boom"), now, now, 0]
-    (fate,) = script(args=[*args, "exception"])
-    return bytes(fate)
+    error = records.encode_exc_string("boom")
+    ending = Completion(
+        Ending(outcome), job_id, "app-queue", member, error, now, now, 0, "exception"
+    )
+    (fate,) = CompleteSync(client, LIMITS, 3)("w", [ending], now)
+    return fate.value.encode()
 
 
 TTLS = [
@@ -281,10 +282,10 @@ def test_recovery_and_cancel_keep_a_job_within_max_failure_ttl(
 ) -> None:
     # A job whose worker died once too often is failed by the supervisor's recovery
     lost, _ = claimed(queue_redis, failure_ttl=raw)
-    totals, _ = housekeeping.recover(
+    recovered = housekeeping.recover(
         queue_redis, ["app-queue"], max_crashes=1, retention=LIMITS, owner="w", running=[lost]
     )
-    assert totals == [1, 0, 0]
+    assert (recovered.failed, recovered.redelivered, recovered.interrupted) == (1, 0, 0)
     # A queued job is canceled by the API
     queued = publish(redis_url, "noop")
     queue_redis.hset(constants.job_key(queued), "failure_ttl", raw)
@@ -332,15 +333,11 @@ def dead_letter(
 ) -> str:
     """One job published, claimed and failed for good on `queue` at `now`: its id."""
     job = records.NewJob(records.new_id(), "fail", queue, {}, 180, 0)
-    client.register_script(scripts.PUBLISH)(args=records.publish_args([job], now))
-    rows = client.register_script(scripts.CLAIM)(
-        args=[1, "w", records.utc_iso(now), int(now) + 60, "b", queue]
-    )
-    ((_, member, *_),) = rows
-    script = client.register_script(scripts.COMPLETE)
-    args = ["w", records.utc_iso(now), now, *limits.args(), 3]
-    args += ["fail", job.id, queue, member, records.encode_exc_string("boom"), now, now, 0]
-    assert script(args=[*args, "exception"]) == [b"failed"]
+    publish_now(client, [job], now)
+    (row,) = ClaimSync(client)(1, "w", [queue], score=int(now) + 60, execution="b", now=now)
+    error = records.encode_exc_string("boom")
+    ending = Completion(Ending.FAIL, job.id, queue, row.member, error, now, now, 0, "exception")
+    assert CompleteSync(client, limits, 3)("w", [ending], now) == [Fate.FAILED]
     return job.id
 
 
@@ -380,15 +377,12 @@ def test_the_job_being_dead_lettered_is_never_the_one_trimmed(queue_redis: redis
     kept = [dead_letter(queue_redis, limits, start + n) for n in range(2)]
     # Given a job that expires sooner than those already dead (a shorter failure_ttl)
     job = records.NewJob(records.new_id(), "fail", "app-queue", {}, 180, 0, failure_ttl=60)
-    publish_job = queue_redis.register_script(scripts.PUBLISH)
-    publish_job(args=records.publish_args([job], start + 2))
-    rows = queue_redis.register_script(scripts.CLAIM)(
-        args=[1, "w", records.utc_iso(start), int(start) + 60, "b", "app-queue"]
-    )
-    ((_, member, *_),) = rows
-    args = ["w", records.utc_iso(start + 2), start + 2, *limits.args(), 3]
-    args += ["fail", job.id, "app-queue", member, records.encode_exc_string("boom"), 0, 0, 0]
-    queue_redis.register_script(scripts.COMPLETE)(args=[*args, "exception"])
+    publish_now(queue_redis, [job], start + 2)
+    claim = ClaimSync(queue_redis)
+    (row,) = claim(1, "w", ["app-queue"], score=int(start) + 60, execution="b", now=start)
+    error = records.encode_exc_string("boom")
+    ending = Completion(Ending.FAIL, job.id, "app-queue", row.member, error, reason="exception")
+    CompleteSync(queue_redis, limits, 3)("w", [ending], start + 2)
     # Then it stays, and the soonest to expire of the others makes room
     assert set(dead_ids(queue_redis)) == {job.id, kept[1]}
     assert gone(queue_redis, kept[0]) and trimmed(queue_redis) == 1

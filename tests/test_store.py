@@ -108,7 +108,7 @@ def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
     async def scenario() -> None:
         client = client_for(redis_url)
         direct = Direct(client)
-        script = Script("return ARGV[1] .. '!'")
+        script = Script("return ARGV[2] .. '!'")  # ARGV[1]: the key prefix
         try:
             assert await script(direct, ["a"]) == b"a!"
             await direct.call("SCRIPT", "FLUSH")

@@ -48,7 +48,7 @@ async def _queues(request: Request, dead: DeadLetters, where: Filter) -> list[st
     if where.queue is not None:
         return [where.queue]
     state = request.app.state
-    bases = {state.settings.queue_name} | {t.queue for t in state.registry if t.queue}
+    bases = state.registry.queues(state.settings.queue_name)
     return await dead.queues(queues.served(bases))
 
 

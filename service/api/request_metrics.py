@@ -67,7 +67,7 @@ def accepted(batch: Sequence[records.NewJob]) -> None:
 async def metrics(request: Request) -> Response:
     settings = request.app.state.settings
     if BACKLOG.stale(settings.worker_processing_interval):
-        bases = {settings.queue_name} | {t.queue for t in request.app.state.registry if t.queue}
+        bases = request.app.state.registry.queues(settings.queue_name)
         try:
             BACKLOG.latest = await read_backlog_async(
                 request.app.state.store.client, BacklogPlan(bases)

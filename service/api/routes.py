@@ -161,7 +161,7 @@ def _not_found(job_id: str, registry: Registry) -> ApiError:
 
 async def list_queues(request: Request) -> Response:
     settings, registry, store = _state(request)
-    bases = {settings.queue_name} | {t.queue for t in registry if t.queue}
+    bases = registry.queues(settings.queue_name)
     return JSONResponse({"queues": await store.queues(queues.served(bases))})
 
 
@@ -170,7 +170,7 @@ async def backlog(request: Request) -> Response:
     priority of every queue, plus scheduled jobs that are due. Needs a key when API_KEYS is set:
     it names the queues."""
     settings, registry, store = _state(request)
-    bases = {settings.queue_name} | {t.queue for t in registry if t.queue}
+    bases = registry.queues(settings.queue_name)
     return JSONResponse(await store.backlog(queues.served(bases)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Final
 
 # --- Exit codes (documented in the README) -------------------------------------------------
@@ -73,13 +74,8 @@ DEAD_FIELDS_PAGE: Final = 200  # most jobs read in one pipeline, or sent to one 
 DEAD_LIST_BUDGET: Final = 10_000  # most entries one request examines before handing a cursor
 DEAD_MAX_JOBS: Final = 10_000  # most dead jobs kept per RQ queue (DEAD_MAX_JOBS), as Sidekiq's
 DEAD_TRIM_MAX: Final = 100  # most registry entries one dead-lettering removes (cap or expiry)
-DEAD_TRIMMED_KEY: Final = "rq:dead:trimmed"  # dead jobs removed to keep under DEAD_MAX_JOBS
 
 # --- Job history (MongoDB) ------------------------------------------------------------------
-HISTORY_STREAM: Final = "rq:history"  # state-change events waiting to be shipped to MongoDB
-HISTORY_ON_KEY: Final = "rq:history:on"  # kept alive by APIs and shippers: scripts record events
-HISTORY_LEASE_KEY: Final = "rq:history:lease"  # the one shipper allowed to ship
-HISTORY_DROPPED_KEY: Final = "rq:history:dropped"  # events dropped, the stream being full
 HISTORY_BUFFER_MAX: Final = 100_000  # most events kept waiting for MongoDB (the scripts trim)
 HISTORY_PAYLOAD_MAX: Final = 16 * 1024  # bytes of payload kept in a history record
 HISTORY_RESULT_MAX: Final = 16 * 1024  # bytes of result kept in a history record
@@ -98,44 +94,107 @@ PREFETCH_WAIT_SECONDS: Final = 0.1
 RESTART_BACKOFF_MAX: Final = 10.0  # seconds between restarts of a child that keeps dying
 FORCE_KILL_GRACE: Final = 5.0  # after a forced stop, seconds before SIGKILL
 
-# --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
-QUEUES_KEY: Final = "rq:queues"  # set of queue keys
-WORKERS_KEY: Final = "rq:workers"  # set of worker keys
-
-
 WAKE_TOKENS_MAX: Final = 100  # wake-up tokens kept per queue (hints for idle workers)
+
+# --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
+# Every key is KEY_PREFIX, then one of the parts below. The Lua scripts get KEY_PREFIX as their
+# ARGV[1] and build keys with functions and names of the same names as here, generated from
+# these two tables (service/store/scripts.py): no key is spelled in the Lua itself.
+KEY_PREFIX: Final = "rq:"
+# One key each: its name here (and in the Lua) -> its part after KEY_PREFIX.
+KEYS: Final = MappingProxyType(
+    {
+        "QUEUES_KEY": "queues",  # set of queue keys (RQ's)
+        "WORKERS_KEY": "workers",  # set of worker keys (RQ's)
+        # Job history (MongoDB): state-change events waiting to be shipped, appended by the
+        # scripts while HISTORY_ON_KEY exists (APIs and shippers keep it alive).
+        "HISTORY_STREAM": "history",
+        "HISTORY_ON_KEY": "history:on",
+        "HISTORY_LEASE_KEY": "history:lease",  # the one shipper allowed to ship
+        "HISTORY_DROPPED_KEY": "history:dropped",  # events dropped, the stream being full
+        "DEAD_TRIMMED_KEY": "dead:trimmed",  # dead jobs removed to keep under DEAD_MAX_JOBS
+    }
+)
+# A key per queue, job or worker: its function here (and in the Lua) -> its part before the name.
+KEY_FAMILIES: Final = MappingProxyType(
+    {
+        "queue_key": "queue:",  # + queue: the ids of its waiting jobs, a list (RQ's)
+        "wake_key": "wake:",  # + queue: wake-up tokens, one per push (ours, not RQ's)
+        "job_key": "job:",  # + job id: the job's hash (RQ's)
+        "result_key": "results:",  # + job id: one stream entry per attempt (RQ's)
+        "started_key": "wip:",  # + queue: `<id>:<execution id>` of claimed jobs (RQ's)
+        "finished_key": "finished:",  # + queue: RQ's registries, scored by expiry
+        "failed_key": "failed:",  # the dead-letter queue
+        "scheduled_key": "scheduled:",  # scored by when each job is due
+        "canceled_key": "canceled:",
+        "deferred_key": "deferred:",
+        "worker_key": "worker:",  # + worker name: its registration (RQ's)
+        "queue_workers_key": "workers:",  # + queue: the keys of the workers serving it
+        "command_channel": "pubsub:",  # + worker name: RQ's commands (`stop-job` cancels)
+        "idempotency_key": "idempotency:",  # + Idempotency-Key: the job it made (ours)
+    }
+)
+
+QUEUES_KEY: Final = KEY_PREFIX + KEYS["QUEUES_KEY"]
+WORKERS_KEY: Final = KEY_PREFIX + KEYS["WORKERS_KEY"]
+HISTORY_STREAM: Final = KEY_PREFIX + KEYS["HISTORY_STREAM"]
+HISTORY_ON_KEY: Final = KEY_PREFIX + KEYS["HISTORY_ON_KEY"]
+HISTORY_LEASE_KEY: Final = KEY_PREFIX + KEYS["HISTORY_LEASE_KEY"]
+HISTORY_DROPPED_KEY: Final = KEY_PREFIX + KEYS["HISTORY_DROPPED_KEY"]
+DEAD_TRIMMED_KEY: Final = KEY_PREFIX + KEYS["DEAD_TRIMMED_KEY"]
+
+_QUEUE = KEY_PREFIX + KEY_FAMILIES["queue_key"]
+_WAKE = KEY_PREFIX + KEY_FAMILIES["wake_key"]
+_JOB = KEY_PREFIX + KEY_FAMILIES["job_key"]
+_RESULTS = KEY_PREFIX + KEY_FAMILIES["result_key"]
+_WORKER = KEY_PREFIX + KEY_FAMILIES["worker_key"]
+_QUEUE_WORKERS = KEY_PREFIX + KEY_FAMILIES["queue_workers_key"]
+_CHANNEL = KEY_PREFIX + KEY_FAMILIES["command_channel"]
+_IDEMPOTENCY = KEY_PREFIX + KEY_FAMILIES["idempotency_key"]
+_REGISTRIES = {
+    kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
+    for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")
+}
 
 
 def queue_key(queue: str) -> str:
-    return f"rq:queue:{queue}"
+    return _QUEUE + queue
+
+
+def queue_of_key(key: bytes | str) -> str:
+    """The queue a queue key (a member of QUEUES_KEY) names: `rq:queue:emails` -> `emails`."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.removeprefix(_QUEUE)
 
 
 def wake_key(queue: str) -> str:
-    """Wake-up tokens: one pushed per job, popped by an idle worker (ours, not RQ's)."""
-    return f"rq:wake:{queue}"
+    return _WAKE + queue
 
 
 def job_key(job_id: str) -> str:
-    return f"rq:job:{job_id}"
+    return _JOB + job_id
 
 
 def result_key(job_id: str) -> str:
-    return f"rq:results:{job_id}"
+    return _RESULTS + job_id
 
 
 def registry_key(kind: str, queue: str) -> str:
     """kind: started, finished, failed, scheduled, canceled or deferred."""
-    return f"rq:wip:{queue}" if kind == "started" else f"rq:{kind}:{queue}"
+    return _REGISTRIES[kind] + queue
 
 
 def worker_key(name: str) -> str:
-    return f"rq:worker:{name}"
+    return _WORKER + name
 
 
 def command_channel(worker: str) -> str:
-    """RQ's per-worker command channel (`stop-job` cancels a running job)."""
-    return f"rq:pubsub:{worker}"
+    return _CHANNEL + worker
 
 
 def queue_workers_key(queue: str) -> str:
-    return f"rq:workers:{queue}"
+    return _QUEUE_WORKERS + queue
+
+
+def idempotency_key(key: str) -> str:
+    return _IDEMPOTENCY + key

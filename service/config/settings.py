@@ -135,6 +135,10 @@ class Settings:
         return Retention(self.max_result_ttl, self.max_failure_ttl, self.dead_max_jobs)
 
 
+# Every variable left out takes the default stated once, on the field of Settings.
+_DEFAULTS = Settings()
+
+
 def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
     try:
         parts = urlsplit(raw)
@@ -218,62 +222,86 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     problems: list[str] = []
 
     worker_mode = env.bool("WORKER_MODE", False)
-    concurrency = env.int("WORKER_CONCURRENCY", 5, validate=validate.Range(min=1, max=1000))
+    concurrency = env.int(
+        "WORKER_CONCURRENCY", _DEFAULTS.worker_concurrency, validate=validate.Range(min=1, max=1000)
+    )
     processes = None  # left out or empty: the CPUs this container may use
     if environ.get("WORKER_PROCESSES"):
         processes = env.int("WORKER_PROCESSES", None, validate=validate.Range(min=1, max=64))
-    batch_size = env.int("WORKER_BATCH_SIZE", 50, validate=validate.Range(min=1, max=1000))
+    batch_size = env.int(
+        "WORKER_BATCH_SIZE", _DEFAULTS.worker_batch_size, validate=validate.Range(min=1, max=1000)
+    )
     interval_ms = env.int(
-        "WORKER_PROCESSING_INTERVAL", 5000, validate=validate.Range(min=1000, max=60000)
+        "WORKER_PROCESSING_INTERVAL",
+        int(_DEFAULTS.worker_processing_interval * 1000),
+        validate=validate.Range(min=1000, max=60000),
     )
-    queue_name = env.str("QUEUE_NAME", "app-queue", validate=_queue_name)
+    queue_name = env.str("QUEUE_NAME", _DEFAULTS.queue_name, validate=_queue_name)
     app_env = env.str(
-        "APP_ENV", "development", validate=validate.OneOf(["development", "production"])
+        "APP_ENV", _DEFAULTS.app_env, validate=validate.OneOf(["development", "production"])
     )
-    host = env.str("HOST", "0.0.0.0")  # noqa: S104
+    host = env.str("HOST", _DEFAULTS.host)
     port = env.int("PORT", None, validate=validate.Range(min=1, max=65535))
     max_connections = env.int(
         "MAX_CONNECTIONS", None, validate=validate.Range(min=1, max=1_000_000)
     )
-    openapi_public = env.bool("OPENAPI_PUBLIC", False)
-    log_level = env.str("LOG_LEVEL", "INFO", validate=validate.OneOf(LOG_LEVELS))
+    openapi_public = env.bool("OPENAPI_PUBLIC", _DEFAULTS.openapi_public)
+    log_level = env.str("LOG_LEVEL", _DEFAULTS.log_level, validate=validate.OneOf(LOG_LEVELS))
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
-    shutdown_timeout = env.float("SHUTDOWN_TIMEOUT", 25.0, validate=validate.Range(min=0, max=3600))
-    max_body = env.int("MAX_BODY_BYTES", 1024 * 1024, validate=validate.Range(min=1024))
+    shutdown_timeout = env.float(
+        "SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout, validate=validate.Range(min=0, max=3600)
+    )
+    max_body = env.int(
+        "MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, validate=validate.Range(min=1024)
+    )
     max_result = env.int(
         "MAX_RESULT_BYTES",
-        constants.MAX_RESULT_BYTES,
+        _DEFAULTS.max_result_bytes,
         validate=validate.Range(min=1024, max=64 * 1024 * 1024),
     )
     header_timeout = env.float(
-        "REQUEST_HEADER_TIMEOUT", 10.0, validate=validate.Range(min=0.1, max=300)
+        "REQUEST_HEADER_TIMEOUT",
+        _DEFAULTS.request_header_timeout,
+        validate=validate.Range(min=0.1, max=300),
     )
     body_timeout = env.float(
-        "REQUEST_BODY_TIMEOUT", 30.0, validate=validate.Range(min=0.1, max=3600)
+        "REQUEST_BODY_TIMEOUT",
+        _DEFAULTS.request_body_timeout,
+        validate=validate.Range(min=0.1, max=3600),
     )
     handler_modules: list[str] | None = env.list("HANDLER_MODULES", [], subcast=str.strip)
     worker_queues: list[str] | None = env.list(
         "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
     )
-    max_crashes = env.int("MAX_CRASHES", 3, validate=validate.Range(min=1, max=100))
-    max_backlog = env.int("MAX_BACKLOG", 0, validate=validate.Range(min=0, max=10**9))
-    history_ttl_days = env.int("HISTORY_TTL_DAYS", 30, validate=validate.Range(min=1, max=3650))
-    durability = env.str("DURABILITY", "relaxed", validate=validate.OneOf(["relaxed", "strict"]))
+    max_crashes = env.int(
+        "MAX_CRASHES", _DEFAULTS.max_crashes, validate=validate.Range(min=1, max=100)
+    )
+    max_backlog = env.int(
+        "MAX_BACKLOG", _DEFAULTS.max_backlog, validate=validate.Range(min=0, max=10**9)
+    )
+    history_ttl_days = env.int(
+        "HISTORY_TTL_DAYS", _DEFAULTS.history_ttl_days, validate=validate.Range(min=1, max=3650)
+    )
+    durability = env.str(
+        "DURABILITY", _DEFAULTS.durability, validate=validate.OneOf(["relaxed", "strict"])
+    )
     idempotency_ttl = env.int(
-        "IDEMPOTENCY_TTL", 24 * 3600, validate=validate.Range(min=60, max=30 * 24 * 3600)
+        "IDEMPOTENCY_TTL",
+        _DEFAULTS.idempotency_ttl,
+        validate=validate.Range(min=60, max=30 * 24 * 3600),
     )
     max_result_ttl = env.int(
         "MAX_RESULT_TTL",
-        constants.MAX_RESULT_TTL,
+        _DEFAULTS.max_result_ttl,
         validate=validate.Range(min=1, max=constants.LONGEST_TTL),
     )
     max_failure_ttl = env.int(
         "MAX_FAILURE_TTL",
-        constants.MAX_FAILURE_TTL,
+        _DEFAULTS.max_failure_ttl,
         validate=validate.Range(min=1, max=constants.LONGEST_TTL),
     )
     dead_max_jobs = env.int(
-        "DEAD_MAX_JOBS", constants.DEAD_MAX_JOBS, validate=validate.Range(min=1, max=10**7)
+        "DEAD_MAX_JOBS", _DEFAULTS.dead_max_jobs, validate=validate.Range(min=1, max=10**7)
     )
     try:
         env.seal()

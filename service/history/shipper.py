@@ -35,20 +35,11 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from service.config import constants
 from service.history.mongo import HISTORY_COLLECTION
 from service.jobs import records
+from service.jobs.states import Event
 
 log = logging.getLogger("service.history.shipper")
 
-# The job's status after each event (the same names as in Redis and GET /jobs/{id}).
-STATUS_AFTER = {
-    "queued": "queued",
-    "scheduled": "scheduled",
-    "started": "started",
-    "retried": "queued",
-    "interrupted": "queued",
-    "finished": "finished",
-    "dead": "failed",
-    "canceled": "canceled",
-}
+_EVENTS = {event.value: event for event in Event}
 
 
 # Parts of an event that come from outside (what a client sent, what a handler returned, a
@@ -158,7 +149,9 @@ def update_for(
         if k not in (b"data", b"result")
     }
     event: dict[str, Any] = {"event": event_name, "at": at}
-    changes: dict[str, Any] = {"status": STATUS_AFTER.get(event_name, event_name), "updated_at": at}
+    known = _EVENTS.get(event_name)
+    status = event_name if known is None else known.status.value  # an unknown event as it is
+    changes: dict[str, Any] = {"status": status, "updated_at": at}
     if "worker" in text:
         event["worker"] = changes["worker"] = text["worker"] or None
     if (attempt := _number(text.get("attempt"), int)) is not None:

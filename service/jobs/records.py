@@ -13,7 +13,6 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,34 +136,6 @@ class NewJob:
     run_at: float | None = None  # epoch seconds: scheduled until then
 
 
-def publish_args(
-    batch: Sequence[NewJob], now: float, traceparent: str = "", max_backlog: int = 0
-) -> list[str | bytes | int | float]:
-    """ARGV for the PUBLISH script: the time, the trace context and MAX_BACKLOG (0 = no
-    limit) once, then ten values per job.
-
-    `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
-    nothing from zlib. `traceparent` ('' when tracing is off: nothing is written) is stored on
-    every job of the batch, for its execution spans.
-    """
-    args: list[str | bytes | int | float] = [utc_iso(now), traceparent, max_backlog]
-    for job in batch:
-        data = orjson.dumps([job.type, None, [job.payload], {}])
-        args += [
-            job.id,
-            job.queue,
-            job.type,
-            data,
-            job.timeout,
-            job.max_retries,
-            job.backoff,
-            job.result_ttl,
-            job.failure_ttl,
-            "" if job.run_at is None else job.run_at,
-        ]
-    return args
-
-
 class ResultRejected(Exception):
     """A handler's return value that cannot be stored: its attempt fails with `reason`
     (result_not_json or result_too_large), the message as its error."""
@@ -246,10 +217,11 @@ def _count(raw: bytes | None) -> int:
     return int(raw) if raw and raw.isdigit() else 0
 
 
-def error_summary(traceback_text: str) -> str:
-    """The last line of a traceback: `JobFailed: boom`."""
+def error_summary(traceback_text: str, limit: int | None = None) -> str:
+    """The last line of a traceback: `JobFailed: boom`, clipped to `limit` characters."""
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    last = lines[-1].strip() if lines else ""
+    return last if limit is None or len(last) <= limit else last[: limit - 1] + "…"
 
 
 def describe(

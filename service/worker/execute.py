@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from service.jobs import records
 from service.jobs.policy import Backoff
@@ -27,6 +27,9 @@ from service.jobs.registry import (
     Registry,
     UnknownJobType,
 )
+from service.jobs.states import Ending
+from service.store.claim import Claimed
+from service.store.complete import Completion
 from service.telemetry import tracing
 from service.worker import job_metrics
 
@@ -38,7 +41,7 @@ class Stop(BaseException):
     """Stops a running job from outside. A BaseException, so a handler's `except Exception`
     cannot swallow it."""
 
-    kind = "fail"  # the COMPLETE outcome
+    kind: ClassVar[Ending] = Ending.FAIL  # the COMPLETE outcome
     reason = ""  # the attempt's reason
 
     @classmethod
@@ -59,44 +62,13 @@ class JobTimeout(Stop):
 class Canceled(Stop):
     """DELETE /jobs/{id} stopped the job; it ends canceled, never retried."""
 
-    kind, reason = "cancel", "canceled"
+    kind, reason = Ending.CANCEL, "canceled"
 
 
 class Interrupted(Stop):
     """A forced shutdown stopped the job; it goes back to its queue, not counted."""
 
-    kind, reason = "interrupt", "interrupted"
-
-
-@dataclass(slots=True)
-class Claimed:
-    """A job as the CLAIM script hands it over."""
-
-    id: str
-    member: str  # `<id>:<execution id>` in the started registry
-    data: bytes
-    timeout: float
-    attempt: int
-    queue: str
-    backoff: str  # the job's Backoff policy as JSON ('' retries at once)
-    enqueued_at: str  # RQ's ISO timestamp of the (re-)enqueue this attempt waited from
-    traceparent: str = ""  # the trace context the job carries ('' if published untraced)
-    crashes: int = 0  # runners it has killed: above 0 it runs alone, in a forked child
-
-    @classmethod
-    def from_reply(cls, row: list[Any]) -> Claimed:
-        return cls(
-            row[0].decode(),
-            row[1].decode(),
-            row[2],
-            float(row[3]),
-            int(row[4]),
-            row[5].decode(),
-            row[6].decode(),
-            row[7].decode(),
-            row[8].decode(),
-            int(row[9]),
-        )
+    kind, reason = Ending.INTERRUPT, "interrupted"
 
 
 @dataclass(slots=True)
@@ -104,7 +76,7 @@ class Outcome:
     """One claimed job's end, as the COMPLETE script takes it."""
 
     claimed: Claimed
-    kind: str  # ok | fail | reject | crash | interrupt | cancel | skip (never started)
+    kind: Ending
     type: str = "unknown"  # a registered job type, or "unknown" (it is a metric label)
     value: bytes = b""  # the result (ok), or the error text
     reason: str = ""  # why an attempt failed: exception, timeout, interrupted, canceled ...
@@ -114,10 +86,20 @@ class Outcome:
     error: str = ""  # the error text, for the log line
     trace_id: str = ""  # the attempt's trace, for the log line ('' with tracing off)
 
-    def args(self) -> list[Any]:
+    def completion(self) -> Completion:
+        """This end as the COMPLETE script records it."""
         c = self.claimed
-        times = [repr(self.started), repr(self.ended)] if self.started else ["", ""]
-        return [self.kind, c.id, c.queue, c.member, self.value, *times, self.delay, self.reason]
+        return Completion(
+            self.kind,
+            c.id,
+            c.queue,
+            c.member,
+            self.value,
+            self.started,
+            self.ended,
+            self.delay,
+            self.reason,
+        )
 
 
 class Attempt:
@@ -192,7 +174,7 @@ class Attempt:
         if not self.problem:
             return None
         self.start()  # counted as `unknown` (metric labels are registered types only)
-        return self._failed("reject", "exception", self.problem)
+        return self._failed(Ending.REJECT, "exception", self.problem)
 
     def succeeded(self, result: Any) -> Outcome:
         """The handler returned `result`: stored as JSON, unless it is not JSON or its JSON
@@ -200,45 +182,47 @@ class Attempt:
         try:
             encoded = records.result_json(result, self.max_result_bytes)
         except records.ResultRejected as exc:
-            return self._failed("fail", exc.reason, str(exc))
-        return self._outcome("ok", value=records.encode_return_value(encoded))
+            return self._failed(Ending.FAIL, exc.reason, str(exc))
+        return self._outcome(Ending.OK, value=records.encode_return_value(encoded))
 
     def failed(self, exc: BaseException) -> Outcome:
         """The handler (or its payload's validation) raised `exc`."""
         if isinstance(exc, PayloadInvalid):  # would fail again: no retry
             fields = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
-            return self._failed("reject", "exception", f"PayloadInvalid: {exc}: {fields}")
-        return self._failed("fail", "exception", "".join(traceback.format_exception(exc)))
+            return self._failed(Ending.REJECT, "exception", f"PayloadInvalid: {exc}: {fields}")
+        return self._failed(Ending.FAIL, "exception", "".join(traceback.format_exception(exc)))
 
     def stopped(self, stop: type[Stop] | Stop) -> Outcome:
-        if stop.kind == "fail":
-            return self._failed("fail", stop.reason, stop.describe(self))
+        if stop.kind is Ending.FAIL:
+            return self._failed(Ending.FAIL, stop.reason, stop.describe(self))
         return self._outcome(stop.kind, reason=stop.reason)
 
     def failed_with(self, error: str) -> Outcome:
         """A failed attempt, retried by its policy, with this error text."""
-        return self._failed("fail", "exception", error)
+        return self._failed(Ending.FAIL, "exception", error)
 
-    def reported(self, kind: str, value: bytes, reason: str, error: str, delay: float) -> Outcome:
+    def reported(
+        self, kind: Ending, value: bytes, reason: str, error: str, delay: float
+    ) -> Outcome:
         """The outcome a forked child reported, timed by this process."""
         return self._outcome(kind, value=value, reason=reason, delay=delay, error=error)
 
     def crashed(self, error: str) -> Outcome:
         """The runner died under the job (its forked child, when it runs alone)."""
-        return self._failed("crash", "worker_lost", error)
+        return self._failed(Ending.CRASH, "worker_lost", error)
 
     def skipped(self) -> Outcome:
         """Claimed, never started: back to the head of its queue, nothing recorded."""
-        return Outcome(self.claimed, "skip", self.type)
+        return Outcome(self.claimed, Ending.SKIP, self.type)
 
-    def _failed(self, kind: str, reason: str, error: str) -> Outcome:
-        delay = self._retry_delay() if kind == "fail" else 0.0
+    def _failed(self, kind: Ending, reason: str, error: str) -> Outcome:
+        delay = self._retry_delay() if kind is Ending.FAIL else 0.0
         value = records.encode_exc_string(error)
         return self._outcome(kind, value=value, reason=reason, delay=delay, error=error)
 
     def _outcome(
         self,
-        kind: str,
+        kind: Ending,
         *,
         value: bytes = b"",
         reason: str = "",

@@ -20,6 +20,7 @@ import orjson
 
 from service.config import constants
 from service.config.settings import Settings
+from service.jobs.states import Ending
 from service.worker.execute import Attempt, Outcome, call_async, call_sync
 
 WAIT_STEP = 0.05  # seconds between looks at a stop request while the child runs
@@ -66,7 +67,7 @@ def run_alone(attempt: Attempt, settings: Settings) -> Outcome:
         return attempt.failed_with(f"IsolatedJobDied: job process died ({how})")
     report: dict[str, Any] = orjson.loads(output)
     return attempt.reported(
-        report["kind"],
+        Ending(report["kind"]),
         report["value"].encode(),
         report["reason"],
         report["error"],

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from service.jobs.states import Fate
 from service.telemetry.gauges import BacklogCollector, child
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -67,13 +68,13 @@ def _label(job_type: str) -> str:
     return job_type if job_type in _types else UNKNOWN
 
 
-# The counter each COMPLETE result adds to (see scripts.COMPLETE).
+# The counter each fate adds to (COMPLETE's and RECOVER's replies).
 _BY_RESULT = {
-    "finished": FINISHED,
-    "retried": RETRIED,
-    "failed": DEAD,
-    "canceled": CANCELED,
-    "interrupted": INTERRUPTED,
+    Fate.FINISHED: FINISHED,
+    Fate.RETRIED: RETRIED,
+    Fate.FAILED: DEAD,
+    Fate.CANCELED: CANCELED,
+    Fate.INTERRUPTED: INTERRUPTED,
 }
 
 
@@ -85,12 +86,12 @@ def started(job_type: str, enqueued_at: str, now: float) -> None:
         child(QUEUE_WAIT, label).observe(max(wait, 0.0))
 
 
-def ended(job_type: str, result: str, reason: str, duration: float | None) -> None:
+def ended(job_type: str, result: Fate, reason: str, duration: float | None) -> None:
     """One attempt's end, as COMPLETE or RECOVER decided it."""
     label = _label(job_type)
     if result in _BY_RESULT:
         child(_BY_RESULT[result], label).inc()
-    if result in ("retried", "failed"):
+    if result in (Fate.RETRIED, Fate.FAILED):
         child(FAILED, label, reason).inc()
     if duration is not None:
         child(DURATION, label).observe(duration)

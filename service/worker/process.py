@@ -39,10 +39,11 @@ import redis.asyncio as aioredis
 
 from service.config import constants
 from service.config.settings import Settings
-from service.jobs import records
 from service.jobs import registry as registry_module
 from service.jobs.registry import Registry
-from service.store import lua, scripts
+from service.jobs.states import Fate
+from service.store.claim import Claim, Claimed
+from service.store.complete import Complete
 from service.store.connection import connect_async
 from service.telemetry import logs, tracing
 from service.worker import job_metrics
@@ -50,7 +51,6 @@ from service.worker.clients import Clients
 from service.worker.execute import (
     Attempt,
     Canceled,
-    Claimed,
     Interrupted,
     JobTimeout,
     Outcome,
@@ -128,8 +128,8 @@ class WorkerProcess:
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
-        self._claim_script = lua.ScriptAsync(self.redis, scripts.CLAIM)
-        complete = lua.ScriptAsync(self.redis, scripts.COMPLETE)
+        self._claim_jobs = Claim(self.redis)
+        complete = Complete(self.redis, self.settings.retention, self.settings.max_crashes)
         self.recorder = Recorder(self.settings, self.name, complete, self.trouble, self._recorded)
         job_metrics.label_types(self.registry.names())
         self.clients = Clients(self.settings)
@@ -233,18 +233,13 @@ class WorkerProcess:
         return room if self.active < self.slots or 2 * room >= capacity else 0
 
     async def _claim(self, count: int) -> list[Claimed]:
-        prefix = f"{self._exec_token}{next(self._exec_seq):x}x"
-        rows = await self._claim_script(
-            args=[
-                count,
-                self.name,
-                records.utc_iso(),
-                self.registration.score(),
-                prefix,
-                *self.queues,
-            ]
+        return await self._claim_jobs(
+            count,
+            self.name,
+            self.queues,
+            score=self.registration.score(),
+            execution=f"{self._exec_token}{next(self._exec_seq):x}x",
         )
-        return [Claimed.from_reply(row) for row in rows]
 
     async def _wait_changed(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -450,7 +445,7 @@ class WorkerProcess:
         while not self.recorder.idle:
             await asyncio.sleep(0.005)
 
-    def _recorded(self, outcomes: list[Outcome], fates: list[str]) -> None:
+    def _recorded(self, outcomes: list[Outcome], fates: list[Fate]) -> None:
         """The recorder's outcomes are in Redis: the jobs are no longer held."""
         self.block.count(*fates)
         with self._held_lock:

@@ -22,13 +22,15 @@ import redis
 from service.config import constants
 from service.config.settings import Settings
 from service.jobs import records
-from service.store import lua
+from service.jobs.states import Fate
+from service.store.complete import Complete
 from service.telemetry import logs
 from service.worker import job_metrics
 from service.worker.execute import Outcome
 from service.worker.trouble import Trouble, passing
 
 log = logging.getLogger("service.worker")
+LOGGED_ERROR_CHARS = 200  # of an error's last line in an outcome's log line
 
 
 class Recorder:
@@ -36,9 +38,9 @@ class Recorder:
         self,
         settings: Settings,
         name: str,
-        complete: lua.ScriptAsync,
+        complete: Complete,
         trouble: Trouble,
-        recorded: Callable[[list[Outcome], list[str]], None],
+        recorded: Callable[[list[Outcome], list[Fate]], None],
     ) -> None:
         self.settings = settings
         self.name = name
@@ -95,15 +97,11 @@ class Recorder:
         keep their outcomes and keep trying, with backoff, rather than lose them, until a
         forced stop gives up (the jobs then run again elsewhere: at least once). The heartbeat
         still lands on a full Redis, so the held jobs do not look abandoned."""
-        args: list[Any] = [value for outcome in outcomes for value in outcome.args()]
-        limits = [*self.settings.retention.args(), self.settings.max_crashes]
+        completions = [outcome.completion() for outcome in outcomes]
         backoff = 0.1
         while True:
-            now = time.time()
             try:
-                results = await self._complete(
-                    args=[self.name, records.utc_iso(now), now, *limits, *args]
-                )
+                fates = await self._complete(self.name, completions, time.time())
                 break
             except (redis.RedisError, OSError) as exc:
                 if self.forced or not passing(exc):
@@ -114,7 +112,6 @@ class Recorder:
                 backoff = min(backoff * 2, 5.0)
         self.trouble.holding = False
         self.trouble.over()
-        fates = [records.as_text(result) for result in results]
         self._recorded(outcomes, fates)
         for outcome, fate in zip(outcomes, fates, strict=True):
             if fate:
@@ -125,23 +122,24 @@ class Recorder:
 
 
 _LEVELS = {
-    "finished": logging.INFO,
-    "canceled": logging.INFO,
-    "interrupted": logging.INFO,
-    "retried": logging.WARNING,
-    "failed": logging.ERROR,
+    Fate.FINISHED: logging.INFO,
+    Fate.CANCELED: logging.INFO,
+    Fate.INTERRUPTED: logging.INFO,
+    Fate.RETRIED: logging.WARNING,
+    Fate.FAILED: logging.ERROR,
 }
 
 
-def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]]:
+def _outcome_line(outcome: Outcome, fate: Fate) -> tuple[int, str, dict[str, Any]]:
     """One line per job outcome: id, type, attempt, duration and what happens next; of the
     error only its last line (payloads and tracebacks can carry secrets; the job keeps them)."""
     claimed = outcome.claimed
     duration = outcome.ended - outcome.started if outcome.started else 0.0
     detail = ""
-    if fate in ("retried", "failed"):
-        detail = f" ({outcome.reason}: {_last_line(outcome.error)})"
-        detail += "; will retry" if fate == "retried" else "; dead-lettered"
+    if fate in (Fate.RETRIED, Fate.FAILED):
+        summary = records.error_summary(outcome.error, LOGGED_ERROR_CHARS) or "no error text"
+        detail = f" ({outcome.reason}: {summary})"
+        detail += "; will retry" if fate is Fate.RETRIED else "; dead-lettered"
     message = (
         f"job {claimed.id} {outcome.type} {fate} in {duration:.3f}s, "
         f"attempt {claimed.attempt}{detail}"
@@ -158,9 +156,3 @@ def _outcome_line(outcome: Outcome, fate: str) -> tuple[int, str, dict[str, Any]
         message += f", trace {outcome.trace_id}"
         fields["trace_id"] = outcome.trace_id
     return _LEVELS[fate], message, fields
-
-
-def _last_line(text: str, limit: int = 200) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else "no error text"
-    return last if len(last) <= limit else last[: limit - 1] + "…"

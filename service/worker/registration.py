@@ -5,23 +5,22 @@ takes them for abandoned while it lives."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import redis
 
 from service.config import constants
 from service.config.settings import Settings
 from service.jobs import records
-from service.store import housekeeping, lua, scripts
+from service.store import housekeeping
+from service.store.claim import Claimed
 from service.store.connection import connect
-from service.worker.execute import Claimed
+from service.store.heartbeat import Heartbeat
 
 log = logging.getLogger("service.worker")
 
@@ -46,11 +45,11 @@ class Registration:
         the jobs of a live process look abandoned. `held`: the jobs to keep; `slots`: how many
         of its slots run a job ("3/5")."""
         client = connect(self.settings.queue_redis)
-        heartbeat = lua.Script(client, scripts.HEARTBEAT)
+        heartbeat = Heartbeat(client)
         ttl = int(constants.HEARTBEAT_MISSES * self.settings.worker_processing_interval) + 1
         while True:
             claimed = held()
-            registration = {
+            registration: dict[str, str | int] = {
                 "birth": self.birth,
                 "last_heartbeat": records.utc_iso(),
                 "queues": ",".join(self.queues),
@@ -59,11 +58,9 @@ class Registration:
                 "state": "busy" if claimed else "idle",
                 "slots": slots(),
             }
-            args: list[Any] = [self.key, ttl, self.score()]
-            args += [*itertools.chain(*registration.items()), "--", *self.queues, "--"]
-            args += [*itertools.chain(*((c.queue, c.member) for c in claimed))]
+            holding = [(c.queue, c.member) for c in claimed]
             try:
-                heartbeat(args=args)
+                heartbeat(self.name, ttl, self.score(), registration, self.queues, holding)
             except redis.RedisError as exc:
                 log.debug("heartbeat failed: %s", exc)
             self.registered.set()

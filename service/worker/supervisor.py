@@ -46,8 +46,7 @@ _spawn = multiprocessing.get_context("spawn")
 
 def served_queues(settings: Settings, registry: Registry) -> list[str]:
     """WORKER_QUEUES, else QUEUE_NAME and every queue a job type names; three priorities each."""
-    bases = settings.worker_queues or {settings.queue_name} | {t.queue for t in registry if t.queue}
-    return queues.served(bases)
+    return queues.served(settings.worker_queues or registry.queues(settings.queue_name))
 
 
 class Supervisor:
@@ -193,7 +192,7 @@ class Supervisor:
         interval = self.settings.worker_processing_interval
         self._refresh_backlog(interval)
         try:
-            _, next_due = housekeeping.promote(self.redis, self.queues)
+            next_due = housekeeping.promote(self.redis, self.queues).next_due
         except redis.RedisError as exc:
             self._redis_since = None
             log.warning("housekeeping skipped, Redis unavailable: %s", exc)
@@ -275,7 +274,7 @@ class Supervisor:
         """Put back the jobs a dead worker process held (name), or those of any worker whose
         heartbeat expired (no name: its whole container died), and prune dead registrations."""
         try:
-            totals, fates = housekeeping.recover(
+            recovered = housekeeping.recover(
                 self.redis,
                 self.queues,
                 max_crashes=self.settings.max_crashes,
@@ -284,8 +283,8 @@ class Supervisor:
                 mode=mode,
                 running=running,
             )
-            for job_type, fate in fates:
-                job_metrics.ended(job_type, fate, "worker_lost", None)
+            for blamed in recovered.blamed:
+                job_metrics.ended(blamed.type, blamed.fate, "worker_lost", None)
             for queue in self.queues:
                 housekeeping.prune_workers(self.redis, queue)
             if name:
@@ -293,7 +292,8 @@ class Supervisor:
         except redis.RedisError as exc:
             log.warning("recovery skipped, Redis unavailable: %s", exc)
             return
-        failed, redelivered, interrupted = totals
+        failed, redelivered = recovered.failed, recovered.redelivered
+        interrupted = recovered.interrupted
         self.lost_jobs += redelivered + interrupted
         if failed or redelivered or interrupted:
             log.warning(

@@ -1,0 +1,101 @@
+"""CLAIM (claim.lua): a worker process takes up to `count` queued jobs, in drain order, and
+holds them in the started registries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from service.jobs import records
+from service.store import lua, scripts
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job as the CLAIM script hands it over."""
+
+    id: str
+    member: str  # `<id>:<execution id>` in the started registry
+    data: bytes
+    timeout: float
+    attempt: int
+    queue: str
+    backoff: str  # the job's Backoff policy as JSON ('' retries at once)
+    enqueued_at: str  # RQ's ISO timestamp of the (re-)enqueue this attempt waited from
+    traceparent: str = ""  # the trace context the job carries ('' if published untraced)
+    crashes: int = 0  # runners it has killed: above 0 it runs alone, in a forked child
+
+    @classmethod
+    def from_reply(cls, row: Sequence[Any]) -> Claimed:
+        """One job of CLAIM's reply."""
+        job_id, member, data, timeout, attempt, queue, backoff, enqueued, trace, crashes = row
+        return cls(
+            job_id.decode(),
+            member.decode(),
+            data,
+            float(timeout),
+            int(attempt),
+            queue.decode(),
+            backoff.decode(),
+            enqueued.decode(),
+            trace.decode(),
+            int(crashes),
+        )
+
+
+def claim_args(
+    count: int,
+    worker: str,
+    queues: Sequence[str],
+    score: float,
+    execution: str,
+    now: float | None = None,
+) -> list[Any]:
+    return [count, worker, records.utc_iso(now), score, execution, *queues]
+
+
+class Claim:
+    """CLAIM on an asyncio client (the worker's loop)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._script = lua.ScriptAsync(client, scripts.CLAIM)
+
+    async def __call__(
+        self,
+        count: int,
+        worker: str,
+        queues: Sequence[str],
+        *,
+        score: float,
+        execution: str,
+        now: float | None = None,
+    ) -> list[Claimed]:
+        """Up to `count` jobs of `queues` (drain order: the first queue first), now held by
+        `worker` in the started registries at `score`, each with an execution id starting
+        with `execution` (unique per call)."""
+        args = claim_args(count, worker, queues, score, execution, now)
+        return [Claimed.from_reply(row) for row in await self._script(args)]
+
+
+class ClaimSync:
+    """`Claim` on a synchronous client (tools and tests)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = lua.Script(client, scripts.CLAIM)
+
+    def __call__(
+        self,
+        count: int,
+        worker: str,
+        queues: Sequence[str],
+        *,
+        score: float,
+        execution: str,
+        now: float | None = None,
+    ) -> list[Claimed]:
+        args = claim_args(count, worker, queues, score, execution, now)
+        return [Claimed.from_reply(row) for row in self._script(args)]
