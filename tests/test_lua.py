@@ -141,7 +141,7 @@ def test_every_script_runs(server: str) -> None:
     assert housekeeping.promote(client, ["q"]).moved == 1  # PROMOTE
     # CLAIM all four, HEARTBEAT, COMPLETE two as failed (dead), RECOVER the other two
     now = time.time()
-    rows = ClaimSync(client)(10, "w", ["q"], score=int(now) + 60, execution="bx")
+    rows = ClaimSync(client, "w", ["q"])(10, score=int(now) + 60, execution="bx")
     assert sorted(row.id for row in rows) == sorted([*queued, due.id])
     Heartbeat(client)(
         "w", 10, int(now) + 100, {"pid": 1}, ["q"], [(r.queue, r.member) for r in rows]

@@ -222,7 +222,7 @@ def claimed(client: redis.Redis, max_retries: int = 0, **ttls: str | None) -> tu
             client.hdel(constants.job_key(job.id), field)
         else:
             client.hset(constants.job_key(job.id), field, raw)
-    (row,) = ClaimSync(client)(1, "w", ["app-queue"], score=int(time.time()) + 60, execution="b")
+    (row,) = ClaimSync(client, "w", ["app-queue"])(1, score=int(time.time()) + 60, execution="b")
     return job.id, row.member
 
 
@@ -334,7 +334,7 @@ def dead_letter(
     """One job published, claimed and failed for good on `queue` at `now`: its id."""
     job = records.NewJob(records.new_id(), "fail", queue, {}, 180, 0)
     publish_now(client, [job], now)
-    (row,) = ClaimSync(client)(1, "w", [queue], score=int(now) + 60, execution="b", now=now)
+    (row,) = ClaimSync(client, "w", [queue])(1, score=int(now) + 60, execution="b", now=now)
     error = records.encode_exc_string("boom")
     ending = Completion(Ending.FAIL, job.id, queue, row.member, error, now, now, 0, "exception")
     assert CompleteSync(client, limits, 3)("w", [ending], now) == [Fate.FAILED]
@@ -378,8 +378,8 @@ def test_the_job_being_dead_lettered_is_never_the_one_trimmed(queue_redis: redis
     # Given a job that expires sooner than those already dead (a shorter failure_ttl)
     job = records.NewJob(records.new_id(), "fail", "app-queue", {}, 180, 0, failure_ttl=60)
     publish_now(queue_redis, [job], start + 2)
-    claim = ClaimSync(queue_redis)
-    (row,) = claim(1, "w", ["app-queue"], score=int(start) + 60, execution="b", now=start)
+    claim = ClaimSync(queue_redis, "w", ["app-queue"])
+    (row,) = claim(1, score=int(start) + 60, execution="b", now=start)
     error = records.encode_exc_string("boom")
     ending = Completion(Ending.FAIL, job.id, "app-queue", row.member, error, reason="exception")
     CompleteSync(queue_redis, limits, 3)("w", [ending], start + 2)

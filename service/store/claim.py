@@ -47,55 +47,43 @@ class Claimed:
         )
 
 
-def claim_args(
-    count: int,
-    worker: str,
-    queues: Sequence[str],
-    score: float,
-    execution: str,
-    now: float | None = None,
-) -> list[Any]:
-    return [count, worker, records.utc_iso(now), score, execution, *queues]
+class _Claiming:
+    """What a claim says of its claimer: the worker process and the queues it serves (in drain
+    order: the first queue first)."""
+
+    def __init__(self, worker: str, queues: Sequence[str]) -> None:
+        self.worker = worker
+        self.queues = list(queues)
+
+    def _args(self, count: int, score: float, execution: str, now: float | None) -> list[Any]:
+        return [count, self.worker, records.utc_iso(now), score, execution, *self.queues]
 
 
-class Claim:
+class Claim(_Claiming):
     """CLAIM on an asyncio client (the worker's loop)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, worker: str, queues: Sequence[str]) -> None:
+        super().__init__(worker, queues)
         self._script = lua.ScriptAsync(client, scripts.CLAIM)
 
     async def __call__(
-        self,
-        count: int,
-        worker: str,
-        queues: Sequence[str],
-        *,
-        score: float,
-        execution: str,
-        now: float | None = None,
+        self, count: int, *, score: float, execution: str, now: float | None = None
     ) -> list[Claimed]:
-        """Up to `count` jobs of `queues` (drain order: the first queue first), now held by
-        `worker` in the started registries at `score`, each with an execution id starting
-        with `execution` (unique per call)."""
-        args = claim_args(count, worker, queues, score, execution, now)
-        return [Claimed.from_reply(row) for row in await self._script(args)]
+        """Up to `count` jobs, now held by the worker in the started registries at `score`, each
+        with an execution id starting with `execution` (unique per call)."""
+        rows = await self._script(self._args(count, score, execution, now))
+        return [Claimed.from_reply(row) for row in rows]
 
 
-class ClaimSync:
+class ClaimSync(_Claiming):
     """`Claim` on a synchronous client (tools and tests)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, worker: str, queues: Sequence[str]) -> None:
+        super().__init__(worker, queues)
         self._script = lua.Script(client, scripts.CLAIM)
 
     def __call__(
-        self,
-        count: int,
-        worker: str,
-        queues: Sequence[str],
-        *,
-        score: float,
-        execution: str,
-        now: float | None = None,
+        self, count: int, *, score: float, execution: str, now: float | None = None
     ) -> list[Claimed]:
-        args = claim_args(count, worker, queues, score, execution, now)
-        return [Claimed.from_reply(row) for row in self._script(args)]
+        rows = self._script(self._args(count, score, execution, now))
+        return [Claimed.from_reply(row) for row in rows]

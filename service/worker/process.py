@@ -128,7 +128,7 @@ class WorkerProcess:
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
-        self._claim_jobs = Claim(self.redis)
+        self._claim_jobs = Claim(self.redis, self.name, self.queues)
         complete = Complete(self.redis, self.settings.retention, self.settings.max_crashes)
         self.recorder = Recorder(self.settings, self.name, complete, self.trouble, self._recorded)
         job_metrics.label_types(self.registry.names())
@@ -235,8 +235,6 @@ class WorkerProcess:
     async def _claim(self, count: int) -> list[Claimed]:
         return await self._claim_jobs(
             count,
-            self.name,
-            self.queues,
             score=self.registration.score(),
             execution=f"{self._exec_token}{next(self._exec_seq):x}x",
         )

@@ -45,12 +45,12 @@ def published(queue_redis: redis.Redis) -> Callable[..., list[records.NewJob]]:
 @pytest.fixture
 def claim(queue_redis: redis.Redis) -> Callable[..., list[Claimed]]:
     """CLAIM for worker `w`, held for a minute."""
-    script = ClaimSync(queue_redis)
 
     def take(
         count: int = 10, queues: tuple[str, ...] = (QUEUE,), worker: str = "w"
     ) -> list[Claimed]:
-        return script(count, worker, queues, score=int(time.time()) + 60, execution="x")
+        script = ClaimSync(queue_redis, worker, queues)
+        return script(count, score=int(time.time()) + 60, execution="x")
 
     return take
 

@@ -46,7 +46,7 @@ def test_a_dead_container_s_expired_jobs_are_all_blamed(
 ) -> None:
     published(2)
     expired = int(time.time()) - 1  # as if its heartbeat stopped
-    ClaimSync(queue_redis)(2, "gone", [QUEUE], score=expired, execution="x")
+    ClaimSync(queue_redis, "gone", [QUEUE])(2, score=expired, execution="x")
     recovered = housekeeping.recover(queue_redis, [QUEUE], max_crashes=1)
     assert (recovered.failed, recovered.redelivered, recovered.interrupted) == (2, 0, 0)
     assert {b.fate for b in recovered.blamed} == {Fate.FAILED}  # MAX_CRASHES 1: dead at once
