@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Final
 
@@ -143,58 +144,38 @@ HISTORY_LEASE_KEY: Final = KEY_PREFIX + KEYS["HISTORY_LEASE_KEY"]
 HISTORY_DROPPED_KEY: Final = KEY_PREFIX + KEYS["HISTORY_DROPPED_KEY"]
 DEAD_TRIMMED_KEY: Final = KEY_PREFIX + KEYS["DEAD_TRIMMED_KEY"]
 
-_QUEUE = KEY_PREFIX + KEY_FAMILIES["queue_key"]
-_WAKE = KEY_PREFIX + KEY_FAMILIES["wake_key"]
-_JOB = KEY_PREFIX + KEY_FAMILIES["job_key"]
-_RESULTS = KEY_PREFIX + KEY_FAMILIES["result_key"]
-_WORKER = KEY_PREFIX + KEY_FAMILIES["worker_key"]
-_QUEUE_WORKERS = KEY_PREFIX + KEY_FAMILIES["queue_workers_key"]
-_CHANNEL = KEY_PREFIX + KEY_FAMILIES["command_channel"]
-_IDEMPOTENCY = KEY_PREFIX + KEY_FAMILIES["idempotency_key"]
+
+def _family(name: str) -> Callable[[str], str]:
+    """The function that builds a key of family `name` (KEY_FAMILIES) from its last part."""
+    head = KEY_PREFIX + KEY_FAMILIES[name]
+
+    def key(last: str) -> str:
+        return head + last
+
+    key.__name__ = key.__qualname__ = name
+    return key
+
+
+queue_key: Final = _family("queue_key")
+wake_key: Final = _family("wake_key")
+job_key: Final = _family("job_key")
+result_key: Final = _family("result_key")
+worker_key: Final = _family("worker_key")
+queue_workers_key: Final = _family("queue_workers_key")
+command_channel: Final = _family("command_channel")
+idempotency_key: Final = _family("idempotency_key")
 _REGISTRIES = {
     kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
     for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")
 }
 
 
-def queue_key(queue: str) -> str:
-    return _QUEUE + queue
-
-
 def queue_of_key(key: bytes | str) -> str:
     """The queue a queue key (a member of QUEUES_KEY) names: `rq:queue:emails` -> `emails`."""
     text = key.decode() if isinstance(key, bytes) else key
-    return text.removeprefix(_QUEUE)
-
-
-def wake_key(queue: str) -> str:
-    return _WAKE + queue
-
-
-def job_key(job_id: str) -> str:
-    return _JOB + job_id
-
-
-def result_key(job_id: str) -> str:
-    return _RESULTS + job_id
+    return text.removeprefix(KEY_PREFIX + KEY_FAMILIES["queue_key"])
 
 
 def registry_key(kind: str, queue: str) -> str:
     """kind: started, finished, failed, scheduled, canceled or deferred."""
     return _REGISTRIES[kind] + queue
-
-
-def worker_key(name: str) -> str:
-    return _WORKER + name
-
-
-def command_channel(worker: str) -> str:
-    return _CHANNEL + worker
-
-
-def queue_workers_key(queue: str) -> str:
-    return _QUEUE_WORKERS + queue
-
-
-def idempotency_key(key: str) -> str:
-    return _IDEMPOTENCY + key
