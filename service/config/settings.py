@@ -212,6 +212,25 @@ def _redis_target(
     return from_url
 
 
+# The numeric settings read alike: variable -> (its Settings field, type, lowest, highest).
+_NUMBERS: dict[str, tuple[str, type, float, float | None]] = {
+    "WORKER_CONCURRENCY": ("worker_concurrency", int, 1, 1000),
+    "WORKER_BATCH_SIZE": ("worker_batch_size", int, 1, 1000),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", float, 0, 3600),
+    "MAX_BODY_BYTES": ("max_body_bytes", int, 1024, None),
+    "MAX_RESULT_BYTES": ("max_result_bytes", int, 1024, 64 * 1024 * 1024),
+    "REQUEST_HEADER_TIMEOUT": ("request_header_timeout", float, 0.1, 300),
+    "REQUEST_BODY_TIMEOUT": ("request_body_timeout", float, 0.1, 3600),
+    "MAX_CRASHES": ("max_crashes", int, 1, 100),
+    "MAX_BACKLOG": ("max_backlog", int, 0, 10**9),
+    "HISTORY_TTL_DAYS": ("history_ttl_days", int, 1, 3650),
+    "IDEMPOTENCY_TTL": ("idempotency_ttl", int, 60, 30 * 24 * 3600),
+    "MAX_RESULT_TTL": ("max_result_ttl", int, 1, constants.LONGEST_TTL),
+    "MAX_FAILURE_TTL": ("max_failure_ttl", int, 1, constants.LONGEST_TTL),
+    "DEAD_MAX_JOBS": ("dead_max_jobs", int, 1, 10**7),
+}
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError listing all problems at once."""
     import environs
@@ -222,15 +241,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     problems: list[str] = []
 
     worker_mode = env.bool("WORKER_MODE", False)
-    concurrency = env.int(
-        "WORKER_CONCURRENCY", _DEFAULTS.worker_concurrency, validate=validate.Range(min=1, max=1000)
-    )
+    numbers: dict[str, Any] = {
+        field: (env.int if cast is int else env.float)(
+            variable, getattr(_DEFAULTS, field), validate=validate.Range(min=lowest, max=highest)
+        )
+        for variable, (field, cast, lowest, highest) in _NUMBERS.items()
+    }
     processes = None  # left out or empty: the CPUs this container may use
     if environ.get("WORKER_PROCESSES"):
         processes = env.int("WORKER_PROCESSES", None, validate=validate.Range(min=1, max=64))
-    batch_size = env.int(
-        "WORKER_BATCH_SIZE", _DEFAULTS.worker_batch_size, validate=validate.Range(min=1, max=1000)
-    )
     interval_ms = env.int(
         "WORKER_PROCESSING_INTERVAL",
         int(_DEFAULTS.worker_processing_interval * 1000),
@@ -248,60 +267,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     openapi_public = env.bool("OPENAPI_PUBLIC", _DEFAULTS.openapi_public)
     log_level = env.str("LOG_LEVEL", _DEFAULTS.log_level, validate=validate.OneOf(LOG_LEVELS))
     log_format = env.str("LOG_FORMAT", None, validate=validate.OneOf(["json", "text"]))
-    shutdown_timeout = env.float(
-        "SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout, validate=validate.Range(min=0, max=3600)
-    )
-    max_body = env.int(
-        "MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, validate=validate.Range(min=1024)
-    )
-    max_result = env.int(
-        "MAX_RESULT_BYTES",
-        _DEFAULTS.max_result_bytes,
-        validate=validate.Range(min=1024, max=64 * 1024 * 1024),
-    )
-    header_timeout = env.float(
-        "REQUEST_HEADER_TIMEOUT",
-        _DEFAULTS.request_header_timeout,
-        validate=validate.Range(min=0.1, max=300),
-    )
-    body_timeout = env.float(
-        "REQUEST_BODY_TIMEOUT",
-        _DEFAULTS.request_body_timeout,
-        validate=validate.Range(min=0.1, max=3600),
-    )
     handler_modules: list[str] | None = env.list("HANDLER_MODULES", [], subcast=str.strip)
     worker_queues: list[str] | None = env.list(
         "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
     )
-    max_crashes = env.int(
-        "MAX_CRASHES", _DEFAULTS.max_crashes, validate=validate.Range(min=1, max=100)
-    )
-    max_backlog = env.int(
-        "MAX_BACKLOG", _DEFAULTS.max_backlog, validate=validate.Range(min=0, max=10**9)
-    )
-    history_ttl_days = env.int(
-        "HISTORY_TTL_DAYS", _DEFAULTS.history_ttl_days, validate=validate.Range(min=1, max=3650)
-    )
     durability = env.str(
         "DURABILITY", _DEFAULTS.durability, validate=validate.OneOf(["relaxed", "strict"])
-    )
-    idempotency_ttl = env.int(
-        "IDEMPOTENCY_TTL",
-        _DEFAULTS.idempotency_ttl,
-        validate=validate.Range(min=60, max=30 * 24 * 3600),
-    )
-    max_result_ttl = env.int(
-        "MAX_RESULT_TTL",
-        _DEFAULTS.max_result_ttl,
-        validate=validate.Range(min=1, max=constants.LONGEST_TTL),
-    )
-    max_failure_ttl = env.int(
-        "MAX_FAILURE_TTL",
-        _DEFAULTS.max_failure_ttl,
-        validate=validate.Range(min=1, max=constants.LONGEST_TTL),
-    )
-    dead_max_jobs = env.int(
-        "DEAD_MAX_JOBS", _DEFAULTS.dead_max_jobs, validate=validate.Range(min=1, max=10**7)
     )
     try:
         env.seal()
@@ -343,10 +314,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         constants.WORKER_MAX_CONNECTIONS if worker_mode else constants.API_MAX_CONNECTIONS
     )
     return Settings(
+        **numbers,
         worker_mode=worker_mode,
-        worker_concurrency=concurrency,
         worker_processes=processes if processes is not None else min(64, cpus.available()),
-        worker_batch_size=batch_size,
         worker_processing_interval=interval_ms / 1000,
         queue_name=queue_name,
         redis=redis,
@@ -360,21 +330,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         api_keys=api_keys,
         openapi_public=openapi_public,
         max_connections=max_connections or default_connections,
-        shutdown_timeout=shutdown_timeout,
-        max_body_bytes=max_body,
-        max_result_bytes=max_result,
-        request_header_timeout=header_timeout,
-        request_body_timeout=body_timeout,
         handler_modules=tuple(handler_modules or ()),
         worker_queues=tuple(worker_queues or ()),
-        max_crashes=max_crashes,
-        idempotency_ttl=idempotency_ttl,
-        max_backlog=max_backlog,
-        history_ttl_days=history_ttl_days,
         durability=durability,  # type: ignore[arg-type]
-        max_result_ttl=max_result_ttl,
-        max_failure_ttl=max_failure_ttl,
-        dead_max_jobs=dead_max_jobs,
     )
 
 
