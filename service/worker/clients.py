@@ -39,15 +39,8 @@ class Clients:
         self._async_made = False
 
     def context(self, attempt: Attempt) -> JobContext:
-        c = attempt.claimed
         return JobContext(
-            c.id,
-            attempt.type,
-            c.queue,
-            c.attempt,
-            self.redis,
-            queue_redis=self.queue_redis,
-            database=self.db,
+            *_identity(attempt), self.redis, queue_redis=self.queue_redis, database=self.db
         )
 
     def async_context(self, attempt: Attempt) -> AsyncJobContext:
@@ -62,10 +55,7 @@ class Clients:
             self._async = (app, connect_async(self.settings.queue_redis), db)
             self._async_made = True
         app, queue, db = self._async
-        c = attempt.claimed
-        return AsyncJobContext(
-            c.id, attempt.type, c.queue, c.attempt, app, queue_redis=queue, database=db
-        )
+        return AsyncJobContext(*_identity(attempt), app, queue_redis=queue, database=db)
 
     def close(self) -> None:
         self.redis.close()
@@ -80,3 +70,9 @@ class Clients:
             await queue.aclose()
             if db is not None:
                 await db.client.close()
+
+
+def _identity(attempt: Attempt) -> tuple[str, str, str, int]:
+    """The job's id, type, queue and attempt number, as both contexts begin."""
+    c = attempt.claimed
+    return c.id, attempt.type, c.queue, c.attempt
