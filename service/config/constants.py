@@ -25,8 +25,8 @@ API_MAX_CONNECTIONS: Final = 1000  # as gunicorn's worker_connections
 WORKER_MAX_CONNECTIONS: Final = 32  # probes and scrapes only
 LISTEN_BACKLOG: Final = 511  # connections the kernel queues for accept (nginx's default)
 # Files a process opens besides its client connections (and, for the API, one Redis connection
-# per request in flight): 17 measured in an idle API and 23 in a worker supervisor of 5
-# processes (pipes to them, Redis, MongoDB), plus MongoDB's pool (up to 100), plus margin.
+# per request in flight): a few dozen of its own (pipes to worker processes, Redis, MongoDB),
+# plus MongoDB's pool (up to 100), plus margin.
 FILES_RESERVE: Final = 256
 MIN_API_KEY_CHARS: Final = 32  # production: 32 characters, secrets.token_urlsafe(32) has 43
 MAX_BATCH_JOBS: Final = 1000  # most jobs accepted by one POST /jobs/batch

@@ -3,7 +3,7 @@
 Every invalid variable is reported in one `ConfigError`, each naming the variable and its
 value (secrets masked). `load()` takes any mapping, so tests pass a dict.
 
-environs (with marshmallow and python-dotenv, about 1 MiB) is imported only by `load()`: worker
+environs (with marshmallow and python-dotenv) is imported only by `load()`: worker
 processes receive the settings already parsed and never need it.
 """
 

@@ -120,8 +120,8 @@ class EmbeddedMongo(ChildServer):
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        # A TCP probe first: a pymongo client refused once waits 500 ms before its next try, more
-        # than the server takes to start (about 0.3 s).
+        # A TCP probe first: a pymongo client refused once waits longer before its next try than
+        # the server takes to start.
         deadline = time.monotonic() + timeout
         while not self._listening():
             if time.monotonic() > deadline:
@@ -161,10 +161,9 @@ class EmbeddedMongo(ChildServer):
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        # Its SIGTERM handler raises SystemExit wherever the main thread is; about one time in
-        # ten that is a weakref callback, which swallows it, and the server runs on. A second
-        # SIGTERM ended it in every trial here (13 of 120 stops needed one); SIGKILL is the last
-        # resort.
+        # Its SIGTERM handler raises SystemExit wherever the main thread is; now and then that
+        # is a weakref callback, which swallows it, and the server runs on. A second SIGTERM
+        # ends it; SIGKILL is the last resort.
         for wait in (RESIGNAL_AFTER, timeout):
             process.terminate()
             try:

@@ -93,9 +93,9 @@ _LONG_NUMBER = b"0" * 19
 
 def may_hold_wide_integer(raw: bytes) -> bool:
     """Whether the JSON text `raw` may hold an integer outside INT64: it has a run of 19
-    digits or more. One pass at C speed (every digit mapped to 0, then a search for 19 zeros:
-    0.7 µs per KiB here, a tenth of a regular expression's), for a check that only a text
-    where it is true needs."""
+    digits or more. One pass at C speed (every digit mapped to 0, then a search for 19 zeros,
+    far cheaper than a regular expression): it runs on every request body, and only a text
+    where it is true needs the full check."""
     return _LONG_NUMBER in raw.translate(_DIGITS_AS_ZERO)
 
 

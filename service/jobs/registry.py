@@ -12,9 +12,9 @@ A job type is registered once, with its handler, payload schema and policies:
         ...
 
 The payload model may also be named by import string, `payload="myapp.models:Welcome"`: it is
-imported the first time it is needed. A worker process imports pydantic (about 8 MiB) only for
-a payload model it uses: one that runs only job types without a payload (`EmptyPayload`, not a
-pydantic model) never does.
+imported the first time it is needed. A worker process imports pydantic (megabytes per
+process) only for a payload model it uses: one that runs only job types without a payload
+(`EmptyPayload`, not a pydantic model) never does.
 
 Teams add their own modules through HANDLER_MODULES, without editing this package.
 """
@@ -203,7 +203,8 @@ def validate_json(model: type[M], data: Any) -> M:
     try:
         return model.model_validate_json(orjson.dumps(data), strict=True)
     except ValidationError:
-        # Looked for in the data rather than in pydantic's errors: listing 60,000 costs 50 ms.
+        # Looked for in the data rather than in pydantic's errors: a large payload's error list
+        # is long to build.
         if not _any_integral_float(data):
             raise
     return model.model_validate_json(orjson.dumps(_integral_floats_as_ints(data)), strict=True)

@@ -40,8 +40,8 @@ def out_of_memory(exc: Exception) -> bool:
 
 class _CPacking:
     """Commands packed by hiredis, in C, as redis-py's synchronous connections already do; its
-    asyncio connections pack in Python: 10 µs for a publish's 16 arguments (1.5 here), 9 µs of
-    every job in a batch (1.7 here). The bytes are the same."""
+    asyncio connections pack in Python, several times slower for a publish's arguments and
+    for every job in a batch. The bytes are the same."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # 'CONFIG GET' and the like: one argument per word
@@ -102,8 +102,8 @@ class Direct:
     """Commands on the API's hot path (publish, cancel), on connections kept here.
 
     A redis-py 8 client call wraps each command in a pool checkout under a lock, a probe of
-    the connection, a retry closure and observability hooks: about 30 µs of CPU, as much as
-    the rest of the Redis round trip. This keeps redis-py's connections (connect, AUTH,
+    the connection, a retry closure and observability hooks: as much CPU as the rest of the
+    Redis round trip (README, Performance). This keeps redis-py's connections (connect, AUTH,
     SELECT, TLS, the reply parser, the 30 s health check) and skips the rest: a connection
     taken from the client's pool stays checked out, in a list of idle ones, between commands
     (the client's `aclose()` still closes it: a pool closes the connections it lent too).
@@ -149,8 +149,8 @@ class Direct:
 
     @staticmethod
     async def _read(conn: aioredis.Connection) -> Any:
-        """The reply, within `socket_timeout`: redis-py's asyncio.timeout costs 6 µs a read,
-        a bare timer a quarter of that (on expiry the read is cancelled, which drops the
+        """The reply, within `socket_timeout`: redis-py's asyncio.timeout costs several times
+        what a bare timer does (on expiry the read is cancelled, which drops the
         connection, and the error is redis-py's)."""
         timeout = conn.socket_timeout
         if timeout is None:

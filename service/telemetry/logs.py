@@ -72,9 +72,9 @@ class BatchLog:
     """Log lines collected during a batch of jobs and written together, in the format and at
     the levels `configure` set up.
 
-    For the one-line-per-job-outcome log: a `logging` record costs 25-50 µs here (more than a
-    no-op job), which halved the worker's throughput; a line formatted here costs a few
-    microseconds, and a batch is one write. Lines carry the batch's write time.
+    For the one-line-per-job-outcome log: a `logging` record costs more than a no-op job
+    itself, so logging each through it would bound the worker's throughput; a line formatted
+    here is cheap, and a batch is one write. Lines carry the batch's write time.
     """
 
     def __init__(self, logger: logging.Logger, settings: Settings) -> None:

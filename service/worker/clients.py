@@ -31,7 +31,7 @@ class Clients:
         self.redis: redis.Redis = connect(settings.redis)
         self.queue_redis: redis.Redis = connect(settings.queue_redis)
         self.db: Database[dict[str, Any]] | None = None
-        if settings.mongodb_uri:  # imported here: pymongo costs a process ~15 MiB
+        if settings.mongodb_uri:  # imported here: pymongo costs a process megabytes
             from service.history import mongo
 
             self.db = mongo.connect(settings.mongodb_uri)
