@@ -13,8 +13,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import constants
-
-from .conftest import ServiceProcess, http, publish, wait_for
+from tests.conftest import ServiceProcess, http, publish, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]

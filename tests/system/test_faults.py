@@ -30,8 +30,7 @@ from service.dev.embedded_redis import EmbeddedRedis
 from service.jobs import records
 from service.store import housekeeping, lua, scripts
 from service.store.publisher import Store
-
-from .conftest import ServiceProcess, http, wait_for
+from tests.conftest import ServiceProcess, http, wait_for
 
 Start = Callable[..., ServiceProcess]
 INTERVAL = 1.0  # WORKER_PROCESSING_INTERVAL in these tests (its minimum), in seconds

@@ -31,8 +31,7 @@ from service.jobs import records, registry
 from service.jobs.registry import EmptyPayload, Registry, TtlAboveCeiling
 from service.store import housekeeping, scripts
 from service.store.publisher import Store
-
-from .conftest import ROOT, TEST_MODULES, ServiceProcess, base_env, http, publish, wait_for
+from tests.conftest import ROOT, TEST_MODULES, ServiceProcess, base_env, http, publish, wait_for
 
 Start = Callable[..., ServiceProcess]
 DAY = 24 * 3600
