@@ -86,10 +86,13 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     assert http("POST", f"{api.url}/jobs", big, AUTH)[0] == 413
     wait_ended(api, ids)
     # test.slow sleeps in C code, where its timeout cannot reach it: its process gives up on it
-    # STOP_GRACE_SECONDS later and is replaced
-    wait_for(lambda: value(scrape(worker.url), "service_worker_processes") == 2)
-
-    jobs = scrape(worker.url)
+    # STOP_GRACE_SECONDS later and is replaced. Until it exits it is alive and its slot busy.
+    jobs = scrape_until(
+        worker.url,
+        lambda s: (
+            value(s, "service_worker_processes") == 2 and value(s, "service_jobs_in_progress") == 0
+        ),
+    )
     assert value(jobs, "service_jobs_started_total", type="noop") == 5
     assert value(jobs, "service_jobs_started_total", type="test.flaky") == 3
     assert value(jobs, "service_jobs_finished_total", type="noop") == 5
