@@ -65,14 +65,17 @@ class Dev:
 
     def children(self) -> list[int]:
         """The processes it started itself (API, worker, private Redis and MongoDB)."""
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[1]) == self.process.pid:
-                found.append(int(stat.parent.name))
+        return parents().get(self.process.pid, [])
+
+    def descendants(self) -> list[int]:
+        """Its children, theirs (the worker's processes), and so on."""
+        tree = parents()
+        found: list[int] = []
+        todo = [self.process.pid]
+        while todo:
+            children = tree.get(todo.pop(), [])
+            found += children
+            todo += children
         return found
 
     def run_job(self, job_type: str, payload: Any) -> dict[str, Any]:
@@ -87,13 +90,31 @@ class Dev:
         return job
 
 
+def parents() -> dict[int, list[int]]:
+    """Every process's children, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return tree
+
+
+def started_at(pid: int) -> str | None:
+    """When the process started (clock ticks since boot), None once it has exited: with the
+    pid, this names one process, never another that got the pid later."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
 def running(pid: int) -> bool:
     """Not yet exited (a zombie has exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return started_at(pid) is not None
 
 
 def serving(url: str) -> bool:
@@ -115,12 +136,14 @@ def answers(url: str) -> bool:
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
     started: list[Dev] = []
-    children: list[int] = []  # each in a session of its own: killing the runner spares them
+    # Each child in a session of its own, so killing the runner spares them; and the worker's
+    # processes outlive a supervisor killed while they drain (see the second-signal test).
+    family: list[tuple[int, str | None]] = []
 
     def start(**env: str) -> Dev:
         started.append(Dev(tmp_path, **env))
         started[-1].wait_ready()
-        children.extend(started[-1].children())
+        family.extend((pid, started_at(pid)) for pid in started[-1].descendants())
         return started[-1]
 
     yield start
@@ -128,8 +151,8 @@ def dev(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
         if runner.process.poll() is None:
             runner.process.kill()
             runner.process.wait()
-    for pid in children:
-        if running(pid):
+    for pid, start_time in family:
+        if start_time is not None and started_at(pid) == start_time:
             os.kill(pid, signal.SIGKILL)
 
 

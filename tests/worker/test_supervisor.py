@@ -437,6 +437,9 @@ def supervise(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Supervis
         if supervised.process.poll() is None:
             os.killpg(supervised.process.pid, signal.SIGKILL)
             supervised.process.wait()
+        for pid in supervised.pids():  # any it left behind (a failed test)
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_supervisor_replaces_a_worker_process_that_died_and_counts_the_restart(
