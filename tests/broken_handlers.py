@@ -1,5 +1,5 @@
-"""A job type whose payload model has a bug (loaded only by tests/test_abuse.py's API process):
-its validator raises something pydantic does not turn into a validation error."""
+"""A job type whose payload model has a bug (loaded only by tests/system/test_abuse.py's API
+process): its validator raises something pydantic does not turn into a validation error."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pymongo
@@ -21,6 +21,9 @@ import redis.asyncio
 
 from service.dev.embedded_mongo import EmbeddedMongo
 from service.dev.embedded_redis import EmbeddedRedis, free_port
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +89,27 @@ def http(
 # The job types every test may use: the demo types dev mode registers, and the tests' own.
 TEST_MODULES = ("service.dev.demo", "tests.sample_handlers")
 TEST_HANDLERS = ",".join(TEST_MODULES)
+
+
+def make_client(redis_url: str, **env: str) -> TestClient:
+    """The API in-process (Starlette's TestClient) on the test's Redis, with the test job types."""
+    from starlette.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.config.settings import load
+    from service.jobs import registry
+
+    settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0", **env})
+    return TestClient(
+        create_app(settings, registry.load(TEST_MODULES)), raise_server_exceptions=False
+    )
+
+
+def env_file(name: str) -> dict[str, str]:
+    """The variables an env/ file sets (comments and blank lines skipped)."""
+    lines = (ROOT / "env" / name).read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """A job type that asks to keep its results for 30 days (loaded only by the processes of
-tests/test_retention.py, through HANDLER_MODULES): above the default MAX_RESULT_TTL."""
+tests/store/test_retention.py, through HANDLER_MODULES): above the default MAX_RESULT_TTL."""
 
 from __future__ import annotations
 

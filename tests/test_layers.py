@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 SERVICE = ROOT / "service"
 # Lowest first. A module may import its own layer and the layers before it; `api` and `worker`

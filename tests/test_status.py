@@ -21,8 +21,7 @@ from service.config import constants
 from service.config.settings import Settings, load
 from service.dev.embedded_redis import free_port
 from service.jobs import records
-
-from .conftest import ROOT, ServiceProcess, base_env, publish, wait_for
+from tests.conftest import ROOT, ServiceProcess, base_env, publish, wait_for
 
 
 def settings_for(redis_url: str, **env: str) -> Settings:

@@ -10,8 +10,7 @@ import redis
 from service.config import constants
 from service.config.settings import DEFAULT_RETENTION
 from service.store.cancel import Cancel, Cancellation
-
-from .conftest import QUEUE
+from tests.store.conftest import QUEUE
 
 
 def cancel(on_direct: Callable, job_id: str) -> Cancellation:

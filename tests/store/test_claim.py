@@ -7,8 +7,7 @@ from collections.abc import Callable
 import redis
 
 from service.config import constants
-
-from .conftest import QUEUE
+from tests.store.conftest import QUEUE
 
 
 def test_a_claim_takes_a_batch_in_queue_order_and_holds_it(

@@ -14,8 +14,7 @@ from service.jobs.states import Ending, Fate
 from service.store import housekeeping
 from service.store.claim import Claimed
 from service.store.complete import CompleteSync, Completion
-
-from .conftest import MAX_CRASHES, QUEUE
+from tests.store.conftest import MAX_CRASHES, QUEUE
 
 ERROR = records.encode_exc_string("Boom: it broke")
 

@@ -14,8 +14,7 @@ from service.jobs import records
 from service.jobs.states import Ending, Fate
 from service.store.complete import CompleteSync, Completion
 from service.store.dead_letters import DeadLetters
-
-from .conftest import QUEUE
+from tests.store.conftest import QUEUE
 
 
 def dead(published: Callable, claim: Callable, complete: CompleteSync, count: int) -> list[str]:

@@ -13,8 +13,7 @@ from service.jobs.states import Fate
 from service.store import housekeeping
 from service.store.claim import ClaimSync
 from service.store.housekeeping import Blamed, Promoted, Recovered
-
-from .conftest import MAX_CRASHES, QUEUE
+from tests.store.conftest import MAX_CRASHES, QUEUE
 
 
 def test_a_lost_process_blames_the_jobs_it_ran_and_puts_back_the_others(

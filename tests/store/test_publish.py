@@ -10,8 +10,7 @@ import redis
 
 from service.config import constants
 from service.store.publish import Once, Publish, PublishEach, PublishOnce, Refused
-
-from .conftest import QUEUE, new_job
+from tests.store.conftest import QUEUE, new_job
 
 
 def test_a_job_is_queued_with_a_wake_up_token_or_scheduled(

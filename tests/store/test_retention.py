@@ -35,8 +35,7 @@ from service.store.claim import ClaimSync
 from service.store.complete import CompleteSync, Completion
 from service.store.publish import publish_now
 from service.store.publisher import Store
-
-from .conftest import ROOT, TEST_MODULES, ServiceProcess, base_env, http, publish, wait_for
+from tests.conftest import ROOT, TEST_MODULES, ServiceProcess, base_env, http, publish, wait_for
 
 Start = Callable[..., ServiceProcess]
 DAY = 24 * 3600

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.dev.embedded_redis import free_port
-
-from .conftest import ROOT, ServiceProcess, http, wait_for
-from .test_settings import env_file
+from tests.conftest import ROOT, ServiceProcess, env_file, http, wait_for
 
 pytestmark = pytest.mark.slow
 

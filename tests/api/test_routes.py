@@ -18,19 +18,9 @@ from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
 from service import status
-from service.api.app import create_app
 from service.config import constants
 from service.config.settings import load
-from service.jobs import registry
-
-from .conftest import TEST_MODULES
-
-
-def make_client(redis_url: str, **env: str) -> TestClient:
-    settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1", "REDIS_URL": f"{redis_url}/0", **env})
-    return TestClient(
-        create_app(settings, registry.load(TEST_MODULES)), raise_server_exceptions=False
-    )
+from tests.conftest import make_client
 
 
 @pytest.fixture

@@ -29,8 +29,7 @@ from service.store.dead_letters import DeadLetters, Filter
 from service.store.heartbeat import Heartbeat
 from service.store.publish import publish_now
 from service.store.publisher import Store
-
-from .conftest import ServiceProcess, publish, wait_for
+from tests.conftest import ServiceProcess, publish, wait_for
 
 REFUSED_WHEN_FULL = {"PUBLISH", "PUBLISH_EACH", "PUBLISH_ONCE", "CLAIM", "COMPLETE"}
 RUN_WHEN_FULL = {"HEARTBEAT", "RECOVER", "PROMOTE", "CANCEL", "DEAD_RETRY", "DEAD_DELETE"}

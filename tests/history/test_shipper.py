@@ -27,8 +27,7 @@ from service.jobs import registry
 from service.worker.health import HealthServer
 from service.worker.job_metrics import HistoryCollector
 from service.worker.supervisor import Supervisor
-
-from .conftest import TEST_MODULES, ServiceProcess, http, publish, wait_for
+from tests.conftest import TEST_MODULES, ServiceProcess, http, publish, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]

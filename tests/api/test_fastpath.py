@@ -16,8 +16,7 @@ from service.api.app import create_app
 from service.api.fastpath import FastSubmit
 from service.config.settings import load
 from service.jobs import registry
-
-from .conftest import TEST_MODULES
+from tests.conftest import TEST_MODULES
 
 KEY = "fast-path-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from service.config import constants
 from service.jobs.context import JobContext
 from service.jobs.registry import EmptyPayload, PayloadInvalid, Registry, UnknownJobType
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 class Email(BaseModel):

@@ -17,8 +17,7 @@ import pytest
 
 from service.config import constants
 from service.net.connections import Connections
-
-from .conftest import ServiceProcess, http, wait_for
+from tests.conftest import ServiceProcess, http, wait_for
 
 Start = Callable[..., ServiceProcess]
 

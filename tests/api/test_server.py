@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis
 
-from .conftest import ServiceProcess, wait_for
+from tests.conftest import ServiceProcess, wait_for
 
 pytestmark = pytest.mark.slow
 

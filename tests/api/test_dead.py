@@ -30,8 +30,7 @@ from service.dev.embedded_redis import EmbeddedRedis, free_port
 from service.jobs import registry
 from service.jobs.records import NewJob, new_id, utc_iso
 from service.store.publisher import Store
-
-from .conftest import TEST_MODULES, ServiceProcess, base_env, publish, wait_for
+from tests.conftest import TEST_MODULES, ServiceProcess, base_env, publish, wait_for
 
 pytestmark = pytest.mark.slow
 

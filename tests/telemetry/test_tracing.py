@@ -31,9 +31,7 @@ from service.config import constants
 from service.jobs import records
 from service.store.publisher import Store
 from service.telemetry import tracing
-
-from .conftest import ROOT, ServiceProcess, http, wait_for
-from .test_api import make_client
+from tests.conftest import ROOT, ServiceProcess, http, make_client, wait_for
 
 Start = Callable[..., ServiceProcess]
 SERVER, PRODUCER, CONSUMER = 2, 4, 5  # span kinds, as OTLP's protobuf numbers them

@@ -12,8 +12,7 @@ import pytest
 from service.config import constants
 from service.config.settings import ConfigError, Secret, load
 from service.dev.embedded_redis import free_port
-
-from .conftest import ROOT
+from tests.conftest import ROOT, env_file
 
 
 def problems(env: dict[str, str]) -> str:
@@ -273,12 +272,6 @@ class RecordingEnv(dict[str, str]):
     def __getitem__(self, key: str) -> str:
         self.read.add(key)
         return super().__getitem__(key)
-
-
-def env_file(name: str) -> dict[str, str]:
-    lines = (ROOT / "env" / name).read_text().splitlines()
-    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def test_env_example_lists_exactly_the_variables_the_service_reads() -> None:

@@ -19,9 +19,7 @@ import yaml
 
 from service.dev.embedded_mongo import EmbeddedMongo
 from service.dev.embedded_redis import EmbeddedRedis, free_port
-
-from .conftest import ROOT, TEST_HANDLERS, ServiceProcess, http, wait_for
-from .test_settings import env_file
+from tests.conftest import ROOT, TEST_HANDLERS, ServiceProcess, env_file, http, wait_for
 
 BIN = Path(sys.executable).parent
 

@@ -13,8 +13,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import constants
-
-from .conftest import ServiceProcess, http, publish, wait_for
+from tests.conftest import ServiceProcess, http, publish, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]
@@ -87,11 +86,15 @@ def test_both_endpoints_count_what_happened(start_service: Start) -> None:
     assert http("POST", f"{api.url}/jobs", big, AUTH)[0] == 413
     wait_ended(api, ids)
     # test.slow sleeps in C code, where its timeout cannot reach it: its process gives up on it
-    # STOP_GRACE_SECONDS later (after the job is recorded) and is replaced
+    # STOP_GRACE_SECONDS after the job is recorded, and is replaced. Until it exits it is alive
+    # and its slot busy.
     wait_for(lambda: "retired (a job did not stop" in worker.output, timeout=30)
-    wait_for(lambda: value(scrape(worker.url), "service_worker_processes") == 2)
-
-    jobs = scrape(worker.url)
+    jobs = scrape_until(
+        worker.url,
+        lambda s: (
+            value(s, "service_worker_processes") == 2 and value(s, "service_jobs_in_progress") == 0
+        ),
+    )
     assert value(jobs, "service_jobs_started_total", type="noop") == 5
     assert value(jobs, "service_jobs_started_total", type="test.flaky") == 3
     assert value(jobs, "service_jobs_finished_total", type="noop") == 5

@@ -1,4 +1,5 @@
-"""The worker supervisor as a real process: outcomes, retries, timeouts, crashes, shutdown."""
+"""The worker supervisor as a real process: outcomes, retries, timeouts, crashes, shutdown;
+then the supervisor alone, over stand-in worker processes: replacing, retiring, stopping."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,8 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service.config import constants
-
-from .conftest import ServiceProcess, http, publish, wait_for
+from service.dev.embedded_redis import free_port
+from tests.conftest import ROOT, ServiceProcess, base_env, http, publish, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]
@@ -364,3 +366,145 @@ def test_worker_processes_do_not_outlive_a_killed_supervisor(
     worker.signal(signal.SIGKILL)  # the supervisor only: no chance to stop its children
     wait_for(lambda: all(gone(pid) for pid in children), timeout=10)
     assert queue_redis.scard(key) == 0  # and they deregistered on their way out
+
+
+# The supervisor alone: its worker processes are stand-ins (tests/worker/stand_ins.py) that a
+# test tells how to end, so each assertion is about what the supervisor does with them.
+
+
+class Supervised:
+    """The worker container's supervisor over stand-in processes, as a real process."""
+
+    def __init__(self, redis_url: str, folder: Path, **env: str) -> None:
+        self.folder = folder
+        self.log = folder / "supervisor.log"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        settings = base_env(
+            redis_url, WORKER_MODE="true", PORT=str(port), FAKE_DIR=str(folder), **env
+        )
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from tests.worker.stand_ins import main; main()"],
+                env=settings,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its group holds the stand-ins, for the clean-up
+            )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def pids(self) -> list[int]:
+        """Every stand-in started so far, oldest first."""
+        started = [p for p in self.folder.iterdir() if p.name.isdigit()]
+        return [int(p.name) for p in sorted(started, key=lambda p: p.stat().st_mtime_ns)]
+
+    def end(self, pid: int, code: int) -> None:
+        (self.folder / f"{pid}.exit").write_text(str(code))
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        (line,) = [line for line in text.splitlines() if line.startswith(f"{name} ")]
+        return float(line.split()[1])
+
+
+def running(pid: int) -> bool:
+    """Not yet exited (a zombie has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def supervise(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
+    started: list[Supervised] = []
+
+    def start(**env: str) -> Supervised:
+        supervised = Supervised(redis_url, tmp_path, **env)
+        started.append(supervised)
+        processes = int(env.get("WORKER_PROCESSES", "1"))
+        wait_for(lambda: len(supervised.pids()) == processes, timeout=20)
+        return supervised
+
+    yield start
+    for supervised in started:
+        if supervised.process.poll() is None:
+            os.killpg(supervised.process.pid, signal.SIGKILL)
+            supervised.process.wait()
+        for pid in supervised.pids():  # any it left behind (a failed test)
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_supervisor_replaces_a_worker_process_that_died_and_counts_the_restart(
+    supervise: Callable[..., Supervised],
+) -> None:
+    # Given a supervisor with two worker processes
+    supervisor = supervise(WORKER_PROCESSES="2")
+    first, second = supervisor.pids()
+    # When one dies with exit code 3
+    supervisor.end(first, 3)
+    # Then another takes its place, the other is untouched, and the restart is counted
+    wait_for(lambda: len(supervisor.pids()) == 3)
+    third = supervisor.pids()[2]
+    wait_for(lambda: not running(first))
+    assert running(second) and running(third)
+    assert f"(pid {first}) died with exit code 3; restarting" in supervisor.output
+    assert supervisor.metric("service_worker_process_restarts_total") == 1
+    assert http("GET", f"{supervisor.url}/health")[2]["alive"] == 2
+
+
+def test_the_supervisor_replaces_a_retired_worker_process_without_counting_a_restart(
+    supervise: Callable[..., Supervised],
+) -> None:
+    # Given a supervisor with one worker process
+    supervisor = supervise(WORKER_PROCESSES="1")
+    (first,) = supervisor.pids()
+    # When it retires (a job of its would not stop)
+    supervisor.end(first, constants.EXIT_RETIRED)
+    # Then another takes its place, and a retirement is no crash: no restart is counted
+    wait_for(lambda: len(supervisor.pids()) == 2)
+    assert f"(pid {first}) retired" in supervisor.output
+    assert "died with exit code" not in supervisor.output
+    assert supervisor.metric("service_worker_process_restarts_total") == 0
+
+
+def test_the_supervisor_stops_its_worker_processes_and_logs_one_summary(
+    supervise: Callable[..., Supervised],
+) -> None:
+    # Given two worker processes that each finished a job
+    supervisor = supervise(WORKER_PROCESSES="2")
+    # When the supervisor gets SIGTERM
+    started = time.monotonic()
+    supervisor.process.send_signal(signal.SIGTERM)
+    # Then both stop, and it exits 0 at once with one summary of what they did
+    assert supervisor.process.wait(10) == constants.EXIT_OK
+    assert time.monotonic() - started < 5
+    assert not any(running(pid) for pid in supervisor.pids())
+    (summary,) = [line for line in supervisor.output.splitlines() if "worker stopped:" in line]
+    assert "worker stopped: 2 finished, 0 failed" in summary and summary.endswith("exit 0")
+
+
+def test_a_worker_process_that_ignores_the_stop_is_killed_after_shutdown_timeout(
+    supervise: Callable[..., Supervised],
+) -> None:
+    # Given a worker process that ignores SIGTERM and SIGUSR1 (its job will not stop)
+    supervisor = supervise(WORKER_PROCESSES="1", FAKE_ON_SIGTERM="ignore", SHUTDOWN_TIMEOUT="1")
+    (stubborn,) = supervisor.pids()
+    # When the supervisor gets SIGTERM
+    started = time.monotonic()
+    supervisor.process.send_signal(signal.SIGTERM)
+    # Then it waits SHUTDOWN_TIMEOUT, interrupts, kills after FORCE_KILL_GRACE, and exits
+    code = supervisor.process.wait(1 + constants.FORCE_KILL_GRACE + 10)
+    took = time.monotonic() - started
+    assert code == constants.EXIT_OK  # one signal: the timeout, not an operator, forced it
+    assert 1 + constants.FORCE_KILL_GRACE - 0.5 < took < 1 + constants.FORCE_KILL_GRACE + 5
+    assert not running(stubborn)
+    assert "interrupting running jobs (SHUTDOWN_TIMEOUT passed)" in supervisor.output
+    assert "worker stopped:" in supervisor.output

@@ -42,9 +42,15 @@ from service.dev.embedded_mongo import EmbeddedMongo
 from service.dev.embedded_redis import free_port
 from service.jobs import registry
 from service.store.publisher import Store
-
-from .conftest import TEST_HANDLERS, TEST_MODULES, ServiceProcess, base_env, http, wait_for
-from .test_api import make_client
+from tests.conftest import (
+    TEST_HANDLERS,
+    TEST_MODULES,
+    ServiceProcess,
+    base_env,
+    http,
+    make_client,
+    wait_for,
+)
 
 KEY = "abuse-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -829,7 +835,7 @@ def test_an_unhandled_error_in_a_real_process_is_logged_not_answered(
 ) -> None:
     """A job type whose payload validator has a bug: the client gets the generic 500, the
     operator gets the traceback in the log."""
-    from .broken_handlers import SECRET as BUG
+    from tests.broken_handlers import SECRET as BUG
 
     api = start_service(HANDLER_MODULES=f"{TEST_HANDLERS},tests.broken_handlers")
     status, _, body = http("POST", f"{api.url}/jobs", {"type": "test.broken"})

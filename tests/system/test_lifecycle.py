@@ -14,8 +14,7 @@ import redis
 
 from service.config import constants
 from service.jobs import records
-
-from .conftest import ServiceProcess, http, wait_for
+from tests.conftest import ServiceProcess, http, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]

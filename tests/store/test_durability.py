@@ -12,8 +12,7 @@ import redis
 from service.config import constants
 from service.dev.embedded_redis import EmbeddedRedis, free_port
 from service.store.durability import Persistence
-
-from .conftest import ServiceProcess, base_env, http, wait_for
+from tests.conftest import ServiceProcess, base_env, http, wait_for
 
 SAFE = Persistence("noeviction", appendonly=True, appendfsync="always", save="")
 

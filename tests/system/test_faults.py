@@ -33,8 +33,7 @@ from service.store import housekeeping, lua, scripts
 from service.store.housekeeping import Blamed, Recovered
 from service.store.publish import publish_args
 from service.store.publisher import Store
-
-from .conftest import ServiceProcess, http, wait_for
+from tests.conftest import ServiceProcess, http, wait_for
 
 Start = Callable[..., ServiceProcess]
 INTERVAL = 1.0  # WORKER_PROCESSING_INTERVAL in these tests (its minimum), in seconds

@@ -21,8 +21,7 @@ from service.worker import isolation
 from service.worker.execute import Attempt, Claimed, Outcome
 from service.worker.isolation import run_alone
 from service.worker.recorder import Recorder
-
-from .conftest import ServiceProcess, publish, wait_for
+from tests.conftest import ServiceProcess, publish, wait_for
 
 Start = Callable[..., ServiceProcess]
 LIMIT = 64 * 1024  # MAX_RESULT_BYTES in these tests

@@ -17,8 +17,7 @@ from rq.serializers import JSONSerializer
 
 from service.config import constants
 from service.config.settings import load
-
-from .conftest import ServiceProcess, http, publish, wait_for
+from tests.conftest import ServiceProcess, http, publish, wait_for
 
 pytestmark = pytest.mark.slow
 Start = Callable[..., ServiceProcess]
