@@ -3,6 +3,7 @@ and a worker."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -78,8 +79,13 @@ def run(settings: Settings) -> int:
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
         for child in (api, worker):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM if len(stopping) == 1 else signal.SIGKILL)
+            if child.poll() is not None:
+                continue
+            if len(stopping) == 1:
+                child.send_signal(signal.SIGTERM)
+            else:  # the whole session: the supervisor's worker processes too
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)

@@ -101,6 +101,7 @@ class WorkerProcess:
         self.name = name
         self.slots = settings.worker_concurrency
         self.stopping = False  # SIGTERM: claim nothing more, let running jobs finish
+        self._supervisor = os.getppid()
         self.forced = False  # SIGUSR1: interrupt running jobs
         self.retiring = False  # a job would not stop: finish the others, then exit
         self.held: dict[str, Attempt] = {}  # claimed, outcome not recorded yet, by member
@@ -192,10 +193,9 @@ class WorkerProcess:
     # --- claiming ---
     async def _claim_loop(self) -> None:
         backoff = 0.1
-        supervisor = os.getppid()
         while not (self.stopping or self.retiring):
             self.block.tick()
-            if os.getppid() != supervisor:  # the supervisor died (SIGKILL): do not linger
+            if self._orphaned():  # the supervisor died (SIGKILL): do not linger
                 log.warning("worker %s: supervisor gone; stopping", self.name)
                 self.stopping = True
                 break
@@ -424,6 +424,9 @@ class WorkerProcess:
             self.block.set_retiring()
         self._wake()
 
+    def _orphaned(self) -> bool:
+        return os.getppid() != self._supervisor
+
     def _interrupt_all(self) -> None:
         now = time.time()
         for attempt in self._running():
@@ -434,7 +437,13 @@ class WorkerProcess:
         while self.waiting:
             self._ended(self.waiting.popleft().skipped())
         interrupted = False
+        # The supervisor forces a stop after SHUTDOWN_TIMEOUT; without it (killed), this
+        # process forces its own a little later, so no drain outlasts the shutdown bound.
+        force_at = time.monotonic() + self.settings.shutdown_timeout + constants.FORCE_KILL_GRACE
         while self.active > 0:
+            if not self.forced and (self._orphaned() or time.monotonic() > force_at):
+                log.warning("worker %s: drain past its bound; interrupting its jobs", self.name)
+                self._on_force()
             if self.forced and not interrupted:
                 self._interrupt_all()
                 interrupted = True

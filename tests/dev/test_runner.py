@@ -136,8 +136,8 @@ def answers(url: str) -> bool:
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
     started: list[Dev] = []
-    # Each child in a session of its own, so killing the runner spares them; and the worker's
-    # processes outlive a supervisor killed while they drain (see the second-signal test).
+    # Each child in a session of its own, so killing the runner (not by a signal it handles)
+    # spares them.
     family: list[tuple[int, str | None]] = []
 
     def start(**env: str) -> Dev:
@@ -207,6 +207,8 @@ def test_a_second_signal_kills_a_worker_still_draining(dev: Callable[..., Dev]) 
     assert status == 202
     wait_for(lambda: http("GET", f"{runner.api}/jobs/{body['id']}")[2]["status"] == "started")
     children = runner.children()
+    family = runner.descendants()  # the worker's processes too
+    assert len(family) > len(children)
     # When it gets SIGTERM, the API stops while the worker drains (it answers 503: stopping)
     runner.process.send_signal(signal.SIGTERM)
     wait_for(lambda: not serving(runner.api))
@@ -218,3 +220,5 @@ def test_a_second_signal_kills_a_worker_still_draining(dev: Callable[..., Dev]) 
     code = runner.process.wait(15)
     assert code != 0
     wait_for(lambda: not any(running(pid) for pid in children), timeout=5)
+    # And the worker's processes with them: none drains on without its supervisor
+    wait_for(lambda: not any(running(pid) for pid in family), timeout=5)

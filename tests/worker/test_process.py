@@ -6,6 +6,7 @@ started before the gate opens. Speed is in benchmarks/ (see the README's Perform
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -249,3 +250,30 @@ def http_text(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+@pytest.mark.timeout(120)
+def test_a_draining_process_whose_supervisor_is_killed_stops_its_jobs_and_exits(
+    start_service: Start, redis_url: str, queue_redis: redis.Redis, app_redis: redis.Redis
+) -> None:
+    # Given a process draining two jobs that would outlast a long SHUTDOWN_TIMEOUT
+    env = {"WORKER_PROCESSES": "1", "WORKER_CONCURRENCY": "2", "SHUTDOWN_TIMEOUT": "60"}
+    worker = start_service(worker=True, **env)
+    ids = gated(redis_url, "test.async_gated", 1) + gated(redis_url, "test.gated", 1)
+    wait_for(lambda: len(counts(app_redis, "starts")) == 2, 20)
+    (pid,) = worker_pids(queue_redis)
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: http("GET", f"{worker.url}/health")[0] == 503)
+    # When its supervisor is killed, so no one will force the drain's end
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+    # Then the process interrupts its jobs, re-queues them and exits on its own, well before
+    # SHUTDOWN_TIMEOUT
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or zombie(pid), timeout=15)
+    wait_for(lambda: all_in(queue_redis, ids, "queued"), 10)
+    assert {reason_of(queue_redis, i) for i in ids} == {"interrupted"}
+
+
+def zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
