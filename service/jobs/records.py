@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from service.config import constants
+from service.jobs.states import Status
 
 
 def new_id(now: float | None = None) -> str:
@@ -248,7 +249,7 @@ def describe(
         "enqueued_at": text("enqueued_at"),
         "started_at": text("started_at"),
         "ended_at": text("ended_at"),
-        "run_at": _stamp(fields.get(b"run_at")) if status == "scheduled" else None,
+        "run_at": _stamp(fields.get(b"run_at")) if status == Status.SCHEDULED else None,
         "worker": text("worker_name"),
         "progress": None,
         "result": None,

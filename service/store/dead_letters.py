@@ -21,11 +21,14 @@ import redis.asyncio as aioredis
 
 from service.config import constants
 from service.jobs import records
+from service.jobs.states import Status
 from service.store import lua, scripts
 
 _FIELDS = ("status", "ended_at", "data", "attempts", "crashes")
 
 Position = tuple[float, str]  # (registry score, job id): how far a walk has got
+
+_FAILED = Status.FAILED.encode()  # a dead job's status field
 
 
 class _Entry(NamedTuple):
@@ -175,7 +178,7 @@ class DeadLetters:
             rows = await pipe.execute()
         candidates = []
         for entry, (status, ended_at, data, attempts, crashes) in zip(entries, rows, strict=True):
-            if status != b"failed":  # expired, deleted or retried since the registry said so
+            if status != _FAILED:  # expired, deleted or retried since the registry said so
                 continue
             job_type, payload = records.read_data(data)
             failed_at = ended_at.decode() if ended_at else None

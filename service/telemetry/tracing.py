@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.config import constants
 from service.jobs import records
+from service.jobs.states import Ending
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -38,7 +39,8 @@ log = logging.getLogger("service.telemetry.tracing")
 _tracer: Tracer | None = None  # set while tracing is on in this process
 _provider: TracerProvider | None = None  # the provider `start` built, shut down by `shutdown`
 _OFF: contextlib.nullcontext[str] = contextlib.nullcontext("")  # `enqueue` while off
-JOB_OUTCOMES = {"ok": "ok", "cancel": "canceled", "interrupt": "interrupted"}  # else failed
+# The span's job.outcome for an attempt that did not fail.
+JOB_OUTCOMES = {Ending.OK: "ok", Ending.CANCEL: "canceled", Ending.INTERRUPT: "interrupted"}
 
 
 def exporters_wanted(environ: Mapping[str, str]) -> list[str]:
@@ -235,7 +237,7 @@ def job_span(traceparent: str, job_id: str, queue: str, attempt: int) -> Iterato
         yield span
 
 
-def set_outcome(span: Span, job_type: str, kind: str, reason: str, error: str) -> None:
+def set_outcome(span: Span, job_type: str, kind: Ending, reason: str, error: str) -> None:
     """Name the attempt's span after its job type and record how it ended (the COMPLETE
     outcome `kind` and `reason`): `job.outcome` is ok, failed, timeout, canceled or
     interrupted; a failure sets status ERROR with an `exception` event built from the error

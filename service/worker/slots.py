@@ -15,16 +15,18 @@ import multiprocessing
 import time
 from typing import Any
 
+from service.jobs.states import Fate
+
 # Field offsets inside a block's numbers.
 TICK, READY, RETIRING, FINISHED, FAILED, RETRIED, INTERRUPTED, CANCELED = range(8)
 WIDTH = 8
 JOB_ID_BYTES = 64  # room for a running job's id (ours are 32 hex characters)
 COUNTERS = {
-    "finished": FINISHED,
-    "failed": FAILED,
-    "retried": RETRIED,
-    "interrupted": INTERRUPTED,
-    "canceled": CANCELED,
+    Fate.FINISHED: FINISHED,
+    Fate.FAILED: FAILED,
+    Fate.RETRIED: RETRIED,
+    Fate.INTERRUPTED: INTERRUPTED,
+    Fate.CANCELED: CANCELED,
 }
 
 
@@ -55,7 +57,7 @@ class Block:
         """A job did not stop when told to: this process finishes the rest and exits."""
         self._set(RETIRING, 1.0)
 
-    def count(self, *fates: str) -> None:
+    def count(self, *fates: Fate) -> None:
         """Add each job's fate (a COMPLETE result: finished, failed, ...) to its counter."""
         for fate in fates:
             if fate in COUNTERS:
@@ -104,7 +106,7 @@ class Slots:
     def __getitem__(self, index: int) -> Block:
         return Block(self.numbers, self.job_ids, index, self.places)
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[Fate, int]:
         return {
             name: int(sum(self[i].get(field) for i in range(self.size)))
             for name, field in COUNTERS.items()

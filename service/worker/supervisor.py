@@ -31,6 +31,7 @@ from service.config.settings import Settings
 from service.history import mongo
 from service.history.shipper import Shipper
 from service.jobs.registry import Registry
+from service.jobs.states import Fate
 from service.net.connections import fit_file_limit
 from service.store import durability, housekeeping
 from service.store.connection import connect
@@ -128,11 +129,11 @@ class Supervisor:
         log.info(
             "worker stopped: %d finished, %d failed, %d retried, %d canceled, "
             "%d interrupted and re-queued, %d re-queued from lost processes, exit %d",
-            totals["finished"],
-            totals["failed"],
-            totals["retried"],
-            totals["canceled"],
-            totals["interrupted"],
+            totals[Fate.FINISHED],
+            totals[Fate.FAILED],
+            totals[Fate.RETRIED],
+            totals[Fate.CANCELED],
+            totals[Fate.INTERRUPTED],
             self.lost_jobs,
             code,
         )
