@@ -29,11 +29,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import constants, jobs, tracing
+from service import jobs, tracing
 from service.api import metrics, routes
 from service.api.errors import ApiError
 from service.api.middleware import ApiKeyAuth, BodyLimit
-from service.api.submit import parse_jobs
+from service.api.submit import may_nest_too_deep, parse_jobs
 from service.deadline import before
 
 JSON = b"application/json"
@@ -139,8 +139,7 @@ def _plain_job(message: Message, state: Any) -> jobs.NewJob | None:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    brackets = body.count(b"[") + body.count(b"{")
-    if not isinstance(value, dict) or brackets > constants.MAX_JSON_DEPTH:
+    if not isinstance(value, dict) or may_nest_too_deep(body):
         return None  # read_json's depth check, and its answer
     try:
         ((job, options),) = parse_jobs(

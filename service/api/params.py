@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from service import constants
 from service.api.errors import Problems
-
-
-def or_empty(schema: dict[str, Any]) -> dict[str, Any]:
-    """A query parameter's OpenAPI schema: an empty value (`?since=`) counts as not given."""
-    return {"anyOf": [schema, {"const": ""}]}
-
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
 
