@@ -126,7 +126,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         resource(
             "/jobs",
             {"POST": routes.submit_job, **({"GET": history.list_jobs} if history_on else {})},
-            None if history_on else HISTORY_OFF,
+            {} if history_on else {"GET": HISTORY_OFF, "HEAD": HISTORY_OFF},
         ),
         resource("/jobs/batch", {"POST": routes.submit_batch}),
         # DELETE is the older spelling of cancel (deprecated): it keeps the job, as no DELETE

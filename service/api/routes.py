@@ -33,11 +33,11 @@ class Resource:
     """Every method of one path (HEAD too where GET is), as one ASGI app: any other method is
     a 405 whose Allow lists them all. A route with no methods of its own takes every method,
     so the first path to match a URL answers it whatever the method: `GET /jobs/batch` is a
-    405, never a lookup of a job called `batch`. `refused`: the code and message of that 405
-    when a method is missing for a reason."""
+    405, never a lookup of a job called `batch`. `refused`: by method, the code and message
+    of that 405 when the method is missing for a reason."""
 
     def __init__(
-        self, handlers: Mapping[str, Endpoint], refused: tuple[str, str] | None = None
+        self, handlers: Mapping[str, Endpoint], refused: Mapping[str, tuple[str, str]] = {}
     ) -> None:
         served = dict(handlers)
         if "GET" in served:
@@ -49,7 +49,7 @@ class Resource:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.apps.get(scope["method"])
         if app is None:
-            code, message = self.refused or (
+            code, message = self.refused.get(scope["method"]) or (
                 "method_not_allowed",
                 f"{scope['method']} is not allowed; allowed: {self.allow}",
             )
@@ -58,7 +58,7 @@ class Resource:
 
 
 def resource(
-    path: str, handlers: Mapping[str, Endpoint], refused: tuple[str, str] | None = None
+    path: str, handlers: Mapping[str, Endpoint], refused: Mapping[str, tuple[str, str]] = {}
 ) -> Route:
     """The route of `path`, served by `handlers` by method (see `Resource`)."""
     return Route(path, Resource(handlers, refused), name=path)

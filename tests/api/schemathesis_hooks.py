@@ -9,7 +9,10 @@ OpenAPI document can state, each answered with a 422:
 - an integer beyond 64 bits in a free-form payload (JSON Schema's integers are values: 1e30
   is one, and the API takes that float, but not the integer 10**30).
 
-Everything else the server checks, the document states.
+Everything else the server checks, the document states. And one case is left out: DELETE
+/dead's query is an object exploded into the query string (so that its schema can state the
+rule between `all` and the filters), where a filter that is not text (a null, a number, an
+empty list) arrives as text (nothing, `5`) that no schema can tell from a valid filter.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import schemathesis
 from schemathesis import Case, GenerationMode
 from schemathesis.generation.meta import TestPhase
@@ -62,6 +66,27 @@ def obeying_unstated_rules(case: Case) -> Case:
     if label == "POST /jobs" and body.get("idempotency_key") and "Idempotency-Key" in headers:
         headers["Idempotency-Key"] = body["idempotency_key"]
     return case
+
+
+def _lost_as_text(value: Any) -> bool:
+    """Whether `value` would arrive in a query string as other text than it is: anything but
+    text (a null, a number, an empty list or object: nothing or `5`), or the text of a null,
+    a boolean or a number."""
+    if not isinstance(value, str):
+        return True
+    try:
+        return not isinstance(orjson.loads(value), str | list | dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+@schemathesis.hook
+def filter_query(ctx: Any, query: Any) -> bool:
+    operation = getattr(ctx, "operation", None)
+    if operation is None or operation.label != "DELETE /dead" or not isinstance(query, dict):
+        return True
+    filters = ("type", "queue", "error", "since", "until")
+    return not any(name in query and _lost_as_text(query[name]) for name in filters)
 
 
 def listing_every_dead_job(case: Case) -> Case:
