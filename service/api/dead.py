@@ -379,7 +379,6 @@ def openapi_paths() -> dict[str, Any]:
         },
         "allOf": [_NOT_ALL_WITH_A_FILTER, {"anyOf": [_ALL, _ANY_FILTER]}],
     }
-    nullable = {"anyOf": [{"type": "string"}, {"type": "null"}]}
     retry_body = {
         "type": "object",
         "required": ["dry_run"],
@@ -395,7 +394,8 @@ def openapi_paths() -> dict[str, Any]:
                 "description": cursor_doc,
             },
             **{
-                name: {"anyOf": [*filters[name]["anyOf"], nullable["anyOf"][1]], "description": doc}
+                # '' and null count as not given.
+                name: {"anyOf": [*filters[name]["anyOf"], {"type": "null"}], "description": doc}
                 for name, doc in _FILTER_DOCS.items()
             },
         },
@@ -489,6 +489,7 @@ def openapi_paths() -> dict[str, Any]:
                         f"(at most {constants.DEAD_DRY_RUN_IDS})",
                         {
                             **_object(dry_run={"type": "boolean"}, **progress),
+                            # A dry run's answer only.
                             "properties": {
                                 "dry_run": {"type": "boolean"},
                                 **progress,
