@@ -19,8 +19,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import EmbeddedRedis, free_port
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,8 +196,8 @@ def publish(
     `queue` is the RQ queue (priority included); `run_at` schedules it."""
     import asyncio
 
-    from service.jobs import NewJob, new_id
-    from service.store import Store
+    from service.jobs.records import NewJob, new_id
+    from service.store.publisher import Store
 
     job = NewJob(
         new_id(),

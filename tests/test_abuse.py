@@ -30,13 +30,14 @@ from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 from starlette.types import Message
 
-from service import constants, registry
+from service.config import constants
+from service.jobs import registry
 from service.api import params
 from service.api.errors import Problems
 from service.api.openapi import build_openapi
 from service.api.submit import OUT_OF_RANGE
-from service.embedded_mongo import EmbeddedMongo
-from service.store import Store
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.store.publisher import Store
 
 from .conftest import NOTHING, ServiceProcess, enqueued, http, wait_for
 from .test_api import make_client
@@ -797,7 +798,7 @@ def test_an_unhandled_error_is_a_generic_500(
 def test_a_failing_handler_registry_is_a_generic_500(
     client: TestClient, queue_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.registry import Registry
+    from service.jobs.registry import Registry
 
     monkeypatch.setattr(Registry, "get", explode)
     response = client.post("/jobs", json={"type": "noop"}, headers=AUTH)

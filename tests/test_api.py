@@ -17,9 +17,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
-from service import constants, registry, status
+from service.config import constants
+from service.jobs import registry
+from service import status
 from service.api.app import create_app
-from service.settings import load
+from service.config.settings import load
 
 from . import sample_handlers  # noqa: F401 - registers the test job types
 
@@ -205,7 +207,7 @@ def test_health_and_ready(client: TestClient) -> None:
 
 
 def test_redis_down_is_503_with_retry_after_and_not_ready() -> None:
-    from service.embedded_redis import free_port
+    from service.dev.embedded_redis import free_port
 
     dead = f"redis://127.0.0.1:{free_port()}"
     with make_client(dead) as client:

@@ -22,13 +22,14 @@ import redis
 import redis.asyncio
 from starlette.testclient import TestClient
 
-from service import constants, registry
+from service.config import constants
+from service.jobs import registry
 from service.api.app import create_app
 from service.api.openapi import build_openapi
-from service.embedded_redis import EmbeddedRedis, free_port
-from service.jobs import NewJob, new_id, utc_iso
-from service.settings import load
-from service.store import Store
+from service.dev.embedded_redis import EmbeddedRedis, free_port
+from service.jobs.records import NewJob, new_id, utc_iso
+from service.config.settings import load
+from service.store.publisher import Store
 
 from . import sample_handlers  # noqa: F401 - registers the test job types
 from .conftest import ServiceProcess, base_env, publish, wait_for

@@ -18,12 +18,14 @@ import redis
 from prometheus_client import CollectorRegistry
 from pymongo.database import Database
 
-from service import constants, history, registry
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import free_port
-from service.settings import load
+from service.config import constants
+from service.history import shipper
+from service.jobs import registry
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import free_port
+from service.config.settings import load
 from service.worker.health import HealthServer
-from service.worker.metrics import HistoryCollector
+from service.worker.job_metrics import HistoryCollector
 from service.worker.supervisor import Supervisor
 
 from .conftest import ServiceProcess, http, publish, wait_for
@@ -93,7 +95,7 @@ def test_every_state_change_lands_in_history(
     assert record["events"][-1]["duration"] >= 0
     failed = jobs_collection.find_one({"_id": dead})
     assert failed is not None and failed["status"] == "failed"
-    assert failed["error"] == "service.handlers.JobFailed: boom"
+    assert failed["error"] == "service.dev.demo.JobFailed: boom"
     assert failed["events"][-1]["reason"] == "exception"
 
     # GET /jobs lists the history, filtered and paginated
@@ -199,7 +201,7 @@ def test_without_mongodb_history_is_off_and_ctx_db_fails_clearly(start_service: 
         lambda: (v := http("GET", f"{bare.url}/jobs/{job_id}")[2])["status"] == "failed" and v
     )
     assert failed["error"].startswith(
-        "service.context.MongoNotConfigured: job type 'test.db' needs"
+        "service.jobs.context.MongoNotConfigured: job type 'test.db' needs"
     )
 
 
@@ -207,12 +209,12 @@ def test_update_for_caps_payloads_and_maps_statuses() -> None:
     big = orjson.dumps({"blob": "x" * (constants.HISTORY_PAYLOAD_MAX + 10)})
     data = b'["echo",null,[' + big + b"],{}]"
     fields = {b"id": b"j1", b"status": b"queued", b"type": b"echo", b"queue": b"q", b"data": data}
-    update = history.update_for(b"1700000000000-0", fields)
+    update = shipper.update_for(b"1700000000000-0", fields)
     changes = update._doc["$set"]
     assert changes["payload"] == {"truncated": True, "bytes": len(big)}
     assert (changes["status"], changes["type"], changes["queue"]) == ("queued", "echo", "q")
     assert changes["updated_at"].year == 2023
-    dead = history.update_for(b"1700000000001-0", {b"id": b"j1", b"status": b"dead"})
+    dead = shipper.update_for(b"1700000000001-0", {b"id": b"j1", b"status": b"dead"})
     assert dead._doc["$set"]["status"] == "failed"
 
 
@@ -246,7 +248,7 @@ def test_the_api_keeps_recording_on_and_the_scripts_bound_the_stream(
 ) -> None:
     api = start_service(MONGODB_URI=mongo_uri, WORKER_PROCESSING_INTERVAL="1000")
     # The API renews the key as a shipper does (TTL: three intervals and a second)
-    assert 0 < queue_redis.ttl(constants.HISTORY_ON_KEY) <= history.on_ttl(1.0)
+    assert 0 < queue_redis.ttl(constants.HISTORY_ON_KEY) <= shipper.on_ttl(1.0)
     queue_redis.delete(constants.HISTORY_ON_KEY)
     wait_for(lambda: queue_redis.exists(constants.HISTORY_ON_KEY), 3)
     # Given a stream one event short of its bound (no shipper has run for a long time)
@@ -376,7 +378,7 @@ def test_a_refused_event_is_stored_in_part_and_holds_up_none_of_the_others(
     down: tuple[int, ...],
     calls: int,
 ) -> None:
-    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=1.0)
+    shipper = shipper.Shipper(queue_redis, mongo_db, "test", batch=10, interval=1.0)
     collection = shipper.collection = RefusingCollection(mongo_db["jobs"], down)  # type: ignore[assignment]
     for job_id, payload in (("a", {}), ("b", {"$where": 1}), ("c", {"n": 3}), ("d", {})):
         queue_redis.xadd(constants.HISTORY_STREAM, published(job_id, payload))  # type: ignore[arg-type]
@@ -402,7 +404,7 @@ def test_the_shipper_survives_an_unexpected_error(
     mongo_db: Database[dict[str, Any]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
+    shipper = shipper.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
     real = shipper.collection
     failures = iter([ZeroDivisionError("a bug"), KeyError("another")])
 
@@ -479,7 +481,7 @@ def test_a_stopped_shipper_makes_ready_503_and_its_gauge_0(
 def test_update_for_stores_what_it_can_of_an_event() -> None:
     def changes(fields: dict[bytes, bytes], refused: dict[str, str] | None = None) -> Any:
         spoiled: list[str] = []
-        update = history.update_for(b"1700000000000-0", fields, refused, spoiled)
+        update = shipper.update_for(b"1700000000000-0", fields, refused, spoiled)
         return update._doc["$set"], update._doc["$push"]["events"], spoiled
 
     wide, _, spoiled = changes(FOREIGN_EVENTS[0])
@@ -492,7 +494,7 @@ def test_update_for_stores_what_it_can_of_an_event() -> None:
     assert len(spoiled) == 2 and all(s.startswith("does not decode: ") for s in spoiled)
     assert "attempts" not in garbled and "attempt" not in event and event["event"] == "dead"
     assert "run_at" not in garbled and "duration" not in event
-    with pytest.raises(history.UnreadableEvent):
+    with pytest.raises(shipper.UnreadableEvent):
         changes(FOREIGN_EVENTS[3])
     # A part MongoDB refused, named by the shipper; one that decodes and fits is kept as it is
     fine = published("j", {"n": 2**63 - 1, "s": "\u0000 in a value is fine"})
@@ -507,14 +509,14 @@ def test_the_shipper_reports_the_events_the_scripts_dropped(
     mongo_db: Database[dict[str, Any]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.history")
+    caplog.set_level(logging.INFO, logger="service.history.shipper")
     queue_redis.set(constants.HISTORY_DROPPED_KEY, 5)  # before this shipper started
-    shipper = history.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
+    shipper = shipper.Shipper(queue_redis, mongo_db, "test", batch=10, interval=0.05)
     shipper.step(threading.Event())
     assert shipper.stats.dropped == 0
     queue_redis.incrby(constants.HISTORY_DROPPED_KEY, 3)
     shipper.step(threading.Event())
     assert shipper.stats.dropped == 3
-    messages = [r.getMessage() for r in caplog.records if r.name == "service.history"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.history.shipper"]
     assert "job history: 5 events dropped so far, the stream being full" in messages
     assert "job history: the stream is full; its 3 oldest events dropped" in messages

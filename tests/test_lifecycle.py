@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from service import constants, jobs
+from service.config import constants
+from service.jobs import records
 
 from .conftest import ServiceProcess, http, wait_for
 
@@ -239,11 +240,11 @@ def test_progress_shows_in_the_job(start_service: Start, redis_url: str) -> None
 
 def test_an_expired_job_is_explained_not_just_404(start_service: Start) -> None:
     api = start_service()
-    old = jobs.new_id(now=1_700_000_000)
+    old = records.new_id(now=1_700_000_000)
     status, _, body = http("GET", f"{api.url}/jobs/{old}")
     assert status == 410 and body["error"]["code"] == "job_expired"
     assert body["error"]["details"]["created_at"].startswith("2023-11-14")
-    recent = jobs.new_id()
+    recent = records.new_id()
     assert http("GET", f"{api.url}/jobs/{recent}")[0] == 404
     assert http("GET", f"{api.url}/jobs/{'f' * 32}")[0] == 404  # not one of our ids
 

@@ -11,11 +11,12 @@ import orjson
 import pytest
 import redis
 
-from service import constants, jobs
+from service.config import constants
+from service.jobs import records
 from service.api import dead as dead_api
-from service.embedded_redis import EmbeddedRedis
-from service.registry import Registry
-from service.settings import Settings
+from service.dev.embedded_redis import EmbeddedRedis
+from service.jobs.registry import Registry
+from service.config.settings import Settings
 from service.worker import isolation
 from service.worker.execute import Attempt, Claimed, Outcome
 from service.worker.isolation import run_alone
@@ -29,7 +30,7 @@ LIMIT = 64 * 1024  # MAX_RESULT_BYTES in these tests
 
 def attempts(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
     """The job's results-stream entries (one per attempt), decoded as the API shows them."""
-    return [jobs.decode_result_entry(e) for _, e in client.xrange(constants.result_key(job_id))]
+    return [records.decode_result_entry(e) for _, e in client.xrange(constants.result_key(job_id))]
 
 
 def status_of(client: redis.Redis, job_id: str) -> str:
@@ -40,9 +41,9 @@ def status_of(client: redis.Redis, job_id: str) -> str:
 
 
 def test_result_json_takes_json_up_to_the_limit() -> None:
-    assert jobs.result_json({"a": [1, None]}, 100) == b'{"a":[1,null]}'
-    assert jobs.result_json("x" * 98, 100) == b'"' + b"x" * 98 + b'"'  # exactly 100 bytes
-    assert jobs.encode_return_value(b"null") == b""  # None: no return_value stored
+    assert records.result_json({"a": [1, None]}, 100) == b'{"a":[1,null]}'
+    assert records.result_json("x" * 98, 100) == b'"' + b"x" * 98 + b'"'  # exactly 100 bytes
+    assert records.encode_return_value(b"null") == b""  # None: no return_value stored
 
 
 @pytest.mark.parametrize(
@@ -57,15 +58,15 @@ def test_result_json_takes_json_up_to_the_limit() -> None:
 def test_a_value_json_cannot_hold_is_rejected_with_the_encoders_message(
     value: Any, message: str
 ) -> None:
-    with pytest.raises(jobs.ResultRejected) as caught:
-        jobs.result_json(value, 100)
+    with pytest.raises(records.ResultRejected) as caught:
+        records.result_json(value, 100)
     assert caught.value.reason == "result_not_json"
     assert str(caught.value) == f"ResultNotJson: {message}"
 
 
 def test_a_result_over_the_limit_is_rejected_naming_its_size_and_the_limit() -> None:
-    with pytest.raises(jobs.ResultRejected) as caught:
-        jobs.result_json("x" * 99, 100)
+    with pytest.raises(records.ResultRejected) as caught:
+        records.result_json("x" * 99, 100)
     assert caught.value.reason == "result_too_large"
     assert "101 bytes" in str(caught.value) and "MAX_RESULT_BYTES (100)" in str(caught.value)
 
@@ -81,7 +82,7 @@ def alone(result: Any) -> Attempt:
 def test_an_isolated_child_checks_its_result_before_writing_it() -> None:
     settings = Settings(max_result_bytes=LIMIT)
     ok = run_alone(alone([1, "a"]), settings)
-    assert (ok.kind, ok.value) == ("ok", jobs.encode_return_value(b'[1,"a"]'))
+    assert (ok.kind, ok.value) == ("ok", records.encode_return_value(b'[1,"a"]'))
     for result, reason in [({1, 2}, "result_not_json"), ("x" * LIMIT, "result_too_large")]:
         outcome = run_alone(alone(result), settings)
         assert (outcome.kind, outcome.reason) == ("fail", reason)

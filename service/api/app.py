@@ -15,8 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from service import constants, mongo, tracing
-from service.api import dead, history, metrics, routes
+from service.config import constants
+from service.history import mongo
+from service.telemetry import tracing
+from service.api import dead, job_history, request_metrics, routes
 from service.api.errors import (
     ApiError,
     api_error_handler,
@@ -28,13 +30,14 @@ from service.api.fastpath import FastSubmit
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
 from service.api.routes import resource
-from service.api.tracing import TraceRequests
-from service.dead import DeadLetters
-from service.durability import StrictGate
-from service.history import on_ttl
-from service.registry import Registry
-from service.settings import Settings
-from service.store import QueueFull, Store, connect_async, out_of_memory
+from service.api.request_tracing import TraceRequests
+from service.store.dead_letters import DeadLetters
+from service.store.durability import StrictGate
+from service.history.shipper import on_ttl
+from service.jobs.registry import Registry
+from service.config.settings import Settings
+from service.store.publisher import QueueFull, Store
+from service.store.connection import connect_async, out_of_memory
 
 log = logging.getLogger("service.api")
 
@@ -125,7 +128,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     table = [
         resource(
             "/jobs",
-            {"POST": routes.submit_job, **({"GET": history.list_jobs} if history_on else {})},
+            {"POST": routes.submit_job, **({"GET": job_history.list_jobs} if history_on else {})},
             {} if history_on else {"GET": HISTORY_OFF, "HEAD": HISTORY_OFF},
         ),
         resource("/jobs/batch", {"POST": routes.submit_batch}),
@@ -138,7 +141,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         resource("/backlog", {"GET": routes.backlog}),
         resource("/ready", {"GET": routes.ready}),
         resource("/openapi.json", {"GET": routes.openapi}),
-        resource("/metrics", {"GET": metrics.metrics}),
+        resource("/metrics", {"GET": request_metrics.metrics}),
         *dead.routes,
     ]
     app = Starlette(
@@ -174,7 +177,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     # body was never read.
     auth = ApiKeyAuth(app, settings.api_keys, settings.openapi_public)
     limits = BodyLimit(auth, settings.max_body_bytes, settings.request_body_timeout)
-    measured = metrics.RequestMetrics(limits, table)
+    measured = request_metrics.RequestMetrics(limits, table)
     # Plain POST /jobs requests skip the layers above (with the same checks); the rest pass.
     served = FastSubmit(measured, app, auth, limits)
     # Outermost, so a request refused by the key check or the body limit is traced too.

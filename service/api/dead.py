@@ -3,7 +3,7 @@
 Every endpoint takes the same filter (type, queue, error, since, until; see `dead.Filter`).
 A listing, a bulk retry and a bulk delete each examine at most DEAD_LIST_BUDGET registry
 entries, then answer a cursor to go on from: `<score>_<id>`, the registry position of the
-last job examined (see service/dead.py), so it stays valid while jobs are retried or deleted
+last job examined (see service/store/dead_letters.py), so it stays valid while jobs are retried or deleted
 around it. A bulk action stops between pages
 once its client has gone away.
 """
@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import constants, jobs, queues
+from service.config import constants, queues
+from service.jobs import records
 from service.api import params
 from service.api.errors import ApiError, JSONResponse, Problems, clip
 from service.api.openapi_parts import (
@@ -35,7 +36,7 @@ from service.api.openapi_parts import (
 )
 from service.api.routes import resource
 from service.api.submit import read_json
-from service.dead import DeadJob, DeadLetters, Filter, Position, Sweep
+from service.store.dead_letters import DeadJob, DeadLetters, Filter, Position, Sweep
 
 log = logging.getLogger("service.api")
 
@@ -74,7 +75,7 @@ async def list_dead(request: Request) -> Response:
 
 async def retry_one(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    retried = await _dead_letters(request).retry([job_id]) if jobs.valid_id(job_id) else {}
+    retried = await _dead_letters(request).retry([job_id]) if records.valid_id(job_id) else {}
     if job_id not in retried:
         raise _not_dead(job_id)
     return JSONResponse({"id": job_id, "queue": retried[job_id], "status": "queued"})
@@ -120,7 +121,7 @@ async def retry_matching(request: Request) -> Response:
 
 async def delete_one(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    if not jobs.valid_id(job_id) or not await _dead_letters(request).delete([job_id]):
+    if not records.valid_id(job_id) or not await _dead_letters(request).delete([job_id]):
         raise _not_dead(job_id)
     return Response(status_code=204)
 
@@ -259,7 +260,7 @@ def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
     return Filter(type=job_type, queue=queue, error=text.get("error"), since=since, until=until)
 
 
-# A cursor is a position in the registries' order: `<score>_<id>` (see service/dead.py). Any
+# A cursor is a position in the registries' order: `<score>_<id>` (see service/store/dead_letters.py). Any
 # such string is a position, so the OpenAPI pattern is the whole rule.
 CURSOR_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?_" + JOB_ID_PATTERN[1:]
 _CURSOR = re.compile(CURSOR_PATTERN)

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import constants
+from service.config import constants
 
 
 class JSONResponse(Response):

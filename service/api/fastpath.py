@@ -29,12 +29,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import jobs, tracing
-from service.api import metrics, routes
+from service.jobs import records
+from service.telemetry import tracing
+from service.api import request_metrics, routes
 from service.api.errors import ApiError
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.submit import may_nest_too_deep, parse_jobs
-from service.deadline import before
+from service.net.deadline import before
 
 JSON = b"application/json"
 
@@ -73,7 +74,7 @@ class FastSubmit:
             await self._answer_error(scope, receive, send_status, exc)
         finally:
             if served:
-                metrics.answered("/jobs", "POST", status, time.perf_counter() - started)
+                request_metrics.answered("/jobs", "POST", status, time.perf_counter() - started)
 
     def _plain(self, headers: dict[bytes, bytes]) -> bool:
         """A request this layer may serve, as far as its headers tell."""
@@ -94,11 +95,11 @@ class FastSubmit:
         state = self.app.state
         return state.strict is not None and bool(await state.strict.check(state.store.client))
 
-    async def _publish(self, job: jobs.NewJob, send: Send) -> None:
+    async def _publish(self, job: records.NewJob, send: Send) -> None:
         started = time.perf_counter()
         await self.app.state.store.publish_soon(job)
-        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        metrics.accepted([job])
+        request_metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        request_metrics.accepted([job])
         content = orjson.dumps(routes.accepted(job))
         headers = [
             (b"content-type", JSON),
@@ -128,7 +129,7 @@ class FastSubmit:
         await response(scope, receive, send)
 
 
-def _plain_job(message: Message, state: Any) -> jobs.NewJob | None:
+def _plain_job(message: Message, state: Any) -> records.NewJob | None:
     """The job, or None for a request the full stack must answer: a body not all in this
     message, malformed, nested deeper than the limit, invalid (an integer beyond 64 bits
     too: `parse_jobs` reads the body for them), or with an idempotency key."""

@@ -11,7 +11,8 @@ from pymongo.errors import PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service import constants, jobs
+from service.config import constants
+from service.jobs import records
 from service.api import params
 from service.api.errors import ApiError, JSONResponse, Problems, retry_later
 from service.api.openapi_parts import (
@@ -22,7 +23,7 @@ from service.api.openapi_parts import (
     response,
 )
 from service.api.submit import MAX_TYPE_CHARS
-from service.mongo import HISTORY_COLLECTION
+from service.history.mongo import HISTORY_COLLECTION
 
 STATUSES = ("queued", "scheduled", "started", "finished", "failed", "canceled")
 _LIST_FIELDS = (
@@ -39,7 +40,7 @@ _LIST_FIELDS = (
 
 def _iso(value: Any) -> Any:
     if isinstance(value, datetime):
-        return jobs.utc_iso(value.replace(tzinfo=UTC).timestamp())
+        return records.utc_iso(value.replace(tzinfo=UTC).timestamp())
     return value
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import constants
-from service.api import dead, history
+from service.config import constants
+from service.api import dead, job_history
 from service.api.middleware import PROTECTED
 from service.api.openapi_parts import (
     BODY_ERRORS,
@@ -17,7 +17,7 @@ from service.api.openapi_parts import (
     response,
 )
 from service.api.submit import IDEMPOTENCY_KEY, JobRequest
-from service.registry import Registry
+from service.jobs.registry import Registry
 
 
 def _int64(schema: Any) -> Any:
@@ -318,7 +318,7 @@ def build_openapi(
         },
     }
     if history_on:
-        paths["/jobs"]["get"] = history.openapi_operation()
+        paths["/jobs"]["get"] = job_history.openapi_operation()
     paths.update(dead.openapi_paths())
     for path, operations in paths.items():
         needs_key = auth and path.startswith(PROTECTED)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import constants
+from service.config import constants
 from service.api.errors import LISTED_ERRORS_DOC
 
 ERROR = {"$ref": "#/components/schemas/Error"}

@@ -14,13 +14,15 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
-from service import constants, jobs, mongo, queues
-from service.api import history, metrics
+from service.config import constants, queues
+from service.jobs import records
+from service.history import mongo
+from service.api import job_history, request_metrics
 from service.api.errors import ApiError, JSONResponse, clip, retry_later
 from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
-from service.registry import Registry
-from service.settings import Settings
-from service.store import Store
+from service.jobs.registry import Registry
+from service.config.settings import Settings
+from service.store.publisher import Store
 
 log = logging.getLogger("service.api")
 
@@ -69,11 +71,11 @@ def _state(request: Request) -> tuple[Settings, Registry, Store]:
     return state.settings, state.registry, state.store
 
 
-def accepted(job: jobs.NewJob) -> dict[str, Any]:
+def accepted(job: records.NewJob) -> dict[str, Any]:
     accepted = {"id": job.id, "type": job.type, "queue": job.queue}
     if job.run_at is None:
         return {**accepted, "status": "queued"}
-    return {**accepted, "status": "scheduled", "run_at": jobs.utc_iso(job.run_at)}
+    return {**accepted, "status": "scheduled", "run_at": records.utc_iso(job.run_at)}
 
 
 async def _ensure_durable(request: Request) -> None:
@@ -98,9 +100,9 @@ async def submit_job(request: Request) -> Response:
     header = request.headers.get("idempotency-key")  # present but empty is an invalid key
     key = options.idempotency_key if header is None else header
     if key is None:
-        with metrics.PUBLISH_SECONDS.time():
+        with request_metrics.PUBLISH_SECONDS.time():
             await store.publish_soon(job)
-        metrics.accepted([job])
+        request_metrics.accepted([job])
         return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
     if not IDEMPOTENCY_KEY.fullmatch(key):
         message = (
@@ -110,7 +112,7 @@ async def submit_job(request: Request) -> Response:
         raise ApiError(422, "invalid_job", message)
     if options.idempotency_key not in (None, key):
         raise ApiError(422, "invalid_job", "Idempotency-Key header and idempotency_key differ")
-    with metrics.PUBLISH_SECONDS.time():
+    with request_metrics.PUBLISH_SECONDS.time():
         job_id, verdict = await store.publish_once(
             job, key, _fingerprint(body), settings.idempotency_ttl
         )
@@ -124,7 +126,7 @@ async def submit_job(request: Request) -> Response:
     if verdict == "same":  # a repeat: the original job, as it is now
         view = await store.job(job_id) or {"id": job_id, "status": "expired"}
         return JSONResponse(view, 200, headers={"Location": f"/jobs/{job_id}"})
-    metrics.accepted([job])
+    request_metrics.accepted([job])
     return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
 
 
@@ -149,18 +151,18 @@ async def submit_batch(request: Request) -> Response:
     raw = await request.body()  # read already: kept by the request
     batch = [job for job, _ in parse_jobs(items, registry, settings, batch=True, body=raw)]
     await _ensure_durable(request)
-    with metrics.PUBLISH_SECONDS.time():
+    with request_metrics.PUBLISH_SECONDS.time():
         await store.publish(batch)
-    metrics.accepted(batch)
+    request_metrics.accepted(batch)
     return JSONResponse({"jobs": [accepted(job) for job in batch]}, 202)
 
 
 async def get_job(request: Request) -> Response:
     _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
-    if not jobs.valid_id(job_id):
+    if not records.valid_id(job_id):
         raise _not_found(job_id, registry)
-    view = await store.job(job_id) or await history.from_history(request, job_id)
+    view = await store.job(job_id) or await job_history.from_history(request, job_id)
     if view is None:
         raise _not_found(job_id, registry)
     return JSONResponse(view)
@@ -171,7 +173,7 @@ async def cancel_job(request: Request) -> Response:
     (202, it ends `canceled`); a finished, failed or canceled job is a 409."""
     _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
-    outcome, status = await store.cancel(job_id) if jobs.valid_id(job_id) else ("missing", "")
+    outcome, status = await store.cancel(job_id) if records.valid_id(job_id) else ("missing", "")
     if outcome == "missing":
         raise _not_found(job_id, registry)
     if outcome == "conflict":
@@ -187,15 +189,15 @@ async def cancel_job(request: Request) -> Response:
 
 def _not_found(job_id: str, registry: Registry) -> ApiError:
     """404, or 410 when the id itself shows the job is older than any job is kept."""
-    created = jobs.id_created_at(job_id)
+    created = records.id_created_at(job_id)
     kept = min((min(t.result_ttl, t.failure_ttl) for t in registry), default=0)
     if created is not None and kept and time.time() - created > kept:
         message = (
-            f"job {job_id} was created at {jobs.utc_iso(created)}; finished and failed "
+            f"job {job_id} was created at {records.utc_iso(created)}; finished and failed "
             f"jobs are kept result_ttl/failure_ttl seconds (here at least {kept}) after "
             "they end, so it has expired"
         )
-        return ApiError(410, "job_expired", message, {"created_at": jobs.utc_iso(created)})
+        return ApiError(410, "job_expired", message, {"created_at": records.utc_iso(created)})
     return ApiError(404, "job_not_found", f"no job with id {clip(job_id)!r}")
 
 

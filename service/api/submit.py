@@ -12,12 +12,13 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
-from service import constants, jobs, queues
+from service.config import constants, queues
+from service.jobs import records
 from service.api.errors import ApiError, Problems
-from service.policy import Backoff
-from service.queues import Priority
-from service.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
-from service.settings import Settings
+from service.jobs.policy import Backoff
+from service.config.queues import Priority
+from service.jobs.registry import PayloadInvalid, Registry, UnknownJobType, validate_json
+from service.config.settings import Settings
 
 MAX_TYPE_CHARS = 100  # the longest name the registry allows
 # Printable ASCII, as a header carries it (and without the spaces HTTP trims at either end).
@@ -59,13 +60,13 @@ class JobRequest(BaseModel):
 
 
 OUT_OF_RANGE = (
-    f"integers must be within the signed 64-bit range ({jobs.INT64.start} to {jobs.INT64.stop - 1})"
+    f"integers must be within the signed 64-bit range ({records.INT64.start} to {records.INT64.stop - 1})"
 )
 _Path = tuple[str | int, ...]
 
 
 class _OutOfRange:
-    """Stands for an integer outside jobs.INT64 in the exact parse."""
+    """Stands for an integer outside records.INT64 in the exact parse."""
 
 
 _OUT_OF_RANGE = _OutOfRange()
@@ -75,13 +76,13 @@ def _exact_int(literal: str) -> int | _OutOfRange:
     if len(literal.lstrip("-")) > 19:  # JSON has no leading zeros: too large, unconverted
         return _OUT_OF_RANGE
     value = int(literal)
-    return value if value in jobs.INT64 else _OUT_OF_RANGE
+    return value if value in records.INT64 else _OUT_OF_RANGE
 
 
 def wide_integers(body: bytes) -> list[_Path]:
-    """Where the JSON `body` holds integers outside jobs.INT64 (which MongoDB cannot store,
+    """Where the JSON `body` holds integers outside records.INT64 (which MongoDB cannot store,
     and orjson reads as inexact floats), in document order; usually none, found at once."""
-    if not jobs.may_hold_wide_integer(body):
+    if not records.may_hold_wide_integer(body):
         return []
     return list(_paths_to(_OUT_OF_RANGE, json.loads(body, parse_int=_exact_int)))
 
@@ -213,14 +214,14 @@ def _extend(
 
 def parse_jobs(
     items: list[Any], registry: Registry, settings: Settings, *, batch: bool, body: bytes
-) -> list[tuple[jobs.NewJob, JobRequest]]:
+) -> list[tuple[records.NewJob, JobRequest]]:
     """Validate every item against the registry and the settings' limits; raise one 422
     counting all the errors and listing the first of them (see `Problems`).
 
     `body`: the request body the items were read from, for what its parse lost (integers
-    outside jobs.INT64, read as floats or kept too large to store)."""
+    outside records.INT64, read as floats or kept too large to store)."""
     problems = Problems()
-    parsed: list[tuple[jobs.NewJob, JobRequest]] = []
+    parsed: list[tuple[records.NewJob, JobRequest]] = []
     unknown = False
     now = time.time()
     wide = _wide_per_item(body, batch)
@@ -258,8 +259,8 @@ def parse_jobs(
         if problems.count > found or request is None or spec is None:
             continue
         backoff = request.backoff or spec.backoff
-        job = jobs.NewJob(
-            id=jobs.new_id(),
+        job = records.NewJob(
+            id=records.new_id(),
             type=spec.name,
             queue=queues.concrete(
                 spec.queue or settings.queue_name, request.priority or spec.priority

@@ -25,7 +25,7 @@ import schemathesis
 from schemathesis import Case, GenerationMode
 from schemathesis.generation.meta import TestPhase
 
-from service import constants
+from service.config import constants
 from service.api import params
 from service.api.errors import Problems
 

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import BaseSchema, Case, GenerationMode
 
-from service import registry
+from service.jobs import registry
 from service.api.openapi import build_openapi
-from service.embedded_mongo import EmbeddedMongo
-from service.embedded_redis import free_port
+from service.dev.embedded_mongo import EmbeddedMongo
+from service.dev.embedded_redis import free_port
 
 from ..conftest import ROOT, ServiceProcess, base_env, enqueued, publish, wait_for
 from .schemathesis_hooks import obeying_unstated_rules
