@@ -263,3 +263,22 @@ def mongo_uri(mongo_server: EmbeddedMongo) -> str:
     client.get_default_database().drop_collection("jobs")
     client.close()
     return uri
+
+
+def enqueued(queue_redis: redis.Redis) -> dict[str, int]:
+    """What publishing leaves in the queue's Redis: job hashes, ids waiting in a queue, scheduled
+    entries and idempotency keys."""
+    counts = {"jobs": 0, "queued": 0, "scheduled": 0, "idempotency_keys": 0}
+    for key in queue_redis.scan_iter("rq:*", count=1000):
+        if key.startswith(b"rq:job:"):
+            counts["jobs"] += 1
+        elif key.startswith(b"rq:queue:"):
+            counts["queued"] += queue_redis.llen(key)
+        elif key.startswith(b"rq:scheduled:"):
+            counts["scheduled"] += queue_redis.zcard(key)
+        elif key.startswith(b"rq:idempotency:"):
+            counts["idempotency_keys"] += 1
+    return counts
+
+
+NOTHING = {"jobs": 0, "queued": 0, "scheduled": 0, "idempotency_keys": 0}

@@ -13,15 +13,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from service.api import dead, job_history, request_metrics, routes
-from service.api.errors import ApiError, api_error_handler, http_error_handler, internal_error
+from service.api.errors import (
+    ApiError,
+    api_error_handler,
+    http_error_handler,
+    internal_error,
+    retry_later,
+)
 from service.api.fastpath import FastSubmit
 from service.api.middleware import ApiKeyAuth, BodyLimit
 from service.api.openapi import build_openapi
 from service.api.request_tracing import TraceRequests
+from service.api.routes import resource
 from service.config import constants
 from service.config.settings import Settings
 from service.history import mongo
@@ -45,8 +51,7 @@ async def redis_unavailable(request: Request, exc: Exception) -> Response:
         "the queue is unavailable; retry later, with an Idempotency-Key: a request that "
         "timed out may still have been enqueued"
     )
-    headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
-    return ApiError(503, "queue_unavailable", message, headers=headers).response()
+    return ApiError(503, "queue_unavailable", message, headers=retry_later()).response()
 
 
 async def redis_refused(request: Request, exc: Exception) -> Response:
@@ -56,17 +61,15 @@ async def redis_refused(request: Request, exc: Exception) -> Response:
         raise exc
     log.warning("Redis full for %s %s: %s", request.method, request.url.path, exc)
     message = "Redis is out of memory (maxmemory); nothing was written, retry later"
-    headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
-    return ApiError(503, "redis_full", message, headers=headers).response()
+    return ApiError(503, "redis_full", message, headers=retry_later()).response()
 
 
 async def queue_full(request: Request, exc: Exception) -> Response:
     """MAX_BACKLOG: 429 `queue_full` with Retry-After; nothing was enqueued."""
     assert isinstance(exc, QueueFull)
     details = {"queue": exc.queue, "backlog": exc.backlog, "max_backlog": exc.limit}
-    headers = {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
     message = f"{exc}: nothing was enqueued, retry later"
-    return ApiError(429, "queue_full", message, details, headers).response()
+    return ApiError(429, "queue_full", message, details, retry_later()).response()
 
 
 async def record_history(client: redis.asyncio.Redis, interval: float) -> None:
@@ -84,6 +87,10 @@ async def keep_recording_history(client: redis.asyncio.Redis, interval: float) -
     while True:
         await asyncio.sleep(interval)
         await record_history(client, interval)
+
+
+# GET /jobs without MONGODB_URI: a 405 (Allow: POST) that says why.
+HISTORY_OFF = ("history_disabled", "job history needs MongoDB: set MONGODB_URI to enable GET /jobs")
 
 
 def create_app(settings: Settings, registry: Registry) -> ASGIApp:
@@ -117,18 +124,24 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
             if app.state.mongo is not None:
                 await app.state.mongo.client.close()
 
+    history_on = settings.mongodb_uri is not None
     table = [
-        Route("/jobs", routes.submit_job, methods=["POST"]),
-        Route("/jobs", job_history.list_jobs, methods=["GET"]),
-        Route("/jobs/batch", routes.submit_batch, methods=["POST"]),
-        Route("/jobs/{job_id}", routes.get_job, methods=["GET"]),
-        Route("/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
-        Route("/queues", routes.list_queues, methods=["GET"]),
-        Route("/health", routes.health, methods=["GET"]),
-        Route("/backlog", routes.backlog, methods=["GET"]),
-        Route("/ready", routes.ready, methods=["GET"]),
-        Route("/openapi.json", routes.openapi, methods=["GET"]),
-        Route("/metrics", request_metrics.metrics, methods=["GET"]),
+        resource(
+            "/jobs",
+            {"POST": routes.submit_job, **({"GET": job_history.list_jobs} if history_on else {})},
+            {} if history_on else {"GET": HISTORY_OFF, "HEAD": HISTORY_OFF},
+        ),
+        resource("/jobs/batch", {"POST": routes.submit_batch}),
+        # DELETE is the older spelling of cancel (deprecated): it keeps the job, as no DELETE
+        # should.
+        resource("/jobs/{job_id}", {"GET": routes.get_job, "DELETE": routes.cancel_job}),
+        resource("/jobs/{job_id}/cancel", {"POST": routes.cancel_job}),
+        resource("/queues", {"GET": routes.list_queues}),
+        resource("/health", {"GET": routes.health}),
+        resource("/backlog", {"GET": routes.backlog}),
+        resource("/ready", {"GET": routes.ready}),
+        resource("/openapi.json", {"GET": routes.openapi}),
+        resource("/metrics", {"GET": request_metrics.metrics}),
         *dead.routes,
     ]
     app = Starlette(
@@ -156,6 +169,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app.state.openapi = build_openapi(
         registry,
         auth=bool(settings.api_keys),
+        history_on=history_on,
         max_result_ttl=settings.max_result_ttl,
         max_failure_ttl=settings.max_failure_ttl,
     )

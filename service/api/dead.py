@@ -2,19 +2,15 @@
 
 Every endpoint takes the same filter (type, queue, error, since, until; see `dead.Filter`).
 A listing, a bulk retry and a bulk delete each examine at most DEAD_LIST_BUDGET registry
-entries, then answer a cursor to go on from. The cursor is opaque to clients: base64url of
-`<score> <id>`, the registry position of the last job examined (see
-service/store/dead_letters.py), so it stays valid while jobs are retried or deleted around it.
-A bulk action stops between pages once its client has gone away.
+entries, then answer a cursor to go on from: `<score>_<id>`, the registry position of the
+last job examined (see service/store/dead_letters.py), so it stays valid while jobs are retried
+or deleted around it. A bulk action stops between pages once its client has gone away.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -24,7 +20,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api import params
-from service.api.errors import LISTED_ERRORS_DOC, ApiError, JSONResponse, Problems, clip
+from service.api.errors import ApiError, JSONResponse, Problems, clip
+from service.api.openapi_parts import (
+    BODY_ERRORS,
+    JOB_ID_PATTERN,
+    REDIS_UNAVAILABLE,
+    invalid,
+    job_id_param,
+    or_empty,
+    query_param,
+    response,
+)
+from service.api.routes import resource
 from service.api.submit import read_json
 from service.config import constants, queues
 from service.jobs import records
@@ -187,11 +194,10 @@ def _progress(sweep: Sweep) -> dict[str, Any]:
 
 
 routes: list[Route] = [
-    Route("/dead", list_dead, methods=["GET"]),
-    Route("/dead", delete_matching, methods=["DELETE"]),
-    Route("/dead/retry", retry_matching, methods=["POST"]),
-    Route("/dead/{job_id}/retry", retry_one, methods=["POST"]),
-    Route("/dead/{job_id}", delete_one, methods=["DELETE"]),
+    resource("/dead", {"GET": list_dead, "DELETE": delete_matching}),
+    resource("/dead/retry", {"POST": retry_matching}),
+    resource("/dead/{job_id}/retry", {"POST": retry_one}),
+    resource("/dead/{job_id}", {"DELETE": delete_one}),
 ]
 
 
@@ -253,28 +259,25 @@ def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
     return Filter(type=job_type, queue=queue, error=text.get("error"), since=since, until=until)
 
 
+# A cursor is a position in the registries' order: `<score>_<id>` (see
+# service/store/dead_letters.py). Any such string is a position, so the OpenAPI pattern is the
+# whole rule.
+CURSOR_PATTERN = r"^[0-9]{1,20}(\.[0-9]{1,20})?_" + JOB_ID_PATTERN[1:]
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
 def _encode_cursor(position: Position) -> str:
     score, job_id = position
-    return base64.urlsafe_b64encode(f"{score!r} {job_id}".encode()).decode().rstrip("=")
+    text = repr(score)  # exact; positional for every score a registry holds (epoch seconds)
+    return f"{text if 'e' not in text else format(score, 'f')}_{job_id}"
 
 
 def _cursor(value: str | None, problems: Problems) -> Position | None:
-    if value is None:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        score_text, job_id = text.split(" ")
-        score = float(score_text)
-        if math.isfinite(score) and records.valid_id(job_id):
-            return score, job_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    problems.append({"field": "cursor", "message": "not a cursor this API returned"})
-    return None
+    score, job_id = params.cursor(value, _CURSOR, problems)
+    return (float(score), job_id) if job_id else None
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------
-_ERROR = {"$ref": "#/components/schemas/Error"}
 _FILTER_DOCS = {
     "type": "A job type, or a prefix ending in `*` (`email.*`)",
     "queue": "One RQ queue, priority included (`emails.high`)",
@@ -291,8 +294,19 @@ _FILTER_SCHEMAS: dict[str, dict[str, Any]] = {
     "since": {"format": "date-time"},
     "until": {"format": "date-time"},
 }
+# `all` stands for every dead job: never with a filter (see `_all_rule`), as JSON Schema says
+# it of an object holding the filters and `all`.
+_ANY_FILTER = {
+    "anyOf": [
+        {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+        for name in _FILTERS
+    ]
+}
+_ALL = {"required": ["all"], "properties": {"all": {"const": True}}}
+_NOT_ALL_WITH_A_FILTER = {"not": {"allOf": [_ALL, _ANY_FILTER]}}
 _DEAD_JOB = {
     "type": "object",
+    "required": ["id", "queue"],
     "properties": {
         "id": {"type": "string"},
         "type": {"type": ["string", "null"]},
@@ -315,47 +329,24 @@ _DEAD_JOB = {
         "payload": {},
     },
 }
-
-
-def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": schema or _ERROR}},
-    }
+_NEXT_CURSOR = {
+    "type": ["string", "null"],
+    "pattern": CURSOR_PATTERN,
+    "description": "null: the end was reached",
+}
 
 
 def _object(**properties: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties}
+    return {"type": "object", "required": list(properties), "properties": properties}
 
 
-def _query_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema,
-    }
-
-
-def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
-    """The OpenAPI `paths` entries of these routes (`auth`: API_KEYS is set)."""
-    filters = [
-        _query_param(name, doc, params.or_empty({"type": "string", **_FILTER_SCHEMAS[name]}))
-        for name, doc in _FILTER_DOCS.items()
-    ]
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    invalid = _response(
-        "An invalid parameter; nothing changed. " + LISTED_ERRORS_DOC,
-        {"$ref": "#/components/schemas/Invalid"},
-    )
-    common: dict[str, Any] = {"503": _response("Redis unavailable (see Retry-After)")}
-    security: list[dict[str, list[str]]] = []
-    if auth:
-        common["401"] = _response("Missing or invalid API key")
-        security = [{"bearer": []}]
-    not_dead = _response("Not in the dead-letter queue (not_in_dead_letter_queue)")
-    cursor = _query_param("cursor", "`next_cursor` of the previous answer", {"type": "string"})
+def openapi_paths() -> dict[str, Any]:
+    """The OpenAPI `paths` entries of these routes."""
+    filters = {name: or_empty({"type": "string", **_FILTER_SCHEMAS[name]}) for name in _FILTER_DOCS}
+    cursor_doc = "`next_cursor` of the previous answer"
+    cursor = {"type": "string", "pattern": CURSOR_PATTERN}
+    dead_link = {"job_id": "$response.body#/jobs/0/id"}
+    not_dead = response("not_in_dead_letter_queue: no such job among the dead")
     budget = (
         f"One request examines at most {constants.DEAD_LIST_BUDGET} registry entries, newest "
         "failure first, and answers `next_cursor`: send the same request again with it as "
@@ -364,9 +355,25 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
         f"{constants.DEAD_FIELDS_PAGE} entries; what was done stays done."
     )
     progress = {
-        "count": {"type": "integer"},
-        "examined": {"type": "integer", "description": "Registry entries this request examined"},
-        "next_cursor": {"type": ["string", "null"], "description": "null: the end was reached"},
+        "count": {"type": "integer", "minimum": 0},
+        "examined": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Registry entries this request examined",
+        },
+        "next_cursor": _NEXT_CURSOR,
+    }
+    # DELETE /dead's query: the filters, `all` and `cursor`, as one object so that a schema
+    # can state the rule between them.
+    delete_query = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            **filters,
+            "all": or_empty({"type": "boolean"}),
+            "cursor": or_empty(cursor),
+        },
+        "allOf": [_NOT_ALL_WITH_A_FILTER, {"anyOf": [_ALL, _ANY_FILTER]}],
     }
     retry_body = {
         "type": "object",
@@ -379,38 +386,37 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                 "description": "true: every dead job (no filters); required to retry them all",
             },
             "cursor": {
-                "type": ["string", "null"],
-                "description": "`next_cursor` of the previous answer",
+                "anyOf": [cursor, {"const": ""}, {"type": "null"}],
+                "description": cursor_doc,
             },
             **{
-                name: {
-                    "anyOf": [
-                        {"type": "string", **_FILTER_SCHEMAS[name]},
-                        {"const": ""},  # '' and null count as not given
-                        {"type": "null"},
-                    ],
-                    "description": doc,
-                }
+                # '' and null count as not given.
+                name: {"anyOf": [*filters[name]["anyOf"], {"type": "null"}], "description": doc}
                 for name, doc in _FILTER_DOCS.items()
             },
         },
+        # A retry of every dead job says so with `"all": true`; a dry run needs no filter.
+        "allOf": [
+            _NOT_ALL_WITH_A_FILTER,
+            {"anyOf": [{"properties": {"dry_run": {"const": True}}}, _ALL, _ANY_FILTER]},
+        ],
     }
+    invalid_parameters = invalid("invalid_parameters: an invalid parameter; nothing changed.")
     return {
         "/dead": {
             "get": {
+                "operationId": "listDead",
                 "summary": "Dead jobs (failed, out of retries), newest failure first",
                 "description": "Ordered by failed-registry score (failure time + failure_ttl). "
                 f"Follow `next_cursor` until it is null: one request examines at most "
                 f"{constants.DEAD_LIST_BUDGET} entries, so a sparse filter may answer fewer "
-                "jobs than `limit`, "
-                "even none.",
-                "security": security,
+                "jobs than `limit`, even none.",
                 "parameters": [
-                    *filters,
-                    _query_param(
+                    *(query_param(name, _FILTER_DOCS[name], filters[name]) for name in filters),
+                    query_param(
                         "limit",
                         "Most jobs returned",
-                        params.or_empty(
+                        or_empty(
                             {
                                 "type": "integer",
                                 "minimum": 1,
@@ -419,76 +425,87 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                             }
                         ),
                     ),
-                    cursor,
+                    query_param("cursor", cursor_doc, or_empty(cursor)),
                 ],
                 "responses": {
-                    "200": _response(
-                        "A page of dead jobs",
-                        _object(
-                            jobs={"type": "array", "items": _DEAD_JOB},
-                            next_cursor={"type": ["string", "null"]},
+                    "200": {
+                        **response(
+                            "A page of dead jobs",
+                            _object(
+                                jobs={"type": "array", "items": _DEAD_JOB},
+                                next_cursor=_NEXT_CURSOR,
+                            ),
                         ),
-                    ),
-                    "422": invalid,
-                    **common,
+                        "links": {
+                            "RetryDead": {"operationId": "retryDead", "parameters": dead_link},
+                            "DeleteDead": {"operationId": "deleteDead", "parameters": dead_link},
+                        },
+                    },
+                    "422": invalid_parameters,
+                    "503": REDIS_UNAVAILABLE,
                 },
             },
             "delete": {
+                "operationId": "deleteMatchingDead",
                 "summary": "Delete the matching dead jobs (a filter, or all=true, is required)",
                 "description": budget,
-                "security": security,
                 "parameters": [
-                    *filters,
-                    _query_param(
-                        "all",
-                        "true: delete every dead job (no filters)",
-                        params.or_empty({"type": "boolean"}),
-                    ),
-                    cursor,
+                    {
+                        "name": "query",
+                        "in": "query",
+                        "style": "form",
+                        "explode": True,
+                        "required": True,
+                        "description": "The filters (" + ", ".join(_FILTERS) + "), or `all=true`: "
+                        "every dead job; and `cursor`: " + cursor_doc,
+                        "schema": delete_query,
+                    }
                 ],
                 "responses": {
-                    "200": _response("How many were deleted", _object(**progress)),
-                    "422": invalid,
-                    **common,
+                    "200": response("How many were deleted", _object(**progress)),
+                    "422": invalid_parameters,
+                    "503": REDIS_UNAVAILABLE,
                 },
             },
         },
         "/dead/retry": {
             "post": {
+                "operationId": "retryMatchingDead",
                 "summary": "Retry the matching dead jobs, or (dry_run) count them; retrying "
                 'every one needs "all": true',
                 "description": budget,
-                "security": security,
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": retry_body}},
                 },
                 "responses": {
-                    "200": _response(
+                    "200": response(
                         "How many were retried (or, in a dry run, match) among the entries "
                         "examined; a dry run also lists their ids "
                         f"(at most {constants.DEAD_DRY_RUN_IDS})",
-                        _object(
-                            dry_run={"type": "boolean"},
-                            **progress,
-                            ids={"type": "array", "items": {"type": "string"}},
-                        ),
+                        {
+                            **_object(dry_run={"type": "boolean"}, **progress),
+                            # A dry run's answer only.
+                            "properties": {
+                                "dry_run": {"type": "boolean"},
+                                **progress,
+                                "ids": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
                     ),
-                    "400": _response("Malformed JSON"),
-                    "413": _response("Body over MAX_BODY_BYTES"),
-                    "415": _response("Not application/json"),
-                    "422": invalid,
-                    **common,
+                    **BODY_ERRORS,
+                    "422": invalid_parameters,
+                    "503": REDIS_UNAVAILABLE,
                 },
             }
         },
         "/dead/{job_id}/retry": {
             "post": {
+                "operationId": "retryDead",
                 "summary": "Put a dead job back on its queue at once, as new; its history is kept",
-                "security": security,
-                "parameters": [job_id],
+                "parameters": [job_id_param()],
                 "responses": {
-                    "200": _response(
+                    "200": response(
                         "Queued",
                         _object(
                             id={"type": "string"},
@@ -497,16 +514,20 @@ def openapi_paths(*, auth: bool = False) -> dict[str, Any]:
                         ),
                     ),
                     "404": not_dead,
-                    **common,
+                    "503": REDIS_UNAVAILABLE,
                 },
             }
         },
         "/dead/{job_id}": {
             "delete": {
+                "operationId": "deleteDead",
                 "summary": "Delete a dead job: its record, history and dead-letter entry",
-                "security": security,
-                "parameters": [job_id],
-                "responses": {"204": {"description": "Deleted"}, "404": not_dead, **common},
+                "parameters": [job_id_param()],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    "404": not_dead,
+                    "503": REDIS_UNAVAILABLE,
+                },
             }
         },
     }

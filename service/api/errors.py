@@ -44,6 +44,11 @@ class ApiError(Exception):
         return JSONResponse({"error": body}, self.status, headers=self.headers)
 
 
+def retry_later() -> dict[str, str]:
+    """The headers of an answer that asks the client to try again later (a 429 or 503)."""
+    return {"Retry-After": str(constants.RETRY_AFTER_SECONDS)}
+
+
 def clip(text: str) -> str:
     """`text`, or its start and its length when it is longer than ERROR_TEXT_MAX_CHARS: an
     error never echoes a huge input (a 600 KB key) back."""

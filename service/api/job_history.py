@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -13,7 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api import params
-from service.api.errors import ApiError, JSONResponse, Problems
+from service.api.errors import ApiError, JSONResponse, Problems, retry_later
+from service.api.openapi_parts import (
+    JOB_ID_PATTERN,
+    invalid,
+    or_empty,
+    query_param,
+    response,
+)
 from service.api.submit import MAX_TYPE_CHARS
 from service.config import constants
 from service.history.mongo import HISTORY_COLLECTION
@@ -32,47 +38,36 @@ _LIST_FIELDS = (
 )
 
 
-def _database(request: Request) -> AsyncDatabase[dict[str, Any]]:
-    db: AsyncDatabase[dict[str, Any]] | None = request.app.state.mongo
-    if db is None:
-        raise ApiError(
-            501,
-            "history_disabled",
-            "job history needs MongoDB: set MONGODB_URI to enable GET /jobs",
-        )
-    return db
-
-
 def _iso(value: Any) -> Any:
     if isinstance(value, datetime):
         return records.utc_iso(value.replace(tzinfo=UTC).timestamp())
     return value
 
 
+# A cursor is a position in the listing's order: `<updated_at in epoch microseconds>_<id>`.
+# Any such string is a position (one past the end of time reads as the newest), so the
+# OpenAPI pattern is the whole rule.
+CURSOR_PATTERN = r"^[0-9]{1,18}_" + JOB_ID_PATTERN[1:]
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_MICROS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
 def _decode_cursor(raw: str | None, problems: Problems) -> tuple[datetime, str] | None:
-    if raw is None:
+    micros, job_id = params.cursor(raw, _CURSOR, problems)
+    if not job_id:
         return None
-    try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        stamp, job_id = text.split("|")
-        moment = datetime.fromisoformat(stamp)
-        if moment.tzinfo is not None and records.valid_id(job_id):
-            # In UTC within years 1 to 9999, as MongoDB's driver must write it.
-            return moment.astimezone(UTC), job_id
-    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
-        pass
-    problems.append({"field": "cursor", "message": "not a cursor this API returned"})
-    return None
+    return _EPOCH + timedelta(microseconds=min(int(micros), _LAST_MICROS)), job_id
 
 
 def _encode_cursor(doc: dict[str, Any]) -> str:
-    raw = f"{doc['updated_at'].replace(tzinfo=UTC).isoformat()}|{doc['_id']}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    micros = (doc["updated_at"].replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}_{doc['_id']}"
 
 
 async def list_jobs(request: Request) -> Response:
     """History, newest change first: ?type=&status=&since=&until=&limit=&cursor=."""
-    db = _database(request)
+    db: AsyncDatabase[dict[str, Any]] = request.app.state.mongo  # routed only with MongoDB
     given = {k: v for k, v in request.query_params.items() if v}
     problems = Problems()
     query: dict[str, Any] = {}
@@ -127,10 +122,51 @@ async def from_history(request: Request, job_id: str) -> dict[str, Any] | None:
     return {**view, "events": events, "source": "history"}
 
 
+def openapi_operation() -> dict[str, Any]:
+    """GET /jobs in the OpenAPI document."""
+    parameters: list[tuple[str, dict[str, Any], str]] = [
+        ("type", {"type": "string", "maxLength": MAX_TYPE_CHARS}, "a job type"),
+        ("status", {"enum": list(STATUSES)}, "the job's latest status"),
+        ("since", {"type": "string", "format": "date-time"}, "last change at or after"),
+        ("until", {"type": "string", "format": "date-time"}, "last change at or before"),
+        (
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": constants.LIST_MAX_LIMIT},
+            f"default {constants.LIST_DEFAULT_LIMIT}",
+        ),
+        (
+            "cursor",
+            {"type": "string", "pattern": CURSOR_PATTERN},
+            "next_cursor of the previous page",
+        ),
+    ]
+    page = {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"type": "object"}},
+            "next_cursor": {"type": ["string", "null"], "pattern": CURSOR_PATTERN},
+        },
+    }
+    return {
+        "operationId": "listJobs",
+        "summary": "Job history (MongoDB), newest change first; only with MONGODB_URI",
+        "parameters": [
+            query_param(name, description, or_empty(schema))
+            for name, schema, description in parameters
+        ],
+        "responses": {
+            "200": response("`{jobs, next_cursor}`", page),
+            "422": invalid("invalid_parameters: a bad parameter."),
+            "503": response("history_unavailable: MongoDB unavailable; see Retry-After"),
+        },
+    }
+
+
 def _unavailable(exc: Exception) -> ApiError:
     return ApiError(
         503,
         "history_unavailable",
         f"MongoDB is unavailable: {exc}",
-        headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)},
+        headers=retry_later(),
     )

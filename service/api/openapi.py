@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api import dead, params
-from service.api.errors import LISTED_ERRORS_DOC
-from service.api.submit import IDEMPOTENCY_KEY, MAX_TYPE_CHARS, JobRequest
+from service.api import dead, job_history
+from service.api.middleware import PROTECTED
+from service.api.openapi_parts import (
+    BODY_ERRORS,
+    REDIS_UNAVAILABLE,
+    SCHEMAS,
+    UNAUTHORIZED,
+    invalid,
+    job_id_param,
+    response,
+)
+from service.api.submit import IDEMPOTENCY_KEY, JobRequest
 from service.config import constants
 from service.jobs.registry import Registry
-
-_ERROR = {"$ref": "#/components/schemas/Error"}
-INVALID = {"$ref": "#/components/schemas/Invalid"}
-
-
-def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    content = {"application/json": {"schema": schema or _ERROR}}
-    return {"description": description, "content": content}
 
 
 def _int64(schema: Any) -> Any:
@@ -52,65 +53,109 @@ def _bounded_options(properties: dict[str, Any], ceilings: dict[str, int]) -> di
     return bounded
 
 
+# A job gives `delay` or `run_at`, never both (null counts as not given).
+_ONE_SCHEDULE = {
+    "not": {
+        "required": ["delay", "run_at"],
+        "properties": {"delay": {"type": "number"}, "run_at": {"type": "string"}},
+    }
+}
+_JOB_VIEW = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+}
+_CANCELED = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"enum": ["canceled", "canceling"]}},
+}
+_ACCEPTED = {
+    "type": "object",
+    "required": ["id", "type", "queue", "status"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"type": "string"},
+        "queue": {"type": "string"},
+        "status": {"enum": ["queued", "scheduled"]},
+        "run_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+
+def _job_links() -> dict[str, Any]:
+    """The operations that take the id of a job just accepted."""
+    job_id = {"job_id": "$response.body#/id"}
+    return {
+        "GetJob": {"operationId": "getJob", "parameters": job_id},
+        "CancelJob": {"operationId": "cancelJob", "parameters": job_id},
+    }
+
+
+def _job_operations() -> dict[str, Any]:
+    """GET /jobs/{job_id}, and cancelling it (POST .../cancel; DELETE, the older spelling)."""
+    cancel_doc = (
+        "A queued or scheduled job is canceled at once (200); a running one's worker is asked "
+        "to stop it (202) and it ends `canceled`. A canceled job is not deleted: GET "
+        "/jobs/{job_id} answers it, status `canceled`, until its failure_ttl has passed, as "
+        "RQ's `Job.cancel` and Celery's revoke keep theirs."
+    )
+    cancel_responses = {
+        "200": response("Canceled", _CANCELED),
+        "202": response("Canceling: its worker stops it", _CANCELED),
+        "404": response("job_not_found: no such job"),
+        "409": response("job_not_cancelable: finished, failed or canceled already"),
+        "410": response("job_expired: the id shows the job is older than jobs are kept"),
+        "503": REDIS_UNAVAILABLE,
+    }
+    return {
+        "/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "summary": "A job's status, result, error and attempts",
+                "parameters": [job_id_param()],
+                "responses": {
+                    "200": response("The job", _JOB_VIEW),
+                    "404": response("job_not_found: no such job"),
+                    "410": response(
+                        "job_expired: the id shows the job is older than jobs are kept"
+                    ),
+                    "503": REDIS_UNAVAILABLE,
+                },
+            },
+            "delete": {
+                "operationId": "cancelJobByDelete",
+                "summary": "Cancel a job, as POST /jobs/{job_id}/cancel does; nothing is deleted",
+                "description": cancel_doc,
+                "deprecated": True,
+                "parameters": [job_id_param()],
+                "responses": cancel_responses,
+            },
+        },
+        "/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a job: queued or scheduled at once (200), running on its "
+                "worker (202)",
+                "description": cancel_doc,
+                "parameters": [job_id_param()],
+                "responses": cancel_responses,
+            }
+        },
+    }
+
+
 def build_openapi(
     registry: Registry,
     *,
     auth: bool,
+    history_on: bool = True,
     max_result_ttl: int = constants.MAX_RESULT_TTL,
     max_failure_ttl: int = constants.MAX_FAILURE_TTL,
 ) -> dict[str, Any]:
-    schemas: dict[str, Any] = {
-        "Error": {
-            "type": "object",
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "properties": {
-                        "code": {"type": "string"},
-                        "message": {"type": "string"},
-                        "details": {},
-                    },
-                    "required": ["code", "message"],
-                }
-            },
-        },
-        # A 422 that lists the request's errors (details.errors: each names its field).
-        "Invalid": {
-            "type": "object",
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "properties": {
-                        "code": {"type": "string"},
-                        "message": {"type": "string"},
-                        "details": {
-                            "type": "object",
-                            "properties": {
-                                "errors": {
-                                    "type": "array",
-                                    "maxItems": constants.LISTED_ERRORS,
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "field": {"type": "string"},
-                                            "message": {"type": "string"},
-                                        },
-                                        "required": ["field", "message"],
-                                    },
-                                },
-                                "error_count": {"type": "integer", "minimum": 1},
-                            },
-                        },
-                    },
-                    "required": ["code", "message"],
-                }
-            },
-        },
-        "Accepted": {
-            "type": "object",
-            "properties": {k: {"type": "string"} for k in ("id", "type", "queue", "status")},
-        },
-    }
+    """The document of this API as configured: `auth` (API_KEYS set: a key on every path
+    that needs one), `history_on` (MONGODB_URI set: GET /jobs), the TTL ceilings."""
+    schemas: dict[str, Any] = {**SCHEMAS, "Accepted": _ACCEPTED}
     # The options every job takes (priority, delay, retries...), from the request model.
     options = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(options.pop("$defs", {}))
@@ -133,6 +178,7 @@ def build_openapi(
             # The payload defaults to {}: required when {} would not do.
             "required": ["type", "payload"] if payload.get("required") else ["type"],
             "additionalProperties": False,
+            **_ONE_SCHEDULE,
         }
         refs.append({"$ref": f"#/components/schemas/{name}"})
     schemas["NewJob"] = {"oneOf": refs, "discriminator": {"propertyName": "type"}}
@@ -141,27 +187,23 @@ def build_openapi(
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewJob"}}},
     }
     errors = {
-        "400": _response("Malformed JSON"),
-        "413": _response("Body over MAX_BODY_BYTES"),
-        "415": _response("Not application/json"),
-        "422": _response(
-            "Unknown job type, invalid payload, or an integer outside the signed 64-bit range "
-            "anywhere in the body; nothing was enqueued. " + LISTED_ERRORS_DOC,
-            INVALID,
+        **BODY_ERRORS,
+        "422": invalid(
+            "invalid_job: an unknown job type, an invalid payload or option, or an integer "
+            "outside the signed 64-bit range anywhere in the body; nothing was enqueued."
         ),
-        "429": _response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
-        "503": _response(
-            "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "
-            "see Retry-After"
+        "429": response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
+        "503": response(
+            "queue_unavailable (Redis unreachable, stalled or loading), redis_full (maxmemory) "
+            "or redis_not_durable (DURABILITY=strict); nothing was enqueued; see Retry-After"
         ),
     }
-    security: list[dict[str, list[str]]] = [{"bearer": []}] if auth else []
     paths: dict[str, Any] = {
         "/jobs": {
             "post": {
+                "operationId": "submitJob",
                 "summary": "Enqueue one job (queued, or scheduled with delay/run_at)",
                 "requestBody": job_body,
-                "security": security,
                 "parameters": [
                     {
                         "name": "Idempotency-Key",
@@ -169,23 +211,28 @@ def build_openapi(
                         "required": False,
                         "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
                         "description": "Repeats with the same key and request return the "
-                        "original job (200); the same key with another request is a 409.",
+                        "original job (200); the same key with another request is a 409. "
+                        "When the body gives `idempotency_key` too, the two must be equal.",
                     }
                 ],
                 "responses": {
-                    "202": _response("Accepted", {"$ref": "#/components/schemas/Accepted"}),
-                    "200": _response(
-                        "A repeat of an idempotent request: the original job", {"type": "object"}
-                    ),
-                    "409": _response("Idempotency-Key already used for another request"),
+                    "202": {
+                        **response("Accepted", {"$ref": "#/components/schemas/Accepted"}),
+                        "links": _job_links(),
+                    },
+                    "200": {
+                        **response("A repeat of an idempotent request: the job now", _JOB_VIEW),
+                        "links": _job_links(),
+                    },
+                    "409": response("idempotency_conflict: the key was used for another request"),
                     **errors,
                 },
             }
         },
         "/jobs/batch": {
             "post": {
+                "operationId": "submitBatch",
                 "summary": f"Enqueue up to {constants.MAX_BATCH_JOBS} jobs, all or nothing",
-                "security": security,
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -206,114 +253,79 @@ def build_openapi(
                         }
                     },
                 },
-                "responses": {"202": _response("Accepted", {"type": "object"}), **errors},
+                "responses": {
+                    "202": response(
+                        "Accepted",
+                        {
+                            "type": "object",
+                            "required": ["jobs"],
+                            "properties": {
+                                "jobs": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Accepted"},
+                                }
+                            },
+                        },
+                    ),
+                    **errors,
+                },
             }
         },
-        "/jobs/{job_id}": {
-            "get": {
-                "summary": "A job's status, result, error and attempts",
-                "security": security,
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": _response("The job", {"type": "object"}),
-                    "404": _response("Unknown id"),
-                    "410": _response("The id shows the job is older than jobs are kept"),
-                },
-            },
-            "delete": {
-                "summary": "Cancel: queued or scheduled at once (200), running on its worker (202)",
-                "security": security,
-                "parameters": [
-                    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": _response("Canceled", {"type": "object"}),
-                    "202": _response("Canceling: its worker stops it", {"type": "object"}),
-                    "404": _response("Unknown id"),
-                    "409": _response("Finished, failed or canceled already"),
-                },
-            },
-        },
+        **_job_operations(),
         "/queues": {
             "get": {
+                "operationId": "listQueues",
                 "summary": "Per queue: waiting, started, scheduled, finished, failed, workers",
-                "security": security,
-                "responses": {"200": _response("Queue counts", {"type": "object"})},
+                "responses": {
+                    "200": response("Queue counts", {"type": "object"}),
+                    "503": REDIS_UNAVAILABLE,
+                },
             }
         },
         "/backlog": {
             "get": {
+                "operationId": "backlog",
                 "summary": "The true backlog (waiting in every priority + due scheduled), for "
                 "autoscaling",
-                "security": security,
                 "responses": {
-                    "200": _response(
+                    "200": response(
                         "`{backlog, waiting, due_scheduled, queues}`", {"type": "object"}
-                    )
+                    ),
+                    "503": REDIS_UNAVAILABLE,
                 },
             }
         },
         "/health": {
             "get": {
+                "operationId": "health",
                 "summary": "Liveness",
-                "responses": {"200": _response("Alive", {"type": "object"})},
+                "responses": {"200": response("Alive", {"type": "object"})},
             }
         },
         "/ready": {
             "get": {
-                "summary": "Readiness (Redis reachable)",
+                "operationId": "ready",
+                "summary": "Readiness (Redis reachable, MongoDB too with MONGODB_URI)",
                 "responses": {
-                    "200": _response("Ready", {"type": "object"}),
-                    "503": _response(
-                        "Not ready: each failing component named (`unavailable`), never its error",
+                    "200": response("Ready", {"type": "object"}),
+                    "503": response(
+                        "Not ready: each failing component named (`unavailable`), never its "
+                        "error; see Retry-After",
                         {"type": "object"},
                     ),
                 },
             }
         },
     }
-    paths["/jobs"]["get"] = {
-        "summary": "Job history (MongoDB), newest change first; 501 without MONGODB_URI",
-        "security": security,
-        "parameters": [
-            {
-                "name": name,
-                "in": "query",
-                "required": False,
-                "schema": params.or_empty(schema),
-                "description": description,
-            }
-            for name, schema, description in (
-                ("type", {"type": "string", "maxLength": MAX_TYPE_CHARS}, "a job type"),
-                (
-                    "status",
-                    {"enum": ["queued", "scheduled", "started", "finished", "failed", "canceled"]},
-                    "the job's latest status",
-                ),
-                ("since", {"type": "string", "format": "date-time"}, "last change at or after"),
-                ("until", {"type": "string", "format": "date-time"}, "last change at or before"),
-                (
-                    "limit",
-                    {"type": "integer", "minimum": 1, "maximum": constants.LIST_MAX_LIMIT},
-                    f"default {constants.LIST_DEFAULT_LIMIT}",
-                ),
-                ("cursor", {"type": "string"}, "next_cursor of the previous page"),
-            )
-        ],
-        "responses": {
-            "200": _response("`{jobs, next_cursor}`", {"type": "object"}),
-            "422": _response("A bad parameter. " + LISTED_ERRORS_DOC, INVALID),
-            "501": _response("History is off: MONGODB_URI is not set"),
-            "503": _response("MongoDB unavailable"),
-        },
-    }
-    paths.update(dead.openapi_paths(auth=auth))
-    for operations in paths.values():  # every operation that takes a key can answer 401
+    if history_on:
+        paths["/jobs"]["get"] = job_history.openapi_operation()
+    paths.update(dead.openapi_paths())
+    for path, operations in paths.items():
+        needs_key = auth and path.startswith(PROTECTED)
         for operation in operations.values():
-            if operation.get("security"):
-                operation["responses"]["401"] = _response("Missing or invalid API key")
+            operation["security"] = [{"bearer": []}] if needs_key else []
+            if needs_key:
+                operation["responses"]["401"] = UNAUTHORIZED
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Job service", "version": "1"},

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from service.api.errors import Problems
 from service.config import constants
-
-
-def or_empty(schema: dict[str, Any]) -> dict[str, Any]:
-    """A query parameter's OpenAPI schema: an empty value (`?since=`) counts as not given."""
-    return {"anyOf": [schema, {"const": ""}]}
-
 
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
 
@@ -50,3 +43,15 @@ def limit(value: str | None, problems: Problems) -> int:
         {"field": "limit", "message": f"expected a whole number 1-{constants.LIST_MAX_LIMIT}"}
     )
     return constants.LIST_DEFAULT_LIMIT
+
+
+def cursor(value: str | None, pattern: re.Pattern[str], problems: Problems) -> tuple[str, str]:
+    """A cursor's two parts, `<position>_<job id>`, once it matches `pattern` (the OpenAPI
+    document's); ("", "") when there is none or, with a problem noted, when it does not."""
+    if value is None:
+        return "", ""
+    if not pattern.fullmatch(value):
+        problems.append({"field": "cursor", "message": "not a cursor this API returned"})
+        return "", ""
+    position, job_id = value.split("_", 1)
+    return position, job_id

@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route, request_response
+from starlette.types import Receive, Scope, Send
 
 from service.api import job_history, request_metrics
-from service.api.errors import ApiError, JSONResponse, clip
+from service.api.errors import ApiError, JSONResponse, clip, retry_later
 from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
 from service.config import constants, queues
 from service.config.settings import Settings
@@ -22,6 +25,45 @@ from service.jobs.registry import Registry
 from service.store.publisher import Store
 
 log = logging.getLogger("service.api")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+# The order methods are listed in an Allow header.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+class Resource:
+    """Every method of one path (HEAD too where GET is), as one ASGI app: any other method is
+    a 405 whose Allow lists them all. A route with no methods of its own takes every method,
+    so the first path to match a URL answers it whatever the method: `GET /jobs/batch` is a
+    405, never a lookup of a job called `batch`. `refused`: by method, the code and message
+    of that 405 when the method is missing for a reason."""
+
+    def __init__(
+        self, handlers: Mapping[str, Endpoint], refused: Mapping[str, tuple[str, str]] = {}
+    ) -> None:
+        served = dict(handlers)
+        if "GET" in served:
+            served.setdefault("HEAD", served["GET"])
+        self.apps = {method: request_response(handler) for method, handler in served.items()}
+        self.allow = ", ".join(method for method in _METHODS if method in served)
+        self.refused = refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self.apps.get(scope["method"])
+        if app is None:
+            code, message = self.refused.get(scope["method"]) or (
+                "method_not_allowed",
+                f"{scope['method']} is not allowed; allowed: {self.allow}",
+            )
+            raise ApiError(405, code, message, headers={"Allow": self.allow})
+        await app(scope, receive, send)
+
+
+def resource(
+    path: str, handlers: Mapping[str, Endpoint], refused: Mapping[str, tuple[str, str]] = {}
+) -> Route:
+    """The route of `path`, served by `handlers` by method (see `Resource`)."""
+    return Route(path, Resource(handlers, refused), name=path)
 
 
 def _state(request: Request) -> tuple[Settings, Registry, Store]:
@@ -45,7 +87,7 @@ async def _ensure_durable(request: Request) -> None:
             "redis_not_durable",
             "Redis is not configured to keep accepted jobs (DURABILITY=strict); nothing was "
             "enqueued: " + "; ".join(problems),
-            headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)},
+            headers=retry_later(),
         )
 
 
@@ -202,7 +244,7 @@ async def ready(request: Request) -> Response:
     _log_changes(request.app.state.not_ready, failures)
     if any(value != "ok" for value in body.values()):
         body["status"] = "unavailable"
-        return JSONResponse(body, 503, headers={"Retry-After": str(constants.RETRY_AFTER_SECONDS)})
+        return JSONResponse(body, 503, headers=retry_later())
     return JSONResponse(body)
 
 

@@ -121,12 +121,16 @@ async def read_json(request: Request) -> Any:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
-    # Fewer brackets than the limit cannot nest deeper than it: most bodies skip the walk.
-    deep = body.count(b"[") + body.count(b"{") > constants.MAX_JSON_DEPTH
-    if deep and not _nested_within(value, constants.MAX_JSON_DEPTH):
+    if may_nest_too_deep(body) and not _nested_within(value, constants.MAX_JSON_DEPTH):
         message = f"the body is nested deeper than {constants.MAX_JSON_DEPTH} levels"
         raise ApiError(400, "malformed_json", message)
     return value
+
+
+def may_nest_too_deep(body: bytes) -> bool:
+    """Whether the JSON `body` may nest deeper than MAX_JSON_DEPTH: one with fewer brackets
+    than that cannot, so most bodies skip the walk."""
+    return body.count(b"[") + body.count(b"{") > constants.MAX_JSON_DEPTH
 
 
 def _nested_within(value: Any, depth: int) -> bool:

@@ -22,8 +22,8 @@ import redis
 import redis.asyncio
 from starlette.testclient import TestClient
 
-from service.api import dead as dead_api
 from service.api.app import create_app
+from service.api.openapi import build_openapi
 from service.config import constants
 from service.config.settings import load
 from service.dev.embedded_redis import EmbeddedRedis, free_port
@@ -692,11 +692,15 @@ def test_openapi_describes_the_dead_letter_routes(dead: Dead) -> None:
         "limit",
         "cursor",
     }
-    assert "all" in {p["name"] for p in paths["/dead"]["delete"]["parameters"]}
+    # DELETE's query is one object (filters, all, cursor), so that its schema states that
+    # `all=true` takes no filter and that one of them is needed.
+    (query,) = paths["/dead"]["delete"]["parameters"]
+    assert (query["in"], query["style"], query["explode"]) == ("query", "form", True)
+    assert {"all", "cursor", "type"} <= set(query["schema"]["properties"])
     retry = paths["/dead/retry"]["post"]
     schema = retry["requestBody"]["content"]["application/json"]["schema"]
     assert schema["required"] == ["dry_run"] and "422" in retry["responses"]
     assert "404" in paths["/dead/{job_id}/retry"]["post"]["responses"]
     assert "204" in paths["/dead/{job_id}"]["delete"]["responses"]
-    secured = dead_api.openapi_paths(auth=True)["/dead"]["get"]
+    secured = build_openapi(registry.load(TEST_MODULES), auth=True)["paths"]["/dead"]["get"]
     assert secured["security"] == [{"bearer": []}] and "401" in secured["responses"]

@@ -234,8 +234,28 @@ def test_openapi_is_generated_from_the_registry(client: TestClient) -> None:
         "failure_ttl",
     } <= set(options)
     assert schemas["Backoff"]["properties"]["type"]["enum"] == ["fixed", "exponential"]
-    assert "delete" in document["paths"]["/jobs/{job_id}"]
-    assert "get" in document["paths"]["/jobs"] and "post" in document["paths"]["/jobs"]
+    assert "post" in document["paths"]["/jobs/{job_id}/cancel"]
+    assert document["paths"]["/jobs/{job_id}"]["delete"]["deprecated"] is True
+    # Without MONGODB_URI there is no history to list: GET /jobs is not offered.
+    assert set(document["paths"]["/jobs"]) == {"post"}
+
+
+def test_a_405_allows_every_method_its_path_serves_as_documented(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    for template, operations in document["paths"].items():
+        path = template.replace("{job_id}", "0" * 32)
+        documented = {method.upper() for method in operations}
+        response = client.request("PUT", path)
+        assert response.status_code == 405, path
+        assert response.json()["error"]["code"] == "method_not_allowed"
+        allowed = set(response.headers["allow"].split(", "))
+        assert allowed == documented | ({"HEAD"} if "GET" in documented else set()), path
+    # A path of its own answers every method, never a lookup of a job called `batch`.
+    assert client.get("/jobs/batch").headers["allow"] == "POST"
+    # Without MONGODB_URI there is no GET /jobs: a 405 that says why.
+    history = client.get("/jobs")
+    assert (history.status_code, history.headers["allow"]) == (405, "POST")
+    assert history.json()["error"]["code"] == "history_disabled"
 
 
 def test_not_found_route_uses_the_error_shape(client: TestClient) -> None:

@@ -192,8 +192,9 @@ def test_handlers_get_the_database_through_their_context(
 def test_without_mongodb_history_is_off_and_ctx_db_fails_clearly(start_service: Start) -> None:
     bare = start_service()
     start_service(worker=True, WORKER_CONCURRENCY="1")
-    status, _, body = http("GET", f"{bare.url}/jobs")
-    assert status == 501 and body["error"]["code"] == "history_disabled"
+    status, headers, body = http("GET", f"{bare.url}/jobs")
+    assert status == 405 and body["error"]["code"] == "history_disabled"
+    assert headers["allow"] == "POST"
     job_id = post(bare, {"type": "test.db", "payload": {"key": "note-2"}})
     failed = wait_for(
         lambda: (v := http("GET", f"{bare.url}/jobs/{job_id}")[2])["status"] == "failed" and v
