@@ -74,7 +74,8 @@ async def list_dead(request: Request) -> Response:
 
 async def retry_one(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    retried = await _dead_letters(request).retry([job_id]) if records.valid_id(job_id) else {}
+    dead = _dead_letters(request)
+    retried = (await dead.retry([job_id])).queues if records.valid_id(job_id) else {}
     if job_id not in retried:
         raise _not_dead(job_id)
     return JSONResponse({"id": job_id, "queue": retried[job_id], "status": "queued"})
@@ -120,7 +121,7 @@ async def retry_matching(request: Request) -> Response:
 
 async def delete_one(request: Request) -> Response:
     job_id: str = request.path_params["job_id"]
-    if not records.valid_id(job_id) or not await _dead_letters(request).delete([job_id]):
+    if not records.valid_id(job_id) or not (await _dead_letters(request).delete([job_id])).count:
         raise _not_dead(job_id)
     return Response(status_code=204)
 
@@ -139,7 +140,7 @@ async def delete_matching(request: Request) -> Response:
     dead = _dead_letters(request)
 
     async def delete(found: list[DeadJob]) -> int:
-        return await dead.delete([job.id for job in found])
+        return (await dead.delete([job.id for job in found])).count
 
     count, sweep = await _sweep(request, where, after, delete)
     return JSONResponse({"count": count, **_progress(sweep)})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -106,6 +106,24 @@ class DeadJob:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """DEAD_RETRY's reply: the jobs put back on their queues (those still dead), each with its
+    queue."""
+
+    queues: Mapping[str, str]  # job id -> the queue it is back on
+
+    def __len__(self) -> int:
+        return len(self.queues)
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """DEAD_DELETE's reply: how many of the jobs were still dead, and are gone."""
+
+    count: int
+
+
 class DeadLetters:
     """The dead-letter queue's Redis side: built once per process, in the API's lifespan."""
 
@@ -155,17 +173,18 @@ class DeadLetters:
         """A bulk action's share of the dead jobs: see `Sweep`."""
         return Sweep(self, queues, where, after)
 
-    async def retry(self, ids: Sequence[str]) -> dict[str, str]:
-        """Put these jobs back on their queues as new, those still dead (one script): their
-        queues by id. The caller checks every id against RQ's id rule."""
+    async def retry(self, ids: Sequence[str]) -> Retried:
+        """Put these jobs back on their queues as new, those still dead (one script). The
+        caller checks every id against RQ's id rule."""
         if not ids:
-            return {}
+            return Retried({})
         queues = await self._retry([records.utc_iso(), *ids])
-        return {job_id: records.as_text(q) for job_id, q in zip(ids, queues, strict=True) if q}
+        pairs = zip(ids, queues, strict=True)
+        return Retried({job_id: records.as_text(q) for job_id, q in pairs if q})
 
-    async def delete(self, ids: Sequence[str]) -> int:
-        """Delete these jobs, those still dead (one script): how many were."""
-        return int(await self._delete(ids)) if ids else 0
+    async def delete(self, ids: Sequence[str]) -> Deleted:
+        """Delete these jobs, those still dead (one script)."""
+        return Deleted(int(await self._delete(ids)) if ids else 0)
 
     async def _select(
         self, entries: Sequence[_Entry], where: Filter, *, details: bool

@@ -127,7 +127,7 @@ async def retry_and_delete(url: str, retry: str, delete: str) -> tuple[dict[str,
     try:
         found = [job.id async for page in dead.sweep(["q"], Filter(), None).pages() for job in page]
         assert sorted(found) == sorted([retry, delete])
-        return await dead.retry([retry]), await dead.delete([delete])
+        return (await dead.retry([retry])).queues, (await dead.delete([delete])).count
     finally:
         await client.aclose()
 
