@@ -95,14 +95,14 @@ def run(bench: Bench) -> None:
     _memory_rows(bench, default, baseline)
 
 
-def preload_parked(bench: Bench, n: int) -> list[str]:
-    """Empty the service's db, publish `n` no-op jobs and park the queue (not yet visible)."""
+def preload_parked(bench: Bench, n: int, job_type: str = "noop") -> list[str]:
+    """Empty the service's db, publish `n` jobs and park the queue (not yet visible)."""
     client = bench.db(DB_SERVICE)
     client.flushdb()
     started = time.perf_counter()
-    ids = bench.publish_noops(n)
+    ids = bench.publish_noops(n, job_type)
     log(
-        f"   published {n:,} jobs with the service's Store (PUBLISH script, "
+        f"   published {n:,} {job_type} jobs with the service's Store (PUBLISH script, "
         f"{PUBLISH_CHUNK} per call) in {time.perf_counter() - started:.2f} s"
     )
     assert client.llen(QUEUE_KEY) == n
@@ -111,12 +111,12 @@ def preload_parked(bench: Bench, n: int) -> list[str]:
 
 
 def start_and_release(
-    bench: Bench, processes: int | None = None, concurrency: int = 5
+    bench: Bench, processes: int | None = None, concurrency: int = 5, **extra: str
 ) -> tuple[Child, list[int]]:
-    """Start the worker (`processes` None: the default, one per CPU), wait until every process
-    consumes, then put the queue back."""
+    """Start the worker (`processes` None: the default, one per CPU; `extra`: more settings),
+    wait until every process consumes; the caller then puts the queue back."""
     started = time.perf_counter()
-    worker = bench.start_worker(processes, concurrency)
+    worker = bench.start_worker(processes, concurrency, **extra)
     count = processes or cpus.available()
     log(
         f"   worker up, {count} processes x {concurrency} slots consuming after "
