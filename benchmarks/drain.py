@@ -1,7 +1,9 @@
 """Drain: N no-op jobs queued before the worker starts, timed from first start to last end.
 
-The service at its defaults (5 processes, batch 50) and with one process, against plain RQ's
-`SimpleWorker` on N/10 jobs. Also the RSS of each worker process after its drain.
+The service at its defaults (WORKER_PROCESSES: one process per CPU the container may use;
+WORKER_CONCURRENCY=5 jobs in flight per process; WORKER_BATCH_SIZE=50) and with one process,
+against plain RQ's `SimpleWorker` on N/10 jobs. Also the RSS of each worker process after
+its drain.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ from benchmarks.common import (
     vm_kib,
     worker_pids,
 )
-from benchmarks.harness import FAILED_KEY, FINISHED_KEY, PUBLISH_CHUNK, QUEUE_KEY, Bench, Row
+from benchmarks.harness import (
+    DEFAULTS,
+    FAILED_KEY,
+    FINISHED_KEY,
+    PUBLISH_CHUNK,
+    QUEUE_KEY,
+    Bench,
+    Row,
+    defaults_system,
+)
 from benchmarks.redis_meter import RedisCost
 from service import cpus
 
@@ -65,7 +76,7 @@ def run(bench: Bench) -> None:
     single = drain_service(bench, n, processes=1)
     baseline = drain_rq(bench, n_rq)
     for label, result, system in (
-        ("service, 5 processes", default, "service, 5 processes (defaults)"),
+        (DEFAULTS, default, defaults_system()),
         ("service, 1 process", single, "service, 1 process"),
         ("RQ SimpleWorker", baseline, "RQ SimpleWorker"),
     ):

@@ -41,6 +41,12 @@ FINISHED_KEY = constants.registry_key("finished", QUEUE)
 FAILED_KEY = constants.registry_key("failed", QUEUE)
 PUBLISH_CHUNK = 1000  # jobs per PUBLISH script call when pre-loading
 HANDLERS = "benchmarks.demo_handlers"  # the bench.* job types, for HANDLER_MODULES
+DEFAULTS = "service, defaults"  # the label of the service's worker at its defaults
+
+
+def defaults_system() -> str:
+    """The side-by-side table's name for the worker at its defaults, with what they are here."""
+    return f"{DEFAULTS} ({cpus.available()} processes x 5)"
 
 
 @dataclass
