@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import resource
+import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -38,6 +40,8 @@ from benchmarks.harness import (
     Row,
     defaults_system,
 )
+from benchmarks.peers import install
+from benchmarks.peers import phase as peers
 from benchmarks.redis_meter import RedisCost
 from service import cpus
 
@@ -73,6 +77,8 @@ def run(bench: Bench) -> None:
     n, n_rq = bench.args.jobs, bench.args.rq_jobs
     log(f"\n== drain: {n:,} no-op jobs pre-loaded, then the worker started")
     default = drain_service(bench, n)
+    if bench.args.peers:
+        default = _against_bullmq(bench, n, default)
     single = drain_service(bench, n, processes=1)
     baseline = drain_rq(bench, n_rq)
     for label, result, system in (
@@ -104,6 +110,43 @@ def run(bench: Bench) -> None:
             )
         )
     _memory_rows(bench, default, baseline)
+
+
+def _against_bullmq(bench: Bench, n: int, first: DrainResult) -> DrainResult:
+    """BullMQ at concurrency 50 drains the same jobs, it and the service alternating for
+    --rounds rounds (a shared machine drifts from minute to minute); the service's median
+    round is returned, and the median ratio goes into the report."""
+    config = peers.PeerConfig("BullMQ (Node), concurrency 50", "bullmq", 1, 50, "drain")
+    peer = install.ensure("bullmq")
+    if not peer.ok:
+        log(f"   BullMQ: {peer.message}")
+        return first
+    ours, theirs = [first], []
+    for number in range(bench.args.rounds):
+        try:
+            theirs.append(float(peers.measure(bench, peer, config)["drain"]["rate"]))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            log(f"   BullMQ: failed: {exc}")
+            return first
+        log(
+            f"   round {number + 1}: service {ours[-1].rate:,.0f} jobs/s, "
+            f"BullMQ c50 {theirs[-1]:,.0f}"
+        )
+        if number + 1 < bench.args.rounds:
+            ours.append(drain_service(bench, n))
+    median = sorted(ours, key=lambda r: r.rate)[len(ours) // 2]
+    bullmq = statistics.median(theirs)
+    rounds = ", ".join(f"{a.rate:,.0f}/{b:,.0f}" for a, b in zip(ours, theirs, strict=True))
+    bench.rows.append(
+        Row(
+            f"Drain {n:,} no-op jobs at defaults against BullMQ at concurrency 50, jobs/s ↑ "
+            f"(median of {len(ours)} alternating rounds; rounds, service/BullMQ: {rounds})",
+            fmt_rate(median.rate, "jobs/s"),
+            f"BullMQ 6.7, concurrency 50: {fmt_rate(bullmq, 'jobs/s')}",
+            fmt_ratio(median.rate, bullmq),
+        )
+    )
+    return median
 
 
 def preload_parked(bench: Bench, n: int, job_type: str = "noop") -> list[str]:
