@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmarks.common import DB_SERVICE, cpu_seconds, log, vm_kib
-from benchmarks.drain import PARKED_KEY, preload_parked, start_and_release
-from benchmarks.harness import HANDLERS, QUEUE_KEY, Bench, Row
+from benchmarks.common import DB_SERVICE, cpu_seconds, load_average, log, vm_kib
+from benchmarks.drain import preload_parked, release, start_and_release
+from benchmarks.harness import HANDLERS, Bench, Row
 from benchmarks.peers import install
 from benchmarks.peers import phase as peers
 from benchmarks.peers.phase import PeerConfig
@@ -119,7 +119,7 @@ def run(bench: Bench) -> None:
     results = {label: Measured(label, ideal) for label, ideal, _ in entries}
     for number in range(args.rounds):
         order = entries if number % 2 == 0 else entries[::-1]
-        log(f"   -- round {number + 1} of {args.rounds}")
+        log(f"   -- round {number + 1} of {args.rounds} (load average {load_average()})")
         for label, _, measure in order:
             result = results[label]
             if result.note:  # failed before: not again
@@ -157,7 +157,7 @@ def _drain_ours(bench: Bench, setup: Ours) -> tuple[float, float]:
     pids = [worker.pid, *workers]
     cpu_before = sum(map(cpu_seconds, pids))
     released = time.perf_counter()
-    client.rename(PARKED_KEY, QUEUE_KEY)
+    release(bench, len(workers))
     timeout = max(60.0, 5 * setup.jobs / setup.ideal)
     finished, failed = bench.wait_finished(client, setup.jobs, timeout=timeout, poll=0.02)
     elapsed = time.perf_counter() - released

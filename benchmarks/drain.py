@@ -43,9 +43,10 @@ from benchmarks.harness import (
 from benchmarks.peers import install
 from benchmarks.peers import phase as peers
 from benchmarks.redis_meter import RedisCost
-from service import cpus
+from service import constants, cpus
 
 PARKED_KEY = "bench:parked"  # the pre-loaded queue waits here until every worker is ready
+WAKE_KEY = constants.wake_key(QUEUE)  # idle workers block on it; PUBLISH leaves a token
 RQ_BATCH = 1000  # jobs per enqueue_many call when pre-loading RQ
 
 
@@ -179,6 +180,17 @@ def start_and_release(
     return worker, worker_pids(worker.pid)
 
 
+def release(bench: Bench, processes: int) -> None:
+    """Put the parked queue back, with one wake-up token per worker process, in one
+    transaction: what publishing the jobs now would leave (each PUBLISH pushes a token for an
+    idle worker's BLPOP). Without the tokens each process would find the jobs only when its
+    BLPOP times out, up to 0.5 s later, each at its own moment."""
+    with bench.db(DB_SERVICE).pipeline(transaction=True) as pipe:
+        pipe.rename(PARKED_KEY, QUEUE_KEY)
+        pipe.lpush(WAKE_KEY, *[1] * processes)
+        pipe.execute()
+
+
 def drain_service(
     bench: Bench, n: int, processes: int | None = None, concurrency: int = 5
 ) -> DrainResult:
@@ -187,7 +199,7 @@ def drain_service(
     worker, workers = start_and_release(bench, processes, concurrency)
     workers_cpu, meter = sum(map(cpu_seconds, workers)), bench.redis_meter()
     released = time.perf_counter()
-    client.rename(PARKED_KEY, QUEUE_KEY)
+    release(bench, len(workers))
     finished, failed = bench.wait_finished(client, n, timeout=max(60.0, n / 200))
     elapsed = time.perf_counter() - released
     redis = meter.cost(n, elapsed)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DB_SERVICE, fmt_rate, log, smaps_kib, vm_kib
-from benchmarks.drain import PARKED_KEY, preload_parked, start_and_release
-from benchmarks.harness import FAILED_KEY, FINISHED_KEY, HANDLERS, QUEUE_KEY, Bench, Row
+from benchmarks.drain import preload_parked, release, start_and_release
+from benchmarks.harness import FAILED_KEY, FINISHED_KEY, HANDLERS, Bench, Row
 
 SAMPLES = 10  # one sample at each tenth of the run
 SAMPLE_POLL = 0.01  # seconds between progress polls: ~100 jobs late at 10,000 jobs/s
@@ -47,7 +47,7 @@ def _curve(bench: Bench, job_type: str, concurrency: int, csv_name: str, title: 
     pids = [worker.pid, *workers]
     rows = [_sample(0, 0, pids)]  # before the first job
     released = time.perf_counter()
-    client.rename(PARKED_KEY, QUEUE_KEY)
+    release(bench, len(workers))
     deadline = released + max(120.0, n / 200)
     target = step
     while target <= n:
