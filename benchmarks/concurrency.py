@@ -167,10 +167,19 @@ def _drain_ours(bench: Bench, setup: Ours) -> tuple[float, float]:
     bench.procs.stop(worker)
     if failed:
         raise RuntimeError(f"{failed} of {setup.jobs} jobs failed")
-    span = bench.drain_span(client, ids)
+    times = bench.job_times(client, ids, ("started_at", "ended_at"))
+    starts = [t[0] or 0.0 for t in times]
+    ends = [t[1] or 0.0 for t in times]
+    span = max(ends) - min(starts)
+    # Where the slots' time went: inside jobs (started_at to ended_at), or between them.
+    inside = sum(e - s for s, e in zip(starts, ends, strict=True)) / setup.jobs
+    slots = setup.processes * setup.concurrency
+    between = (span * slots / setup.jobs - inside) if setup.job_type != "bench.cpu" else 0.0
     log(
         f"   {setup.label}: {finished:,} finished in {span:.2f} s (release to all finished "
-        f"{elapsed:.2f} s); container CPU {cpu / setup.jobs * 1e6:,.0f} µs per job "
+        f"{elapsed:.2f} s); a job {inside * 1e3:.2f} ms from started_at to ended_at"
+        + (f", a slot idle {between * 1e3:.2f} ms per job" if between else "")
+        + f"; container CPU {cpu / setup.jobs * 1e6:,.0f} µs per job "
         f"({cpu / elapsed:.0%} of a core); RSS {rss:.1f} MiB (peaks summed {peak:.1f})"
     )
     return setup.jobs / span, rss
