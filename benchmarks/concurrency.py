@@ -28,6 +28,7 @@ from benchmarks.harness import HANDLERS, Bench, Row
 from benchmarks.peers import install
 from benchmarks.peers import phase as peers
 from benchmarks.peers.phase import PeerConfig
+from service import constants
 
 IO_SECONDS = 0.1  # what an I/O job waits (benchmarks/demo_handlers.py, peers/driver.py)
 CPU_SECONDS = 0.02  # CPU time of a CPU-bound job
@@ -171,18 +172,43 @@ def _drain_ours(bench: Bench, setup: Ours) -> tuple[float, float]:
     starts = [t[0] or 0.0 for t in times]
     ends = [t[1] or 0.0 for t in times]
     span = max(ends) - min(starts)
-    # Where the slots' time went: inside jobs (started_at to ended_at), or between them.
-    inside = sum(e - s for s, e in zip(starts, ends, strict=True)) / setup.jobs
-    slots = setup.processes * setup.concurrency
-    between = (span * slots / setup.jobs - inside) if setup.job_type != "bench.cpu" else 0.0
     log(
         f"   {setup.label}: {finished:,} finished in {span:.2f} s (release to all finished "
-        f"{elapsed:.2f} s); a job {inside * 1e3:.2f} ms from started_at to ended_at"
-        + (f", a slot idle {between * 1e3:.2f} ms per job" if between else "")
-        + f"; container CPU {cpu / setup.jobs * 1e6:,.0f} µs per job "
-        f"({cpu / elapsed:.0%} of a core); RSS {rss:.1f} MiB (peaks summed {peak:.1f})"
+        f"{elapsed:.2f} s); {_where_time_went(bench, setup, ids, starts, ends, span)}; "
+        f"container CPU {cpu / setup.jobs * 1e6:,.0f} µs per job ({cpu / elapsed:.0%} of a "
+        f"core); RSS {rss:.1f} MiB (peaks summed {peak:.1f})"
     )
     return setup.jobs / span, rss
+
+
+def _where_time_went(
+    bench: Bench, setup: Ours, ids: list[str], starts: list[float], ends: list[float], span: float
+) -> str:
+    """Per job, means: the handler's own run (the results stream's execution_started_at and
+    _ended_at), claim (started_at) to handler start, handler end to recorded (ended_at), and
+    the time a slot spends outside handlers (span x slots / jobs minus the handler's run)."""
+    client = bench.db(DB_SERVICE)
+    runs: list[tuple[float, float]] = []
+    for start in range(0, len(ids), 5000):
+        with client.pipeline(transaction=False) as pipe:
+            for job_id in ids[start : start + 5000]:
+                pipe.xrange(constants.result_key(job_id), count=1)
+            for entries in pipe.execute():
+                fields = entries[0][1]
+                runs.append(
+                    (float(fields[b"execution_started_at"]), float(fields[b"execution_ended_at"]))
+                )
+    n = len(ids)
+    handler = sum(t1 - t0 for t0, t1 in runs) / n
+    to_start = sum(t0 - s for (t0, _), s in zip(runs, starts, strict=True)) / n
+    to_record = sum(e - t1 for (_, t1), e in zip(runs, ends, strict=True)) / n
+    slots = setup.processes * setup.concurrency
+    outside = span * slots / n - handler
+    return (
+        f"per job: handler {handler * 1e3:.2f} ms, claimed → handler start "
+        f"{to_start * 1e3:.2f} ms, handler end → recorded {to_record * 1e3:.2f} ms, a slot "
+        f"outside handlers {outside * 1e3:.2f} ms"
+    )
 
 
 def _drain_peer(bench: Bench, config: PeerConfig) -> tuple[float, float]:
