@@ -28,7 +28,7 @@ from benchmarks.harness import HANDLERS, Bench, Row
 from benchmarks.peers import install
 from benchmarks.peers import phase as peers
 from benchmarks.peers.phase import PeerConfig
-from service import constants
+from service.config import constants
 
 IO_SECONDS = 0.1  # what an I/O job waits (benchmarks/demo_handlers.py, peers/driver.py)
 CPU_SECONDS = 0.02  # CPU time of a CPU-bound job

@@ -17,8 +17,8 @@ import random
 import time
 
 from service import JobContext, job
-from service.policy import Backoff
-from service.registry import EmptyPayload
+from service.jobs.policy import Backoff
+from service.jobs.registry import EmptyPayload
 
 OUTAGE_KEY = "demo:outage"  # in the application Redis: while it exists, demo.flaky fails
 FLAKY_FAILURE = 0.10  # share of demo.flaky attempts that fail in normal times

@@ -43,7 +43,7 @@ from benchmarks.harness import (
 from benchmarks.peers import install
 from benchmarks.peers import phase as peers
 from benchmarks.redis_meter import RedisCost
-from service import constants, cpus
+from service.config import constants, cpus
 
 PARKED_KEY = "bench:parked"  # the pre-loaded queue waits here until every worker is ready
 WAKE_KEY = constants.wake_key(QUEUE)  # idle workers block on it; PUBLISH leaves a token

@@ -16,7 +16,7 @@ from benchmarks.common import fmt_rate, log
 from benchmarks.drain import drain_service
 from benchmarks.harness import Bench, Row
 from benchmarks.publish import BATCH_JOBS, service_batch_post, service_single_post
-from service.embedded_redis import EmbeddedRedis
+from service.dev.embedded_redis import EmbeddedRedis
 
 POLICIES = ("everysec", "always")
 # The service's DURABILITY setting for each: strict refuses any Redis but `always`.

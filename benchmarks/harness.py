@@ -31,10 +31,11 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.redis_meter import RedisCost, RedisMeter
-from service import constants, cpus, jobs
-from service import registry as service_registry
-from service.embedded_redis import EmbeddedRedis, free_port
-from service.store import Store
+from service.config import constants, cpus
+from service.jobs import records
+from service.jobs import registry as service_registry
+from service.dev.embedded_redis import EmbeddedRedis, free_port
+from service.store.publisher import Store
 
 QUEUE_KEY = constants.queue_key(QUEUE)
 FINISHED_KEY = constants.registry_key("finished", QUEUE)
@@ -192,13 +193,13 @@ class Bench:
         wait_until(check, 30.0, f"{child.name} at {url}")
 
     # --- jobs ---
-    def noop_job(self) -> jobs.NewJob:
+    def noop_job(self) -> records.NewJob:
         return self.new_job("noop")
 
-    def new_job(self, job_type: str) -> jobs.NewJob:
+    def new_job(self, job_type: str) -> records.NewJob:
         """A job of a built-in type or of benchmarks/demo_handlers.py, with an empty payload."""
         spec = self._registry.get(job_type)
-        return jobs.NewJob(jobs.new_id(), job_type, QUEUE, {}, spec.timeout, spec.max_retries)
+        return records.NewJob(records.new_id(), job_type, QUEUE, {}, spec.timeout, spec.max_retries)
 
     def publish_noops(self, n: int, job_type: str = "noop") -> list[str]:
         """Pre-load `n` jobs (no-op unless `job_type` says otherwise) with the service's own

@@ -26,7 +26,8 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.harness import HANDLERS, QUEUE_KEY, Bench, Row, defaults_system
-from service import jobs, lua, scripts
+from service.jobs import records
+from service.store import lua, scripts
 
 ASYNC = "bench.async_noop"  # the async handler measured beside the built-in (plain) noop
 
@@ -108,7 +109,7 @@ def _open_loop_service(bench: Bench, rate: float, seconds: float, job_type: str)
     (epoll's resolution), which would count against the service."""
     client = bench.db(DB_SERVICE)
     publish = lua.Script(client, scripts.PUBLISH)
-    publish(args=jobs.publish_args([bench.new_job(job_type)], time.time()))  # load, connect
+    publish(args=records.publish_args([bench.new_job(job_type)], time.time()))  # load, connect
     run = OpenLoop(total=1)
     start = time.time() + 0.05
     for i in range(int(rate * (seconds + 1))):
@@ -120,7 +121,7 @@ def _open_loop_service(bench: Bench, rate: float, seconds: float, job_type: str)
         if i >= rate:  # the first second is a warm-up
             run.sent[job.id] = scheduled
             run.lag = max(run.lag, time.time() - scheduled)
-        publish(args=jobs.publish_args([job], time.time()))
+        publish(args=records.publish_args([job], time.time()))
         run.total += 1
     run.backlog = client.llen(QUEUE_KEY)
     return run

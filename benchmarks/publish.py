@@ -32,7 +32,7 @@ from benchmarks.common import (
 from benchmarks.harness import QUEUE_KEY, Bench, Row, defaults_system
 from benchmarks.loadgen import Load, combined, run_load
 from benchmarks.redis_meter import RedisCost
-from service.store import Store
+from service.store.publisher import Store
 
 HTTP_CONNECTIONS = 64
 HTTP_ROUNDS = 5
