@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py` works as well as `
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import (
+    concurrency,
     drain,
     durability,
     latency,
@@ -42,6 +43,7 @@ from benchmarks.peers import phase as peers
 # Phases in the order they run. "peers" runs only when asked for (--peers).
 PHASES: dict[str, Callable[[Bench], None]] = {
     "drain": drain.run,
+    "concurrency": concurrency.run,
     "http": publish.run_http,
     "batch": publish.run_batch,
     "enqueue": publish.run_enqueue,
@@ -79,11 +81,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="HTTP load generator (auto: wrk when on PATH)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of the concurrency phase, ours and peers alternating (default 3; quick 1)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
     args = parser.parse_args(argv)
     args.jobs = args.jobs or (2000 if args.quick else 20000)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.memory_jobs = args.memory_jobs or (20000 if args.quick else 100000)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     args.rq_jobs = max(500, args.jobs // 10)
     phases = [p.strip() for p in args.only.split(",")] if args.only else list(DEFAULT_PHASES)
     if args.peers and "peers" not in phases:

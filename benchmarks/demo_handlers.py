@@ -1,13 +1,18 @@
-"""Demo job types for benchmarks/dashboard.py (HANDLER_MODULES=benchmarks.demo_handlers).
+"""Job types for the benchmarks (HANDLER_MODULES=benchmarks.demo_handlers).
 
-They do nothing useful: they sleep, fail and hang in known proportions, so the dashboard's
-panels have something to show. Random draws use the job's id as the seed, so a re-delivered
-or retried attempt of the same job draws the same way (except `demo.flaky`, which draws per
-attempt, as a flaky dependency would).
+`demo.*` serve benchmarks/dashboard.py. They do nothing useful: they sleep, fail and hang in
+known proportions, so the dashboard's panels have something to show. Random draws use the
+job's id as the seed, so a re-delivered or retried attempt of the same job draws the same way
+(except `demo.flaky`, which draws per attempt, as a flaky dependency would).
+
+`bench.*` serve bench.py's concurrency and memory phases: a job that waits on I/O, written
+both ways (`async def` awaiting a timer, a plain function blocking in `time.sleep`), one
+that keeps a core busy, and an async no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -52,3 +57,35 @@ def slow(payload: EmptyPayload, ctx: JobContext) -> None:
     """50-200 ms; 4 % of jobs hang for 2 s and hit their 1 s timeout (twice: one retry)."""
     draw = random.Random(ctx.id)
     time.sleep(2.0 if draw.random() < HANG_SHARE else draw.uniform(0.05, 0.2))
+
+
+IO_SECONDS = 0.1  # how long an I/O job waits
+CPU_SECONDS = 0.02  # CPU time a CPU-bound job spends in its loop
+
+
+@job("bench.async_sleep")
+async def async_sleep(payload: EmptyPayload, ctx: JobContext) -> None:
+    """An I/O-bound job written for the event loop: awaits a 100 ms timer."""
+    await asyncio.sleep(IO_SECONDS)
+
+
+@job("bench.sync_sleep")
+def sync_sleep(payload: EmptyPayload, ctx: JobContext) -> None:
+    """The same job as a plain function that blocks its thread for 100 ms."""
+    time.sleep(IO_SECONDS)
+
+
+@job("bench.cpu")
+def cpu(payload: EmptyPayload, ctx: JobContext) -> None:
+    """A CPU-bound job: a pure-Python loop until its thread has used 20 ms of CPU (CPU time,
+    not wall time, so every job does the same work however busy the machine is)."""
+    end = time.thread_time() + CPU_SECONDS
+    while time.thread_time() < end:
+        total = 0
+        for i in range(1000):
+            total += i * i
+
+
+@job("bench.async_noop")
+async def async_noop(payload: EmptyPayload, ctx: JobContext) -> None:
+    """Does nothing, on the event loop: the cost of running a task."""

@@ -1,13 +1,17 @@
 """Drain: N no-op jobs queued before the worker starts, timed from first start to last end.
 
-The service at its defaults (5 processes, batch 50) and with one process, against plain RQ's
-`SimpleWorker` on N/10 jobs. Also the RSS of each worker process after its drain.
+The service at its defaults (WORKER_PROCESSES: one process per CPU the container may use;
+WORKER_CONCURRENCY=5 jobs in flight per process; WORKER_BATCH_SIZE=50) and with one process,
+against plain RQ's `SimpleWorker` on N/10 jobs. Also the RSS of each worker process after
+its drain.
 """
 
 from __future__ import annotations
 
 import re
 import resource
+import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -26,11 +30,23 @@ from benchmarks.common import (
     vm_kib,
     worker_pids,
 )
-from benchmarks.harness import FAILED_KEY, FINISHED_KEY, PUBLISH_CHUNK, QUEUE_KEY, Bench, Row
+from benchmarks.harness import (
+    DEFAULTS,
+    FAILED_KEY,
+    FINISHED_KEY,
+    PUBLISH_CHUNK,
+    QUEUE_KEY,
+    Bench,
+    Row,
+    defaults_system,
+)
+from benchmarks.peers import install
+from benchmarks.peers import phase as peers
 from benchmarks.redis_meter import RedisCost
-from service.config import cpus
+from service.config import constants, cpus
 
 PARKED_KEY = "bench:parked"  # the pre-loaded queue waits here until every worker is ready
+WAKE_KEY = constants.wake_key(QUEUE)  # idle workers block on it; PUBLISH leaves a token
 RQ_BATCH = 1000  # jobs per enqueue_many call when pre-loading RQ
 
 
@@ -62,10 +78,12 @@ def run(bench: Bench) -> None:
     n, n_rq = bench.args.jobs, bench.args.rq_jobs
     log(f"\n== drain: {n:,} no-op jobs pre-loaded, then the worker started")
     default = drain_service(bench, n)
+    if bench.args.peers:
+        default = _against_bullmq(bench, n, default)
     single = drain_service(bench, n, processes=1)
     baseline = drain_rq(bench, n_rq)
     for label, result, system in (
-        ("service, 5 processes", default, "service, 5 processes (defaults)"),
+        (DEFAULTS, default, defaults_system()),
         ("service, 1 process", single, "service, 1 process"),
         ("RQ SimpleWorker", baseline, "RQ SimpleWorker"),
     ):
@@ -95,14 +113,51 @@ def run(bench: Bench) -> None:
     _memory_rows(bench, default, baseline)
 
 
-def preload_parked(bench: Bench, n: int) -> list[str]:
-    """Empty the service's db, publish `n` no-op jobs and park the queue (not yet visible)."""
+def _against_bullmq(bench: Bench, n: int, first: DrainResult) -> DrainResult:
+    """BullMQ at concurrency 50 drains the same jobs, it and the service alternating for
+    --rounds rounds (a shared machine drifts from minute to minute); the service's median
+    round is returned, and the median ratio goes into the report."""
+    config = peers.PeerConfig("BullMQ (Node), concurrency 50", "bullmq", 1, 50, "drain")
+    peer = install.ensure("bullmq")
+    if not peer.ok:
+        log(f"   BullMQ: {peer.message}")
+        return first
+    ours, theirs = [first], []
+    for number in range(bench.args.rounds):
+        try:
+            theirs.append(float(peers.measure(bench, peer, config)["drain"]["rate"]))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            log(f"   BullMQ: failed: {exc}")
+            return first
+        log(
+            f"   round {number + 1}: service {ours[-1].rate:,.0f} jobs/s, "
+            f"BullMQ c50 {theirs[-1]:,.0f}"
+        )
+        if number + 1 < bench.args.rounds:
+            ours.append(drain_service(bench, n))
+    median = sorted(ours, key=lambda r: r.rate)[len(ours) // 2]
+    bullmq = statistics.median(theirs)
+    rounds = ", ".join(f"{a.rate:,.0f}/{b:,.0f}" for a, b in zip(ours, theirs, strict=True))
+    bench.rows.append(
+        Row(
+            f"Drain {n:,} no-op jobs at defaults against BullMQ at concurrency 50, jobs/s ↑ "
+            f"(median of {len(ours)} alternating rounds; rounds, service/BullMQ: {rounds})",
+            fmt_rate(median.rate, "jobs/s"),
+            f"BullMQ 6.7, concurrency 50: {fmt_rate(bullmq, 'jobs/s')}",
+            fmt_ratio(median.rate, bullmq),
+        )
+    )
+    return median
+
+
+def preload_parked(bench: Bench, n: int, job_type: str = "noop") -> list[str]:
+    """Empty the service's db, publish `n` jobs and park the queue (not yet visible)."""
     client = bench.db(DB_SERVICE)
     client.flushdb()
     started = time.perf_counter()
-    ids = bench.publish_noops(n)
+    ids = bench.publish_noops(n, job_type)
     log(
-        f"   published {n:,} jobs with the service's Store (PUBLISH script, "
+        f"   published {n:,} {job_type} jobs with the service's Store (PUBLISH script, "
         f"{PUBLISH_CHUNK} per call) in {time.perf_counter() - started:.2f} s"
     )
     assert client.llen(QUEUE_KEY) == n
@@ -111,18 +166,29 @@ def preload_parked(bench: Bench, n: int) -> list[str]:
 
 
 def start_and_release(
-    bench: Bench, processes: int | None = None, concurrency: int = 5
+    bench: Bench, processes: int | None = None, concurrency: int = 5, **extra: str
 ) -> tuple[Child, list[int]]:
-    """Start the worker (`processes` None: the default, one per CPU), wait until every process
-    consumes, then put the queue back."""
+    """Start the worker (`processes` None: the default, one per CPU; `extra`: more settings),
+    wait until every process consumes; the caller then puts the queue back."""
     started = time.perf_counter()
-    worker = bench.start_worker(processes, concurrency)
+    worker = bench.start_worker(processes, concurrency, **extra)
     count = processes or cpus.available()
     log(
         f"   worker up, {count} processes x {concurrency} slots consuming after "
         f"{time.perf_counter() - started:.2f} s; releasing the queue"
     )
     return worker, worker_pids(worker.pid)
+
+
+def release(bench: Bench, processes: int) -> None:
+    """Put the parked queue back, with one wake-up token per worker process, in one
+    transaction: what publishing the jobs now would leave (each PUBLISH pushes a token for an
+    idle worker's BLPOP). Without the tokens each process would find the jobs only when its
+    BLPOP times out, up to 0.5 s later, each at its own moment."""
+    with bench.db(DB_SERVICE).pipeline(transaction=True) as pipe:
+        pipe.rename(PARKED_KEY, QUEUE_KEY)
+        pipe.lpush(WAKE_KEY, *[1] * processes)
+        pipe.execute()
 
 
 def drain_service(
@@ -133,7 +199,7 @@ def drain_service(
     worker, workers = start_and_release(bench, processes, concurrency)
     workers_cpu, meter = sum(map(cpu_seconds, workers)), bench.redis_meter()
     released = time.perf_counter()
-    client.rename(PARKED_KEY, QUEUE_KEY)
+    release(bench, len(workers))
     finished, failed = bench.wait_finished(client, n, timeout=max(60.0, n / 200))
     elapsed = time.perf_counter() - released
     redis = meter.cost(n, elapsed)

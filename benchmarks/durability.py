@@ -44,7 +44,7 @@ def run(bench: Bench) -> None:
                 single, _ = service_single_post(bench)
                 batch, _ = service_batch_post(bench)
                 drained = drain_service(bench, n)
-                log(drained.describe("drain, 5 processes"))
+                log(drained.describe("drain, defaults"))
         finally:
             bench.service_env.pop("DURABILITY", None)
             server.stop()

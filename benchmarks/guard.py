@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/guard.py [--threshold 20]
 
-Drains N no-op jobs with the service's worker at its defaults (5 processes, batch 50) and
-N/10 with RQ's `SimpleWorker`, on one private redis-server, and exits 1 only if the ratio is
-below the threshold (20x; about 100x is usual here). A ratio, not a time: a slow or busy
-machine slows both. A failing first measurement is taken again once, and the better ratio
-counts, so one noisy moment on a shared machine does not fail CI. Takes 20-60 s.
+Drains N no-op jobs with the service's worker at its defaults (a process per CPU, 5 jobs in
+flight each, batch 50) and N/10 with RQ's `SimpleWorker`, on one private redis-server, and
+exits 1 only if the ratio is below the threshold (20x; about 100x is usual here). A ratio,
+not a time: a slow or busy machine slows both. A failing first measurement is taken again
+once, and the better ratio counts, so one noisy moment on a shared machine does not fail CI.
+Takes 20-60 s.
 """
 
 from __future__ import annotations

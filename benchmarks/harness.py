@@ -42,6 +42,14 @@ QUEUE_KEY = constants.queue_key(QUEUE)
 FINISHED_KEY = constants.registry_key("finished", QUEUE)
 FAILED_KEY = constants.registry_key("failed", QUEUE)
 PUBLISH_CHUNK = 1000  # jobs per PUBLISH script call when pre-loading
+# The job types the benchmarks run, as HANDLER_MODULES: the demo types (noop) and bench.*.
+HANDLERS = f"{DEMO_MODULE},benchmarks.demo_handlers"
+DEFAULTS = "service, defaults"  # the label of the service's worker at its defaults
+
+
+def defaults_system() -> str:
+    """The side-by-side table's name for the worker at its defaults, with what they are here."""
+    return f"{DEFAULTS} ({cpus.available()} processes x 5)"
 
 
 @dataclass
@@ -87,7 +95,7 @@ class Bench:
     def __post_init__(self) -> None:
         self.procs = Processes(self.work_dir)
         self._clients: dict[int, redis.Redis] = {}
-        self._registry = service_registry.load((DEMO_MODULE,))
+        self._registry = service_registry.load(tuple(HANDLERS.split(",")))
 
     def system(self, name: str) -> SystemFigures:
         return self.systems.setdefault(name, SystemFigures())
@@ -131,7 +139,7 @@ class Bench:
             "REDIS_URL": self.url(DB_APP),
             "QUEUE_REDIS_URL": self.url(DB_SERVICE),
             "HOST": "127.0.0.1",
-            "HANDLER_MODULES": DEMO_MODULE,
+            "HANDLER_MODULES": HANDLERS,
             **self.service_env,
             **extra,
         }
@@ -189,20 +197,25 @@ class Bench:
 
     # --- jobs ---
     def noop_job(self) -> records.NewJob:
-        spec = self._registry.get("noop")
-        return records.NewJob(records.new_id(), "noop", QUEUE, {}, spec.timeout, spec.max_retries)
+        return self.new_job("noop")
 
-    def publish_noops(self, n: int) -> list[str]:
-        """Pre-load `n` no-op jobs with the service's own Store (PUBLISH script, 1,000 a call)."""
-        return asyncio.run(self._publish_noops(n))
+    def new_job(self, job_type: str) -> records.NewJob:
+        """A job of a built-in type or of benchmarks/demo_handlers.py, with an empty payload."""
+        spec = self._registry.get(job_type)
+        return records.NewJob(records.new_id(), job_type, QUEUE, {}, spec.timeout, spec.max_retries)
 
-    async def _publish_noops(self, n: int) -> list[str]:
+    def publish_noops(self, n: int, job_type: str = "noop") -> list[str]:
+        """Pre-load `n` jobs (no-op unless `job_type` says otherwise) with the service's own
+        Store (PUBLISH script, 1,000 a call)."""
+        return asyncio.run(self._publish(n, job_type))
+
+    async def _publish(self, n: int, job_type: str) -> list[str]:
         client = aioredis.Redis(port=self.server.port, db=DB_SERVICE)
         store = Store(client)
         ids: list[str] = []
         try:
             for start in range(0, n, PUBLISH_CHUNK):
-                chunk = [self.noop_job() for _ in range(min(PUBLISH_CHUNK, n - start))]
+                chunk = [self.new_job(job_type) for _ in range(min(PUBLISH_CHUNK, n - start))]
                 await store.publish(chunk)
                 ids += [job.id for job in chunk]
         finally:

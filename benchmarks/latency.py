@@ -1,8 +1,10 @@
 """Latency: one job every 1/rate s by the clock (open loop), time from send to start.
 
 The service's worker at its defaults against RQ's `SimpleWorker`, both fed straight through
-Redis (the service's Store, RQ's `enqueue`). Latency is `started_at` minus the *scheduled* send
-time, so a client running late counts against the system.
+Redis (the service's Store, RQ's `enqueue`). The service runs it twice: with the built-in
+`noop` (a plain function, run in a thread lane) and with `bench.async_noop` (an `async def`,
+run as a task on the process's loop). Latency is `started_at` minus the *scheduled* send time,
+so a client running late counts against the system.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from benchmarks.common import (
     percentile,
     wait_until,
 )
-from benchmarks.harness import QUEUE_KEY, Bench, Row
+from benchmarks.harness import HANDLERS, QUEUE_KEY, Bench, Row, defaults_system
 from service.store import lua, scripts
 from service.store.publish import publish_args
+
+ASYNC = "bench.async_noop"  # the async handler measured beside the built-in (plain) noop
 
 
 @dataclass
@@ -49,36 +53,39 @@ def run(bench: Bench) -> None:
     )
     for number, rate in enumerate(rates):
         service = _latency_service(bench, rate, seconds)
+        # The async handler at the main rate only: the two differ in how a job starts.
+        service_async = _latency_service(bench, rate, seconds, ASYNC) if number == 0 else {}
         baseline = _latency_rq(bench, rate, seconds)
         if number == 0:
-            for name, figures in (
-                ("service, 5 processes (defaults)", service),
-                ("RQ SimpleWorker", baseline),
-            ):
+            for name, figures in ((defaults_system(), service), ("RQ SimpleWorker", baseline)):
                 system = bench.system(name)
                 system.p50_ms, system.p99_ms = figures["p50"], figures["p99"]
         labels = ("p50", "p90", "p99", "max") if number == 0 else ("p50", "p99")
-        for label in labels:
-            bench.rows.append(
-                Row(
-                    f"Latency send → started_at at {rate:g} jobs/s, {label} ms ↓",
-                    f"{service[label]:,.2f}",
-                    f"RQ enqueue + SimpleWorker: {baseline[label]:,.2f}",
-                    fmt_ratio(service[label], baseline[label]),
+        for handler, figures in (("plain `noop`", service), (f"`{ASYNC}`", service_async)):
+            for label in labels if figures else ():
+                bench.rows.append(
+                    Row(
+                        f"Latency send → started_at at {rate:g} jobs/s, {handler}, {label} ms ↓",
+                        f"{figures[label]:,.2f}",
+                        f"RQ enqueue + SimpleWorker: {baseline[label]:,.2f}",
+                        fmt_ratio(figures[label], baseline[label]),
+                    )
                 )
-            )
 
 
-def _latency_service(bench: Bench, rate: float, seconds: float) -> dict[str, float]:
+def _latency_service(
+    bench: Bench, rate: float, seconds: float, job_type: str = "noop"
+) -> dict[str, float]:
     client = bench.db(DB_SERVICE)
     client.flushdb()
-    worker = bench.start_worker()
+    worker = bench.start_worker(HANDLER_MODULES=HANDLERS)
     meter, started = bench.redis_meter(), time.perf_counter()
-    run = _open_loop_service(bench, rate, seconds)
+    run = _open_loop_service(bench, rate, seconds, job_type)
     bench.wait_finished(client, run.total, timeout=60.0 + run.total / 100)
     usage = meter.report(run.total, time.perf_counter() - started)
     bench.procs.stop(worker)
-    return _latencies(bench, f"service @ {rate:g}/s", client, run, usage)
+    name = "service" if job_type == "noop" else "service, async"
+    return _latencies(bench, f"{name} @ {rate:g}/s", client, run, usage)
 
 
 def _latency_rq(bench: Bench, rate: float, seconds: float) -> dict[str, float]:
@@ -95,14 +102,14 @@ def _latency_rq(bench: Bench, rate: float, seconds: float) -> dict[str, float]:
     return _latencies(bench, f"RQ @ {rate:g}/s", client, run, usage)
 
 
-def _open_loop_service(bench: Bench, rate: float, seconds: float) -> OpenLoop:
+def _open_loop_service(bench: Bench, rate: float, seconds: float, job_type: str) -> OpenLoop:
     """Publish one job every 1/rate s by the clock, with the PUBLISH script the API's Store
     runs, from a synchronous loop as the RQ and peer drivers use: `time.sleep` wakes within
     microseconds of the schedule, where an asyncio timer wakes up to a millisecond late
     (epoll's resolution), which would count against the service."""
     client = bench.db(DB_SERVICE)
     publish = lua.Script(client, scripts.PUBLISH)
-    publish(publish_args([bench.noop_job()], time.time()))  # load it, connect
+    publish(publish_args([bench.new_job(job_type)], time.time()))  # load it, connect
     run = OpenLoop(total=1)
     start = time.time() + 0.05
     for i in range(int(rate * (seconds + 1))):
@@ -110,7 +117,7 @@ def _open_loop_service(bench: Bench, rate: float, seconds: float) -> OpenLoop:
         delay = scheduled - time.time()
         if delay > 0:
             time.sleep(delay)
-        job = bench.noop_job()
+        job = bench.new_job(job_type)
         if i >= rate:  # the first second is a warm-up
             run.sent[job.id] = scheduled
             run.lag = max(run.lag, time.time() - scheduled)

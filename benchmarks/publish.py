@@ -29,7 +29,7 @@ from benchmarks.common import (
     fmt_ratio,
     log,
 )
-from benchmarks.harness import QUEUE_KEY, Bench, Row
+from benchmarks.harness import QUEUE_KEY, Bench, Row, defaults_system
 from benchmarks.loadgen import Load, combined, run_load
 from benchmarks.redis_meter import RedisCost
 from service.store.publisher import Store
@@ -249,7 +249,7 @@ def run_enqueue(bench: Bench) -> None:
         f"   RQ Queue.enqueue: {fmt_rate(rq_single, 'jobs/s')} one by one; "
         f"enqueue_many x {BATCH_JOBS}: {fmt_rate(rq_bulk, 'jobs/s')}"
     )
-    for name in ("service, 5 processes (defaults)", "service, 1 process"):
+    for name in (defaults_system(), "service, 1 process"):
         figures = bench.system(name)
         figures.enqueue, figures.bulk, figures.bulk_how = single, bulk, "Store.publish x 1000"
     figures = bench.system("RQ SimpleWorker")

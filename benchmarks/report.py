@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 
 from benchmarks.common import DB_APP, cpu_model, load_average
-from benchmarks.harness import Bench
+from benchmarks.harness import DEFAULTS, Bench
 from benchmarks.redis_meter import RedisCost
 
 # Which publish and drain runs make up "one job, end to end" for the Redis sizing line.
@@ -17,12 +17,12 @@ END_TO_END = (
     (
         "service, `POST /jobs` then drained at defaults",
         "publish: POST /jobs, service",
-        "drain: service, 5 processes",
+        f"drain: {DEFAULTS}",
     ),
     (
         "service, `POST /jobs/batch` then drained at defaults",
         "publish: POST /jobs/batch x 1000, service",
-        "drain: service, 5 processes",
+        f"drain: {DEFAULTS}",
     ),
     (
         "RQ, `enqueue` then a `SimpleWorker`",

@@ -7,7 +7,8 @@
 // the main thread enqueues. The processor records, in shared memory, when the first job
 // started, when the last one ended, and each latency job's start: no Redis call per job.
 // Prints its result as one line, `RESULT {json}`, on stdout. BullMQ's defaults otherwise
-// (completed jobs are kept).
+// (completed jobs are kept). With `--task sleep` each drained job awaits a 100 ms timer
+// (the I/O job of bench.py's concurrency phase) and records its span.
 "use strict";
 
 const { Worker: Thread, isMainThread, workerData, parentPort } = require("node:worker_threads");
@@ -16,6 +17,7 @@ const IORedis = require("ioredis");
 
 const QUEUE = "bench";
 const FIRST = 0, LAST = 1, COUNT = 2, READY = 3;
+const SLEEP_MS = 100; // what a `sleep` job waits
 const now = () => performance.timeOrigin + performance.now(); // epoch ms, sub-ms precision
 
 function connection(url) {
@@ -30,7 +32,15 @@ async function runWorker() {
   const { url, concurrency, stats, latency } = workerData;
   const slot = new Float64Array(stats);
   const lat = new Float64Array(latency);
+  const sleeper = async (job) => {
+    const start = now();
+    await sleep(SLEEP_MS);
+    if (slot[COUNT] === 0 || start < slot[FIRST]) slot[FIRST] = start;
+    slot[COUNT] += 1;
+    slot[LAST] = Math.max(slot[LAST], now());
+  };
   const processor = async (job) => {
+    if (job.name === "sleep") return sleeper(job);
     const start = now();
     if (slot[COUNT] === 0) slot[FIRST] = start;
     if (job.data.i !== undefined) lat[job.data.i] = start - job.data.t;
@@ -51,10 +61,13 @@ async function runWorker() {
 // --- the main thread ------------------------------------------------------------------------
 
 function parseArgs(argv) {
-  const args = { concurrency: 1, jobs: 20000, rate: 200, duration: 10, measure: "drain,latency" };
+  const args = {
+    concurrency: 1, jobs: 20000, rate: 200, duration: 10, measure: "drain,latency", task: "noop",
+  };
+  const strings = ["redis", "measure", "task"];
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "");
-    args[key] = key === "redis" || key === "measure" ? argv[i + 1] : Number(argv[i + 1]);
+    args[key] = strings.includes(key) ? argv[i + 1] : Number(argv[i + 1]);
   }
   return args;
 }
@@ -133,7 +146,7 @@ class Run {
   async drain(n) {
     await this.queue.pause(); // jobs wait until every worker is consuming
     let started = now();
-    for (let i = 0; i < n; i++) await this.queue.add("noop", {});
+    for (let i = 0; i < n; i++) await this.queue.add(this.args.task, {});
     const enqueueRate = n / ((now() - started) / 1000);
     await this.startWorker(0);
     const before = await redisSample(this.client);

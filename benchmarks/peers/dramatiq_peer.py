@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +25,12 @@ class Adapter:
         self.broker = RedisBroker(url=url)
         dramatiq.set_broker(self.broker)
         self.noop: Any = dramatiq.actor(driver.record, actor_name="noop", broker=self.broker)
+        sleep: Any = dramatiq.actor(_sleep, actor_name="sleep", broker=self.broker)
+        self.drained = sleep if args.task == "sleep" else self.noop
 
     def enqueue(self, index: int, sent: float) -> None:
         if index < 0:
-            self.noop.send()
+            self.drained.send()
         else:
             self.noop.send(index, sent)
 
@@ -39,3 +42,10 @@ class Adapter:
         ready()
         stop.wait()
         worker.stop()
+
+
+def _sleep() -> None:
+    """The I/O job: blocks its worker thread for SLEEP_SECONDS."""
+    started = time.time()
+    time.sleep(driver.SLEEP_SECONDS)
+    driver.record_span(started)

@@ -8,7 +8,9 @@ redis-py (which every peer depends on) are imported here.
 
 How it times the peer like the service: worker processes are forked with shared memory; the
 no-op task records, in its process's slot, when the first job started and the last one ended,
-and for latency jobs when each job started. No Redis call is added per job.
+and for latency jobs when each job started. No Redis call is added per job. With
+`--task sleep` the drained jobs wait SLEEP_SECONDS each instead (how is the peer's: arq
+awaits `asyncio.sleep`, Dramatiq's threads block in `time.sleep`) and record their span.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ PARKED_KEY = "bench:peer-parked"
 RESULT_MARK = "RESULT "  # starts the line that holds the JSON result (peers print too)
 FIRST, LAST, COUNT = 0, 1, 2  # fields of a process's slot
 SLOT_SIZE = 3
+SLEEP_SECONDS = 0.1  # what a `sleep` job waits: the I/O job of the concurrency phase
 
 
 class Adapter(Protocol):
@@ -44,7 +47,10 @@ class Adapter(Protocol):
     queue_key: str  # the Redis key of waiting jobs, parked while the workers start
     description: str  # e.g. "solo pool", for the report
 
-    def setup(self, url: str, args: argparse.Namespace) -> None: ...
+    def setup(self, url: str, args: argparse.Namespace) -> None:
+        """Declare the tasks; `args.task` names the one `enqueue` sends without an index."""
+        ...
+
     def enqueue(self, index: int, sent: float) -> None: ...
     def work(self, threads: int, ready: Callable[[], None]) -> None:
         """Run a worker in this (forked) process until SIGTERM; call `ready` once consuming."""
@@ -69,6 +75,18 @@ def record(index: int = -1, sent: float = 0.0) -> None:
             _latency[index] = now - sent
         slot[COUNT] += 1
         slot[LAST] = time.time()
+
+
+def record_span(started: float) -> None:
+    """The end of a job that began at `started` (epoch seconds): for jobs that take time, which
+    need not end in the order they started."""
+    now = time.time()
+    with _lock:
+        slot = _slot
+        if slot[COUNT] == 0 or started < slot[FIRST]:
+            slot[FIRST] = started
+        slot[COUNT] += 1
+        slot[LAST] = max(slot[LAST], now)
 
 
 # --- the parent side ------------------------------------------------------------------------
@@ -243,6 +261,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--measure", default="drain,latency")
+    parser.add_argument("--task", choices=("noop", "sleep"), default="noop", help="drained jobs")
     args = parser.parse_args(argv)
     module = importlib.import_module(f"benchmarks.peers.{args.peer}_peer")
     adapter: Adapter = module.Adapter()

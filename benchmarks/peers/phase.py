@@ -26,13 +26,15 @@ class PeerConfig:
     label: str
     peer: str
     processes: int = 1
-    threads: int = 1  # Dramatiq threads per process; BullMQ concurrency
+    threads: int = 1  # Dramatiq threads per process; BullMQ concurrency; arq max_jobs
     measure: str = "drain,latency"
+    task: str = "noop"  # what the drain's jobs do: "noop", or "sleep" (a 100 ms wait)
+    jobs: int = 0  # jobs in the drain; 0: --jobs
 
 
 CONFIGS = (
     PeerConfig("Celery, solo pool", "celery"),
-    PeerConfig("arq, poll 10 ms", "arq"),
+    PeerConfig("arq, poll 10 ms", "arq", 1, 10),
     PeerConfig("Dramatiq, 1 process x 8 threads", "dramatiq", 1, 8),
     PeerConfig("Dramatiq, 2 processes x 8 threads", "dramatiq", 2, 8),
     PeerConfig("BullMQ (Node), concurrency 1", "bullmq", 1, 1, "drain,bulk,latency"),
@@ -57,7 +59,7 @@ def run(bench: Bench) -> None:
             log(f"   {config.label}: {peer.message}")
             continue
         try:
-            result = _measure(bench, peer, config)
+            result = measure(bench, peer, config)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             figures.note = f"failed: {exc}"
             log(f"   {config.label}: {figures.note}")
@@ -67,10 +69,13 @@ def run(bench: Bench) -> None:
     bench.sections += side_by_side(bench)
 
 
-def _measure(bench: Bench, peer: install.Installed, config: PeerConfig) -> dict[str, Any]:
+def measure(bench: Bench, peer: install.Installed, config: PeerConfig) -> dict[str, Any]:
+    """Run one peer configuration in its own environment; its `RESULT` as a dict."""
     args = bench.args
-    common = ["--redis", bench.url(DB_PEERS), "--jobs", str(args.jobs), "--rate", str(args.rate)]
+    jobs = str(config.jobs or args.jobs)
+    common = ["--redis", bench.url(DB_PEERS), "--jobs", jobs, "--rate", str(args.rate)]
     common += ["--duration", str(args.duration), "--measure", config.measure]
+    common += ["--task", config.task]
     if config.peer == "bullmq":
         script = ROOT / "benchmarks" / "peers" / "bullmq_peer.cjs"
         argv = [*peer.command, str(script), *common, "--concurrency", str(config.threads)]

@@ -63,6 +63,20 @@ def test_a_peer_task_records_first_start_last_end_count_and_latency() -> None:
     assert driver._latency[0] == 0.0
 
 
+def test_a_peer_sleep_task_records_the_earliest_start_and_the_latest_end() -> None:
+    slots = RawArray(c_double, driver.SLOT_SIZE)
+    driver._slot = driver._SlotView(slots, 0)
+
+    driver.record_span(started=100.0)
+    driver.record_span(started=50.0)  # began earlier, ended later: jobs overlap
+    last = slots[driver.LAST]
+    driver.record_span(started=200.0)
+
+    assert slots[driver.COUNT] == 3
+    assert slots[driver.FIRST] == 50.0
+    assert slots[driver.LAST] >= last > 1e9
+
+
 def test_side_by_side_puts_each_system_against_rq_and_keeps_failures(tmp_path: Path) -> None:
     bench = Bench(argparse.Namespace(rate=200.0), tmp_path)
     bench.system("RQ SimpleWorker").drain = 100.0
