@@ -20,16 +20,12 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
-from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from service.config import constants, queues
 from service.config.settings import Settings
-from service.history import mongo
-from service.history.shipper import Shipper
 from service.jobs.registry import Registry
 from service.jobs.states import Fate
 from service.net.connections import fit_file_limit
@@ -40,6 +36,11 @@ from service.worker import job_metrics
 from service.worker.health import HealthServer
 from service.worker.process import main as process_main
 from service.worker.slots import READY, RETIRING, TICK, Slots
+
+if TYPE_CHECKING:  # imported where used: pymongo is megabytes, needed only with MONGODB_URI
+    from pymongo.database import Database
+
+    from service.history.shipper import Shipper
 
 log = logging.getLogger("service.worker")
 _spawn = multiprocessing.get_context("spawn")
@@ -143,6 +144,11 @@ class Supervisor:
         """With MONGODB_URI: indexes (idempotent), then the history shipper's thread."""
         if self.settings.mongodb_uri is None:
             return None
+        from pymongo.errors import PyMongoError
+
+        from service.history import mongo
+        from service.history.shipper import Shipper
+
         self.db = mongo.connect(self.settings.mongodb_uri)
         try:
             mongo.ensure_indexes(self.db, self.settings.history_ttl_days)
@@ -381,6 +387,8 @@ class Supervisor:
         }
         mongo_ok = shipping = True
         if self.db is not None and self.shipper is not None:
+            from service.history import mongo
+
             mongo_ok = mongo.ping(self.db)
             shipping = self._shipping()
             details["mongodb"] = "ok" if mongo_ok else "unavailable"

@@ -508,3 +508,13 @@ def test_a_worker_process_that_ignores_the_stop_is_killed_after_shutdown_timeout
     assert not running(stubborn)
     assert "interrupting running jobs (SHUTDOWN_TIMEOUT passed)" in supervisor.output
     assert "worker stopped:" in supervisor.output
+
+
+def test_a_supervisor_without_mongodb_imports_no_mongodb_client() -> None:
+    """pymongo is megabytes of every worker container's supervisor: only MONGODB_URI needs it."""
+    code = "import sys, service.worker.supervisor; print('pymongo' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
