@@ -2,11 +2,11 @@
 
 For an operator at a shell (`docker compose exec worker python -m service status`): per named
 queue, its waiting jobs by priority, scheduled jobs (and how many are due), running and dead
-jobs, and how long the oldest waiting job has waited; the live worker processes, from their
-registrations; the most recent failures in the dead-letter queue, and how many dead jobs
-DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges' (service/telemetry/gauges.py
-reads them), the failures GET /dead's first page; the service's own settings (QUEUE_REDIS_*)
-say where Redis is. Nothing is written.
+jobs, how long the oldest waiting job has waited, and whether it is paused; the live worker
+processes, from their registrations; the most recent failures in the dead-letter queue, and
+how many dead jobs DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges'
+(service/telemetry/gauges.py reads them), the failures GET /dead's first page; the service's
+own settings (QUEUE_REDIS_*) say where Redis is. Nothing is written.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class QueueStatus:
     dead: int  # in a failed registry: the dead-letter queue
     oldest_waiting_seconds: float | None  # since the job at the head was queued; None if none
     workers: int  # live worker processes registered for it (for its default priority)
+    paused: bool  # POST /queues/{name}/pause: workers start none of its jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +86,13 @@ async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> 
     the dropped-events count and the dead-letter queue's first page; the trimmed dead jobs'
     count comes with the backlog."""
     now = time.time()
-    known = await client.smembers(constants.QUEUES_KEY)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.smembers(constants.QUEUES_KEY)
+        pipe.smembers(constants.PAUSED_KEY)
+        known, paused = await pipe.execute()
     bases = {settings.queue_name, *settings.worker_queues}
     bases |= {queues.base(constants.queue_of_key(key)) for key in known}
+    bases |= {queues.base(records.as_text(member)) for member in paused}
     plan = gauges.BacklogPlan(bases)
     backlog = await gauges.read_backlog_async(client, plan)
     async with client.pipeline(transaction=False) as pipe:
@@ -128,6 +133,7 @@ def _queue(base: str, figures: gauges.QueueFigures) -> QueueStatus:
         dead=figures.dead,
         oldest_waiting_seconds=figures.oldest_age if any(waiting.values()) else None,
         workers=figures.workers,
+        paused=figures.paused,
     )
 
 
@@ -171,7 +177,7 @@ def render(status: Status) -> str:
     """Aligned text for a terminal."""
     lines = [f"Redis {status.redis} at {status.at}", ""]
     header = ["QUEUE", "HIGH", "DEFAULT", "LOW", "SCHEDULED", "DUE", "RUNNING", "DEAD"]
-    header += ["OLDEST WAITING", "WORKERS"]
+    header += ["OLDEST WAITING", "WORKERS", "PAUSED"]
     rows = [
         [
             q.queue,
@@ -179,10 +185,11 @@ def render(status: Status) -> str:
             *(str(n) for n in (q.scheduled, q.due, q.running, q.dead)),
             _age(q.oldest_waiting_seconds),
             str(q.workers),
+            "paused" if q.paused else "-",
         ]
         for q in status.queues
     ]
-    lines += _table(header, rows, right=set(range(1, 10)))
+    lines += _table(header, rows, right=set(range(1, 11)))
     lines.append("")
     if status.workers:
         lines.append(f"WORKERS ({len(status.workers)} alive)")

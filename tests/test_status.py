@@ -105,14 +105,34 @@ def test_counts_per_queue_and_priority_from_redis(
     header = next(line for line in lines if line.startswith("QUEUE"))
     row = next(line for line in lines if line.startswith("app-queue "))
     assert row.split()[:8] == ["app-queue", "1", "2", "1", "1", "0", "0", "0"]
-    assert row.split()[-1] == "1" and row.split()[-2].startswith("2m")
+    assert row.split()[-2] == "1" and row.split()[-3].startswith("2m")
+    assert row.split()[-1] == "-"  # not paused
     assert len(row) == len(header)  # right-aligned under its header
     assert next(line for line in lines if line.startswith("reports ")).split()[1:] == (
-        ["0", "0", "0", "2", "1", "0", "0", "-", "0"]
+        ["0", "0", "0", "2", "1", "0", "0", "-", "0", "-"]
     )
     assert "WORKERS (1 alive)" in text and "host.1.ab12.0" in text and "gone" not in text
     assert "RECENT FAILURES: none" in text
     assert "HISTORY: 1 events waiting for MongoDB, 3 dropped" in text
+
+
+def test_a_paused_queue_is_marked_also_one_nothing_else_names(
+    redis_url: str, queue_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given app-queue and a queue nobody serves paused (as POST /queues/{name}/pause does)
+    for base in ("app-queue", "ghost"):
+        queue_redis.sadd(constants.PAUSED_KEY, base, f"{base}.high", f"{base}.low")
+    publish_job(redis_url, "reports")
+    # Then the JSON and the text say so, and not of the queue left running
+    document = status_json(settings_for(redis_url), capsys)
+    paused = {q["queue"]: q["paused"] for q in document["queues"]}
+    assert paused == {"app-queue": True, "ghost": True, "reports": False}
+    assert status.main(settings_for(redis_url), []) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("QUEUE"))
+    assert header.split()[-1] == "PAUSED"
+    rows = {line.split()[0]: line.split()[-1] for line in lines if line.startswith(tuple(paused))}
+    assert rows == {"app-queue": "paused", "ghost": "paused", "reports": "-"}
 
 
 def child_of(pid: int, parent: int) -> bool:
@@ -181,7 +201,7 @@ def test_status_of_a_running_worker(
     lines = result.stdout.splitlines()
     row = next(line for line in lines if line.startswith("app-queue "))
     assert row.split()[:8] == ["app-queue", "1", "2", "1", "0", "0", "1", "1"]
-    assert row.split()[-1] == "1"
+    assert row.split()[-2:] == ["1", "-"]  # one worker, not paused
     (worker_line,) = [line for line in lines if line.startswith(process["name"])]
     assert worker_line.split()[1:5] == [socket.gethostname(), str(process["pid"]), "busy", "1/1"]
     (failure_line,) = [line for line in lines if line.startswith(failed)]

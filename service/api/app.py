@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from service.api import dead, job_history, request_metrics, routes
+from service.api import dead, job_history, pausing, request_metrics, routes
 from service.api.errors import (
     ApiError,
     api_error_handler,
@@ -137,6 +137,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         resource("/jobs/{job_id}", {"GET": routes.get_job, "DELETE": routes.cancel_job}),
         resource("/jobs/{job_id}/cancel", {"POST": routes.cancel_job}),
         resource("/queues", {"GET": routes.list_queues}),
+        *pausing.routes,
         resource("/health", {"GET": routes.health}),
         resource("/backlog", {"GET": routes.backlog}),
         resource("/ready", {"GET": routes.ready}),

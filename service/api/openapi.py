@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api import dead, job_history
+from service.api import dead, job_history, pausing
 from service.api.middleware import PROTECTED
 from service.api.openapi_parts import (
     BODY_ERRORS,
@@ -275,7 +275,8 @@ def build_openapi(
         "/queues": {
             "get": {
                 "operationId": "listQueues",
-                "summary": "Per queue: waiting, started, scheduled, finished, failed, workers",
+                "summary": "Per queue: waiting, started, scheduled, finished, failed, workers, "
+                "paused",
                 "responses": {
                     "200": response("Queue counts", {"type": "object"}),
                     "503": REDIS_UNAVAILABLE,
@@ -319,6 +320,7 @@ def build_openapi(
     }
     if history_on:
         paths["/jobs"]["get"] = job_history.openapi_operation()
+    paths.update(pausing.openapi_paths())
     paths.update(dead.openapi_paths())
     for path, operations in paths.items():
         needs_key = auth and path.startswith(PROTECTED)

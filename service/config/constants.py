@@ -114,6 +114,9 @@ KEYS: Final = MappingProxyType(
         "HISTORY_LEASE_KEY": "history:lease",  # the one shipper allowed to ship
         "HISTORY_DROPPED_KEY": "history:dropped",  # events dropped, the stream being full
         "DEAD_TRIMMED_KEY": "dead:trimmed",  # dead jobs removed to keep under DEAD_MAX_JOBS
+        # Paused queues (ours, not RQ's): a set of RQ queue names, a named queue's three
+        # priorities together. CLAIM takes no job from them; publishing goes on.
+        "PAUSED_KEY": "paused",
     }
 )
 # A key per queue, job or worker: its function here (and in the Lua) -> its part before the name.
@@ -143,6 +146,7 @@ HISTORY_ON_KEY: Final = KEY_PREFIX + KEYS["HISTORY_ON_KEY"]
 HISTORY_LEASE_KEY: Final = KEY_PREFIX + KEYS["HISTORY_LEASE_KEY"]
 HISTORY_DROPPED_KEY: Final = KEY_PREFIX + KEYS["HISTORY_DROPPED_KEY"]
 DEAD_TRIMMED_KEY: Final = KEY_PREFIX + KEYS["DEAD_TRIMMED_KEY"]
+PAUSED_KEY: Final = KEY_PREFIX + KEYS["PAUSED_KEY"]
 
 
 def _family(name: str) -> Callable[[str], str]:

@@ -1,15 +1,19 @@
 #!lua
 -- include: _history
 -- ARGV: the key prefix, count, worker name, now_iso, started-registry score, execution id
--- prefix, then the queues in drain order (high before default before low). Returns per claimed
--- job (claim.py, `Claimed`): id, member, data, timeout, attempt, queue, backoff, enqueued_at,
--- traceparent ('' if none), crashes (how many runners it has killed: above 0, it runs alone).
+-- prefix, then the queues in drain order (high before default before low); a paused one (in
+-- PAUSED_KEY) is skipped. Returns per claimed job (claim.py, `Claimed`): id, member, data,
+-- timeout, attempt, queue, backoff, enqueued_at, traceparent ('' if none), crashes (how many
+-- runners it has killed: above 0, it runs alone).
 local want, worker, now_iso, score, exec = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local out = {}
+-- Paused queues give nothing: one SMEMBERS per call (an empty set almost always), not per job.
+local paused = {}
+for _, q in ipairs(redis.call('SMEMBERS', PAUSED_KEY)) do paused[q] = true end
 for qi = 7, #ARGV do
   if want <= 0 then break end
   local q = ARGV[qi]
-  local ids = redis.call('LPOP', queue_key(q), want)
+  local ids = not paused[q] and redis.call('LPOP', queue_key(q), want)
   if ids then
     want = want - #ids
     for _, id in ipairs(ids) do

@@ -15,6 +15,7 @@ from service.config.settings import DEFAULT_RETENTION, Retention
 from service.jobs import records
 from service.store.cancel import Cancel, Cancellation
 from service.store.connection import Direct
+from service.store.pause import Pause
 from service.store.publish import Publish, PublishEach, PublishOnce, Refused
 from service.telemetry import tracing
 
@@ -98,6 +99,7 @@ class Store:
         self._publish_once = PublishOnce()
         self._cancel = Cancel(retention)
         self._publish_each = PublishEach()
+        self._pause = Pause()
         self._coalescer = Coalescer(self._send_each)
 
     async def publish(self, batch: Sequence[records.NewJob]) -> None:
@@ -150,6 +152,11 @@ class Store:
         cancellation: Cancellation = await self._cancel(self.direct, job_id, time.time())
         return cancellation.result, cancellation.status
 
+    async def set_paused(self, base: str, paused: bool) -> bool:
+        """Pause or resume the named queue `base` (its three priorities); whether its state
+        changed."""
+        return await self._pause(self.direct, base, paused)
+
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """The public view of a job, or None if Redis does not have it."""
         async with self.client.pipeline(transaction=False) as pipe:
@@ -181,12 +188,17 @@ class Store:
         }
 
     async def queues(self, names: Iterable[str]) -> list[dict[str, Any]]:
-        """Per queue (`names` first, in order, then any other queue Redis knows): waiting,
-        started, scheduled, finished, failed and live worker counts."""
-        members = await self.client.smembers(constants.QUEUES_KEY)
+        """Per queue (`names` first, in order, then any other queue Redis knows or holds
+        paused): waiting, started, scheduled, finished, failed and live worker counts, and
+        whether it is paused."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.smembers(constants.QUEUES_KEY)
+            pipe.smembers(constants.PAUSED_KEY)
+            members, paused_members = await pipe.execute()
         known = {constants.queue_of_key(key) for key in members}
+        paused = {records.as_text(member) for member in paused_members}
         listed = list(dict.fromkeys(names))
-        queues = listed + sorted(known - set(listed))
+        queues = listed + sorted((known | paused) - set(listed))
         now = int(time.time())
         async with self.client.pipeline(transaction=False) as pipe:
             for q in queues:
@@ -216,6 +228,7 @@ class Store:
                     "finished": finished,
                     "failed": failed,
                     "workers": live,
+                    "paused": q in paused,
                 }
             )
         return result

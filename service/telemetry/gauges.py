@@ -1,11 +1,11 @@
 """The backlog gauges both modes export on /metrics, and the text exposition.
 
 Per named queue (its three priority lists summed where a figure has no `priority` label):
-waiting, scheduled, due, running and dead jobs, the oldest waiting job's age and the live
-workers serving it; and the dead jobs trimmed by DEAD_MAX_JOBS so far. Two pipelined round
-trips, no key scans: cheap enough to refresh every WORKER_PROCESSING_INTERVAL, which is when
-both modes refresh them (the worker supervisor during housekeeping, the API when scraped and
-its figures are older than that).
+waiting, scheduled, due, running and dead jobs, the oldest waiting job's age, the live
+workers serving it and whether it is paused; and the dead jobs trimmed by DEAD_MAX_JOBS so
+far. Two pipelined round trips, no key scans: cheap enough to refresh every
+WORKER_PROCESSING_INTERVAL, which is when both modes refresh them (the worker supervisor
+during housekeeping, the API when scraped and its figures are older than that).
 
 Every worker container and every API process exports the same figures: aggregate them with
 `max by (queue)`, never `sum`.
@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from service.config import constants
 from service.config.queues import PRIORITIES, concrete
+from service.config.queues import base as base_of
 from service.jobs import records
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,6 +55,7 @@ class QueueFigures:
     dead: int = 0
     oldest_age: float = 0.0  # seconds the head of the oldest non-empty list has waited
     workers: int = 0
+    paused: bool = False  # a priority of it is paused (PAUSED_KEY): workers claim none of it
 
 
 @dataclass(slots=True)
@@ -87,6 +89,7 @@ class BacklogPlan:
             pipe.smembers(constants.queue_workers_key(base))
         pipe.xlen(constants.HISTORY_STREAM)
         pipe.get(constants.DEAD_TRIMMED_KEY)
+        pipe.smembers(constants.PAUSED_KEY)
 
     def second(self, pipe: Pipeline, replies: Sequence[Any]) -> None:
         """When each list's head was enqueued, and which registered workers are alive."""
@@ -101,6 +104,7 @@ class BacklogPlan:
         answers = iter(second)
         figures: dict[str, QueueFigures] = {}
         stride = _PER_LIST * len(PRIORITIES) + 1
+        paused = {base_of(records.as_text(member)) for member in first[-1]}
         for index, (heads, members) in enumerate(self._per_base(first)):
             rows = first[index * stride : index * stride + stride - 1]
             queue = QueueFigures()
@@ -119,8 +123,9 @@ class BacklogPlan:
                 if since is not None:
                     queue.oldest_age = max(queue.oldest_age, now - since, 0.0)
             queue.workers = sum(bool(next(answers)) for _ in members)
+            queue.paused = self.bases[index] in paused
             figures[self.bases[index]] = queue
-        return Snapshot(figures, int(first[-2]), time.monotonic(), int(first[-1] or 0))
+        return Snapshot(figures, int(first[-3]), time.monotonic(), int(first[-2] or 0))
 
     def _per_base(self, replies: Sequence[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
         """Per base queue: the non-empty lists' head ids, and the worker registrations."""
@@ -143,6 +148,11 @@ _PER_QUEUE = (
         "How long the oldest waiting job has waited (0 when none waits)",
     ),
     ("workers", "service_queue_workers", "Live worker processes serving the queue"),
+    (
+        "paused",
+        "service_queue_paused",
+        "1 while the queue is paused: workers start none of its jobs",
+    ),
 )
 
 

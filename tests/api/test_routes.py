@@ -190,6 +190,7 @@ def test_queues(client: TestClient) -> None:
         "finished": 0,
         "failed": 0,
         "workers": 0,
+        "paused": False,
     }
 
 

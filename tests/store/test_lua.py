@@ -32,7 +32,15 @@ from service.store.publisher import Store
 from tests.conftest import ServiceProcess, publish, wait_for
 
 REFUSED_WHEN_FULL = {"PUBLISH", "PUBLISH_EACH", "PUBLISH_ONCE", "CLAIM", "COMPLETE"}
-RUN_WHEN_FULL = {"HEARTBEAT", "RECOVER", "PROMOTE", "CANCEL", "DEAD_RETRY", "DEAD_DELETE"}
+RUN_WHEN_FULL = {
+    "HEARTBEAT",
+    "RECOVER",
+    "PROMOTE",
+    "CANCEL",
+    "DEAD_RETRY",
+    "DEAD_DELETE",
+    "PAUSE",
+}
 
 
 def test_every_script_declares_whether_a_full_redis_runs_it() -> None:

@@ -56,6 +56,7 @@ CONTRACT = {
     "service_queue_oldest_job_age_seconds": "gauge",
     "service_queue_dead_jobs": "gauge",
     "service_queue_workers": "gauge",
+    "service_queue_paused": "gauge",
     "service_history_pending_events": "gauge",
     "service_dead_trimmed_jobs_total": "counter",
     # the history shipper of each worker container with MONGODB_URI
