@@ -4,9 +4,9 @@ A plain submission (a JSON body that arrives whole, a known job type with only a
 options, no Idempotency-Key, tracing off) is the request the API serves most. Through the
 full stack (request metrics, body limits, API keys, then Starlette's middleware, router,
 request and response objects) the layers cost it more than the validation and the publish
-together (README, Performance). The same steps run inline, with the same pieces: the API-key check and
-the body limits of service/api/middleware.py, `parse_jobs`, `Store.publish_soon`, the
-request metrics.
+together (README, Performance). The same steps run inline, with the same pieces: the API-key
+check and the body limits of service/api/middleware.py, `parse_jobs`, `Store.publish_soon`,
+the request metrics.
 
 Whatever this layer does not serve goes to the full stack, which checks everything again:
 a request without a valid key or with a body too large (so the 401 or 413 come from there),
