@@ -97,6 +97,16 @@ FORCE_KILL_GRACE: Final = 5.0  # after a forced stop, seconds before SIGKILL
 
 WAKE_TOKENS_MAX: Final = 100  # wake-up tokens kept per queue (hints for idle workers)
 
+# --- Schedules (service/jobs/schedule.py) ------------------------------------------------------
+SCHEDULE_TICK_SECONDS: Final = 1.0  # how often each worker container looks for due schedules
+SCHEDULE_BATCH: Final = 100  # most due schedules one tick fires
+# A fire this many seconds late or less is on time (Quartz's misfire threshold): published
+# however many are due. Later, the schedule misfired and its misfire policy decides.
+SCHEDULE_MISFIRE_SECONDS: Final = 60
+SCHEDULE_CATCH_UP_MAX: Final = 1000  # the highest catch_up_max a schedule may set
+SCHEDULE_GRACE_MAX: Final = 24 * 3600  # the longest grace (seconds) a schedule may set
+SCHEDULE_COUNT_MAX: Final = 10_000  # missed fires are counted up to this many
+
 # --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
 # Every key is KEY_PREFIX, then one of the parts below. The Lua scripts get KEY_PREFIX as their
 # ARGV[1] and build keys with functions and names of the same names as here, generated from
