@@ -124,6 +124,7 @@ KEYS: Final = MappingProxyType(
         "HISTORY_LEASE_KEY": "history:lease",  # the one shipper allowed to ship
         "HISTORY_DROPPED_KEY": "history:dropped",  # events dropped, the stream being full
         "DEAD_TRIMMED_KEY": "dead:trimmed",  # dead jobs removed to keep under DEAD_MAX_JOBS
+        "SCHEDULES_KEY": "schedules",  # sorted set: schedule ids, scored by next fire time
     }
 )
 # A key per queue, job or worker: its function here (and in the Lua) -> its part before the name.
@@ -143,6 +144,7 @@ KEY_FAMILIES: Final = MappingProxyType(
         "queue_workers_key": "workers:",  # + queue: the keys of the workers serving it
         "command_channel": "pubsub:",  # + worker name: RQ's commands (`stop-job` cancels)
         "idempotency_key": "idempotency:",  # + Idempotency-Key: the job it made (ours)
+        "schedule_key": "schedule:",  # + schedule id: its definition and fire times (ours)
     }
 )
 
@@ -153,6 +155,7 @@ HISTORY_ON_KEY: Final = KEY_PREFIX + KEYS["HISTORY_ON_KEY"]
 HISTORY_LEASE_KEY: Final = KEY_PREFIX + KEYS["HISTORY_LEASE_KEY"]
 HISTORY_DROPPED_KEY: Final = KEY_PREFIX + KEYS["HISTORY_DROPPED_KEY"]
 DEAD_TRIMMED_KEY: Final = KEY_PREFIX + KEYS["DEAD_TRIMMED_KEY"]
+SCHEDULES_KEY: Final = KEY_PREFIX + KEYS["SCHEDULES_KEY"]
 
 
 def _family(name: str) -> Callable[[str], str]:
@@ -174,6 +177,7 @@ worker_key: Final = _family("worker_key")
 queue_workers_key: Final = _family("queue_workers_key")
 command_channel: Final = _family("command_channel")
 idempotency_key: Final = _family("idempotency_key")
+schedule_key: Final = _family("schedule_key")
 _REGISTRIES = {
     kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
     for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")
