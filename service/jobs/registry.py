@@ -313,7 +313,7 @@ class Registry:
 
         def register(handler: H) -> H:
             schema = payload or _payload_model(handler)
-            self._types[name] = JobType(
+            job_type = JobType(
                 name,
                 handler,
                 schema,
@@ -329,6 +329,9 @@ class Registry:
                 is_async=inspect.iscoroutinefunction(handler),
                 schedules=schedules,
             )
+            if not isinstance(schema, str):  # a model named by import string: checked on use
+                _check_payloads(job_type)
+            self._types[name] = job_type
             return handler
 
         return register
@@ -389,6 +392,19 @@ def _schedules(
     if len(set(keys)) != len(keys):
         raise ValueError(f"job type {name!r}: two schedules share a name (or are the same)")
     return tuple(made)
+
+
+def _check_payloads(job_type: JobType) -> None:
+    """Each schedule's payload against the type's schema: a job it would publish must not
+    fail for its payload at every fire."""
+    for declared in job_type.schedules:
+        try:
+            job_type.validate(dict(declared.payload), strict=True)
+        except PayloadInvalid as exc:
+            problems = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
+            raise ValueError(
+                f"job type {job_type.name!r}: schedule {declared.key()!r}: payload {problems}"
+            ) from None
 
 
 def _within(job_type: JobType, field: str, ceiling: int, problems: list[str]) -> int:

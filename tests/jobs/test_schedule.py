@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import BaseModel
 
 from service.config import constants
 from service.jobs.context import JobContext
@@ -22,6 +23,10 @@ from service.jobs.schedule import (
     preview,
     schedule_id,
 )
+
+
+class Tone(BaseModel):
+    tone: str
 
 
 def at(zone: str, *fields: int, fold: int = 0) -> int:
@@ -161,6 +166,21 @@ def test_job_declares_several_schedules_of_one_type() -> None:
     assert schedule_id("report", schedules[0]) == schedule_id(
         "report", Schedule(cron="0 9 * * MON", timezone="Europe/Lisbon")
     )
+
+
+def test_job_refuses_a_schedule_whose_payload_its_type_would_refuse() -> None:
+    registry = Registry()
+    registry.job("ok", schedule=Schedule(every=60, payload={"tone": "firm"}))(remind)
+    with pytest.raises(ValueError, match="payload tone: Field required"):
+        registry.job("bad", schedule=Schedule(every=60, payload={}))(remind)
+    with pytest.raises(ValueError, match="payload x: Extra inputs are not permitted"):
+        registry.job("empty", schedule=Schedule(every=60, payload={"x": 1}))(noop)
+
+
+def remind(payload: Tone, ctx: JobContext) -> None: ...
+
+
+def noop(payload: object, ctx: JobContext) -> None: ...
 
 
 def test_job_refuses_two_schedules_of_the_same_name() -> None:

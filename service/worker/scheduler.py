@@ -1,0 +1,85 @@
+"""The worker container's scheduler: a thread of the supervisor that declares the schedules
+of the job types in code at start, then, about once a second, fires the due ones.
+
+Every container runs one; none is special. Each fire time is claimed atomically in Redis
+(service/store/schedules.py), so however many containers tick, start, crash or restart, a
+fire time publishes its job once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from service.config import constants, queues
+from service.config.settings import Settings
+from service.jobs.registry import Registry
+from service.jobs.schedule import schedule_id
+from service.store.connection import connect
+from service.store.schedules import Definition, Schedules
+
+log = logging.getLogger("service.worker")
+
+
+def definitions(settings: Settings, registry: Registry) -> list[Definition]:
+    """The schedules the job types declare (`@job(schedule=...)`), with their jobs' policies."""
+    found: list[Definition] = []
+    for job_type in registry:
+        queue = queues.concrete(job_type.queue or settings.queue_name, job_type.priority)
+        for declared in job_type.schedules:
+            found.append(
+                Definition(
+                    schedule_id(job_type.name, declared),
+                    job_type.name,
+                    queue,
+                    job_type.timeout,
+                    job_type.max_retries,
+                    job_type.backoff.to_json(),
+                    job_type.result_ttl,
+                    job_type.failure_ttl,
+                    declared,
+                )
+            )
+    return found
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.declared = definitions(settings, registry)
+
+    def run(self, stop: threading.Event) -> None:
+        """Declare, then tick every SCHEDULE_TICK_SECONDS until `stop` is set. Redis being
+        out of reach only delays both: the next tick tries again."""
+        client = connect(self.settings.queue_redis)
+        schedules = Schedules(client)
+        declared = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not declared:
+                        answers = schedules.declare(self.declared, time.time())
+                        declared = True
+                        if self.declared:
+                            log.info(
+                                "schedules declared: %d (%d new, %d changed)",
+                                len(answers),
+                                answers.count("new"),
+                                answers.count("changed"),
+                            )
+                    for fired in schedules.fire_due(time.time()):
+                        if fired.missed:
+                            log.warning(
+                                "schedule %s misfired: %d fire times dropped, %d jobs published",
+                                fired.id,
+                                fired.missed,
+                                fired.published,
+                            )
+                except redis.RedisError as exc:
+                    log.warning("schedules skipped, Redis unavailable: %s", exc)
+                stop.wait(constants.SCHEDULE_TICK_SECONDS)
+        finally:
+            client.close()
