@@ -100,6 +100,10 @@ WAKE_TOKENS_MAX: Final = 100  # wake-up tokens kept per queue (hints for idle wo
 # --- Schedules (service/jobs/schedule.py) ------------------------------------------------------
 SCHEDULE_TICK_SECONDS: Final = 1.0  # how often each worker container looks for due schedules
 SCHEDULE_BATCH: Final = 100  # most due schedules one tick fires
+# How often each container declares its schedules again, and removes those of its job types
+# the code no longer declares: while two versions run (a rolling deploy) the schedules follow
+# whichever declared last, and settle on the new code within this long of the old one's end.
+SCHEDULE_DECLARE_SECONDS: Final = 60.0
 # A fire this many seconds late or less is on time (Quartz's misfire threshold): published
 # however many are due. Later, the schedule misfired and its misfire policy decides.
 SCHEDULE_MISFIRE_SECONDS: Final = 60

@@ -10,7 +10,7 @@ entry in SCHEDULES_KEY, scored by its next fire time: due schedules are one rang
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -138,6 +138,20 @@ class Schedules:
     def declare(self, definitions: Sequence[Definition], now: float) -> list[Put]:
         """Declare each schedule (SCHEDULE_PUT)."""
         return [self.put(one, now) for one in definitions]
+
+    def retire(self, job_types: Collection[str], keep: Collection[str]) -> list[str]:
+        """Remove the schedules of `job_types` that are not in `keep`: declarations taken out
+        of the code, or changed (an unnamed schedule's name is a digest of it). Returns their
+        ids. A fire racing the removal finds its schedule gone and publishes nothing."""
+        members = self.client.zscan_iter(constants.SCHEDULES_KEY)
+        ids = [records.as_text(member) for member, _score in members]
+        gone = [i for i in ids if i.split("/", 1)[0] in job_types and i not in keep]
+        if gone:
+            with self.client.pipeline() as pipe:
+                pipe.zrem(constants.SCHEDULES_KEY, *gone)
+                pipe.delete(*(constants.schedule_key(i) for i in gone))
+                pipe.execute()
+        return gone
 
     def fire_due(self, now: float, limit: int = constants.SCHEDULE_BATCH) -> list[Fired]:
         """Fire every due schedule (at most `limit`): one round trip lists them, then one

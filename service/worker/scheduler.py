@@ -49,27 +49,37 @@ def definitions(settings: Settings, registry: Registry) -> list[Definition]:
 class Scheduler:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
+        self.job_types = set(registry.names())
         self.declared = definitions(settings, registry)
 
+    def declare(self, schedules: Schedules) -> None:
+        """Declare this code's schedules, and remove those of its job types it no longer
+        declares."""
+        answers = schedules.declare(self.declared, time.time())
+        retired = schedules.retire(self.job_types, {d.id for d in self.declared})
+        if answers.count("new") or answers.count("changed") or retired:
+            log.info(
+                "schedules declared: %d (%d new, %d changed), %d removed: %s",
+                len(answers),
+                answers.count("new"),
+                answers.count("changed"),
+                len(retired),
+                ",".join(retired) or "-",
+            )
+
     def run(self, stop: threading.Event) -> None:
-        """Declare, then tick every SCHEDULE_TICK_SECONDS until `stop` is set. Redis being
-        out of reach only delays both: the next tick tries again."""
+        """Declare, then tick every SCHEDULE_TICK_SECONDS until `stop` is set, declaring again
+        every SCHEDULE_DECLARE_SECONDS. Redis being out of reach only delays both: the next
+        tick tries again."""
         client = connect(self.settings.queue_redis)
         schedules = Schedules(client)
-        declared = False
+        next_declare = time.monotonic()
         try:
             while not stop.is_set():
                 try:
-                    if not declared:
-                        answers = schedules.declare(self.declared, time.time())
-                        declared = True
-                        if self.declared:
-                            log.info(
-                                "schedules declared: %d (%d new, %d changed)",
-                                len(answers),
-                                answers.count("new"),
-                                answers.count("changed"),
-                            )
+                    if time.monotonic() >= next_declare:
+                        self.declare(schedules)
+                        next_declare = time.monotonic() + constants.SCHEDULE_DECLARE_SECONDS
                     for fired in schedules.fire_due(time.time()):
                         if fired.missed:
                             log.warning(

@@ -46,6 +46,20 @@ def test_declaring_again_keeps_the_next_fire_time_and_a_change_resets_it(
     assert due(queue_redis, T + 1000, 10) == [(every.id, T + 300)]
 
 
+def test_retiring_removes_only_undeclared_schedules_of_the_given_types(
+    queue_redis: redis.Redis,
+) -> None:
+    schedules = Schedules(queue_redis)
+    kept, dropped = definition(Schedule(every=60)), definition(Schedule(every=300))
+    other = definition(Schedule(every=60), job_type="other")
+    schedules.declare([kept, dropped, other], T)
+    assert schedules.retire({"noop"}, {kept.id}) == [dropped.id]
+    assert {i for i, _ in due(queue_redis, T + 10_000, 10)} == {kept.id, other.id}
+    assert not queue_redis.exists(constants.schedule_key(dropped.id))
+    fired = schedules.fire_due(T + 60)
+    assert sorted(f.id for f in fired) == sorted([kept.id, other.id])
+
+
 def test_a_due_fire_publishes_one_ordinary_job_and_moves_the_schedule_on(
     queue_redis: redis.Redis,
 ) -> None:

@@ -4,6 +4,7 @@ policies, then fired about once a second until told to stop."""
 from __future__ import annotations
 
 import threading
+import time
 
 import redis
 from pydantic import BaseModel
@@ -14,6 +15,7 @@ from service.jobs.context import JobContext
 from service.jobs.policy import Backoff
 from service.jobs.registry import Registry
 from service.jobs.schedule import Schedule
+from service.store.schedules import Definition, Schedules
 from service.worker.scheduler import Scheduler, definitions
 from tests.conftest import wait_for
 
@@ -56,6 +58,14 @@ def test_the_scheduler_declares_then_fires_until_stopped(
     redis_url: str, queue_redis: redis.Redis
 ) -> None:
     settings = load({"QUEUE_REDIS_URL": f"{redis_url}/1"})
+    # a schedule of a type this code knows but no longer declares, and one of another type
+    Schedules(queue_redis).declare(
+        [
+            Definition("report/gone", "report", "q", 1, 0, "", 1, 1, Schedule(every=60)),
+            Definition("elsewhere/x", "elsewhere", "q", 1, 0, "", 1, 1, Schedule(every=60)),
+        ],
+        time.time(),
+    )
     stop = threading.Event()
     thread = threading.Thread(target=Scheduler(settings, registry()).run, args=(stop,))
     thread.start()
@@ -65,4 +75,5 @@ def test_the_scheduler_declares_then_fires_until_stopped(
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert queue_redis.zcard(constants.SCHEDULES_KEY) == 2
+    ids = {m.decode() for m in queue_redis.zrange(constants.SCHEDULES_KEY, 0, -1)}
+    assert ids == {"report/often", "elsewhere/x", definitions(settings, registry())[0].id}
