@@ -27,6 +27,10 @@ from service.store.publish import publish_args
 Put = Literal["new", "same", "changed"]
 
 
+class UnreadableSchedule(ValueError):
+    """A stored definition this code cannot read."""
+
+
 @dataclass(frozen=True, slots=True)
 class Definition:
     """A schedule and the job it publishes at each fire time, every policy resolved."""
@@ -49,9 +53,14 @@ class Definition:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Definition:
-        fields: dict[str, Any] = orjson.loads(raw)
-        fields["schedule"] = Schedule(**fields["schedule"])
-        return cls(**fields)
+        """The definition SCHEDULE_PUT stored; UnreadableSchedule for one this code cannot
+        read (written by another version of it, or by hand)."""
+        try:
+            fields: dict[str, Any] = orjson.loads(raw)
+            fields["schedule"] = Schedule(**fields["schedule"])
+            return cls(**fields)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UnreadableSchedule(str(exc)) from None
 
     def job(self, fire_time: int) -> NewJob:
         """The job of one fire time, queued at once."""
@@ -70,11 +79,12 @@ class Definition:
 
 @dataclass(frozen=True, slots=True)
 class Fired:
-    """What one firing did: `fired` (this caller claimed the fire time) or `lost` (another
-    container had, or the schedule changed), and how many jobs it published."""
+    """What one firing did: `fired` (this caller claimed the fire time), `lost` (another
+    container had, or the schedule changed) or `unreadable` (its stored definition: left
+    alone, for a container that reads it), and how many jobs it published."""
 
     id: str
-    outcome: Literal["fired", "lost"]
+    outcome: Literal["fired", "lost", "unreadable"]
     published: int
     missed: int = 0  # fire times the misfire policy dropped
 
@@ -158,7 +168,11 @@ class Schedules:
         read and one SCHEDULE_FIRE each. Any number of containers may run it at once."""
         fired: list[Fired] = []
         for schedule_id, at in due(self.client, now, limit):
-            found = definition(self.client, schedule_id)
+            try:
+                found = definition(self.client, schedule_id)
+            except UnreadableSchedule:
+                fired.append(Fired(schedule_id, "unreadable", 0))
+                continue
             if found is not None:
                 fired.append(self.fire(found, at, now))
         return fired

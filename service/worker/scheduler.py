@@ -51,6 +51,7 @@ class Scheduler:
         self.settings = settings
         self.job_types = set(registry.names())
         self.declared = definitions(settings, registry)
+        self.unreadable: set[str] = set()
 
     def declare(self, schedules: Schedules) -> None:
         """Declare this code's schedules, and remove those of its job types it no longer
@@ -81,7 +82,14 @@ class Scheduler:
                         self.declare(schedules)
                         next_declare = time.monotonic() + constants.SCHEDULE_DECLARE_SECONDS
                     for fired in schedules.fire_due(time.time()):
-                        if fired.missed:
+                        if fired.outcome == "unreadable" and fired.id not in self.unreadable:
+                            self.unreadable.add(fired.id)  # warned once, not every second
+                            log.warning(
+                                "schedule %s: its stored definition is unreadable (another "
+                                "version's?); left for a container that reads it",
+                                fired.id,
+                            )
+                        elif fired.missed:
                             log.warning(
                                 "schedule %s misfired: %d fire times dropped, %d jobs published",
                                 fired.id,
@@ -90,6 +98,8 @@ class Scheduler:
                             )
                 except redis.RedisError as exc:
                     log.warning("schedules skipped, Redis unavailable: %s", exc)
+                except Exception:  # the thread must outlive a surprise: the next tick retries
+                    log.exception("schedules: tick failed")
                 stop.wait(constants.SCHEDULE_TICK_SECONDS)
         finally:
             client.close()

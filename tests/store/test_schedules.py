@@ -79,6 +79,21 @@ def test_a_due_fire_publishes_one_ordinary_job_and_moves_the_schedule_on(
     assert (state[b"last"], state[b"next"], state[b"fired"]) == (b"1800000060", b"1800000120", b"1")
 
 
+def test_a_definition_this_code_cannot_read_is_left_alone_and_the_others_fire(
+    queue_redis: redis.Redis,
+) -> None:
+    schedules = Schedules(queue_redis)
+    every = definition(Schedule(every=60))
+    schedules.declare([every], T + 10)
+    queue_redis.hset(constants.schedule_key("noop/future"), "spec", b'{"new_field": 1}')
+    queue_redis.zadd(constants.SCHEDULES_KEY, {"noop/future": T})
+    assert schedules.fire_due(T + 61) == [
+        Fired("noop/future", "unreadable", 0),
+        Fired(every.id, "fired", 1),
+    ]
+    assert due(queue_redis, T + 61, 10) == [("noop/future", T)]
+
+
 def test_a_replayed_fire_publishes_nothing(queue_redis: redis.Redis) -> None:
     every = definition(Schedule(every=60))
     Schedules(queue_redis).declare([every], T + 10)
