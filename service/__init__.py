@@ -2,5 +2,6 @@
 
 from service.jobs.context import AsyncJobContext, JobContext
 from service.jobs.registry import job
+from service.jobs.schedule import Schedule
 
-__all__ = ["AsyncJobContext", "JobContext", "job"]
+__all__ = ["AsyncJobContext", "JobContext", "Schedule", "job"]

@@ -97,6 +97,20 @@ FORCE_KILL_GRACE: Final = 5.0  # after a forced stop, seconds before SIGKILL
 
 WAKE_TOKENS_MAX: Final = 100  # wake-up tokens kept per queue (hints for idle workers)
 
+# --- Schedules (service/jobs/schedule.py) ------------------------------------------------------
+SCHEDULE_TICK_SECONDS: Final = 1.0  # how often each worker container looks for due schedules
+SCHEDULE_BATCH: Final = 100  # most due schedules one tick fires
+# How often each container declares its schedules again, and removes those of its job types
+# the code no longer declares: while two versions run (a rolling deploy) the schedules follow
+# whichever declared last, and settle on the new code within this long of the old one's end.
+SCHEDULE_DECLARE_SECONDS: Final = 60.0
+# A fire this many seconds late or less is on time (Quartz's misfire threshold): published
+# however many are due. Later, the schedule misfired and its misfire policy decides.
+SCHEDULE_MISFIRE_SECONDS: Final = 60
+SCHEDULE_CATCH_UP_MAX: Final = 1000  # the highest catch_up_max a schedule may set
+SCHEDULE_GRACE_MAX: Final = 24 * 3600  # the longest grace (seconds) a schedule may set
+SCHEDULE_COUNT_MAX: Final = 10_000  # missed fires are counted up to this many
+
 # --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
 # Every key is KEY_PREFIX, then one of the parts below. The Lua scripts get KEY_PREFIX as their
 # ARGV[1] and build keys with functions and names of the same names as here, generated from
@@ -117,6 +131,7 @@ KEYS: Final = MappingProxyType(
         # Paused queues (ours, not RQ's): a set of RQ queue names, a named queue's three
         # priorities together. CLAIM takes no job from them; publishing goes on.
         "PAUSED_KEY": "paused",
+        "SCHEDULES_KEY": "schedules",  # sorted set: schedule ids, scored by next fire time
     }
 )
 # A key per queue, job or worker: its function here (and in the Lua) -> its part before the name.
@@ -136,6 +151,7 @@ KEY_FAMILIES: Final = MappingProxyType(
         "queue_workers_key": "workers:",  # + queue: the keys of the workers serving it
         "command_channel": "pubsub:",  # + worker name: RQ's commands (`stop-job` cancels)
         "idempotency_key": "idempotency:",  # + Idempotency-Key: the job it made (ours)
+        "schedule_key": "schedule:",  # + schedule id: its definition and fire times (ours)
     }
 )
 
@@ -147,6 +163,7 @@ HISTORY_LEASE_KEY: Final = KEY_PREFIX + KEYS["HISTORY_LEASE_KEY"]
 HISTORY_DROPPED_KEY: Final = KEY_PREFIX + KEYS["HISTORY_DROPPED_KEY"]
 DEAD_TRIMMED_KEY: Final = KEY_PREFIX + KEYS["DEAD_TRIMMED_KEY"]
 PAUSED_KEY: Final = KEY_PREFIX + KEYS["PAUSED_KEY"]
+SCHEDULES_KEY: Final = KEY_PREFIX + KEYS["SCHEDULES_KEY"]
 
 
 def _family(name: str) -> Callable[[str], str]:
@@ -168,6 +185,7 @@ worker_key: Final = _family("worker_key")
 queue_workers_key: Final = _family("queue_workers_key")
 command_channel: Final = _family("command_channel")
 idempotency_key: Final = _family("idempotency_key")
+schedule_key: Final = _family("schedule_key")
 _REGISTRIES = {
     kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
     for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")

@@ -28,7 +28,7 @@ import inspect
 import itertools
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -38,6 +38,7 @@ from service.config import constants, queues
 from service.config.queues import Priority
 from service.jobs.context import AsyncJobContext, JobContext
 from service.jobs.policy import Backoff
+from service.jobs.schedule import Schedule
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -165,6 +166,7 @@ class JobType:
     # The TTLs its registration gave ("result_ttl", "failure_ttl"); the others follow the
     # defaults, lowered to the operator's ceilings (see `Registry.within`).
     given_ttls: frozenset[str] = frozenset()
+    schedules: tuple[Schedule, ...] = ()  # when it runs by itself (service/jobs/schedule.py)
 
     def model(self) -> type[BaseModel] | type[EmptyPayload]:
         """The payload model, imported now (once) if named by an import string."""
@@ -274,6 +276,9 @@ class Registry:
         priority: Priority = "default",
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
+        schedule: str | Schedule | Sequence[str | Schedule] = (),
+        timezone: str = "UTC",
+        every: int | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function as the handler of job type `name`: a plain
         function (run in a thread of its worker process) or an `async def` one (run on the
@@ -284,6 +289,10 @@ class Registry:
         else EmptyPayload (`{}`). A TTL left out is the default (RESULT_TTL, FAILURE_TTL), or
         the operator's ceiling when that is lower; one given above its ceiling stops the
         service at start.
+
+        `schedule` makes the type run by itself: a cron expression (read in `timezone`), a
+        `Schedule` (for a payload, a misfire policy or a name), or a list of either;
+        `every=N` adds one every N seconds. Each fire time publishes exactly one job.
         """
         given = {"result_ttl": result_ttl, "failure_ttl": failure_ttl}
         if not NAME_PATTERN.match(name):
@@ -300,10 +309,11 @@ class Registry:
             raise ValueError(f"job type {name!r}: result_ttl and failure_ttl must be > 0")
         if isinstance(payload, str) and not MODEL_PATH.match(payload):
             raise ValueError(f"job type {name!r}: payload {payload!r} must be 'module:Model'")
+        schedules = _schedules(name, schedule, timezone, every)
 
         def register(handler: H) -> H:
             schema = payload or _payload_model(handler)
-            self._types[name] = JobType(
+            job_type = JobType(
                 name,
                 handler,
                 schema,
@@ -317,7 +327,11 @@ class Registry:
                 constants.FAILURE_TTL if failure_ttl is None else failure_ttl,
                 given_ttls=frozenset(field for field, ttl in given.items() if ttl is not None),
                 is_async=inspect.iscoroutinefunction(handler),
+                schedules=schedules,
             )
+            if not isinstance(schema, str):  # a model named by import string: checked on use
+                _check_payloads(job_type)
+            self._types[name] = job_type
             return handler
 
         return register
@@ -361,6 +375,36 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._types)
+
+
+def _schedules(
+    name: str,
+    schedule: str | Schedule | Sequence[str | Schedule],
+    timezone: str,
+    every: int | None,
+) -> tuple[Schedule, ...]:
+    """The schedules `@job` declares, each checked; two with the same key are refused."""
+    given = [schedule] if isinstance(schedule, str | Schedule) else list(schedule)
+    made = [Schedule(cron=s, timezone=timezone) if isinstance(s, str) else s for s in given]
+    if every is not None:
+        made.append(Schedule(every=every))
+    keys = [s.key() for s in made]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"job type {name!r}: two schedules share a name (or are the same)")
+    return tuple(made)
+
+
+def _check_payloads(job_type: JobType) -> None:
+    """Each schedule's payload against the type's schema: a job it would publish must not
+    fail for its payload at every fire."""
+    for declared in job_type.schedules:
+        try:
+            job_type.validate(dict(declared.payload), strict=True)
+        except PayloadInvalid as exc:
+            problems = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors)
+            raise ValueError(
+                f"job type {job_type.name!r}: schedule {declared.key()!r}: payload {problems}"
+            ) from None
 
 
 def _within(job_type: JobType, field: str, ceiling: int, problems: list[str]) -> int:

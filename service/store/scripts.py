@@ -94,15 +94,25 @@ def compose(name: str) -> str:
     return f"{flags}\n{prelude(code)}{code}"
 
 
+# The API's: publish, cancel, pause and resume a queue.
 PUBLISH = compose("publish")
 PUBLISH_EACH = compose("publish_each")
 PUBLISH_ONCE = compose("publish_once")
 CANCEL = compose("cancel")
+PAUSE = compose("pause")
+
+# A worker process's: claim jobs, record how they ended, keep its registration alive.
 CLAIM = compose("claim")
 COMPLETE = compose("complete")
-RECOVER = compose("recover")
 HEARTBEAT = compose("heartbeat")
+
+# Housekeeping's, run by every worker container: recover lost jobs, promote due ones, fire
+# schedules.
+RECOVER = compose("recover")
 PROMOTE = compose("promote")
+SCHEDULE_PUT = compose("schedule_put")
+SCHEDULE_FIRE = compose("schedule_fire")
+
+# The dead-letter queue's.
 DEAD_RETRY = compose("dead_retry")
 DEAD_DELETE = compose("dead_delete")
-PAUSE = compose("pause")

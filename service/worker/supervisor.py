@@ -35,6 +35,7 @@ from service.telemetry import gauges as backlog_metrics
 from service.worker import job_metrics
 from service.worker.health import HealthServer
 from service.worker.process import main as process_main
+from service.worker.scheduler import Scheduler
 from service.worker.slots import READY, RETIRING, TICK, Slots
 
 if TYPE_CHECKING:  # imported where used: pymongo is megabytes, needed only with MONGODB_URI
@@ -70,6 +71,8 @@ class Supervisor:
         self.shipper: Shipper | None = None
         self.history: threading.Thread | None = None  # the shipper's thread
         self._history_stop = threading.Event()
+        self.scheduler = Scheduler(settings, registry)
+        self._scheduler_stop = threading.Event()
         self.backlog = backlog_metrics.BacklogCollector()
         self._backlog_plan = backlog_metrics.BacklogPlan({queues.base(q) for q in self.queues})
         # A signal writes a byte here, so the main loop wakes at once instead of at its timeout.
@@ -116,10 +119,19 @@ class Supervisor:
         for index in range(self.settings.worker_processes):
             self._start(index)
         self.history = self._start_history()
+        # Schedules fire from a thread of their own: a slow round of housekeeping (or a
+        # restart backoff) in the main loop never delays a fire.
+        scheduler = threading.Thread(
+            target=self.scheduler.run, args=(self._scheduler_stop,), name="scheduler", daemon=True
+        )
+        scheduler.start()
         try:
             self._supervise()
+            self._scheduler_stop.set()  # a container shutting down fires nothing more
             code = self._shut_down()
         finally:
+            self._scheduler_stop.set()
+            scheduler.join(constants.REDIS_SOCKET_TIMEOUT + constants.SCHEDULE_TICK_SECONDS)
             if self.history is not None:  # after the workers: their last events ship too
                 self._history_stop.set()
                 self.history.join(constants.HISTORY_DRAIN_SECONDS + 2)

@@ -31,7 +31,15 @@ from service.store.publish import publish_now
 from service.store.publisher import Store
 from tests.conftest import ServiceProcess, publish, wait_for
 
-REFUSED_WHEN_FULL = {"PUBLISH", "PUBLISH_EACH", "PUBLISH_ONCE", "CLAIM", "COMPLETE"}
+REFUSED_WHEN_FULL = {
+    "PUBLISH",
+    "PUBLISH_EACH",
+    "PUBLISH_ONCE",
+    "CLAIM",
+    "COMPLETE",
+    "SCHEDULE_PUT",
+    "SCHEDULE_FIRE",
+}
 RUN_WHEN_FULL = {
     "HEARTBEAT",
     "RECOVER",
