@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,11 +24,28 @@ from service.dev.child_server import ChildServer
 log = logging.getLogger(__name__)
 
 
+# Ports handed out for servers we start: below Linux's default ephemeral range (32768-60999),
+# so no client connection takes one as its source port before the server binds it.
+SERVER_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, for a server about to start. Picked at random, so
+    processes choosing at the same time (the tests run in parallel) seldom pick the same one,
+    as the kernel's own choice (bind to 0) tends to hand a port just released to the next
+    caller."""
+    for _ in range(100):
+        port = random.choice(SERVER_PORTS)  # noqa: S311 - a spread, not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded range: the kernel's choice
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def find_redis_server() -> str | None:
