@@ -239,6 +239,23 @@ def test_the_preview_crosses_a_daylight_saving_change_as_the_scheduler_fires(
     assert len(preview["fire_times"]) == 10
 
 
+def test_a_schedule_another_version_stored_is_a_409_and_left_out_of_the_listing(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    queue_redis.hset(
+        constants.schedule_key("noop/future"), mapping={"spec": "{}", "next": T, "origin": "api"}
+    )
+    queue_redis.zadd(constants.SCHEDULES_KEY, {"noop/future": T})
+    for response in (
+        client.get("/schedules/noop/future"),
+        client.get("/schedules/noop/future/preview"),
+        client.patch("/schedules/noop/future", json={"every": 60}),
+    ):
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "schedule_unreadable"
+    assert client.get("/schedules").json() == {"schedules": []}
+
+
 def test_a_path_no_schedule_can_have_is_a_404(client: TestClient) -> None:
     for path in ("/schedules/Bad/x", "/schedules/noop/%2E%2E", "/schedules/noop/a%20b/pause"):
         response = client.get(path) if "pause" not in path else client.post(path)
