@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from service.api import dead, job_history, pausing, request_metrics, routes
+from service.api import dead, job_history, pausing, request_metrics, routes, scheduling
 from service.api.errors import (
     ApiError,
     api_error_handler,
@@ -37,6 +37,7 @@ from service.store.connection import connect_async, out_of_memory
 from service.store.dead_letters import DeadLetters
 from service.store.durability import StrictGate
 from service.store.publisher import QueueFull, Store
+from service.store.schedules import Book
 from service.telemetry import tracing
 
 log = logging.getLogger("service.api")
@@ -99,6 +100,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         client = connect_async(settings.queue_redis)
         app.state.store = Store(client, settings.max_backlog, settings.retention)
         app.state.dead = DeadLetters(client)
+        app.state.schedules = Book(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
         )
@@ -144,6 +146,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         resource("/openapi.json", {"GET": routes.openapi}),
         resource("/metrics", {"GET": request_metrics.metrics}),
         *dead.routes,
+        *scheduling.routes,
     ]
     app = Starlette(
         routes=table,

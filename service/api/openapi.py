@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api import dead, job_history, pausing
+from service.api import dead, job_history, pausing, schedule_openapi
 from service.api.middleware import PROTECTED
 from service.api.openapi_parts import (
     BODY_ERRORS,
@@ -164,9 +164,11 @@ def build_openapi(
         {"result_ttl": max_result_ttl, "failure_ttl": max_failure_ttl},
     )
     refs = []
+    payloads: dict[str, Any] = {}
     for job_type in registry:
         name = "Job_" + job_type.name.replace(".", "_").replace("-", "_")
         payload = _int64(job_type.json_schema())
+        payloads[job_type.name] = payload
         schemas[name] = {
             "type": "object",
             "description": (job_type.handler.__doc__ or "").strip(),
@@ -322,6 +324,8 @@ def build_openapi(
         paths["/jobs"]["get"] = job_history.openapi_operation()
     paths.update(pausing.openapi_paths())
     paths.update(dead.openapi_paths())
+    paths.update(schedule_openapi.paths())
+    schemas.update(schedule_openapi.schemas(payloads))
     for path, operations in paths.items():
         needs_key = auth and path.startswith(PROTECTED)
         for operation in operations.values():

@@ -109,6 +109,7 @@ SCHEDULE_DECLARE_SECONDS: Final = 60.0
 SCHEDULE_MISFIRE_SECONDS: Final = 60
 SCHEDULE_CATCH_UP_MAX: Final = 1000  # the highest catch_up_max a schedule may set
 SCHEDULE_GRACE_MAX: Final = 24 * 3600  # the longest grace (seconds) a schedule may set
+SCHEDULE_EVERY_MAX: Final = 366 * 24 * 3600  # the longest interval (seconds) a schedule may set
 SCHEDULE_COUNT_MAX: Final = 10_000  # missed fires are counted up to this many
 
 # --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------

@@ -76,6 +76,9 @@ class Schedule:
             isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1
         ):
             raise ScheduleInvalid(f"every={self.every!r}: expected whole seconds >= 1")
+        if self.every is not None and self.every > constants.SCHEDULE_EVERY_MAX:
+            limit = constants.SCHEDULE_EVERY_MAX
+            raise ScheduleInvalid(f"every={self.every}: expected at most {limit} seconds")
         try:
             zone = ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):

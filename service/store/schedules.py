@@ -1,10 +1,13 @@
 """SCHEDULE_PUT and SCHEDULE_FIRE (schedule_put.lua, schedule_fire.lua): schedules kept in
 Redis, and each of their fire times claimed by exactly one container, which publishes its
 jobs as ordinary RQ jobs (the `publish` fragment: history, metrics and retries as for any).
+And the API's: SCHEDULE_CREATE, SCHEDULE_UPDATE, SCHEDULE_PAUSE, SCHEDULE_DELETE (`Book`).
 
 A schedule is `schedule_key(id)`, a hash (its definition as JSON, its next and last fire
-times, how many jobs it published and how many fires its misfire policy dropped), and its
-entry in SCHEDULES_KEY, scored by its next fire time: due schedules are one range query.
+times, how many jobs it published and how many fires its misfire policy dropped; `origin`
+'api' for one created through the API, none for one the code declares; `pause` while
+paused), and its entry in SCHEDULES_KEY, scored by its next fire time (+inf while paused):
+due schedules are one range query.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ from typing import Any, Literal, cast
 
 import orjson
 import redis
+import redis.asyncio as aioredis
 
-from service.config import constants
+from service.config import constants, queues
 from service.jobs import records, schedule
 from service.jobs.records import NewJob
+from service.jobs.registry import JobType
 from service.jobs.schedule import Schedule
 from service.store import lua, scripts
+from service.store.connection import Direct, Script
 from service.store.publish import publish_args
 
-Put = Literal["new", "same", "changed"]
+Put = Literal["new", "same", "changed", "taken"]  # taken: the id is an API schedule's
+Origin = Literal["code", "api"]
 
 
 class UnreadableSchedule(ValueError):
@@ -44,6 +51,21 @@ class Definition:
     result_ttl: int
     failure_ttl: int
     schedule: Schedule
+
+    @classmethod
+    def of(cls, job_type: JobType, declared: Schedule, default_queue: str) -> Definition:
+        """The schedule `declared` of `job_type`, publishing with the type's policies."""
+        return cls(
+            schedule.schedule_id(job_type.name, declared),
+            job_type.name,
+            queues.concrete(job_type.queue or default_queue, job_type.priority),
+            job_type.timeout,
+            job_type.max_retries,
+            job_type.backoff.to_json(),
+            job_type.result_ttl,
+            job_type.failure_ttl,
+            declared,
+        )
 
     def to_json(self) -> bytes:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -150,12 +172,20 @@ class Schedules:
         return [self.put(one, now) for one in definitions]
 
     def retire(self, job_types: Collection[str], keep: Collection[str]) -> list[str]:
-        """Remove the schedules of `job_types` that are not in `keep`: declarations taken out
-        of the code, or changed (an unnamed schedule's name is a digest of it). Returns their
-        ids. A fire racing the removal finds its schedule gone and publishes nothing."""
+        """Remove the schedules of `job_types` that the code declared and are not in `keep`:
+        declarations taken out of the code, or changed (an unnamed schedule's name is a digest
+        of it); those created through the API stay. Returns their ids. A fire racing the
+        removal finds its schedule gone and publishes nothing."""
         members = self.client.zscan_iter(constants.SCHEDULES_KEY)
         ids = [records.as_text(member) for member, _score in members]
-        gone = [i for i in ids if i.split("/", 1)[0] in job_types and i not in keep]
+        candidates = [i for i in ids if i.split("/", 1)[0] in job_types and i not in keep]
+        if not candidates:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for i in candidates:
+                pipe.hget(constants.schedule_key(i), "origin")
+            origins = pipe.execute()
+        gone = [i for i, origin in zip(candidates, origins, strict=True) if origin != b"api"]
         if gone:
             with self.client.pipeline() as pipe:
                 pipe.zrem(constants.SCHEDULES_KEY, *gone)
@@ -176,3 +206,96 @@ class Schedules:
             if found is not None:
                 fired.append(self.fire(found, at, now))
         return fired
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A schedule as Redis holds it: its definition (None when this code cannot read it) and
+    its state. `next` is the fire time it waits for (kept while paused), `last` the latest it
+    published a job for."""
+
+    id: str
+    definition: Definition | None
+    origin: Origin
+    paused: bool
+    next: int | None
+    last: int | None
+    fired: int
+    missed: int
+
+    @classmethod
+    def read(cls, schedule_id: str, fields: dict[bytes, bytes]) -> Stored:
+        try:
+            found: Definition | None = Definition.from_json(fields[b"spec"])
+        except UnreadableSchedule:
+            found = None
+
+        def number(name: bytes) -> int | None:
+            raw = fields.get(name)
+            return None if raw is None or raw == b"" else int(raw)
+
+        return cls(
+            schedule_id,
+            found,
+            "api" if fields.get(b"origin") == b"api" else "code",
+            b"pause" in fields,
+            number(b"next"),
+            number(b"last"),
+            number(b"fired") or 0,
+            number(b"missed") or 0,
+        )
+
+
+Created = Literal["created", "exists"]
+Changed = Literal["updated", "deleted", "missing", "code"]  # code: declared in the code
+
+
+class Book:
+    """The schedules of one Redis, for the API: list and read them, create, change, pause,
+    resume and delete one. Every change is one script, atomic against the containers' fires."""
+
+    _create = Script(scripts.SCHEDULE_CREATE)
+    _update = Script(scripts.SCHEDULE_UPDATE)
+    _pause = Script(scripts.SCHEDULE_PAUSE)
+    _delete = Script(scripts.SCHEDULE_DELETE)
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.direct = Direct(client)
+
+    async def get(self, schedule_id: str) -> Stored | None:
+        key = constants.schedule_key(schedule_id)
+        fields = cast("dict[bytes, bytes]", await self.client.hgetall(key))
+        return Stored.read(schedule_id, fields) if b"spec" in fields else None
+
+    async def list(self) -> list[Stored]:
+        """Every schedule, the soonest due first, the paused ones last."""
+        members = cast("list[bytes]", await self.client.zrange(constants.SCHEDULES_KEY, 0, -1))
+        ids = [records.as_text(member) for member in members]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(constants.schedule_key(i))
+            rows = await pipe.execute()
+        # One deleted between the two reads is left out.
+        return [Stored.read(i, row) for i, row in zip(ids, rows, strict=True) if b"spec" in row]
+
+    async def create(self, definition: Definition, now: float) -> Created:
+        first = schedule.next_fire(definition.schedule, now)
+        args = [definition.id, definition.to_json(), first]
+        answer: Created = records.as_text(await self._create(self.direct, args))  # type: ignore[assignment]
+        return answer
+
+    async def update(self, definition: Definition, now: float) -> Changed:
+        first = schedule.next_fire(definition.schedule, now)
+        args = [definition.id, definition.to_json(), first]
+        answer: Changed = records.as_text(await self._update(self.direct, args))  # type: ignore[assignment]
+        return answer
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> bool:
+        """Pause or resume one schedule; False when there is none."""
+        answer = await self._pause(self.direct, [schedule_id, "1" if paused else "0"])
+        return records.as_text(answer) == "done"
+
+    async def delete(self, schedule_id: str) -> Changed:
+        answer: Changed = records.as_text(await self._delete(self.direct, [schedule_id]))  # type: ignore[assignment]
+        return answer

@@ -113,6 +113,12 @@ PROMOTE = compose("promote")
 SCHEDULE_PUT = compose("schedule_put")
 SCHEDULE_FIRE = compose("schedule_fire")
 
+# The API's, on schedules: create, change, pause or resume, delete one.
+SCHEDULE_CREATE = compose("schedule_create")
+SCHEDULE_UPDATE = compose("schedule_update")
+SCHEDULE_PAUSE = compose("schedule_pause")
+SCHEDULE_DELETE = compose("schedule_delete")
+
 # The dead-letter queue's.
 DEAD_RETRY = compose("dead_retry")
 DEAD_DELETE = compose("dead_delete")

@@ -14,10 +14,9 @@ import time
 
 import redis
 
-from service.config import constants, queues
+from service.config import constants
 from service.config.settings import Settings
 from service.jobs.registry import Registry
-from service.jobs.schedule import schedule_id
 from service.store.connection import connect
 from service.store.schedules import Definition, Schedules
 
@@ -26,24 +25,11 @@ log = logging.getLogger("service.worker")
 
 def definitions(settings: Settings, registry: Registry) -> list[Definition]:
     """The schedules the job types declare (`@job(schedule=...)`), with their jobs' policies."""
-    found: list[Definition] = []
-    for job_type in registry:
-        queue = queues.concrete(job_type.queue or settings.queue_name, job_type.priority)
-        for declared in job_type.schedules:
-            found.append(
-                Definition(
-                    schedule_id(job_type.name, declared),
-                    job_type.name,
-                    queue,
-                    job_type.timeout,
-                    job_type.max_retries,
-                    job_type.backoff.to_json(),
-                    job_type.result_ttl,
-                    job_type.failure_ttl,
-                    declared,
-                )
-            )
-    return found
+    return [
+        Definition.of(job_type, declared, settings.queue_name)
+        for job_type in registry
+        for declared in job_type.schedules
+    ]
 
 
 class Scheduler:
@@ -52,12 +38,21 @@ class Scheduler:
         self.job_types = set(registry.names())
         self.declared = definitions(settings, registry)
         self.unreadable: set[str] = set()
+        self.taken: set[str] = set()
 
     def declare(self, schedules: Schedules) -> None:
         """Declare this code's schedules, and remove those of its job types it no longer
         declares."""
         answers = schedules.declare(self.declared, time.time())
         retired = schedules.retire(self.job_types, {d.id for d in self.declared})
+        for definition, answer in zip(self.declared, answers, strict=True):
+            if answer == "taken" and definition.id not in self.taken:
+                self.taken.add(definition.id)  # warned once, not every minute
+                log.warning(
+                    "schedule %s: a schedule created through the API holds this id; the "
+                    "code's declaration is not applied (rename it, or delete the API's)",
+                    definition.id,
+                )
         if answers.count("new") or answers.count("changed") or retired:
             log.info(
                 "schedules declared: %d (%d new, %d changed), %d removed: %s",

@@ -132,6 +132,7 @@ def test_fire_job_ids_are_stable_and_within_rq_s_id_alphabet() -> None:
         {"cron": "* * * *"},
         {"every": 0},
         {"every": 1.5},
+        {"every": constants.SCHEDULE_EVERY_MAX + 1},
         {"every": 60, "timezone": "Mars/Olympus"},
         {"every": 60, "misfire": "sometimes"},
         {"every": 60, "catch_up_max": 0},

@@ -20,6 +20,7 @@ from service.config.settings import DEFAULT_RETENTION
 from service.dev import embedded_redis
 from service.dev.embedded_redis import EmbeddedRedis
 from service.jobs import records
+from service.jobs.schedule import Schedule
 from service.jobs.states import Ending, Fate
 from service.store import housekeeping, lua, scripts
 from service.store.claim import ClaimSync
@@ -29,6 +30,7 @@ from service.store.dead_letters import DeadLetters, Filter
 from service.store.heartbeat import Heartbeat
 from service.store.publish import publish_now
 from service.store.publisher import Store
+from service.store.schedules import Book, Definition, Schedules
 from tests.conftest import ServiceProcess, publish, wait_for
 
 REFUSED_WHEN_FULL = {
@@ -39,6 +41,8 @@ REFUSED_WHEN_FULL = {
     "COMPLETE",
     "SCHEDULE_PUT",
     "SCHEDULE_FIRE",
+    "SCHEDULE_CREATE",
+    "SCHEDULE_UPDATE",
 }
 RUN_WHEN_FULL = {
     "HEARTBEAT",
@@ -48,6 +52,8 @@ RUN_WHEN_FULL = {
     "DEAD_RETRY",
     "DEAD_DELETE",
     "PAUSE",
+    "SCHEDULE_PAUSE",
+    "SCHEDULE_DELETE",
 }
 
 
@@ -148,8 +154,36 @@ async def retry_and_delete(url: str, retry: str, delete: str) -> tuple[dict[str,
         await client.aclose()
 
 
+async def edit_schedules(url: str, schedule_id: str) -> list[str]:
+    """The API's schedule scripts: SCHEDULE_CREATE, SCHEDULE_UPDATE, SCHEDULE_PAUSE (pause and
+    resume) and SCHEDULE_DELETE."""
+    client = aioredis.Redis.from_url(f"{url}/1")
+    book = Book(client)
+    declared = Schedule(every=60, name=schedule_id.split("/")[1])
+    spec = Definition(schedule_id, "noop", "q", 180, 0, "", 60, 60, declared)
+    try:
+        return [
+            await book.create(spec, time.time()),
+            await book.update(spec, time.time()),
+            str(await book.set_paused(schedule_id, True)),
+            str(await book.set_paused(schedule_id, False)),
+            await book.delete(schedule_id),
+        ]
+    finally:
+        await client.aclose()
+
+
 def test_every_script_runs(server: str) -> None:
     client = redis.Redis.from_url(f"{server}/1")
+    # SCHEDULE_PUT, SCHEDULE_FIRE, then the API's
+    schedules = Schedules(client)
+    every = Schedule(every=1, name="tick")
+    tick = Definition("noop/tick", "noop", "scheduled-q", 180, 0, "", 60, 60, every)
+    assert schedules.declare([tick], time.time() - 5) == ["new"]
+    assert [f.outcome for f in schedules.fire_due(time.time())] == ["fired"]
+    assert schedules.retire({"noop"}, set()) == ["noop/tick"]
+    edits = asyncio.run(edit_schedules(server, "noop/api"))
+    assert edits == ["created", "updated", "True", "True", "deleted"]
     queued = asyncio.run(publish_and_cancel(server))
     due = new_job(run_at=time.time() - 1)
     publish_now(client, [due])

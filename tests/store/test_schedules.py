@@ -5,12 +5,16 @@ policies decide what a late fire publishes."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from service.config import constants
 from service.jobs.schedule import Schedule, fire_job_id
-from service.store.schedules import Definition, Fired, FireSchedule, Schedules, due
+from service.store.schedules import Book, Definition, Fired, FireSchedule, Schedules, due
+from service.store.schedules import definition as definition_of
 from tests.store.conftest import QUEUE
 
 T = 1_800_000_000  # a whole minute, in epoch seconds
@@ -184,3 +188,72 @@ def test_catch_up_publishes_the_latest_missed_fires_within_its_bounds(
     assert (fired.published, fired.missed) == (3, 8)
     ids = [fire_job_id(definition(schedule).id, T + 60 * n) for n in (9, 10, 11)]
     assert queued(queue_redis) == ids
+
+
+# --- The API's: created, changed, paused, resumed, deleted (Book) ----------------------------
+
+
+def test_the_clean_up_keeps_api_schedules_and_the_code_does_not_take_their_ids(
+    queue_redis: redis.Redis, on_client: Callable[..., Any]
+) -> None:
+    schedules = Schedules(queue_redis)
+    created = definition(Schedule(every=60, name="from-api"))
+    assert on_client(lambda client: Book(client).create(created, T)) == "created"
+    # The container's clean-up keeps it, though no code declares it
+    assert schedules.retire({"noop"}, set()) == []
+    assert due(queue_redis, T + 60, 10) == [(created.id, T + 60)]
+    # A declaration in code of the same id leaves it alone
+    assert schedules.declare([definition(Schedule(every=5, name="from-api"))], T) == ["taken"]
+    assert definition_of(queue_redis, created.id) == created
+    assert on_client(lambda client: Book(client).create(created, T)) == "exists"
+
+
+def test_a_paused_schedule_fires_nothing_stays_paused_when_redeclared_and_resumes_due(
+    queue_redis: redis.Redis, on_client: Callable[..., Any]
+) -> None:
+    schedules = Schedules(queue_redis)
+    every = definition(Schedule(every=60, name="tick"))
+    schedules.declare([every], T + 10)
+    assert on_client(lambda client: Book(client).set_paused(every.id, True)) is True
+    assert schedules.fire_due(T + 1000) == []
+    # Declared again by the code, unchanged or changed, it stays paused
+    assert schedules.declare([every], T + 20) == ["same"]
+    changed = definition(Schedule(every=120, name="tick"))
+    assert schedules.declare([changed], T + 30) == ["changed"]
+    assert schedules.fire_due(T + 10_000) == []
+    # Resumed, it is due from its kept next fire time
+    assert on_client(lambda client: Book(client).set_paused(every.id, True)) is True
+    assert on_client(lambda client: Book(client).set_paused(every.id, False)) is True
+    assert due(queue_redis, T + 10_000, 10) == [(every.id, T + 120)]
+    assert on_client(lambda client: Book(client).set_paused("noop/none", True)) is False
+
+
+def test_only_api_schedules_are_changed_or_deleted_and_each_change_restarts_the_timing(
+    queue_redis: redis.Redis, on_client: Callable[..., Any]
+) -> None:
+    code = definition(Schedule(every=60, name="code"))
+    Schedules(queue_redis).declare([code], T)
+    api = definition(Schedule(every=60, name="api"))
+
+    async def scenario(client: aioredis.Redis) -> list[str]:
+        book = Book(client)
+        await book.create(api, T)
+        await book.set_paused(api.id, True)
+        hourly = definition(Schedule(every=3600, name="api"))
+        answers = [
+            await book.update(definition(Schedule(every=5, name="code")), T),
+            await book.update(hourly, T + 10),
+            await book.update(definition(Schedule(every=5, name="none")), T),
+            await book.delete(code.id),
+        ]
+        stored = await book.get(api.id)
+        assert stored is not None and stored.paused and stored.next == T + 3600
+        assert stored.definition == hourly and stored.origin == "api"
+        await book.set_paused(api.id, False)
+        listed = [(s.id, s.origin, s.next) for s in await book.list()]
+        assert listed == [(code.id, "code", T + 60), (api.id, "api", T + 3600)]
+        return [*answers, await book.delete(api.id), await book.delete(api.id)]
+
+    assert on_client(scenario) == ["code", "updated", "missing", "code", "deleted", "missing"]
+    assert due(queue_redis, T + 10**6, 10) == [(code.id, T + 60)]
+    assert not queue_redis.exists(constants.schedule_key(api.id))
