@@ -13,6 +13,7 @@ from service.api.openapi_parts import (
     UNAUTHORIZED,
     invalid,
     job_id_param,
+    record,
     response,
 )
 from service.api.submit import IDEMPOTENCY_KEY, JobRequest
@@ -70,17 +71,16 @@ _CANCELED = {
     "required": ["id", "status"],
     "properties": {"id": {"type": "string"}, "status": {"enum": ["canceled", "canceling"]}},
 }
-_ACCEPTED = {
-    "type": "object",
-    "required": ["id", "type", "queue", "status"],
-    "properties": {
+_ACCEPTED = record(
+    {
         "id": {"type": "string"},
         "type": {"type": "string"},
         "queue": {"type": "string"},
         "status": {"enum": ["queued", "scheduled"]},
         "run_at": {"type": "string", "format": "date-time"},
     },
-}
+    required=["id", "type", "queue", "status"],
+)
 
 
 def _job_links() -> dict[str, Any]:

@@ -4,6 +4,7 @@ may give (401, the body's errors, 503)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from service.api.errors import LISTED_ERRORS_DOC
@@ -111,3 +112,10 @@ REDIS_UNAVAILABLE = response(
     "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "
     "nothing was changed; see Retry-After"
 )
+
+
+def record(properties: dict[str, Any], required: Sequence[str] | None = None) -> dict[str, Any]:
+    """A JSON object's schema: these properties, all of them required unless `required` names
+    which."""
+    names = list(properties) if required is None else list(required)
+    return {"type": "object", "required": names, "properties": properties}

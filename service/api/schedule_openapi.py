@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.openapi_parts import BODY_ERRORS, REDIS_UNAVAILABLE, invalid, response
+from service.api.openapi_parts import BODY_ERRORS, REDIS_UNAVAILABLE, invalid, record, response
 from service.api.scheduling import (
     CRON_PATTERN,
     PREVIEW_COUNT,
@@ -86,10 +86,8 @@ _VIEW: dict[str, Any] = {
     },
 }
 _VIEW["required"] = list(_VIEW["properties"])
-_PREVIEW = {
-    "type": "object",
-    "required": ["id", "timezone", "paused", "fire_times"],
-    "properties": {
+_PREVIEW = record(
+    {
         "id": {"type": "string"},
         "timezone": {"type": "string"},
         "paused": {"type": "boolean"},
@@ -99,7 +97,7 @@ _PREVIEW = {
             "items": {"type": "string", "format": "date-time"},
         },
     },
-}
+)
 # A schedule is timed by cron or by every: exactly one.
 _ONE_TIMING = {"oneOf": [{"required": ["cron"]}, {"required": ["every"]}]}
 
