@@ -84,6 +84,8 @@ class Schedule:
         except (ZoneInfoNotFoundError, ValueError):
             raise ScheduleInvalid(f"timezone {self.timezone!r}: not an IANA time zone") from None
         if self.cron is not None:
+            if len(self.cron.split()) != 5:  # cronsim also reads a sixth field, of seconds
+                raise ScheduleInvalid(f"cron {self.cron!r}: expected five fields")
             try:
                 CronSim(self.cron, datetime.now(zone))
             except CronSimError as exc:

