@@ -69,6 +69,8 @@ def test_results_and_failures_are_readable_with_rqs_own_tools(
     assert failed.latest_result().exc_string.strip().endswith("JobFailed: boom")
     assert bad in FailedJobRegistry("app-queue", connection=queue_redis).get_job_ids()
 
+    # Both processes registered (the first may have run both jobs before the second did)
+    wait_for(lambda: queue_redis.scard(constants.WORKERS_KEY) == 2)
     rq_cli = Path(sys.executable).parent / "rq"
     info = subprocess.run(
         [rq_cli, "info", "-u", f"{redis_url}/1"],
