@@ -22,14 +22,7 @@ from starlette.routing import Route
 from service.api import params
 from service.api.errors import ApiError, JSONResponse, Problems, clip
 from service.api.openapi_parts import (
-    BODY_ERRORS,
     JOB_ID_PATTERN,
-    REDIS_UNAVAILABLE,
-    invalid,
-    job_id_param,
-    or_empty,
-    query_param,
-    response,
 )
 from service.api.routes import resource
 from service.api.submit import read_json
@@ -39,9 +32,9 @@ from service.store.dead_letters import DeadJob, DeadLetters, Filter, Position, S
 
 log = logging.getLogger("service.api")
 
-_FILTERS = ("type", "queue", "error", "since", "until")
+FILTERS = ("type", "queue", "error", "since", "until")
 _QUEUE = re.compile(r"[A-Za-z0-9_.-]+")
-_MAX_CHARS = {"type": 101, "queue": 200, "error": 200, "since": 64, "until": 64}
+MAX_CHARS = {"type": 101, "queue": 200, "error": 200, "since": 64, "until": 64}
 
 
 def _dead_letters(request: Request) -> DeadLetters:
@@ -61,7 +54,7 @@ async def _queues(request: Request, dead: DeadLetters, where: Filter) -> list[st
 
 async def list_dead(request: Request) -> Response:
     problems = Problems()
-    query = _query(request, (*_FILTERS, "limit", "cursor"), problems)
+    query = _query(request, (*FILTERS, "limit", "cursor"), problems)
     where = _filter(query, problems)
     limit = params.limit(query.get("limit"), problems)
     after = _cursor(query.get("cursor"), problems)
@@ -87,7 +80,7 @@ async def retry_matching(request: Request) -> Response:
     if not isinstance(body, dict):
         problems.append({"field": "body", "message": 'expected an object: {"dry_run": true}'})
         raise _invalid(problems)
-    known = ("dry_run", "all", "cursor", *_FILTERS)
+    known = ("dry_run", "all", "cursor", *FILTERS)
     unknown = sorted(body.keys() - set(known))
     message = _unknown(known)
     problems.extend(({"field": name, "message": message} for name in unknown), len(unknown))
@@ -128,7 +121,7 @@ async def delete_one(request: Request) -> Response:
 
 async def delete_matching(request: Request) -> Response:
     problems = Problems()
-    query = _query(request, (*_FILTERS, "all", "cursor"), problems)
+    query = _query(request, (*FILTERS, "all", "cursor"), problems)
     where = _filter(query, problems)
     after = _cursor(query.get("cursor"), problems)
     everything = query.get("all")
@@ -156,7 +149,7 @@ def _all_rule(
     if everything and not where.empty:
         problems.append({"field": "all", "message": f"{flag} {verb} everything: no filters"})
     elif needed and not everything and where.empty and not problems:
-        message = f"give at least one filter ({', '.join(_FILTERS)}), or {flag}"
+        message = f"give at least one filter ({', '.join(FILTERS)}), or {flag}"
         problems.append({"field": "all", "message": message})
 
 
@@ -237,12 +230,12 @@ def _query(request: Request, known: tuple[str, ...], problems: Problems) -> dict
 def _filter(values: Mapping[str, Any], problems: Problems) -> Filter:
     """The filter in a query string or a JSON body; `null` or '' counts as not given."""
     text: dict[str, str | None] = {}
-    for name in _FILTERS:
+    for name in FILTERS:
         value = values.get(name)
         if value is not None and not isinstance(value, str):
             problems.append({"field": name, "message": "expected a string"})
-        elif value and len(value) > _MAX_CHARS[name]:
-            problems.append({"field": name, "message": f"at most {_MAX_CHARS[name]} characters"})
+        elif value and len(value) > MAX_CHARS[name]:
+            problems.append({"field": name, "message": f"at most {MAX_CHARS[name]} characters"})
         else:
             text[name] = value or None
     job_type, queue = text.get("type"), text.get("queue")
@@ -276,259 +269,3 @@ def _encode_cursor(position: Position) -> str:
 def _cursor(value: str | None, problems: Problems) -> Position | None:
     score, job_id = params.cursor(value, _CURSOR, problems)
     return (float(score), job_id) if job_id else None
-
-
-# --- OpenAPI ------------------------------------------------------------------------------------
-_FILTER_DOCS = {
-    "type": "A job type, or a prefix ending in `*` (`email.*`)",
-    "queue": "One RQ queue, priority included (`emails.high`)",
-    "error": "Case-insensitive substring of the last attempt's error text (the whole traceback)",
-    "since": "Failed at or after this RFC 3339 time with a timezone",
-    "until": "Failed at or before this RFC 3339 time with a timezone",
-}
-# What `_filter` accepts (an empty value counts as not given); `since` after `until` is a 422
-# that no schema can say.
-_FILTER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "type": {"maxLength": _MAX_CHARS["type"], "pattern": r"^[^*]*[*]?$"},
-    "queue": {"maxLength": _MAX_CHARS["queue"], "pattern": r"^[A-Za-z0-9_.-]*$"},
-    "error": {"maxLength": _MAX_CHARS["error"]},
-    "since": {"format": "date-time"},
-    "until": {"format": "date-time"},
-}
-# `all` stands for every dead job: never with a filter (see `_all_rule`), as JSON Schema says
-# it of an object holding the filters and `all`.
-_ANY_FILTER = {
-    "anyOf": [
-        {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
-        for name in _FILTERS
-    ]
-}
-_ALL = {"required": ["all"], "properties": {"all": {"const": True}}}
-_NOT_ALL_WITH_A_FILTER = {"not": {"allOf": [_ALL, _ANY_FILTER]}}
-_DEAD_JOB = {
-    "type": "object",
-    "required": ["id", "queue"],
-    "properties": {
-        "id": {"type": "string"},
-        "type": {"type": ["string", "null"]},
-        "queue": {"type": "string"},
-        "failed_at": {"type": ["string", "null"], "format": "date-time"},
-        "expires_at": {"type": "string", "format": "date-time"},
-        "attempts": {"type": "integer"},
-        "crashes": {"type": "integer"},
-        "reason": {
-            "enum": [
-                "exception",
-                "timeout",
-                "result_not_json",
-                "result_too_large",
-                "worker_lost",
-                None,
-            ]
-        },
-        "error": {"type": ["string", "null"], "description": "Last line of the traceback"},
-        "payload": {},
-    },
-}
-_NEXT_CURSOR = {
-    "type": ["string", "null"],
-    "pattern": CURSOR_PATTERN,
-    "description": "null: the end was reached",
-}
-
-
-def _object(**properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": list(properties), "properties": properties}
-
-
-def openapi_paths() -> dict[str, Any]:
-    """The OpenAPI `paths` entries of these routes."""
-    filters = {name: or_empty({"type": "string", **_FILTER_SCHEMAS[name]}) for name in _FILTER_DOCS}
-    cursor_doc = "`next_cursor` of the previous answer"
-    cursor = {"type": "string", "pattern": CURSOR_PATTERN}
-    dead_link = {"job_id": "$response.body#/jobs/0/id"}
-    not_dead = response("not_in_dead_letter_queue: no such job among the dead")
-    budget = (
-        f"One request examines at most {constants.DEAD_LIST_BUDGET} registry entries, newest "
-        "failure first, and answers `next_cursor`: send the same request again with it as "
-        "`cursor` until it is null. `count` covers the entries this request examined "
-        "(`examined`). A client that hangs up stops the work between pages of "
-        f"{constants.DEAD_FIELDS_PAGE} entries; what was done stays done."
-    )
-    progress = {
-        "count": {"type": "integer", "minimum": 0},
-        "examined": {
-            "type": "integer",
-            "minimum": 0,
-            "description": "Registry entries this request examined",
-        },
-        "next_cursor": _NEXT_CURSOR,
-    }
-    # DELETE /dead's query: the filters, `all` and `cursor`, as one object so that a schema
-    # can state the rule between them.
-    delete_query = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            **filters,
-            "all": or_empty({"type": "boolean"}),
-            "cursor": or_empty(cursor),
-        },
-        "allOf": [_NOT_ALL_WITH_A_FILTER, {"anyOf": [_ALL, _ANY_FILTER]}],
-    }
-    retry_body = {
-        "type": "object",
-        "required": ["dry_run"],
-        "additionalProperties": False,
-        "properties": {
-            "dry_run": {"type": "boolean", "description": "Count and list, change nothing"},
-            "all": {
-                "type": ["boolean", "null"],
-                "description": "true: every dead job (no filters); required to retry them all",
-            },
-            "cursor": {
-                "anyOf": [cursor, {"const": ""}, {"type": "null"}],
-                "description": cursor_doc,
-            },
-            **{
-                # '' and null count as not given.
-                name: {"anyOf": [*filters[name]["anyOf"], {"type": "null"}], "description": doc}
-                for name, doc in _FILTER_DOCS.items()
-            },
-        },
-        # A retry of every dead job says so with `"all": true`; a dry run needs no filter.
-        "allOf": [
-            _NOT_ALL_WITH_A_FILTER,
-            {"anyOf": [{"properties": {"dry_run": {"const": True}}}, _ALL, _ANY_FILTER]},
-        ],
-    }
-    invalid_parameters = invalid("invalid_parameters: an invalid parameter; nothing changed.")
-    return {
-        "/dead": {
-            "get": {
-                "operationId": "listDead",
-                "summary": "Dead jobs (failed, out of retries), newest failure first",
-                "description": "Ordered by failed-registry score (failure time + failure_ttl). "
-                f"Follow `next_cursor` until it is null: one request examines at most "
-                f"{constants.DEAD_LIST_BUDGET} entries, so a sparse filter may answer fewer "
-                "jobs than `limit`, even none.",
-                "parameters": [
-                    *(query_param(name, _FILTER_DOCS[name], filters[name]) for name in filters),
-                    query_param(
-                        "limit",
-                        "Most jobs returned",
-                        or_empty(
-                            {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": constants.LIST_MAX_LIMIT,
-                                "default": constants.LIST_DEFAULT_LIMIT,
-                            }
-                        ),
-                    ),
-                    query_param("cursor", cursor_doc, or_empty(cursor)),
-                ],
-                "responses": {
-                    "200": {
-                        **response(
-                            "A page of dead jobs",
-                            _object(
-                                jobs={"type": "array", "items": _DEAD_JOB},
-                                next_cursor=_NEXT_CURSOR,
-                            ),
-                        ),
-                        "links": {
-                            "RetryDead": {"operationId": "retryDead", "parameters": dead_link},
-                            "DeleteDead": {"operationId": "deleteDead", "parameters": dead_link},
-                        },
-                    },
-                    "422": invalid_parameters,
-                    "503": REDIS_UNAVAILABLE,
-                },
-            },
-            "delete": {
-                "operationId": "deleteMatchingDead",
-                "summary": "Delete the matching dead jobs (a filter, or all=true, is required)",
-                "description": budget,
-                "parameters": [
-                    {
-                        "name": "query",
-                        "in": "query",
-                        "style": "form",
-                        "explode": True,
-                        "required": True,
-                        "description": "The filters (" + ", ".join(_FILTERS) + "), or `all=true`: "
-                        "every dead job; and `cursor`: " + cursor_doc,
-                        "schema": delete_query,
-                    }
-                ],
-                "responses": {
-                    "200": response("How many were deleted", _object(**progress)),
-                    "422": invalid_parameters,
-                    "503": REDIS_UNAVAILABLE,
-                },
-            },
-        },
-        "/dead/retry": {
-            "post": {
-                "operationId": "retryMatchingDead",
-                "summary": "Retry the matching dead jobs, or (dry_run) count them; retrying "
-                'every one needs "all": true',
-                "description": budget,
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": retry_body}},
-                },
-                "responses": {
-                    "200": response(
-                        "How many were retried (or, in a dry run, match) among the entries "
-                        "examined; a dry run also lists their ids "
-                        f"(at most {constants.DEAD_DRY_RUN_IDS})",
-                        {
-                            **_object(dry_run={"type": "boolean"}, **progress),
-                            # A dry run's answer only.
-                            "properties": {
-                                "dry_run": {"type": "boolean"},
-                                **progress,
-                                "ids": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                    ),
-                    **BODY_ERRORS,
-                    "422": invalid_parameters,
-                    "503": REDIS_UNAVAILABLE,
-                },
-            }
-        },
-        "/dead/{job_id}/retry": {
-            "post": {
-                "operationId": "retryDead",
-                "summary": "Put a dead job back on its queue at once, as new; its history is kept",
-                "parameters": [job_id_param()],
-                "responses": {
-                    "200": response(
-                        "Queued",
-                        _object(
-                            id={"type": "string"},
-                            queue={"type": "string"},
-                            status={"const": "queued"},
-                        ),
-                    ),
-                    "404": not_dead,
-                    "503": REDIS_UNAVAILABLE,
-                },
-            }
-        },
-        "/dead/{job_id}": {
-            "delete": {
-                "operationId": "deleteDead",
-                "summary": "Delete a dead job: its record, history and dead-letter entry",
-                "parameters": [job_id_param()],
-                "responses": {
-                    "204": {"description": "Deleted"},
-                    "404": not_dead,
-                    "503": REDIS_UNAVAILABLE,
-                },
-            }
-        },
-    }

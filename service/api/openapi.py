@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api import dead, job_history, pausing, schedule_openapi
+from service.api import dead_openapi, job_history, pausing, schedule_openapi
 from service.api.middleware import PROTECTED
 from service.api.openapi_parts import (
     BODY_ERRORS,
@@ -323,7 +323,7 @@ def build_openapi(
     if history_on:
         paths["/jobs"]["get"] = job_history.openapi_operation()
     paths.update(pausing.openapi_paths())
-    paths.update(dead.openapi_paths())
+    paths.update(dead_openapi.openapi_paths())
     paths.update(schedule_openapi.paths())
     schemas.update(schedule_openapi.schemas(payloads))
     for path, operations in paths.items():

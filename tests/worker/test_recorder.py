@@ -11,7 +11,7 @@ import orjson
 import pytest
 import redis
 
-from service.api import dead as dead_api
+from service.api import dead_openapi
 from service.config import constants
 from service.config.settings import Settings
 from service.dev.embedded_redis import EmbeddedRedis
@@ -180,6 +180,6 @@ def test_outcomes_are_recorded_once_they_carry_max_result_bytes() -> None:
 
 
 def test_the_openapi_document_names_the_result_reasons_of_a_dead_job() -> None:
-    page = dead_api.openapi_paths()["/dead"]["get"]["responses"]["200"]
+    page = dead_openapi.openapi_paths()["/dead"]["get"]["responses"]["200"]
     schema = page["content"]["application/json"]["schema"]["properties"]["jobs"]["items"]
     assert {"result_not_json", "result_too_large"} <= set(schema["properties"]["reason"]["enum"])
