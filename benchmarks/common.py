@@ -199,6 +199,14 @@ class Processes:
         if child in self.children:
             self.children.remove(child)
 
+    def kill(self, child: Child) -> None:
+        """SIGKILL to the child's whole group at once, as a crash would: no graceful path."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.process.wait()
+        if child in self.children:
+            self.children.remove(child)
+
     def stop_all(self) -> None:
         for child in reversed(list(self.children)):
             self.stop(child, timeout=10.0)

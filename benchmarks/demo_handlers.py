@@ -7,7 +7,8 @@ job's id as the seed, so a re-delivered or retried attempt of the same job draws
 
 `bench.*` serve bench.py's concurrency and memory phases: a job that waits on I/O, written
 both ways (`async def` awaiting a timer, a plain function blocking in `time.sleep`), one
-that keeps a core busy, and an async no-op.
+that keeps a core busy, and an async no-op; and the schedules phase's pause figure: a job
+that notes when it started.
 """
 
 from __future__ import annotations
@@ -89,3 +90,14 @@ def cpu(payload: EmptyPayload, ctx: JobContext) -> None:
 @job("bench.async_noop")
 async def async_noop(payload: EmptyPayload, ctx: JobContext) -> None:
     """Does nothing, on the event loop: the cost of running a task."""
+
+
+STAMPS = "bench:stamps"  # application Redis: a sorted set, job id -> when it started
+
+
+@job("bench.stamp")
+def stamp(payload: EmptyPayload, ctx: JobContext) -> None:
+    """Notes when it started (the worker's `started_at` is its claim's time, and a job claimed
+    ahead starts later), then waits 5 ms: the schedules phase's pause figure."""
+    ctx.redis.zadd(STAMPS, {ctx.id: time.time()})
+    time.sleep(0.005)
