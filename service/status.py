@@ -3,8 +3,10 @@
 For an operator at a shell (`docker compose exec worker python -m service status`): per named
 queue, its waiting jobs by priority, scheduled jobs (and how many are due), running and dead
 jobs, how long the oldest waiting job has waited, and whether it is paused; the live worker
-processes, from their registrations; the most recent failures in the dead-letter queue, and
-how many dead jobs DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges'
+processes, from their registrations; the schedules (when each fires next and last fired, in
+its time zone, how many jobs it published and how many fire times its misfire policy
+dropped); the most recent failures in the dead-letter queue, and how many dead jobs
+DEAD_MAX_JOBS has trimmed. The figures are the backlog gauges'
 (service/telemetry/gauges.py reads them), the failures GET /dead's first page; the service's
 own settings (QUEUE_REDIS_*) say where Redis is. Nothing is written.
 """
@@ -17,7 +19,9 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import NoReturn
+from zoneinfo import ZoneInfo
 
 import orjson
 import redis
@@ -28,6 +32,7 @@ from service.config.settings import Settings
 from service.jobs import records
 from service.store import connection
 from service.store.dead_letters import DeadLetters, Filter
+from service.store.schedules import Book, Stored
 from service.telemetry import gauges
 
 DEFAULT_FAILURES = 10
@@ -60,6 +65,19 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    id: str  # `<job type>/<name>`
+    cron: str | None  # one of cron and every
+    every: int | None  # seconds
+    timezone: str | None  # None: its definition is unreadable (stored by another version)
+    next_fire: str | None  # ISO 8601 in its time zone; None while paused
+    last_fire: str | None  # the latest fire time it published a job for
+    paused: bool
+    fired: int  # jobs its fires published
+    missed: int  # fire times its misfire policy dropped
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     id: str
     type: str | None
@@ -74,6 +92,7 @@ class Status:
     at: str
     queues: list[QueueStatus]
     workers: list[WorkerStatus]
+    schedules: list[ScheduleStatus]  # the soonest due first, the paused ones last
     failures: list[Failure]  # newest first
     history_pending: int  # job state changes waiting in Redis for MongoDB
     history_dropped: int
@@ -114,6 +133,7 @@ async def collect(client: aioredis.Redis, settings: Settings, failures: int) -> 
         at=records.utc_iso(now),
         queues=[_queue(base, figures) for base, figures in backlog.queues.items()],
         workers=workers,
+        schedules=[_schedule(one) for one in await Book(client).list()],
         failures=await _failures(client, queues.served(bases), failures),
         history_pending=backlog.history_pending,
         history_dropped=int(dropped or 0),
@@ -134,6 +154,30 @@ def _queue(base: str, figures: gauges.QueueFigures) -> QueueStatus:
         oldest_waiting_seconds=figures.oldest_age if any(waiting.values()) else None,
         workers=figures.workers,
         paused=figures.paused,
+    )
+
+
+def _schedule(stored: Stored) -> ScheduleStatus:
+    found = stored.definition
+    if found is None:
+        return ScheduleStatus(
+            stored.id, None, None, None, None, None, stored.paused, stored.fired, stored.missed
+        )
+    zone = ZoneInfo(found.schedule.timezone)
+
+    def instant(moment: int | None) -> str | None:
+        return None if moment is None else datetime.fromtimestamp(moment, zone).isoformat()
+
+    return ScheduleStatus(
+        stored.id,
+        found.schedule.cron,
+        found.schedule.every,
+        found.schedule.timezone,
+        None if stored.paused else instant(stored.next),
+        instant(stored.last),
+        stored.paused,
+        stored.fired,
+        stored.missed,
     )
 
 
@@ -210,6 +254,7 @@ def render(status: Status) -> str:
     else:
         lines.append("WORKERS: none alive")
     lines.append("")
+    lines += _schedules(status.schedules)
     if status.failures:
         lines.append(f"RECENT FAILURES ({len(status.failures)}, newest first)")
         header = ["ID", "TYPE", "QUEUE", "ENDED AT", "ERROR"]
@@ -230,6 +275,27 @@ def render(status: Status) -> str:
         f" {status.history_dropped} dropped"
     )
     return "\n".join(lines) + "\n"
+
+
+def _schedules(schedules: list[ScheduleStatus]) -> list[str]:
+    if not schedules:
+        return ["SCHEDULES: none", ""]
+    header = ["ID", "CRON/EVERY", "TIMEZONE", "NEXT FIRE", "LAST FIRE", "PAUSED", "FIRED"]
+    header.append("MISSED")
+    rows = [
+        [
+            s.id,
+            s.cron or (f"every {s.every}s" if s.every else "(unreadable)"),
+            s.timezone or "-",
+            s.next_fire or "-",
+            s.last_fire or "-",
+            "paused" if s.paused else "-",
+            str(s.fired),
+            str(s.missed),
+        ]
+        for s in schedules
+    ]
+    return [f"SCHEDULES ({len(schedules)})", *_table(header, rows, right={6, 7}), ""]
 
 
 def to_json(status: Status) -> str:

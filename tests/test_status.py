@@ -21,6 +21,8 @@ from service.config import constants
 from service.config.settings import Settings, load
 from service.dev.embedded_redis import free_port
 from service.jobs import records
+from service.jobs.schedule import Schedule
+from service.store.schedules import Definition, Schedules
 from tests.conftest import ROOT, ServiceProcess, base_env, publish, wait_for
 
 
@@ -133,6 +135,73 @@ def test_a_paused_queue_is_marked_also_one_nothing_else_names(
     assert header.split()[-1] == "PAUSED"
     rows = {line.split()[0]: line.split()[-1] for line in lines if line.startswith(tuple(paused))}
     assert rows == {"app-queue": "paused", "ghost": "paused", "reports": "-"}
+
+
+def test_schedules_listed_with_their_timing_fires_and_pause(
+    redis_url: str, queue_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a cron schedule in New York that fired once and missed two, and a paused interval
+    moment = 1_800_000_000  # 2027-01-15T03:00:00-05:00, an on-the-hour fire of "0 * * * *"
+    nightly = Definition(
+        "echo/nightly",
+        "echo",
+        "app-queue",
+        60,
+        0,
+        "",
+        60,
+        60,
+        Schedule(cron="0 * * * *", timezone="America/New_York", name="nightly"),
+    )
+    often = Definition("noop/often", "noop", "app-queue", 60, 0, "", 60, 60, Schedule(every=30))
+    schedules = Schedules(queue_redis)
+    schedules.declare([nightly, often], moment - 1800)
+    schedules.fire(nightly, moment, moment + 3 * 3600 + 5)  # misfired: fire_once, 3 dropped
+    queue_redis.hset(constants.schedule_key(often.id), "pause", 1)
+    queue_redis.zadd(constants.SCHEDULES_KEY, {often.id: "+inf"})
+    # Then the JSON has each, soonest first, and the text a SCHEDULES table
+    document = status_json(settings_for(redis_url), capsys)
+    assert document["schedules"] == [
+        {
+            "id": "echo/nightly",
+            "cron": "0 * * * *",
+            "every": None,
+            "timezone": "America/New_York",
+            "next_fire": "2027-01-15T07:00:00-05:00",
+            "last_fire": "2027-01-15T03:00:00-05:00",
+            "paused": False,
+            "fired": 1,
+            "missed": 3,
+        },
+        {
+            "id": "noop/often",
+            "cron": None,
+            "every": 30,
+            "timezone": "UTC",
+            "next_fire": None,
+            "last_fire": None,
+            "paused": True,
+            "fired": 0,
+            "missed": 0,
+        },
+    ]
+    assert status.main(settings_for(redis_url), []) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("SCHEDULES (2)")
+    assert lines[start + 1].split() == [
+        "ID",
+        "CRON/EVERY",
+        "TIMEZONE",
+        "NEXT",
+        "FIRE",
+        "LAST",
+        "FIRE",
+        "PAUSED",
+        "FIRED",
+        "MISSED",
+    ]
+    assert lines[start + 2].split()[-4:] == ["2027-01-15T03:00:00-05:00", "-", "1", "3"]
+    assert "every 30s" in lines[start + 3] and lines[start + 3].split()[-3:] == ["paused", "0", "0"]
 
 
 def child_of(pid: int, parent: int) -> bool:

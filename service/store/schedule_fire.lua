@@ -6,13 +6,15 @@
 -- id exists already (its id derives from the schedule and the fire time) is not published
 -- again. ARGV: the key prefix, the schedule's id, the fire time the firer read as due, the
 -- next fire time to set, the latest fire time it publishes ('' for none), the fire times the
--- misfire policy dropped, then as `publish`'s (store/publish.py, `publish_args`). Returns
--- {'fired', jobs published} or {'lost', 0}.
+-- misfire policy dropped, how late that latest fire is published (seconds; '' for none), then
+-- as `publish`'s (store/publish.py, `publish_args`). Returns {'fired', jobs published} or
+-- {'lost', 0}.
 local id, due, following, last, missed = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local lateness = ARGV[7]
 local score = redis.call('ZSCORE', SCHEDULES_KEY, id)
 if not score or tonumber(score) ~= tonumber(due) then return {'lost', 0} end
-local jobs, published = {ARGV[7], ARGV[8], ARGV[9]}, 0
-for i = 10, #ARGV, 10 do
+local jobs, published = {ARGV[8], ARGV[9], ARGV[10]}, 0
+for i = 11, #ARGV, 10 do
   if redis.call('EXISTS', job_key(ARGV[i])) == 0 then
     for j = i, i + 9 do jobs[#jobs + 1] = ARGV[j] end
     published = published + 1
@@ -22,7 +24,7 @@ if published > 0 then publish(jobs, 1, {}) end
 local key = schedule_key(id)
 redis.call('ZADD', SCHEDULES_KEY, following, id)
 redis.call('HSET', key, 'next', following)
-if last ~= '' then redis.call('HSET', key, 'last', last) end
+if last ~= '' then redis.call('HSET', key, 'last', last, 'lateness', lateness) end
 redis.call('HINCRBY', key, 'fired', published)
 redis.call('HINCRBY', key, 'missed', missed)
 return {'fired', published}

@@ -4,7 +4,8 @@ jobs as ordinary RQ jobs (the `publish` fragment: history, metrics and retries a
 And the API's: SCHEDULE_CREATE, SCHEDULE_UPDATE, SCHEDULE_PAUSE, SCHEDULE_DELETE (`Book`).
 
 A schedule is `schedule_key(id)`, a hash (its definition as JSON, its next and last fire
-times, how many jobs it published and how many fires its misfire policy dropped; `origin`
+times, how late its last fire was published, how many jobs it published and how many fires
+its misfire policy dropped; `origin`
 'api' for one created through the API, none for one the code declares; `pause` while
 paused), and its entry in SCHEDULES_KEY, scored by its next fire time (+inf while paused):
 due schedules are one range query.
@@ -135,7 +136,8 @@ class FireSchedule:
         planned = schedule.plan(definition.schedule, due, now)
         jobs = [definition.job(moment) for moment in planned.fire]
         last = planned.fire[-1] if planned.fire else ""
-        args = [definition.id, due, planned.next, last, planned.missed]
+        lateness = f"{now - planned.fire[-1]:.3f}" if planned.fire else ""
+        args = [definition.id, due, planned.next, last, planned.missed, lateness]
         outcome, published = self._script([*args, *publish_args(jobs, now)])
         if outcome == b"lost":
             return Fired(definition.id, "lost", 0)

@@ -2,8 +2,10 @@
 
 Per named queue (its three priority lists summed where a figure has no `priority` label):
 waiting, scheduled, due, running and dead jobs, the oldest waiting job's age, the live
-workers serving it and whether it is paused; and the dead jobs trimmed by DEAD_MAX_JOBS so
-far. Two pipelined round trips, no key scans: cheap enough to refresh every
+workers serving it and whether it is paused (also for a paused queue this process does not
+serve: a pause of a queue no one serves shows); the dead jobs trimmed by DEAD_MAX_JOBS so
+far; and the schedules' figures (service/telemetry/schedule_gauges.py). Two pipelined round
+trips, no key scans: cheap enough to refresh every
 WORKER_PROCESSING_INTERVAL, which is when both modes refresh them (the worker supervisor
 during housekeeping, the API when scraped and its figures are older than that).
 
@@ -27,6 +29,8 @@ from service.config import constants
 from service.config.queues import PRIORITIES, concrete
 from service.config.queues import base as base_of
 from service.jobs import records
+from service.telemetry import schedule_gauges
+from service.telemetry.schedule_gauges import ScheduleFigures
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PER_LIST = 6  # commands per priority list in the first round trip
@@ -44,6 +48,8 @@ class Pipeline(Protocol):
     def hget(self, name: str, key: str) -> Any: ...
     def exists(self, *names: str | bytes) -> Any: ...
     def get(self, name: str) -> Any: ...
+    def zrange(self, name: str, start: int, end: int) -> Any: ...
+    def hmget(self, name: str, keys: list[str]) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -64,6 +70,8 @@ class Snapshot:
     history_pending: int
     taken_at: float  # monotonic
     dead_trimmed: int = 0  # dead jobs removed to keep within DEAD_MAX_JOBS, ever (a counter)
+    schedules: dict[str, ScheduleFigures] = field(default_factory=dict)
+    paused_elsewhere: tuple[str, ...] = ()  # paused queues not among the plan's
 
 
 class BacklogPlan:
@@ -90,6 +98,7 @@ class BacklogPlan:
         pipe.xlen(constants.HISTORY_STREAM)
         pipe.get(constants.DEAD_TRIMMED_KEY)
         pipe.smembers(constants.PAUSED_KEY)
+        schedule_gauges.first(pipe)
 
     def second(self, pipe: Pipeline, replies: Sequence[Any]) -> None:
         """When each list's head was enqueued, and which registered workers are alive."""
@@ -98,13 +107,14 @@ class BacklogPlan:
                 pipe.hget(constants.job_key(records.as_text(head)), "enqueued_at")
             for key in members:
                 pipe.exists(key)
+        schedule_gauges.second(pipe, replies[-1])
 
     def snapshot(self, first: Sequence[Any], second: Sequence[Any]) -> Snapshot:
         now = time.time()
         answers = iter(second)
         figures: dict[str, QueueFigures] = {}
         stride = _PER_LIST * len(PRIORITIES) + 1
-        paused = {base_of(records.as_text(member)) for member in first[-1]}
+        paused = {base_of(records.as_text(member)) for member in first[-2]}
         for index, (heads, members) in enumerate(self._per_base(first)):
             rows = first[index * stride : index * stride + stride - 1]
             queue = QueueFigures()
@@ -125,7 +135,15 @@ class BacklogPlan:
             queue.workers = sum(bool(next(answers)) for _ in members)
             queue.paused = self.bases[index] in paused
             figures[self.bases[index]] = queue
-        return Snapshot(figures, int(first[-3]), time.monotonic(), int(first[-2] or 0))
+        schedules = schedule_gauges.decode(first[-1], answers)
+        return Snapshot(
+            figures,
+            int(first[-4]),
+            time.monotonic(),
+            int(first[-3] or 0),
+            schedules,
+            tuple(sorted(paused - set(self.bases))),
+        )
 
     def _per_base(self, replies: Sequence[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
         """Per base queue: the non-empty lists' head ids, and the worker registrations."""
@@ -183,6 +201,8 @@ class BacklogCollector(Collector):
                 waiting.add_metric([queue, priority], count)
             for attribute, family in families.items():
                 family.add_metric([queue], getattr(figures, attribute))
+        for queue in snapshot.paused_elsewhere:
+            families["paused"].add_metric([queue], 1)
         yield waiting
         yield from families.values()
         yield GaugeMetricFamily(
@@ -196,6 +216,7 @@ class BacklogCollector(Collector):
             "DEAD_MAX_JOBS",
             value=snapshot.dead_trimmed,
         )
+        yield from schedule_gauges.families(snapshot.schedules)
 
 
 def read_backlog(client: Any, plan: BacklogPlan) -> Snapshot:

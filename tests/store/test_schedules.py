@@ -81,6 +81,7 @@ def test_a_due_fire_publishes_one_ordinary_job_and_moves_the_schedule_on(
     assert due(queue_redis, T + 1000, 10) == [(every.id, T + 120)]
     state = queue_redis.hgetall(constants.schedule_key(every.id))
     assert (state[b"last"], state[b"next"], state[b"fired"]) == (b"1800000060", b"1800000120", b"1")
+    assert state[b"lateness"] == b"1.000"  # published a second after its fire time
 
 
 def test_a_definition_this_code_cannot_read_is_left_alone_and_the_others_fire(
@@ -178,6 +179,8 @@ def test_fire_once_publishes_one_job_for_a_misfire(queue_redis: redis.Redis) -> 
     fired = misfired(queue_redis, schedule)
     assert (fired.published, fired.missed) == (1, 10)
     assert queued(queue_redis) == [fire_job_id(definition(schedule).id, T + 60)]
+    state = queue_redis.hgetall(constants.schedule_key(definition(schedule).id))
+    assert state[b"lateness"] == b"605.000"  # the first missed fire, published after the outage
 
 
 def test_catch_up_publishes_the_latest_missed_fires_within_its_bounds(

@@ -59,6 +59,10 @@ CONTRACT = {
     "service_queue_paused": "gauge",
     "service_history_pending_events": "gauge",
     "service_dead_trimmed_jobs_total": "counter",
+    "service_schedules": "gauge",
+    "service_schedule_fires_total": "counter",
+    "service_schedule_missed_total": "counter",
+    "service_schedule_last_fire_lateness_seconds": "gauge",
     # the history shipper of each worker container with MONGODB_URI
     "service_history_shipper_up": "gauge",
     "service_history_unstorable_events_total": "counter",
@@ -310,6 +314,7 @@ def test_the_dashboard_is_importable_grafana_json() -> None:
         "Workers",
         "Dead letters and history",
         "API",
+        "Schedules",
     ]
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert set(variables) == {"queue", "type"}
