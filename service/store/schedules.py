@@ -138,7 +138,10 @@ class FireSchedule:
         last = planned.fire[-1] if planned.fire else ""
         lateness = f"{now - planned.fire[-1]:.3f}" if planned.fire else ""
         args = [definition.id, due, planned.next, last, planned.missed, lateness]
-        outcome, published = self._script([*args, *publish_args(jobs, now)])
+        # No MAX_BACKLOG (0): a fire has no caller to answer 429 to, and a later tick could
+        # not tell a refused fire from a lost one, so a fire is published however long the
+        # queue, as Celery beat and Sidekiq's cron publish. The backlog shows it on /metrics.
+        outcome, published = self._script([*args, *publish_args(jobs, now, max_backlog=0)])
         if outcome == b"lost":
             return Fired(definition.id, "lost", 0)
         return Fired(definition.id, "fired", int(published), planned.missed)
