@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.openapi_parts import BODY_ERRORS, REDIS_UNAVAILABLE, invalid, record, response
+from service.api.openapi_parts import (
+    BODY_ERRORS,
+    REDIS_UNAVAILABLE,
+    invalid,
+    or_empty,
+    query_param,
+    record,
+    response,
+)
 from service.api.scheduling import (
     CRON_PATTERN,
+    CURSOR_PATTERN,
     PREVIEW_COUNT,
     SCHEDULE_NAME_PATTERN,
     TIMEZONES,
@@ -184,19 +193,49 @@ def paths() -> dict[str, Any]:
         "/schedules": {
             "get": {
                 "operationId": "listSchedules",
-                "summary": "Every schedule (of the code and of the API), the soonest due "
-                "first, the paused last",
+                "summary": "The schedules (of the code and of the API), the soonest due "
+                "first, the paused last, a page at a time",
+                "description": "Follow `next_cursor` until it is null. A schedule that fires "
+                "between two pages moves on in the order, so it may show twice; one stored "
+                "by another version of this service is left out (a page may hold fewer "
+                "than `limit`).",
+                "parameters": [
+                    query_param(
+                        "limit",
+                        "Most schedules returned",
+                        or_empty(
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": constants.LIST_MAX_LIMIT,
+                                "default": constants.LIST_DEFAULT_LIMIT,
+                            }
+                        ),
+                    ),
+                    query_param(
+                        "cursor",
+                        "`next_cursor` of the previous answer",
+                        or_empty({"type": "string", "pattern": CURSOR_PATTERN}),
+                    ),
+                ],
                 "responses": {
                     "200": response(
-                        "The schedules",
+                        "A page of schedules",
                         {
                             "type": "object",
-                            "required": ["schedules"],
+                            "required": ["schedules", "next_cursor"],
+                            "additionalProperties": False,
                             "properties": {
-                                "schedules": {"type": "array", "items": _ref("Schedule")}
+                                "schedules": {"type": "array", "items": _ref("Schedule")},
+                                "next_cursor": {
+                                    "type": ["string", "null"],
+                                    "pattern": CURSOR_PATTERN,
+                                    "description": "null: the end was reached",
+                                },
                             },
                         },
                     ),
+                    "422": invalid("invalid_parameters: an invalid parameter."),
                     "503": REDIS_UNAVAILABLE,
                 },
             },

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.api import params
 from service.api.errors import ApiError, JSONResponse, Problems, clip
 from service.api.routes import resource
 from service.api.submit import OUT_OF_RANGE, read_json, wide_integers
@@ -201,10 +202,37 @@ async def _body(request: Request) -> tuple[dict[str, Any], Problems]:
 
 
 # --- The endpoints ------------------------------------------------------------------------------
+# A cursor is a place in the listing's order: `<next fire time, or inf while paused>_<id>`.
+# Any such string is a place, so the OpenAPI pattern is the whole rule.
+CURSOR_PATTERN = r"^(inf|[0-9]{1,12})_[a-z0-9][a-z0-9_.-]{0,99}/[A-Za-z0-9_.-]{1,64}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_LIST_PARAMETERS = ("limit", "cursor")
+
+
 async def list_schedules(request: Request) -> Response:
+    problems = Problems()
+    given: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in _LIST_PARAMETERS:
+            known = ", ".join(_LIST_PARAMETERS)
+            problems.append({"field": name, "message": f"unknown parameter; known: {known}"})
+        elif name in given:
+            problems.append({"field": name, "message": "given more than once"})
+        else:
+            given[name] = value
+    limit = params.limit(given.get("limit") or None, problems)
+    score, after = params.cursor(given.get("cursor") or None, _CURSOR, problems)
+    if problems:
+        raise problems.error("invalid_parameters", "invalid parameter(s)")
+    found, position = await _book(request).page(limit, (float(score), after) if after else None)
     # One this version cannot read is left out: GET of its id says why (409).
-    shown = [view(one) for one in await _book(request).list() if one.definition is not None]
-    return JSONResponse({"schedules": shown})
+    shown = [view(one) for one in found if one.definition is not None]
+    next_cursor = None if position is None else f"{_score(position[0])}_{position[1]}"
+    return JSONResponse({"schedules": shown, "next_cursor": next_cursor})
+
+
+def _score(score: float) -> str:
+    return "inf" if score == float("inf") else str(int(score))
 
 
 async def create_schedule(request: Request) -> Response:

@@ -14,6 +14,7 @@ due schedules are one range query.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -252,6 +253,9 @@ class Stored:
 
 
 Created = Literal["created", "exists"]
+# A place in the listing's order: a schedule's score (its next fire time; inf while paused)
+# and its id (Redis orders members of one score by their bytes, as Python orders ASCII text).
+Position = tuple[float, str]
 Changed = Literal["updated", "deleted", "missing", "code"]  # code: declared in the code
 
 
@@ -283,6 +287,43 @@ class Book:
             rows = await pipe.execute()
         # One deleted between the two reads is left out.
         return [Stored.read(i, row) for i, row in zip(ids, rows, strict=True) if b"spec" in row]
+
+    async def page(
+        self, limit: int, after: Position | None
+    ) -> tuple[Sequence[Stored], Position | None]:
+        """Up to `limit` schedules after `after` in the listing's order (next fire time, then
+        id; the paused last), and the position of the last one when more follow (else None).
+        Those this code cannot read are left out, so a page may hold fewer."""
+        if after is None:
+            rows = await self._range("-inf", limit + 1)
+        else:
+            score, last = after
+            bound = "+inf" if score == math.inf else str(int(score))
+            ties = await self._range(bound, None, bound)
+            rows = [row for row in ties if records.as_text(row[0]) > last][: limit + 1]
+            if len(rows) <= limit and score != math.inf:
+                rows = [*rows, *await self._range(f"({bound}", limit + 1 - len(rows))]
+        more, rows = len(rows) > limit, rows[:limit]
+        ids = [records.as_text(member) for member, _ in rows]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(constants.schedule_key(i))
+            found = await pipe.execute()
+        page = [Stored.read(i, row) for i, row in zip(ids, found, strict=True) if b"spec" in row]
+        return page, (float(rows[-1][1]), ids[-1]) if more else None
+
+    async def _range(
+        self, low: str, count: int | None, high: str = "+inf"
+    ) -> Sequence[tuple[bytes, float]]:
+        """Schedules (id, score) scored from `low` to `high`, in order; at most `count`."""
+        key = constants.SCHEDULES_KEY
+        if count is None:
+            found = await self.client.zrangebyscore(key, low, high, withscores=True)
+        else:
+            found = await self.client.zrangebyscore(
+                key, low, high, start=0, num=count, withscores=True
+            )
+        return cast("Sequence[tuple[bytes, float]]", found)
 
     async def create(self, definition: Definition, now: float) -> Created:
         first = schedule.next_fire(definition.schedule, now)

@@ -71,7 +71,7 @@ def test_a_created_schedule_is_listed_and_fires_as_a_worker_fires_it(
         "missed": 0,
     }
     assert client.get("/schedules/test.count/minutely").json() == shown
-    assert client.get("/schedules").json() == {"schedules": [shown]}
+    assert client.get("/schedules").json() == {"schedules": [shown], "next_cursor": None}
     # When a worker container's scheduler finds it due
     fired = Schedules(queue_redis).fire_due(T + 61)
     # Then it publishes one ordinary job of the type, with the payload
@@ -253,7 +253,7 @@ def test_a_schedule_another_version_stored_is_a_409_and_left_out_of_the_listing(
     ):
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "schedule_unreadable"
-    assert client.get("/schedules").json() == {"schedules": []}
+    assert client.get("/schedules").json() == {"schedules": [], "next_cursor": None}
 
 
 def test_a_path_no_schedule_can_have_is_a_404(client: TestClient) -> None:
@@ -270,3 +270,48 @@ def test_every_schedule_path_needs_a_key_when_keys_are_set(redis_url: str) -> No
         assert client.post("/schedules/noop/x/pause").status_code == 401
         auth = {"Authorization": "Bearer key-one"}
         assert client.get("/schedules", headers=auth).status_code == 200
+
+
+def test_the_listing_pages_by_next_fire_then_id_the_paused_last(
+    client: TestClient, clock: types.SimpleNamespace
+) -> None:
+    # Given seven schedules: three sharing a next fire time, three later, one paused
+    for name, every in [("b", 60), ("a", 60), ("c", 60), ("d", 120), ("e", 300), ("f", 600)]:
+        body = {"type": "test.count", "name": name, "every": every, "payload": {"key": "k"}}
+        assert client.post("/schedules", json=body).status_code == 201
+    body = {"type": "test.count", "name": "z", "every": 30, "payload": {"key": "k"}}
+    assert client.post("/schedules", json=body).status_code == 201
+    assert client.post("/schedules/test.count/z/pause").status_code == 200
+    # When it is read two at a time, following next_cursor
+    seen: list[str] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        page = client.get("/schedules", params={"limit": 2, "cursor": cursor}).json()
+        assert len(page["schedules"]) <= 2
+        seen += [one["id"] for one in page["schedules"]]
+        cursor = page["next_cursor"]
+    # Then each shows once, the soonest first (ties by id), the paused last
+    assert seen == [f"test.count/{name}" for name in "abcdefz"]
+    assert client.get("/schedules").json()["next_cursor"] is None  # all on the default page
+    first = client.get("/schedules", params={"limit": 3}).json()
+    assert first["next_cursor"] == f"{T + 60}_test.count/c"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+        ({"cursor": "soon_test.count/a"}, "cursor"),
+        ({"cursor": "12_no-name"}, "cursor"),
+        ({"page": "2"}, "page"),
+    ],
+)
+def test_a_bad_listing_parameter_is_a_422(
+    client: TestClient, query: dict[str, str], field: str
+) -> None:
+    response = client.get("/schedules", params=query)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_parameters"
+    assert [e["field"] for e in error["details"]["errors"]] == [field]
