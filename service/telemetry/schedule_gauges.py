@@ -21,7 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from service.config import constants
 from service.jobs import records
 
-_FIELDS = ("pause", "fired", "missed", "lateness")  # of a schedule's hash, in this order
+# Of a schedule's hash, in this order; every schedule has `next` (kept while paused).
+_FIELDS = ("next", "pause", "fired", "missed", "lateness")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,8 @@ def decode(ids: Sequence[Any], rows: Iterable[Sequence[Any]]) -> dict[str, Sched
     """The figures of each schedule still there (one deleted between the two rounds is left
     out: its hash is gone)."""
     figures: dict[str, ScheduleFigures] = {}
-    for member, (pause, fired, missed, lateness) in zip(ids, rows, strict=True):
-        if fired is None and pause is None and missed is None:
+    for member, (following, pause, fired, missed, lateness) in zip(ids, rows, strict=True):
+        if following is None:
             continue
         figures[records.as_text(member)] = ScheduleFigures(
             pause is not None,

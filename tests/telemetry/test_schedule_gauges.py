@@ -68,6 +68,15 @@ def test_schedules_show_by_state_with_their_fires_misses_and_lateness(
     assert never not in found  # no fire yet: no lateness
 
 
+def test_a_schedule_the_code_declared_shows_before_its_first_fire(
+    queue_redis: redis.Redis,
+) -> None:
+    Schedules(queue_redis).declare([definition(Schedule(every=60, name="fresh"))], T + 10)
+    found = samples(queue_redis)
+    assert found[("service_schedules", frozenset({("state", "active")}))] == 1
+    assert found[("service_schedule_fires_total", frozenset({("schedule", "noop/fresh")}))] == 0
+
+
 def test_a_paused_queue_no_one_here_serves_shows_as_paused(queue_redis: redis.Redis) -> None:
     queue_redis.sadd(constants.PAUSED_KEY, "elsewhere", "elsewhere.high", "elsewhere.low")
     found = samples(queue_redis)
