@@ -264,7 +264,7 @@ def _report(bench: Bench, fires: FireFigures, pause: PauseFigures) -> None:
         f"{late[-1] * 1e3:,.0f} ms |",
         "",
         f"Pause under {PAUSE_RATE} jobs/s of 5 ms jobs, {CONTAINERS} containers x 5 slots: "
-        f"latest start after the pause returned {latest}; started {pause.rate_before:,.0f} "
+        f"latest start after the pause returned: {latest}; started {pause.rate_before:,.0f} "
         f"jobs/s before the pause, {pause.rate_after:,.0f} jobs/s in the {RATE_SECONDS:g} s "
         f"after the resume ({pause.waited:,} jobs had waited {PAUSE_SECONDS:g} s).",
         "",
