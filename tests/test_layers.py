@@ -16,6 +16,9 @@ SERVICE = ROOT / "service"
 # share a rank and never import each other. The entry points (the package's `__init__`,
 # `__main__` and the status command) sit on top.
 LAYERS = {
+    # The HTTP client stands apart: it imports nothing of the service and nothing imports it
+    # (test_the_client_stands_alone), so it can be copied into another project as it is.
+    "client": 0,
     "config": 0,
     "net": 1,
     "jobs": 2,
@@ -113,3 +116,17 @@ def test_the_registry_imports_no_handlers() -> None:
     registry = imports_of(SERVICE / "jobs" / "registry.py")
     assert "service.dev.demo" not in registry
     assert "service.dev.demo" not in (SERVICE / "jobs" / "registry.py").read_text()
+
+
+def test_the_client_stands_alone() -> None:
+    """service.client imports only itself (its own modules, httpx2 and the standard library),
+    and no other part of the package imports it."""
+    for path in MODULES:
+        name = module_name(path)
+        inside = layer_of(name) == "client" or name == "service.client"
+        imported = {module for module in imports_of(path) if module != "service"}
+        clients = {module for module in imported if module.startswith("service.client")}
+        if inside:
+            assert imported == clients, f"{name} imports {sorted(imported - clients)}"
+        else:
+            assert not clients, f"{name} imports the client"

@@ -38,6 +38,7 @@ from service.store.dead_letters import DeadLetters
 from service.store.durability import StrictGate
 from service.store.publisher import QueueFull, Store
 from service.store.schedules import Book
+from service.store.waits import Waits
 from service.telemetry import tracing
 
 log = logging.getLogger("service.api")
@@ -94,11 +95,15 @@ async def keep_recording_history(client: redis.asyncio.Redis, interval: float) -
 HISTORY_OFF = ("history_disabled", "job history needs MongoDB: set MONGODB_URI to enable GET /jobs")
 
 
-def create_app(settings: Settings, registry: Registry) -> ASGIApp:
+def create_app(settings: Settings, registry: Registry, waits: Waits | None = None) -> ASGIApp:
+    """The API. `waits`: its long-polls, given by a server that releases them on shutdown."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = connect_async(settings.queue_redis)
+        # A Redis connection per request in flight, at most (server.py counts the files).
+        client = connect_async(settings.queue_redis, settings.max_connections)
         app.state.store = Store(client, settings.max_backlog, settings.retention)
+        app.state.waits.start(client)
         app.state.dead = DeadLetters(client)
         app.state.schedules = Book(client)
         app.state.mongo = (
@@ -122,6 +127,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
                 recording.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await recording
+            await app.state.waits.close()
             await client.aclose()
             if app.state.mongo is not None:
                 await app.state.mongo.client.close()
@@ -170,6 +176,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     app.state.strict = StrictGate() if settings.durability == "strict" else None
     app.state.not_ready = {}  # what /ready last logged, by component
     app.state.registry = registry
+    app.state.waits = waits or Waits(settings.queue_redis)
     app.state.openapi = build_openapi(
         registry,
         auth=bool(settings.api_keys),

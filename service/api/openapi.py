@@ -83,6 +83,15 @@ _ACCEPTED = record(
 )
 
 
+_WAIT_PARAM = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "Seconds to wait for the job to end before answering (0 answers at once).",
+    "schema": {"type": "number", "minimum": 0, "maximum": constants.MAX_WAIT_SECONDS},
+}
+
+
 def _job_links() -> dict[str, Any]:
     """The operations that take the id of a job just accepted."""
     job_id = {"job_id": "$response.body#/id"}
@@ -113,9 +122,13 @@ def _job_operations() -> dict[str, Any]:
             "get": {
                 "operationId": "getJob",
                 "summary": "A job's status, result, error and attempts",
-                "parameters": [job_id_param()],
+                "description": "With `wait`, a long-poll: the answer comes as soon as the job "
+                "is finished, failed (dead-lettered) or canceled, or once `wait` seconds have "
+                "passed, with the job as it is then (still 200).",
+                "parameters": [job_id_param(), _WAIT_PARAM],
                 "responses": {
                     "200": response("The job", _JOB_VIEW),
+                    "422": invalid("invalid_parameters: `wait` is not a number 0-30;"),
                     "404": response("job_not_found: no such job"),
                     "410": response(
                         "job_expired: the id shows the job is older than jobs are kept"

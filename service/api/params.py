@@ -3,6 +3,7 @@ collected, named, and answered at once with a 422."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -55,3 +56,18 @@ def cursor(value: str | None, pattern: re.Pattern[str], problems: Problems) -> t
         return "", ""
     position, job_id = value.split("_", 1)
     return position, job_id
+
+
+def wait_seconds(value: str | None, problems: Problems) -> float:
+    """`?wait=`: seconds to wait for a job to end, a number 0-MAX_WAIT_SECONDS (0 if absent)."""
+    if value is None:
+        return 0.0
+    limit = constants.MAX_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if 0 <= seconds <= limit:  # neither nan nor inf
+        return seconds
+    problems.append({"field": "wait", "message": f"expected a number of seconds 0-{limit}"})
+    return 0.0

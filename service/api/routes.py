@@ -14,8 +14,8 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
-from service.api import job_history, request_metrics
-from service.api.errors import ApiError, JSONResponse, clip, retry_later
+from service.api import job_history, params, request_metrics
+from service.api.errors import ApiError, JSONResponse, Problems, clip, retry_later
 from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
 from service.config import constants, queues
 from service.config.settings import Settings
@@ -23,6 +23,7 @@ from service.history import mongo
 from service.jobs import records
 from service.jobs.registry import Registry
 from service.store.publisher import Store
+from service.store.waits import FINAL
 
 log = logging.getLogger("service.api")
 
@@ -158,11 +159,21 @@ async def submit_batch(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
+    """A job as it is; with `?wait=<s>`, once it has ended or after that many seconds (a
+    long-poll: see service/store/waits.py)."""
     _, registry, store = _state(request)
     job_id: str = request.path_params["job_id"]
+    problems = Problems()
+    wait = params.wait_seconds(request.query_params.get("wait"), problems)
+    if problems:
+        raise problems.error("invalid_parameters", "invalid parameter(s)")
     if not records.valid_id(job_id):
         raise _not_found(job_id, registry)
-    view = await store.job(job_id) or await job_history.from_history(request, job_id)
+    view, cursor = await store.job_and_cursor(job_id)
+    if view is not None and wait > 0 and view["status"] not in FINAL:
+        await request.app.state.waits.until_final(job_id, cursor, wait)
+        view = await store.job(job_id)
+    view = view or await job_history.from_history(request, job_id)
     if view is None:
         raise _not_found(job_id, registry)
     return JSONResponse(view)

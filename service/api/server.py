@@ -15,18 +15,26 @@ from service.jobs.registry import Registry
 from service.net.connections import fit_file_limit
 from service.store import durability
 from service.store.connection import connect
+from service.store.waits import Waits
 from service.telemetry import tracing
 
 log = logging.getLogger("service.api")
 
 
 class Server(uvicorn.Server):
-    """uvicorn re-raises the signal after a graceful stop (exit 143); we exit 0 instead."""
+    """uvicorn re-raises the signal after a graceful stop (exit 143); we exit 0 instead.
+    The first signal also answers every long-poll at once (`Waits.release_all`), so that
+    requests waiting for jobs do not hold the graceful stop up to their wait."""
+
+    def __init__(self, config: uvicorn.Config, waits: Waits) -> None:
+        super().__init__(config)
+        self.waits = waits
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
             self.force_exit = True
         self.should_exit = True
+        self.waits.release_all()
 
 
 def run(settings: Settings, registry: Registry) -> int:
@@ -47,8 +55,9 @@ def run(settings: Settings, registry: Registry) -> int:
         log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
         return constants.EXIT_CONFIG
     tracing.start("service-api")  # before the app is built: it adds the request span if on
+    waits = Waits(settings.queue_redis)
     config = uvicorn.Config(
-        create_app(settings, registry),
+        create_app(settings, registry, waits),
         host=settings.host,
         port=settings.port,
         # uvicorn has no request-head timeout or size limit: our protocol adds both.
@@ -67,7 +76,7 @@ def run(settings: Settings, registry: Registry) -> int:
         server_header=False,
         proxy_headers=False,
     )
-    server = Server(config)
+    server = Server(config, waits)
     try:
         server.run()
     finally:

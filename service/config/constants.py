@@ -46,6 +46,10 @@ ERROR_TEXT_MAX_CHARS: Final = 300
 REDIS_SOCKET_TIMEOUT: Final = 2.0  # seconds; a stalled Redis fails a request fast, not a hang
 REDIS_CONNECT_TIMEOUT: Final = 2.0
 WORKER_SOCKET_TIMEOUT: Final = REDIS_SOCKET_TIMEOUT + 1  # the worker's: above its longest BLPOP
+# GET /jobs/{id}?wait=: the longest wait a request may ask for (seconds; 422 beyond), and the
+# longest one XREAD of the API's long-poll connection blocks (service/store/waits.py).
+MAX_WAIT_SECONDS: Final = 30
+WAIT_BLOCK_SECONDS: Final = 1.0
 
 # --- Jobs ----------------------------------------------------------------------------------------
 DEFAULT_JOB_TIMEOUT: Final = 180  # seconds, as in RQ

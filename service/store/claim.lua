@@ -1,5 +1,5 @@
 #!lua
--- include: _history
+-- include: _history _worker_stats
 -- ARGV: the key prefix, count, worker name, now_iso, started-registry score, execution id
 -- prefix, then the queues in drain order (high before default before low); a paused one (in
 -- PAUSED_KEY) is skipped. Returns per claimed job (claim.py, `Claimed`): id, member, data,
@@ -34,4 +34,5 @@ for qi = 7, #ARGV do
     end
   end
 end
+worker_claimed(worker, out)
 return out

@@ -1,5 +1,5 @@
 #!lua
--- include: _transitions
+-- include: _transitions _worker_stats
 -- ARGV: the key prefix, worker, now_iso, now, the retention limits, max crashes, then per job
 -- nine values (complete.py, `Ending`): outcome, id, queue, member, value (b64 result or exc),
 -- started, ended, retry delay, reason. Outcomes: ok, fail (retried by its policy), reject
@@ -21,6 +21,7 @@ for i = 9, #ARGV, 9 do
   if not redis.call('ZSCORE', started_key(q), member) then
     -- Not ours any more: recovered after our heartbeat expired, or already recorded (a retried
     -- call whose first reply was lost). Recording it again would run its transition twice.
+    attempt_not_held()
   elseif outcome == 'ok' then
     finish(jk, id, q, member, worker, value, t0, t1, now_iso, now)
     result = 'finished'
@@ -37,5 +38,7 @@ for i = 9, #ARGV, 9 do
     result = (n == 1 and outcome == 'interrupt') and 'interrupted' or ''
   end
   results[#results + 1] = result
+  attempt_ended(id, result, t0, t1)
 end
+worker_ended(worker)
 return results

@@ -87,10 +87,13 @@ class _SSLConnection(_TimerBoundWrites, _CPacking, aioredis.SSLConnection):
     pass
 
 
-def connect_async(target: RedisTarget) -> aioredis.Redis:
-    """A client that fails fast: a dead or stalled Redis costs seconds, never a hang."""
+def connect_async(target: RedisTarget, max_connections: int | None = None) -> aioredis.Redis:
+    """A client that fails fast: a dead or stalled Redis costs seconds, never a hang.
+    `max_connections`: its pool's size (redis-py's default, 100, answers "Too many
+    connections" to the 101st command in flight at once)."""
     return aioredis.Redis.from_url(
         target.url,
+        max_connections=max_connections,
         socket_timeout=constants.REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
         health_check_interval=30,

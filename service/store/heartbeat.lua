@@ -1,4 +1,5 @@
 #!lua flags=allow-oom
+-- include: _worker_stats
 -- A worker process's heartbeat: its registration (as RQ's), and the started-registry entries
 -- of the jobs it holds pushed ahead of the clock (XX: never re-adds a recovered entry).
 -- ARGV: the key prefix, worker name, ttl, registry score, then the registration's fields as
@@ -17,9 +18,13 @@ redis.call('SADD', WORKERS_KEY, key)
 i = i + 1
 while ARGV[i] ~= '--' do
   redis.call('SADD', queue_workers_key(ARGV[i]), key)
+  redis.call('SADD', QUEUES_KEY, queue_key(ARGV[i]))  -- RQ's tools list it before its first job
   i = i + 1
 end
+local last
 for j = i + 1, #ARGV, 2 do
   redis.call('ZADD', started_key(ARGV[j]), 'XX', score, ARGV[j + 1])
+  last = ARGV[j + 1]
 end
+worker_beat(ARGV[2], last and string.match(last, '^(.*):[^:]*$'))
 return 1

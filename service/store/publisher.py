@@ -159,14 +159,21 @@ class Store:
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """The public view of a job, or None if Redis does not have it."""
+        view, _ = await self.job_and_cursor(job_id)
+        return view
+
+    async def job_and_cursor(self, job_id: str) -> tuple[dict[str, Any] | None, str]:
+        """`job(job_id)`, and the id of the last entry of its results stream ('0-0' if none):
+        where a wait for its next transition reads from."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(constants.job_key(job_id))
             pipe.xrange(constants.result_key(job_id))
             fields, entries = await pipe.execute()
         if not fields:
-            return None
+            return None, "0-0"
         history = [records.decode_result_entry(entry) for _, entry in entries]
-        return records.describe(job_id, fields, history)
+        cursor = entries[-1][0].decode() if entries else "0-0"
+        return records.describe(job_id, fields, history), cursor
 
     async def backlog(self, names: Iterable[str]) -> dict[str, Any]:
         """The work waiting for workers: queued jobs plus scheduled jobs already due, per queue

@@ -56,6 +56,7 @@ class Registration:
                 "pid": os.getpid(),
                 "hostname": socket.gethostname(),
                 "state": "busy" if claimed else "idle",
+                "held": len(claimed),  # RQ's tools: see _worker_stats.lua
                 "slots": slots(),
             }
             holding = [(c.queue, c.member) for c in claimed]

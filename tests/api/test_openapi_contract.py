@@ -28,7 +28,7 @@ from service.api.openapi import build_openapi
 from service.dev.embedded_mongo import EmbeddedMongo
 from service.dev.embedded_redis import free_port
 from service.jobs import registry
-from tests.api.schemathesis_hooks import obeying_unstated_rules
+from tests.api.schemathesis_hooks import obeying_unstated_rules, waiting_briefly
 from tests.conftest import (
     ROOT,
     TEST_HANDLERS,
@@ -171,7 +171,8 @@ def test_fuzz_every_operation_and_refused_requests_enqueue_nothing(
     and no error response enqueues anything."""
     operation = fuzzed.schema[path][method]
     valid = operation.as_strategy(GenerationMode.POSITIVE).map(obeying_unstated_rules)
-    invalid = operation.as_strategy(GenerationMode.NEGATIVE)
+    valid = valid.map(waiting_briefly)
+    invalid = operation.as_strategy(GenerationMode.NEGATIVE).map(waiting_briefly)
 
     @settings(
         max_examples=FUZZ_EXAMPLES,

@@ -778,7 +778,7 @@ def explode(*args: Any, **kwargs: Any) -> Any:
     [
         ("publish_soon", "POST", "/jobs", {"type": "noop"}),
         ("publish", "POST", "/jobs/batch", {"jobs": [{"type": "noop"}]}),
-        ("job", "GET", f"/jobs/{ANY_ID}", None),
+        ("job_and_cursor", "GET", f"/jobs/{ANY_ID}", None),
         ("cancel", "DELETE", f"/jobs/{ANY_ID}", None),
         ("queues", "GET", "/queues", None),
     ],
