@@ -12,9 +12,9 @@ local id, due, following, last, missed = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARG
 local score = redis.call('ZSCORE', SCHEDULES_KEY, id)
 if not score or tonumber(score) ~= tonumber(due) then return {'lost', 0} end
 local jobs, published = {ARGV[7], ARGV[8], ARGV[9]}, 0
-for i = 10, #ARGV, 10 do
+for i = 10, #ARGV, PUBLISH_JOB_ARGS do
   if redis.call('EXISTS', job_key(ARGV[i])) == 0 then
-    for j = i, i + 9 do jobs[#jobs + 1] = ARGV[j] end
+    for j = i, i + PUBLISH_JOB_ARGS - 1 do jobs[#jobs + 1] = ARGV[j] end
     published = published + 1
   end
 end
