@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py` works as well as `
 
 from benchmarks import (
     concurrency,
+    dependencies,
     drain,
     durability,
     latency,
@@ -50,6 +51,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "latency": latency.run,
     "memory": memory.run,
     "durability": durability.run,
+    "dependencies": dependencies.run,
     "peers": peers.run,
 }
 DEFAULT_PHASES = [name for name in PHASES if name != "peers"]
