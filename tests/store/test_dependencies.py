@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from service.config import constants
 from service.config.settings import DEFAULT_RETENTION
 from service.jobs import records
-from service.jobs.states import Ending, Fate
+from service.jobs.states import Ending, Event, Fate, Status
 from service.store.cancel import Cancel, Cancellation
 from service.store.complete import CompleteSync, Completion
 from service.store.dead_letters import DeadLetters, Retried
@@ -293,3 +293,22 @@ def test_a_delayed_child_is_scheduled_when_its_parents_finish(
     runner(queue_redis, complete, claim).finish(a)
     assert status(queue_redis, later) == "scheduled"
     assert queue_redis.zscore(constants.registry_key("scheduled", QUEUE), later.id)
+
+
+def test_history_records_the_new_states(
+    queue_redis: redis.Redis, complete: CompleteSync, claim: Callable
+) -> None:
+    queue_redis.set(constants.HISTORY_ON_KEY, 1)
+    a = new_job()
+    b = child(a)
+    c = child(b)
+    publish_now(queue_redis, [a, b, c])
+    runner(queue_redis, complete, claim).kill(a)
+    events = [
+        (e[b"id"].decode(), e[b"status"].decode(), e.get(b"reason", b"").decode())
+        for _, e in queue_redis.xrange(constants.HISTORY_STREAM)
+    ]
+    assert (b.id, "deferred", "") in events and (c.id, "deferred", "") in events
+    assert (b.id, "canceled", "dependency_failed") in events
+    assert (c.id, "canceled", "dependency_failed") in events
+    assert Event("deferred").status == Status.DEFERRED  # the shipper's reading of it
