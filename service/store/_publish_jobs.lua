@@ -6,8 +6,8 @@
 -- (store/publish.py, `publish_args`): id, queue, type, data, timeout, retries_left, backoff,
 -- result_ttl, failure_ttl, run_at ('' = now), parents ('' = none: see `depend`). Returns nil,
 -- or {queue, its backlog} when the backlog refused the request, or {'', id...} when parents
--- do not exist (nothing written either way). `seen`: the queues this script has already added to QUEUES_KEY (one SADD
--- per queue, not per job). A full Redis (maxmemory, noeviction) refuses the first HSET, and
+-- do not exist (nothing written either way). `seen`: the queues this script has already added
+-- to QUEUES_KEY (one SADD per queue, not per job). A full Redis (maxmemory, noeviction) refuses the first HSET, and
 -- with it the whole script: Redis refuses a memory-growing command in a script only while the
 -- script has written nothing.
 local function publish(argv, first, seen)
