@@ -312,3 +312,27 @@ def test_history_records_the_new_states(
     assert (b.id, "canceled", "dependency_failed") in events
     assert (c.id, "canceled", "dependency_failed") in events
     assert Event("deferred").status == Status.DEFERRED  # the shipper's reading of it
+
+
+def test_a_retry_re_opens_a_diamond_and_keeps_a_job_another_failed_parent_blocks(
+    queue_redis: redis.Redis, complete: CompleteSync, claim: Callable, on_client: Callable
+) -> None:
+    a, other = new_job(), new_job()
+    left, right = child(a), child(a)
+    bottom = child(left, right)
+    blocked = child(a, other)
+    publish_now(queue_redis, [a, other, left, right, bottom, blocked])
+    run = runner(queue_redis, complete, claim)
+    run.kill(a, other)
+    assert {status(queue_redis, j) for j in (left, right, bottom, blocked)} == {"canceled"}
+
+    retry(on_client, a)
+    assert [status(queue_redis, j) for j in (left, right, bottom)] == ["deferred"] * 3
+    assert fields(queue_redis, blocked, "status", "cancel_reason", "cancel_dependency") == [
+        "canceled",
+        "dependency_failed",
+        other.id,
+    ]
+    run.finish(a)
+    run.finish(left, right)
+    assert status(queue_redis, bottom) == "queued"
