@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench.py` works as well as `
 
 from benchmarks import (
     concurrency,
+    dependencies,
     drain,
     durability,
     latency,
@@ -54,6 +55,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "memory": memory.run,
     "durability": durability.run,
     "schedules": schedules.run,
+    "dependencies": dependencies.run,
     "peers": peers.run,
 }
 DEFAULT_PHASES = [name for name in PHASES if name != "peers"]

@@ -36,7 +36,7 @@ from service.jobs.registry import Registry
 from service.store.connection import connect_async, out_of_memory
 from service.store.dead_letters import DeadLetters
 from service.store.durability import StrictGate
-from service.store.publisher import QueueFull, Store
+from service.store.publisher import QueueFull, Store, UnknownDependencies
 from service.store.schedules import Book
 from service.store.waits import Waits
 from service.telemetry import tracing
@@ -72,6 +72,14 @@ async def queue_full(request: Request, exc: Exception) -> Response:
     details = {"queue": exc.queue, "backlog": exc.backlog, "max_backlog": exc.limit}
     message = f"{exc}: nothing was enqueued, retry later"
     return ApiError(429, "queue_full", message, details, retry_later()).response()
+
+
+async def unknown_dependencies(request: Request, exc: Exception) -> Response:
+    """depends_on names jobs Redis does not hold (never made, or expired): 422, nothing
+    enqueued."""
+    assert isinstance(exc, UnknownDependencies)
+    message = f"depends_on names unknown jobs ({exc}); nothing was enqueued"
+    return ApiError(422, "unknown_dependency", message, {"ids": list(exc.ids)}).response()
 
 
 async def record_history(client: redis.asyncio.Redis, interval: float) -> None:
@@ -165,6 +173,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
             redis.exceptions.BusyLoadingError: redis_unavailable,
             redis.exceptions.ResponseError: redis_refused,
             QueueFull: queue_full,
+            UnknownDependencies: unknown_dependencies,
         },
         lifespan=lifespan,
     )

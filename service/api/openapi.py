@@ -76,8 +76,9 @@ _ACCEPTED = record(
         "id": {"type": "string"},
         "type": {"type": "string"},
         "queue": {"type": "string"},
-        "status": {"enum": ["queued", "scheduled"]},
+        "status": {"enum": ["queued", "scheduled", "deferred"]},
         "run_at": {"type": "string", "format": "date-time"},
+        "depends_on": {"type": "array", "items": {"type": "string"}},
     },
     required=["id", "type", "queue", "status"],
 )
@@ -104,7 +105,8 @@ def _job_links() -> dict[str, Any]:
 def _job_operations() -> dict[str, Any]:
     """GET /jobs/{job_id}, and cancelling it (POST .../cancel; DELETE, the older spelling)."""
     cancel_doc = (
-        "A queued or scheduled job is canceled at once (200); a running one's worker is asked "
+        "A queued, scheduled or deferred job is canceled at once (200), and so are the jobs "
+        "waiting for it unless they allow_failure; a running one's worker is asked "
         "to stop it (202) and it ends `canceled`. A canceled job is not deleted: GET "
         "/jobs/{job_id} answers it, status `canceled`, until its failure_ttl has passed, as "
         "RQ's `Job.cancel` and Celery's revoke keep theirs."
@@ -205,7 +207,9 @@ def build_openapi(
         **BODY_ERRORS,
         "422": invalid(
             "invalid_job: an unknown job type, an invalid payload or option, or an integer "
-            "outside the signed 64-bit range anywhere in the body; nothing was enqueued."
+            "outside the signed 64-bit range anywhere in the body; unknown_dependency: "
+            "depends_on names jobs Redis does not hold (details.ids); dependency_cycle: items "
+            "of a batch wait for each other (details.jobs); nothing was enqueued."
         ),
         "429": response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
         "503": response(

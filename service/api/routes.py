@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
-from service.api import job_history, params, request_metrics
+from service.api import dependencies, job_history, params, request_metrics
 from service.api.errors import ApiError, JSONResponse, Problems, clip, retry_later
 from service.api.submit import IDEMPOTENCY_KEY, parse_jobs, read_json
 from service.config import constants, queues
@@ -74,6 +74,8 @@ def _state(request: Request) -> tuple[Settings, Registry, Store]:
 
 def accepted(job: records.NewJob) -> dict[str, Any]:
     accepted = {"id": job.id, "type": job.type, "queue": job.queue}
+    if job.depends_on:  # queued at once if its parents had finished: GET tells
+        return {**accepted, "status": "deferred", "depends_on": list(job.depends_on)}
     if job.run_at is None:
         return {**accepted, "status": "queued"}
     return {**accepted, "status": "scheduled", "run_at": records.utc_iso(job.run_at)}
@@ -151,9 +153,10 @@ async def submit_batch(request: Request) -> Response:
         )
     raw = await request.body()  # read already: kept by the request
     batch = [job for job, _ in parse_jobs(items, registry, settings, batch=True, body=raw)]
+    order = dependencies.publish_order(batch)
     await _ensure_durable(request)
     with request_metrics.PUBLISH_SECONDS.time():
-        await store.publish(batch)
+        await store.publish(order)
     request_metrics.accepted(batch)
     return JSONResponse({"jobs": [accepted(job) for job in batch]}, 202)
 

@@ -6,12 +6,21 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from starlette.requests import Request
 
+from service.api import dependencies
 from service.api.errors import ApiError, Problems
 from service.config import constants, queues
 from service.config.queues import Priority
@@ -44,6 +53,11 @@ class JobRequest(BaseModel):
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=f"^{IDEMPOTENCY_KEY.pattern}$"
     )
+    # Parents: job ids, or `$<index>` for an item of the same batch (see api/dependencies.py).
+    depends_on: (
+        list[Annotated[str, StringConstraints(pattern=dependencies.PARENT_PATTERN)]] | None
+    ) = Field(default=None, min_length=1, max_length=constants.MAX_DEPENDENCIES)
+    allow_failure: bool | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> JobRequest:
@@ -243,6 +257,9 @@ def parse_jobs(
                 _extend(problems, _request_problems(where, exc), exc.error_count(), wide_fields)
             else:
                 limits = _beyond_limits(request, settings, where, now)
+                limits += dependencies.reference_problems(
+                    request.depends_on or (), index, len(items), batch, where
+                )
                 _extend(problems, iter(limits), len(limits), wide_fields)
         # The payload is checked even when the options are not; a name too long to be a job
         # type is already an error above, and is not echoed back as an unknown one.
@@ -273,9 +290,12 @@ def parse_jobs(
             result_ttl=request.result_ttl or spec.result_ttl,
             failure_ttl=request.failure_ttl or spec.failure_ttl,
             run_at=request.run_at_epoch(now),
+            depends_on=tuple(request.depends_on or ()),
+            allow_failure=bool(request.allow_failure),
         )
         parsed.append((job, request))
     if problems:
         known = {"known_types": registry.names()} if unknown else None
         raise problems.error("invalid_job", "validation error(s)", details=known)
-    return parsed
+    linked = dependencies.link([job for job, _ in parsed])
+    return [(job, request) for job, (_, request) in zip(linked, parsed, strict=True)]

@@ -116,6 +116,10 @@ SCHEDULE_GRACE_MAX: Final = 24 * 3600  # the longest grace (seconds) a schedule 
 SCHEDULE_EVERY_MAX: Final = 366 * 24 * 3600  # the longest interval (seconds) a schedule may set
 SCHEDULE_COUNT_MAX: Final = 10_000  # missed fires are counted up to this many
 
+# --- Dependencies (depends_on) -------------------------------------------------------------
+MAX_DEPENDENCIES: Final = 1000  # most parents one job may wait for (a batch's worth)
+PUBLISH_JOB_ARGS: Final = 11  # values per job in the publishing scripts' arguments
+
 # --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
 # Every key is KEY_PREFIX, then one of the parts below. The Lua scripts get KEY_PREFIX as their
 # ARGV[1] and build keys with functions and names of the same names as here, generated from
@@ -157,6 +161,12 @@ KEY_FAMILIES: Final = MappingProxyType(
         "command_channel": "pubsub:",  # + worker name: RQ's commands (`stop-job` cancels)
         "idempotency_key": "idempotency:",  # + Idempotency-Key: the job it made (ours)
         "schedule_key": "schedule:",  # + schedule id: its definition and fire times (ours)
+        # A part with `{}` has the name inside it. RQ's own keys of a job's dependencies: the
+        # ids of the jobs that wait for it (a set), and the ids of the parents a deferred job
+        # still waits for (RQ's spelling, with its double colon; RQ keeps every parent in it,
+        # we remove each as it finishes).
+        "dependents_key": "job:{}:dependents",
+        "dependencies_key": "job::{}:dependencies",
     }
 )
 
@@ -172,11 +182,11 @@ SCHEDULES_KEY: Final = KEY_PREFIX + KEYS["SCHEDULES_KEY"]
 
 
 def _family(name: str) -> Callable[[str], str]:
-    """The function that builds a key of family `name` (KEY_FAMILIES) from its last part."""
-    head = KEY_PREFIX + KEY_FAMILIES[name]
+    """The function that builds a key of family `name` (KEY_FAMILIES) from its name part."""
+    head, _, tail = (KEY_PREFIX + KEY_FAMILIES[name]).partition("{}")
 
     def key(last: str) -> str:
-        return head + last
+        return head + last + tail
 
     key.__name__ = key.__qualname__ = name
     return key
@@ -191,6 +201,8 @@ queue_workers_key: Final = _family("queue_workers_key")
 command_channel: Final = _family("command_channel")
 idempotency_key: Final = _family("idempotency_key")
 schedule_key: Final = _family("schedule_key")
+dependents_key: Final = _family("dependents_key")
+dependencies_key: Final = _family("dependencies_key")
 _REGISTRIES = {
     kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
     for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")

@@ -135,6 +135,8 @@ class NewJob:
     result_ttl: int = constants.RESULT_TTL
     failure_ttl: int = constants.FAILURE_TTL
     run_at: float | None = None  # epoch seconds: scheduled until then
+    depends_on: tuple[str, ...] = ()  # the ids of its parents: deferred until they finish
+    allow_failure: bool = False  # runs when a parent fails for good, instead of being canceled
 
 
 class ResultRejected(Exception):
@@ -218,6 +220,15 @@ def _count(raw: bytes | None) -> int:
     return int(raw) if raw and raw.isdigit() else 0
 
 
+def _parents(raw: bytes | None) -> list[str]:
+    """RQ's `dependency_ids` field (a JSON list of ids) as a list; [] for none."""
+    try:
+        ids = orjson.loads(raw) if raw else []
+    except orjson.JSONDecodeError:
+        return []
+    return [one for one in ids if isinstance(one, str)] if isinstance(ids, list) else []
+
+
 def error_summary(traceback_text: str, limit: int | None = None) -> str:
     """The last line of a traceback: `JobFailed: boom`, clipped to `limit` characters."""
     lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
@@ -250,6 +261,11 @@ def describe(
         "started_at": text("started_at"),
         "ended_at": text("ended_at"),
         "run_at": _stamp(fields.get(b"run_at")) if status == Status.SCHEDULED else None,
+        "depends_on": _parents(fields.get(b"dependency_ids")),
+        "allow_failure": fields.get(b"allow_dependency_failures") == b"1",
+        # A job canceled because a parent cannot finish: why, and which parent.
+        "reason": text("cancel_reason") if status == Status.CANCELED else None,
+        "dependency": text("cancel_dependency") if status == Status.CANCELED else None,
         "worker": text("worker_name"),
         "progress": None,
         "result": None,

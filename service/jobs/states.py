@@ -11,6 +11,7 @@ class Status(StrEnum):
 
     QUEUED = "queued"
     SCHEDULED = "scheduled"
+    DEFERRED = "deferred"  # waiting for its parents (depends_on) to finish
     STARTED = "started"
     FINISHED = "finished"
     FAILED = "failed"  # in the dead-letter queue
@@ -45,6 +46,7 @@ class Event(StrEnum):
 
     QUEUED = "queued"
     SCHEDULED = "scheduled"
+    DEFERRED = "deferred"  # published waiting for parents, or re-opened by a parent's retry
     STARTED = "started"
     RETRIED = "retried"
     INTERRUPTED = "interrupted"
@@ -61,6 +63,7 @@ class Event(StrEnum):
 _STATUS_AFTER = {
     Event.QUEUED: Status.QUEUED,
     Event.SCHEDULED: Status.SCHEDULED,
+    Event.DEFERRED: Status.DEFERRED,
     Event.STARTED: Status.STARTED,
     Event.RETRIED: Status.QUEUED,
     Event.INTERRUPTED: Status.QUEUED,

@@ -9,7 +9,7 @@ end
 local function over_limit(argv, first, limit)
   if limit <= 0 then return nil end
   local order, adding = {}, {}
-  for i = first, #argv, 10 do
+  for i = first, #argv, PUBLISH_JOB_ARGS do
     local base = base_of(argv[i + 1])
     if not adding[base] then order[#order + 1] = base; adding[base] = 0 end
     if argv[i + 9] == '' then adding[base] = adding[base] + 1 end

@@ -1,5 +1,5 @@
 #!lua
--- include: _transitions _worker_stats
+-- include: _transitions _worker_stats _dependents
 -- ARGV: the key prefix, worker, now_iso, now, the retention limits, max crashes, then per job
 -- nine values (complete.py, `Ending`): outcome, id, queue, member, value (b64 result or exc),
 -- started, ended, retry delay, reason. Outcomes: ok, fail (retried by its policy), reject
@@ -36,6 +36,9 @@ for i = 9, #ARGV, 9 do
   else
     local n = interrupt(jk, id, q, member, worker, t0, t1, outcome == 'interrupt')
     result = (n == 1 and outcome == 'interrupt') and 'interrupted' or ''
+  end
+  if result == 'finished' or result == 'failed' or result == 'canceled' then
+    settle(id, now, now_iso, failure_ttl)  -- its dependents, if any
   end
   results[#results + 1] = result
   attempt_ended(id, result, t0, t1)

@@ -1,5 +1,5 @@
 #!lua flags=allow-oom
--- include: _push _dead
+-- include: _push _dead _dependents
 -- ARGV: the key prefix, now_iso, then job ids. Each job still dead goes back on its queue at
 -- once, as new: queued, retries_left back to max_retries, crashes to 0, out of the failed
 -- registry, no expiry. Its attempts count and its results stream (the history; no expiry while
@@ -23,6 +23,7 @@ for i = 3, #ARGV do
     redis.call('SADD', QUEUES_KEY, queue_key(q))
     push(q, id, false)
     record(id, 'queued', 'reason', 'retried_from_dead_letter_queue')
+    reopen(id, now_iso)  -- the dependents its failure canceled
   end
 end
 return out

@@ -35,6 +35,20 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class Unknown:
+    """Parents named by a publish that do not exist: nothing was written."""
+
+    ids: tuple[str, ...]
+
+
+def _refusal(reply: list[bytes]) -> Refused | Unknown:
+    """A publishing script's refusal: {queue, backlog}, or {'', unknown parent id...}."""
+    if reply[0] == b"":
+        return Unknown(tuple(records.as_text(one) for one in reply[1:]))
+    return Refused.from_reply(reply[0], reply[1])
+
+
+@dataclass(frozen=True, slots=True)
 class Once:
     """A publish under an idempotency key: the job's id, and whether the key was new, or made
     by the same request, or by a different one."""
@@ -47,7 +61,8 @@ def publish_args(
     batch: Sequence[NewJob], now: float, traceparent: str = "", max_backlog: int = 0
 ) -> list[Arg]:
     """What the publishing scripts take: the time, the trace context and MAX_BACKLOG (0 = no
-    limit) once, then ten values per job (see _publish_jobs.lua).
+    limit) once, then PUBLISH_JOB_ARGS values per job (see _publish_jobs.lua). A job's parents
+    must come before it in `batch`, or exist already.
 
     `data` is RQ's layout, uncompressed: RQ reads raw JSON too, and small payloads gain
     nothing from zlib. `traceparent` ('' when tracing is off: nothing is written) is stored on
@@ -67,14 +82,28 @@ def publish_args(
             job.result_ttl,
             job.failure_ttl,
             "" if job.run_at is None else job.run_at,
+            _parents(job),
         ]
     return args
 
 
-def publish_now(client: redis.Redis, batch: Sequence[NewJob], now: float | None = None) -> None:
-    """PUBLISH on a synchronous client, with no backlog limit (tools, benchmarks and tests)."""
+def _parents(job: NewJob) -> str:
+    """'' for a job without parents; else '1' (allow failures) or '0', then the ids."""
+    if not job.depends_on:
+        return ""
+    return ",".join(("1" if job.allow_failure else "0", *job.depends_on))
+
+
+def publish_now(
+    client: redis.Redis, batch: Sequence[NewJob], now: float | None = None
+) -> Unknown | None:
+    """PUBLISH on a synchronous client, with no backlog limit (tools, benchmarks and tests):
+    None, or the parents that do not exist (nothing written)."""
     when = time.time() if now is None else now
-    lua.Script(client, scripts.PUBLISH)(publish_args(batch, when))
+    reply = lua.Script(client, scripts.PUBLISH)(publish_args(batch, when))
+    refusal = _refusal(reply) if isinstance(reply, list) else None
+    assert not isinstance(refusal, Refused)  # no backlog limit here
+    return refusal
 
 
 class Publish:
@@ -84,9 +113,9 @@ class Publish:
 
     async def __call__(
         self, direct: Direct, batch: Sequence[NewJob], now: float, traceparent: str, limit: int
-    ) -> Refused | None:
+    ) -> Refused | Unknown | None:
         reply = await self.script(direct, publish_args(batch, now, traceparent, limit))
-        return Refused.from_reply(*reply) if isinstance(reply, list) else None
+        return _refusal(reply) if isinstance(reply, list) else None
 
 
 class PublishEach:
@@ -96,9 +125,9 @@ class PublishEach:
 
     async def __call__(
         self, direct: Direct, batch: Sequence[NewJob], now: float, limit: int
-    ) -> list[Refused | None]:
+    ) -> list[Refused | Unknown | None]:
         replies = await self.script(direct, publish_args(batch, now, "", limit))
-        return [None if reply == 1 else Refused.from_reply(*reply) for reply in replies]
+        return [None if reply == 1 else _refusal(reply) for reply in replies]
 
 
 class PublishOnce:
@@ -116,9 +145,9 @@ class PublishOnce:
         now: float,
         traceparent: str,
         limit: int,
-    ) -> Once | Refused:
+    ) -> Once | Refused | Unknown:
         published = publish_args([job], now, traceparent, limit)
         reply = await self.script(direct, [key, fingerprint, ttl, *published])
         if reply[1] == b"full":
-            return Refused.from_reply(reply[0], reply[2])
+            return _refusal([reply[0], *reply[2:]])
         return Once(reply[0].decode(), _MATCHES[reply[1]])

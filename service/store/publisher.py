@@ -16,7 +16,7 @@ from service.jobs import records
 from service.store.cancel import Cancel, Cancellation
 from service.store.connection import Direct
 from service.store.pause import Pause
-from service.store.publish import Publish, PublishEach, PublishOnce, Refused
+from service.store.publish import Once, Publish, PublishEach, PublishOnce, Refused, Unknown
 from service.telemetry import tracing
 
 
@@ -28,6 +28,14 @@ class QueueFull(Exception):
         self.queue = queue
         self.backlog = backlog
         self.limit = limit
+
+
+class UnknownDependencies(Exception):
+    """Parents named in depends_on that Redis does not hold: nothing was written."""
+
+    def __init__(self, ids: tuple[str, ...]) -> None:
+        super().__init__(f"no job with id {', '.join(ids)}")
+        self.ids = ids
 
 
 class Coalescer:
@@ -118,8 +126,9 @@ class Store:
     async def publish_soon(self, job: records.NewJob) -> None:
         """`publish([job])`, with the same outcome, but sent with the other single jobs
         published in the same turn of the event loop: one script call for all of them (see
-        `Coalescer`). With tracing on each job keeps its own call (and enqueue span)."""
-        if tracing.enabled():
+        `Coalescer`). With tracing on each job keeps its own call (and enqueue span), and so
+        does a job with parents (its unknown ones are its own 422)."""
+        if tracing.enabled() or job.depends_on:
             return await self.publish([job])
         await self._coalescer.add(job)
 
@@ -140,11 +149,14 @@ class Store:
             once = await self._publish_once(
                 self.direct, job, key, fingerprint, ttl, time.time(), traceparent, self.max_backlog
             )
-        if isinstance(once, Refused):
+        if not isinstance(once, Once):
             raise self._full(once)
         return once.id, once.match
 
-    def _full(self, refused: Refused) -> QueueFull:
+    def _full(self, refused: Refused | Unknown) -> QueueFull | UnknownDependencies:
+        """The exception a refused publish raises."""
+        if isinstance(refused, Unknown):
+            return UnknownDependencies(refused.ids)
         return QueueFull(refused.queue, refused.backlog, self.max_backlog)
 
     async def cancel(self, job_id: str) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 #!lua flags=allow-oom
--- include: _transitions
+-- include: _transitions _dependents
 -- Jobs whose worker is gone. ARGV: the key prefix, now_iso, now, owner ('' = every entry whose
 -- heartbeat expired), mode (lost|interrupted), max crashes, exc (b64 zlib text for a lost
 -- worker), running (the ids of the jobs the dead process was running, comma-separated), the
@@ -47,6 +47,7 @@ for qi = 12, #ARGV do
         now_iso, now)
       if fate == 'failed' then
         counts.failed = counts.failed + 1
+        settle(id, now, now_iso, failure_ttl)  -- its dependents, if any
       else
         counts.redelivered = counts.redelivered + 1
       end

@@ -14,9 +14,9 @@ local lateness = ARGV[7]
 local score = redis.call('ZSCORE', SCHEDULES_KEY, id)
 if not score or tonumber(score) ~= tonumber(due) then return {'lost', 0} end
 local jobs, published = {ARGV[8], ARGV[9], ARGV[10]}, 0
-for i = 11, #ARGV, 10 do
+for i = 11, #ARGV, PUBLISH_JOB_ARGS do
   if redis.call('EXISTS', job_key(ARGV[i])) == 0 then
-    for j = i, i + 9 do jobs[#jobs + 1] = ARGV[j] end
+    for j = i, i + PUBLISH_JOB_ARGS - 1 do jobs[#jobs + 1] = ARGV[j] end
     published = published + 1
   end
 end

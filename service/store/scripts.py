@@ -46,6 +46,7 @@ _LIMITS = (
     "RESULT_TTL",
     "FAILURE_TTL",
     "PROMOTE_BATCH",
+    "PUBLISH_JOB_ARGS",
 )
 
 
@@ -74,7 +75,9 @@ def prelude(text: str) -> str:
             lines.append(f"local {name} = PREFIX .. '{part}'")
     for name, part in constants.KEY_FAMILIES.items():
         if _mentions(text, name):
-            lines.append(f"local function {name}(name) return PREFIX .. '{part}' .. name end")
+            head, _, tail = part.partition("{}")
+            built = f"PREFIX .. '{head}' .. name" + (f" .. '{tail}'" if tail else "")
+            lines.append(f"local function {name}(name) return {built} end")
     for name in _LIMITS:
         if _mentions(text, name):
             lines.append(f"local {name} = {getattr(constants, name)}")

@@ -11,7 +11,9 @@ OpenAPI document can state, each answered with a 422:
 - a cron expression whose fields are out of range (`61 * * * *`: the document states the
   shape of five fields, cronsim reads the rest);
 - the payload of PATCH /schedules/{job_type}/{name}, checked against the model of the job
-  type the path names (the document cannot tie a body's schema to a path parameter).
+  type the path names (the document cannot tie a body's schema to a path parameter);
+- `depends_on`, whose ids must name jobs that exist, and whose `$<index>` references must
+  name another item of the same batch, in no cycle (the data and the batch decide).
 
 Everything else the server checks, the document states. And one case is left out: DELETE
 /dead's query is an object exploded into the query string (so that its schema can state the
@@ -77,6 +79,8 @@ def obeying_unstated_rules(case: Case) -> Case:
     for job in body.get("jobs", []) if label == "POST /jobs/batch" else [body]:
         if isinstance(job, dict) and (_moment(job.get("run_at")) or 0) > farthest:
             job.pop("run_at")
+        if isinstance(job, dict):
+            job.pop("depends_on", None)
     if label in ("POST /schedules", "PATCH /schedules/{job_type}/{name}"):
         _runnable_cron(body)
     if label == "PATCH /schedules/{job_type}/{name}":
