@@ -40,7 +40,7 @@ def poll_pages(base: str, stop: threading.Event, polls: list[int]) -> None:
 
 def publish_rate(bench: Bench, base: str, pages: int) -> tuple[float, int]:
     """Accepted POST /jobs per second with `pages` console pages open, and their polls."""
-    stop, polls = threading.Event(), []
+    stop, polls = threading.Event(), list[int]()
     threads = [
         threading.Thread(target=poll_pages, args=(base, stop, polls), daemon=True)
         for _ in range(pages)
