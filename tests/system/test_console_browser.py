@@ -11,6 +11,7 @@ import pytest
 import redis
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from service.worker.registration import VERSION
 from tests.conftest import ROOT, ServiceProcess, http, wait_for
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `playwright install` is never run
@@ -123,6 +124,7 @@ def test_console_pages_live_numbers_actions_and_screenshots(
         page.goto(f"{base}/console{hash_}")
         expect(page.locator("main h1")).to_have_text(heading)
     expect(page.locator("main")).to_contain_text("2 slots busy", timeout=10_000)
+    expect(page.locator("main tbody")).to_contain_text(VERSION)  # the version it runs
 
     # Live numbers move while jobs run: two block the worker's two slots, three wait
     page.goto(f"{base}/console#/overview")
