@@ -113,6 +113,14 @@ def db(payload: Key, ctx: JobContext) -> str:
     return payload.key
 
 
+@job("test.fail_until", max_retries=0)
+def fail_until(payload: Key, ctx: JobContext) -> str:
+    """Fails (no retry: a dead letter at once) until `payload.key` exists, then succeeds."""
+    if not ctx.redis.exists(payload.key):
+        raise RuntimeError(f"{payload.key} is not there yet")
+    return "recovered"
+
+
 @job("test.trace_id")
 def trace_id(payload: EmptyPayload, ctx: JobContext) -> str:
     """Returns the trace id current while it runs ('' with tracing off)."""

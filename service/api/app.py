@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from service.api import dead, job_history, pausing, request_metrics, routes, scheduling
+from service.api import console, dead, job_history, pausing, request_metrics, routes, scheduling
+from service.api.console_session import Keys
 from service.api.errors import (
     ApiError,
     api_error_handler,
@@ -161,6 +162,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
         resource("/metrics", {"GET": request_metrics.metrics}),
         *dead.routes,
         *scheduling.routes,
+        *console.routes,
     ]
     app = Starlette(
         routes=table,
@@ -186,6 +188,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
     app.state.not_ready = {}  # what /ready last logged, by component
     app.state.registry = registry
     app.state.waits = waits or Waits(settings.queue_redis)
+    app.state.keys = Keys.of(settings)
     app.state.openapi = build_openapi(
         registry,
         auth=bool(settings.api_keys),
@@ -195,7 +198,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
     )
     # The body limits wrap the rest, so an early answer (a 401 too) closes a connection whose
     # body was never read.
-    auth = ApiKeyAuth(app, settings.api_keys, settings.openapi_public)
+    auth = ApiKeyAuth(app, app.state.keys, settings.openapi_public)
     limits = BodyLimit(auth, settings.max_body_bytes, settings.request_body_timeout)
     measured = request_metrics.RequestMetrics(limits, table)
     # Plain POST /jobs requests skip the layers above (with the same checks); the rest pass.

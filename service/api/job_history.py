@@ -25,6 +25,7 @@ from service.config import constants
 from service.history.mongo import HISTORY_COLLECTION
 from service.jobs import records
 
+MAX_FILTER_CHARS = 200  # longest queue or error text a search takes
 STATUSES = ("queued", "scheduled", "started", "finished", "failed", "canceled")
 _LIST_FIELDS = (
     "type",
@@ -66,7 +67,8 @@ def _encode_cursor(doc: dict[str, Any]) -> str:
 
 
 async def list_jobs(request: Request) -> Response:
-    """History, newest change first: ?type=&status=&since=&until=&limit=&cursor=."""
+    """History, newest change first: ?type=&status=&queue=&error=&since=&until=&limit=&cursor=.
+    `error` matches a substring of the error, case-insensitively."""
     db: AsyncDatabase[dict[str, Any]] = request.app.state.mongo  # routed only with MongoDB
     given = {k: v for k, v in request.query_params.items() if v}
     problems = Problems()
@@ -79,6 +81,14 @@ async def list_jobs(request: Request) -> Response:
         if given["status"] not in STATUSES:
             problems.append({"field": "status", "message": f"one of {', '.join(STATUSES)}"})
         query["status"] = given["status"]
+    if "queue" in given:
+        if len(given["queue"]) > MAX_FILTER_CHARS:
+            problems.append({"field": "queue", "message": f"at most {MAX_FILTER_CHARS} characters"})
+        query["queue"] = given["queue"]
+    if "error" in given:
+        if len(given["error"]) > MAX_FILTER_CHARS:
+            problems.append({"field": "error", "message": f"at most {MAX_FILTER_CHARS} characters"})
+        query["error"] = {"$regex": re.escape(given["error"]), "$options": "i"}
     window = {}
     for name, op in (("since", "$gte"), ("until", "$lte")):
         moment = params.instant(name, given.get(name), problems)
@@ -127,6 +137,12 @@ def openapi_operation() -> dict[str, Any]:
     parameters: list[tuple[str, dict[str, Any], str]] = [
         ("type", {"type": "string", "maxLength": MAX_TYPE_CHARS}, "a job type"),
         ("status", {"enum": list(STATUSES)}, "the job's latest status"),
+        ("queue", {"type": "string", "maxLength": MAX_FILTER_CHARS}, "a queue (RQ's name)"),
+        (
+            "error",
+            {"type": "string", "maxLength": MAX_FILTER_CHARS},
+            "text the error contains (any case)",
+        ),
         ("since", {"type": "string", "format": "date-time"}, "last change at or after"),
         ("until", {"type": "string", "format": "date-time"}, "last change at or before"),
         (

@@ -6,41 +6,72 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.console_session import CSRF_HEADER, SAFE_METHODS, Keys, cookie_of, same_origin
 from service.api.errors import ApiError
-from service.config.settings import Secret
-from service.net import apikeys
 from service.net.deadline import before
 
-# What needs a key when API_KEYS is set: the jobs, and what tells about them (queue names, job
-# types and counts). Liveness and readiness stay open for probes; the OpenAPI document (every
-# payload schema) follows OPENAPI_PUBLIC.
-PROTECTED = ("/jobs", "/queues", "/dead", "/schedules", "/backlog", "/metrics")
+# What needs a key when API_KEYS (or API_READONLY_KEYS) is set: the jobs, and what tells about
+# them (queue names, job types and counts), and the console's data. Liveness and readiness stay
+# open for probes; the OpenAPI document (every payload schema) follows OPENAPI_PUBLIC. The
+# console's pages answer with the login page themselves (service/api/console.py).
+PROTECTED = ("/jobs", "/queues", "/dead", "/schedules", "/backlog", "/metrics", "/console/api/")
 OPENAPI = "/openapi.json"
 
 
 class ApiKeyAuth:
-    """`Authorization: Bearer <key>` on the PROTECTED paths (and `/openapi.json` unless
-    `openapi_public`) when API_KEYS is set; 401 otherwise."""
+    """On the PROTECTED paths (and `/openapi.json` unless `openapi_public`) when keys are set:
+    `Authorization: Bearer <key>` or a console session cookie, else 401; a read-only key (or
+    session) on anything but GET/HEAD/OPTIONS, 403 `read_only_key`; a cookie-authenticated change
+    without its CSRF token or from another origin, 403 `csrf_failed`."""
 
-    def __init__(self, app: ASGIApp, keys: tuple[Secret, ...], openapi_public: bool) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys, openapi_public: bool) -> None:
         self.app = app
-        self.keys = [k.reveal().encode() for k in keys]
+        self.keys = keys
         self.protected = PROTECTED if openapi_public else (*PROTECTED, OPENAPI)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not scope["path"].startswith(self.protected):
+        if scope["type"] != "http" or not self.keys.required:
             return await self.app(scope, receive, send)
-        if self.allows(dict(scope["headers"])):
+        if not scope["path"].startswith(self.protected):
             return await self.app(scope, receive, send)
-        message = "missing or invalid API key: send Authorization: Bearer <key>"
-        response = ApiError(
-            401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="jobs"'}
-        ).response()
-        await response(scope, receive, send)
+        refused = self.refusal(dict(scope["headers"]), scope["method"].encode(), scope["scheme"])
+        if refused is None:
+            return await self.app(scope, receive, send)
+        await refused.response()(scope, receive, send)
+
+    def refusal(self, headers: dict[bytes, bytes], method: bytes, scheme: str) -> ApiError | None:
+        """Why this request may not pass, or None."""
+        authorization = headers.get(b"authorization")
+        cookie = cookie_of(headers) if authorization is None else None
+        if authorization is not None:
+            role = self.keys.bearer(authorization)
+        elif cookie is not None:
+            identity = self.keys.session(cookie)
+            role = identity.role if identity is not None else None
+        else:
+            role = None
+        if role is None:
+            message = "missing or invalid API key: send Authorization: Bearer <key>"
+            www = {"WWW-Authenticate": 'Bearer realm="jobs"'}
+            return ApiError(401, "unauthorized", message, headers=www)
+        if method in SAFE_METHODS:
+            return None
+        if cookie is not None and not (
+            same_origin(headers, scheme)
+            and self.keys.csrf_ok(cookie, headers.get(CSRF_HEADER, b""))
+        ):
+            message = "a console action needs its X-CSRF-Token header, from the console's origin"
+            return ApiError(403, "csrf_failed", message)
+        if role == "read":
+            message = "this key is read-only (API_READONLY_KEYS): it can read but change nothing"
+            return ApiError(403, "read_only_key", message)
+        return None
 
     def allows(self, headers: dict[bytes, bytes]) -> bool:
-        """No keys are set, or the request carries one of them."""
-        return apikeys.allows(self.keys, headers.get(b"authorization", b""))
+        """The fast path's check (a POST with a bearer key): no keys are set, or a full key."""
+        if not self.keys.required:
+            return True
+        return self.keys.bearer(headers.get(b"authorization", b"")) == "full"
 
 
 class BodyLimit:

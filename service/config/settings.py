@@ -112,6 +112,10 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     api_keys: tuple[Secret, ...] = ()
+    # Keys that read everything (GET API, console) and change nothing: 403 `read_only_key`.
+    api_readonly_keys: tuple[Secret, ...] = ()
+    # Signs the console's session cookies; None: derived from the keys (see api/console_session.py).
+    console_secret: Secret | None = None
     openapi_public: bool = False  # /openapi.json without a key even when API_KEYS is set
     max_connections: int = constants.API_MAX_CONNECTIONS  # the worker's: WORKER_MAX_CONNECTIONS
     shutdown_timeout: float = 25.0
@@ -287,7 +291,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if redis is not None:
         queue_redis = _redis_target(environ, "QUEUE_REDIS_", redis, 1, problems)
 
-    api_keys = tuple(Secret(k.strip()) for k in environ.get("API_KEYS", "").split(",") if k.strip())
+    api_keys = _keys(environ.get("API_KEYS", ""))
     if app_env == "production" and not api_keys and not worker_mode:
         problems.append("API_KEYS='': production (APP_ENV=production) needs at least one API key")
     shortest = constants.MIN_API_KEY_CHARS
@@ -298,6 +302,24 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             f"{shortest} characters (number {', '.join(map(str, short))} of {len(api_keys)} "
             "is shorter); make one with: "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    readonly_keys = _keys(environ.get("API_READONLY_KEYS", ""))
+    clash = {k.reveal() for k in readonly_keys} & {k.reveal() for k in api_keys}
+    if clash:
+        problems.append(
+            "API_READONLY_KEYS='*****': a key is listed in both API_KEYS and API_READONLY_KEYS; "
+            "give each key one role"
+        )
+    if app_env == "production" and any(len(k.reveal()) < shortest for k in readonly_keys):
+        problems.append(
+            f"API_READONLY_KEYS='*****': production (APP_ENV=production) needs keys of at least "
+            f"{shortest} characters"
+        )
+    console_secret = environ.get("CONSOLE_SECRET", "").strip() or None
+    if console_secret is not None and len(console_secret) < constants.MIN_API_KEY_CHARS:
+        problems.append(
+            f"CONSOLE_SECRET='*****': at least {constants.MIN_API_KEY_CHARS} characters; make "
+            "one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     mongodb_uri = environ.get("MONGODB_URI") or None
     if mongodb_uri is not None and not _mongodb_uri_ok(mongodb_uri):
@@ -328,12 +350,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=log_format or ("json" if app_env == "production" else "text"),  # type: ignore[arg-type]
         api_keys=api_keys,
+        api_readonly_keys=readonly_keys,
+        console_secret=Secret(console_secret) if console_secret else None,
         openapi_public=openapi_public,
         max_connections=max_connections or default_connections,
         handler_modules=tuple(handler_modules or ()),
         worker_queues=tuple(worker_queues or ()),
         durability=durability,  # type: ignore[arg-type]
     )
+
+
+def _keys(listed: str) -> tuple[Secret, ...]:
+    """A comma-separated list of keys, blanks dropped."""
+    return tuple(Secret(k.strip()) for k in listed.split(",") if k.strip())
 
 
 def _mongodb_uri_ok(uri: str) -> bool:

@@ -113,7 +113,9 @@ class HealthServer:
         self, settings: Settings, healthy: Check, ready: Check, metrics: Callable[[], bytes]
     ) -> None:
         checks = {"/health": healthy, "/ready": ready}
-        keys = [key.reveal().encode() for key in settings.api_keys]
+        # GET only: a read-only key reads the worker's metrics too.
+        readers = (*settings.api_keys, *settings.api_readonly_keys)
+        keys = [key.reveal().encode() for key in readers]
         head_timeout = settings.request_header_timeout
 
         class Handler(BaseHTTPRequestHandler):

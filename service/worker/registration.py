@@ -5,6 +5,7 @@ takes them for abandoned while it lives."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import socket
@@ -23,6 +24,18 @@ from service.store.connection import connect
 from service.store.heartbeat import Heartbeat
 
 log = logging.getLogger("service.worker")
+
+
+def _version() -> str:
+    """The installed package's version, shown per worker by the console (a rolling deploy
+    runs two)."""
+    try:
+        return importlib.metadata.version("service")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version()
 
 
 class Registration:
@@ -58,6 +71,7 @@ class Registration:
                 "state": "busy" if claimed else "idle",
                 "held": len(claimed),  # RQ's tools: see _worker_stats.lua
                 "slots": slots(),
+                "version": VERSION,
             }
             holding = [(c.queue, c.member) for c in claimed]
             try:

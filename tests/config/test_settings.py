@@ -328,3 +328,13 @@ def test_retention_limits() -> None:
     assert "MAX_FAILURE_TTL='31536001'" in text
     assert "DEAD_MAX_JOBS='0'" in text
     assert "MAX_RESULT_TTL='a week'" in problems({"MAX_RESULT_TTL": "a week"})
+
+
+def test_read_only_keys_and_the_console_secret() -> None:
+    settings = load({"API_KEYS": "a", "API_READONLY_KEYS": " r1, r2 ,", "CONSOLE_SECRET": "s" * 32})
+    assert [k.reveal() for k in settings.api_readonly_keys] == ["r1", "r2"]
+    assert settings.console_secret is not None and "s" * 32 not in repr(settings)
+    with pytest.raises(ConfigError) as raised:
+        load({"API_KEYS": "a,b", "API_READONLY_KEYS": "b", "CONSOLE_SECRET": "short"})
+    message = str(raised.value)
+    assert "API_READONLY_KEYS='*****'" in message and "CONSOLE_SECRET='*****'" in message
