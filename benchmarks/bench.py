@@ -35,6 +35,7 @@ from benchmarks import (
     memory,
     publish,
     report,
+    sizing,
 )
 from benchmarks.common import RESULTS, load_average, log
 from benchmarks.harness import Bench
@@ -50,6 +51,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "latency": latency.run,
     "memory": memory.run,
     "durability": durability.run,
+    "sizing": sizing.run,
     "peers": peers.run,
 }
 DEFAULT_PHASES = [name for name in PHASES if name != "peers"]
