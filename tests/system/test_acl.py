@@ -5,6 +5,7 @@ the history shipper and the status command."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,20 @@ def wait_status(api: ServiceProcess, job_id: str, status: str, timeout: float = 
 def test_the_readme_gives_the_rule() -> None:
     readme = (ROOT / "README.md").read_text()
     assert setuser_command() in readme
+
+
+def test_the_rule_allows_every_command_our_scripts_call() -> None:
+    """A script that calls a command the rule lacks fails for the restricted user only: each
+    command named in a redis.call of service/store/*.lua must be in the rule."""
+    allowed = {word[1:].upper() for word in RULE.split() if word.startswith("+")}
+    called = set()
+    for script in (ROOT / "service" / "store").glob("*.lua"):
+        for line in script.read_text().splitlines():
+            if re.search(r"redis\.p?call\(", line):
+                command = line.split("call(", 1)[1].split(",", 1)[0]  # may be `a and 'X' or 'Y'`
+                called |= set(re.findall(r"'([A-Z]+)'", command))
+    assert called, "no redis.call found: has the scripts' layout changed?"
+    assert called - allowed == set()
 
 
 def test_the_rule_refuses_what_the_service_never_needs(acl_redis: tuple[redis.Redis, str]) -> None:
