@@ -38,6 +38,7 @@ from benchmarks import (
     publish,
     report,
     schedules,
+    sizing,
 )
 from benchmarks.common import RESULTS, load_average, log
 from benchmarks.harness import Bench
@@ -56,6 +57,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "durability": durability.run,
     "schedules": schedules.run,
     "dependencies": dependencies.run,
+    "sizing": sizing.run,
     "peers": peers.run,
 }
 DEFAULT_PHASES = [name for name in PHASES if name != "peers"]

@@ -84,7 +84,8 @@ _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync", "save")
 
 def read(client: redis.Redis) -> Persistence | None:
     """Redis's persistence settings, in one round trip; None where CONFIG is disabled (many
-    managed Redis)."""
+    managed Redis) or denied to our user (the least-privilege ACL rule withholds it: CONFIG
+    GET reads secrets such as `masterauth`)."""
     try:
         with client.pipeline(transaction=False) as pipe:
             for name in _SETTINGS:
@@ -120,9 +121,12 @@ def problems_at_start(client: redis.Redis, strict: bool) -> list[str]:
         log.warning("cannot check Redis persistence yet (%s); will check when it answers", exc)
         return []
     if found is None:
-        log.warning("cannot check Redis persistence: CONFIG is disabled on this server")
+        log.warning(
+            "cannot read Redis's configuration (CONFIG GET is disabled on this server or "
+            "denied to this user): persistence and eviction policy unchecked"
+        )
         return (
-            ["CONFIG is disabled on this Redis: DURABILITY=strict cannot verify it"]
+            ["CONFIG GET is disabled or denied on this Redis: DURABILITY=strict cannot verify it"]
             if strict
             else []
         )
@@ -144,7 +148,9 @@ class StrictGate:
             return []
         found = await read_async(client)
         if found is None:
-            self.problems = ["CONFIG is disabled on this Redis: durability cannot be verified"]
+            self.problems = [
+                "CONFIG GET is disabled or denied on this Redis: durability cannot be verified"
+            ]
         else:
             self.problems = found.strict_problems()
         if not self.problems:

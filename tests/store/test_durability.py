@@ -11,6 +11,7 @@ import redis
 
 from service.config import constants
 from service.dev.embedded_redis import EmbeddedRedis, free_port
+from service.store import durability
 from service.store.durability import Persistence
 from tests.conftest import ServiceProcess, base_env, http, wait_for
 
@@ -110,3 +111,27 @@ def test_strict_api_accepts_jobs_only_once_redis_is_durable(
         assert client.llen(constants.queue_key("app-queue")) == 1
     finally:
         server.stop()
+
+
+def test_a_user_denied_config_get_is_warned_about_not_a_crash(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a Redis user that may not run CONFIG GET (as the least-privilege rule makes it)
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        "noconfig", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-config"]
+    )
+    client = redis.Redis.from_url(redis_url.replace("redis://", "redis://noconfig:pw@"))
+    try:
+        # When the start-up check runs, Then it warns and lets a relaxed service start,
+        assert durability.read(client) is None
+        assert durability.problems_at_start(client, strict=False) == []
+        assert "cannot read Redis's configuration" in caplog.text
+        # and a strict one is refused with the reason
+        assert durability.problems_at_start(client, strict=True) == [
+            "CONFIG GET is disabled or denied on this Redis: DURABILITY=strict cannot verify it"
+        ]
+    finally:
+        client.close()
+        admin.acl_deluser("noconfig")
+        admin.close()
