@@ -97,8 +97,9 @@ class ScriptAsync:
         self.source = source
         self._script: AsyncScript | None = None
 
-    async def __call__(self, args: Sequence[Any] = ()) -> Any:
+    async def __call__(self, args: Sequence[Any] = (), pipe: Any = None) -> Any:
+        """The script's reply; queued on `pipe` (a pipeline of this client) when given."""
         if self._script is None:
             source = for_server(self.source, await server_version_async(self.client))
             self._script = self.client.register_script(source)
-        return await self._script(args=[constants.KEY_PREFIX, *args])
+        return await self._script(args=[constants.KEY_PREFIX, *args], client=pipe)

@@ -130,7 +130,12 @@ class WorkerProcess:
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
         self._claim_jobs = Claim(self.redis, self.name, self.queues)
-        complete = Complete(self.redis, self.settings.retention, self.settings.max_crashes)
+        replicas = None
+        if self.settings.durability == "replicated":
+            replicas = (self.settings.min_replicas, round(self.settings.replica_timeout * 1000))
+        complete = Complete(
+            self.redis, self.settings.retention, self.settings.max_crashes, replicas
+        )
         self.recorder = Recorder(self.settings, self.name, complete, self.trouble, self._recorded)
         job_metrics.label_types(self.registry.names())
         self.clients = Clients(self.settings)
