@@ -113,10 +113,8 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect_async(settings.queue_redis)
-        replicas = None
-        if settings.durability == "replicated":
-            replicas = (settings.min_replicas, round(settings.replica_timeout * 1000))
-        app.state.store = Store(client, settings.max_backlog, settings.retention, replicas)
+        store = Store(client, settings.max_backlog, settings.retention, settings.replicas)
+        app.state.store = store
         app.state.dead = DeadLetters(client)
         app.state.schedules = Book(client)
         app.state.mongo = (

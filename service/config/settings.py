@@ -92,6 +92,13 @@ class Settings:
     dead_max_jobs: int = constants.DEAD_MAX_JOBS  # most dead jobs kept per RQ queue
 
     @property
+    def replicas(self) -> tuple[int, int] | None:
+        """DURABILITY=replicated: WAIT's arguments (replicas, timeout in ms); else None."""
+        if self.durability != "replicated":
+            return None
+        return (self.min_replicas, round(self.replica_timeout * 1000))
+
+    @property
     def retention(self) -> Retention:
         return Retention(self.max_result_ttl, self.max_failure_ttl, self.dead_max_jobs)
 

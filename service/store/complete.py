@@ -72,7 +72,6 @@ class Complete:
         max_crashes: int,
         replicas: tuple[int, int] | None = None,
     ) -> None:
-        self._client = client
         self._script = lua.ScriptAsync(client, scripts.COMPLETE)
         self._limits = [*retention.args(), max_crashes]
         self._replicas = replicas
@@ -84,10 +83,7 @@ class Complete:
         args = complete_args(worker, completions, now, self._limits)
         if self._replicas is None:
             return fates(await self._script(args))
-        async with self._client.pipeline(transaction=False) as pipe:
-            await self._script(args, pipe)
-            pipe.execute_command("WAIT", *self._replicas)
-            reply, acked = await pipe.execute()
+        reply, acked = await self._script.replicated(args, self._replicas)
         if acked < self._replicas[0]:
             log.warning(
                 "%d outcomes recorded on the primary, confirmed by %d of the %d replicas "

@@ -129,10 +129,8 @@ class WorkerProcess:
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
-        self._claim_jobs = Claim(self.redis, self.name, self.queues)
-        replicas = None
-        if self.settings.durability == "replicated":
-            replicas = (self.settings.min_replicas, round(self.settings.replica_timeout * 1000))
+        replicas = self.settings.replicas
+        self._claim_jobs = Claim(self.redis, self.name, self.queues, replicas)
         complete = Complete(
             self.redis, self.settings.retention, self.settings.max_crashes, replicas
         )
