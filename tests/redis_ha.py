@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,3 +269,96 @@ class Group:
     def stop(self) -> None:
         for node in [*self.sentinels, *self.replicas, self.primary]:
             node.stop()
+
+
+@dataclass
+class Ack:
+    key: str
+    id: str
+    at: float  # monotonic seconds when the 2xx came
+    tries: int  # requests it took (a 503 or a lost connection is retried, same key)
+
+
+class SteadyPublisher:
+    """HTTP publishes at a steady rate, each with its own Idempotency-Key and retried with that
+    key until a 2xx, as a careful client does; in a thread. `acks` lists the acknowledged."""
+
+    def __init__(self, url: str, rate: float, body: Callable[[int], dict[str, Any]]) -> None:
+        self.url = url
+        self.interval = 1 / rate
+        self.body = body
+        self.acks: list[Ack] = []
+        self.failures: list[tuple[float, int | str]] = []  # (when, status or error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> SteadyPublisher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from tests.conftest import http
+
+        n = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            key, tries = f"k{n}", 0
+            while True:  # the same key until acknowledged: a retry is safe
+                tries += 1
+                try:
+                    status, _, reply = http(
+                        "POST", f"{self.url}/jobs", self.body(n), {"Idempotency-Key": key}, 3
+                    )
+                except OSError as exc:
+                    status, reply = 0, str(exc)
+                if status in (200, 201, 202):
+                    self.acks.append(Ack(key, reply["id"], time.monotonic(), tries))
+                    break
+                self.failures.append((time.monotonic(), status or str(reply)))
+                if self._stop.wait(0.05):
+                    return
+            n += 1
+            next_at = max(next_at + self.interval, time.monotonic() - 1)
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def recovered_at(self, after: float, window: float = 1.0) -> float | None:
+        """When acknowledgements came at the full rate again after `after`: the start of the
+        first `window` s past the last failure with as many acks as the rate promises (90 %)."""
+        failed = [at for at, _ in self.failures if at >= after]
+        start = max(failed, default=after)
+        acks = sorted(a.at for a in self.acks if a.at >= start)
+        needed = 0.9 * window / self.interval
+        for i, at in enumerate(acks):
+            if sum(1 for t in acks[i:] if t < at + window) >= needed:
+                return at
+        return None
+
+
+def watched(group: Group) -> bool:
+    """Every Sentinel knows both replicas and the two other Sentinels (so they can vote)."""
+    for node in group.sentinels:
+        client = redis.Redis(port=node.port, socket_timeout=1)
+        try:
+            state = client.sentinel_master(MASTER)
+        finally:
+            client.close()
+        if int(state["num-slaves"]) < 2 or int(state["num-other-sentinels"]) < 2:
+            return False
+    return True
+
+
+def sentinel_env(group: Group, **overrides: str) -> dict[str, str]:
+    from tests.conftest import base_env
+
+    return base_env(
+        "unused",
+        REDIS_URL="",
+        QUEUE_REDIS_URL="",
+        REDIS_SENTINELS=group.addresses,
+        REDIS_SENTINEL_MASTER=MASTER,
+        **overrides,
+    )

@@ -10,21 +10,8 @@ import pytest
 import redis
 
 from service.dev.embedded_redis import free_port
-from tests.conftest import ServiceProcess, base_env, http, wait_for
-from tests.redis_ha import MASTER, Group
-
-
-def watched(group: Group) -> bool:
-    """Every Sentinel knows both replicas and the two other Sentinels (so they can vote)."""
-    for node in group.sentinels:
-        client = redis.Redis(port=node.port, socket_timeout=1)
-        try:
-            state = client.sentinel_master(MASTER)
-        finally:
-            client.close()
-        if int(state["num-slaves"]) < 2 or int(state["num-other-sentinels"]) < 2:
-            return False
-    return True
+from tests.conftest import ServiceProcess, http, wait_for
+from tests.redis_ha import MASTER, Group, sentinel_env, watched
 
 
 @pytest.fixture
@@ -36,17 +23,6 @@ def group() -> Iterator[Group]:
         yield group
     finally:
         group.stop()
-
-
-def sentinel_env(group: Group, **overrides: str) -> dict[str, str]:
-    return base_env(
-        "unused",
-        REDIS_URL="",
-        QUEUE_REDIS_URL="",
-        REDIS_SENTINELS=group.addresses,
-        REDIS_SENTINEL_MASTER=MASTER,
-        **overrides,
-    )
 
 
 def start(env: dict[str, str], log: Path, worker: bool = False) -> ServiceProcess:
