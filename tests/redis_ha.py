@@ -343,7 +343,7 @@ def watched(group: Group) -> bool:
     for node in group.sentinels:
         client = redis.Redis(port=node.port, socket_timeout=1)
         try:
-            state = client.sentinel_master(MASTER)
+            state: Any = client.sentinel_master(MASTER)
         finally:
             client.close()
         if int(state["num-slaves"]) < 2 or int(state["num-other-sentinels"]) < 2:
