@@ -117,9 +117,15 @@ def make_certs(directory: Path) -> Certs:
 class Node:
     """One redis-server (or `redis-server --sentinel`) process."""
 
-    def __init__(self, args: list[str], port: int, client: Callable[[], redis.Redis]) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        client: Callable[[], redis.Redis],
+        directory: str | None = None,
+    ) -> None:
         self.port = port
-        self.dir = tempfile.mkdtemp(prefix="service-redis-ha-")
+        self.dir = directory or tempfile.mkdtemp(prefix="service-redis-ha-")
         self._args = args
         self._client = client
         self.process: subprocess.Popen[bytes] | None = None
@@ -242,13 +248,12 @@ class Group:
             f"sentinel failover-timeout {MASTER} 3000\n"
             f"sentinel parallel-syncs {MASTER} 2\n"
         )
-        node = Node(
+        return Node(
             [str(conf), "--sentinel"],
             port,
             lambda: redis.Redis(port=port, socket_connect_timeout=0.5),
+            directory,
         )
-        node.dir = directory
-        return node
 
     @property
     def addresses(self) -> str:

@@ -40,7 +40,8 @@ class RedisTarget:
 
     @property
     def url(self) -> str:
-        """The connection URL, secret included: hand it to a client, never to a log."""
+        """The host's URL, secret included, without the TLS options or Sentinel (the clients
+        are built from the fields: `store.connection`): never for a log."""
         scheme = "rediss" if self.ssl else "redis"
         auth = ""
         if self.password is not None:
