@@ -74,8 +74,8 @@ async def not_replicated(request: Request, exc: Exception) -> Response:
     `not_replicated`. The write is on the primary; a retry with the same Idempotency-Key
     returns the same job, once the replicas confirm it."""
     message = (
-        "the job was written but not confirmed by enough Redis replicas (DURABILITY="
-        "replicated); retry with the same Idempotency-Key, which returns the same job"
+        "written on the Redis primary but not confirmed by enough replicas (DURABILITY="
+        "replicated); retry: a publish with the same Idempotency-Key returns the same job"
     )
     return _later(request, exc, "Not replicated", "not_replicated", message)
 
