@@ -34,7 +34,7 @@ from service.config.settings import Settings
 from service.history import mongo
 from service.history.shipper import on_ttl
 from service.jobs.registry import Registry
-from service.store.connection import connect_async, out_of_memory
+from service.store.connection import NotReplicated, connect_async, out_of_memory
 from service.store.dead_letters import DeadLetters
 from service.store.durability import StrictGate
 from service.store.publisher import QueueFull, Store, UnknownDependencies
@@ -45,16 +45,21 @@ from service.telemetry import tracing
 log = logging.getLogger("service.api")
 
 
+def _later(request: Request, exc: Exception, what: str, code: str, message: str) -> Response:
+    """A 503 with Retry-After, logged."""
+    log.warning("%s for %s %s: %s", what, request.method, request.url.path, exc)
+    return ApiError(503, code, message, headers=retry_later()).response()
+
+
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
     """Redis down, stalled or loading: 503 with Retry-After, never a 500 or a hang."""
-    log.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
     # A command that timed out on a stalled Redis may still run when it wakes up: only an
     # Idempotency-Key makes the client's retry safe.
     message = (
         "the queue is unavailable; retry later, with an Idempotency-Key: a request that "
         "timed out may still have been enqueued"
     )
-    return ApiError(503, "queue_unavailable", message, headers=retry_later()).response()
+    return _later(request, exc, "Redis unavailable", "queue_unavailable", message)
 
 
 async def redis_refused(request: Request, exc: Exception) -> Response:
@@ -62,9 +67,19 @@ async def redis_refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, redis.exceptions.ResponseError)
     if not out_of_memory(exc):
         raise exc
-    log.warning("Redis full for %s %s: %s", request.method, request.url.path, exc)
     message = "Redis is out of memory (maxmemory); nothing was written, retry later"
-    return ApiError(503, "redis_full", message, headers=retry_later()).response()
+    return _later(request, exc, "Redis full", "redis_full", message)
+
+
+async def not_replicated(request: Request, exc: Exception) -> Response:
+    """DURABILITY=replicated and too few replicas confirmed the write in time: 503
+    `not_replicated`. The write is on the primary; a retry with the same Idempotency-Key
+    returns the same job, once the replicas confirm it."""
+    message = (
+        "written on the Redis primary but not confirmed by enough replicas (DURABILITY="
+        "replicated); retry: a publish with the same Idempotency-Key returns the same job"
+    )
+    return _later(request, exc, "Not replicated", "not_replicated", message)
 
 
 async def queue_full(request: Request, exc: Exception) -> Response:
@@ -111,7 +126,8 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # A Redis connection per request in flight, at most (server.py counts the files).
         client = connect_async(settings.queue_redis, settings.max_connections)
-        app.state.store = Store(client, settings.max_backlog, settings.retention)
+        store = Store(client, settings.max_backlog, settings.retention, settings.replicas)
+        app.state.store = store
         app.state.waits.start(client)
         app.state.dead = DeadLetters(client)
         app.state.schedules = Book(client)
@@ -174,6 +190,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
             redis.exceptions.TimeoutError: redis_unavailable,
             redis.exceptions.BusyLoadingError: redis_unavailable,
             redis.exceptions.ResponseError: redis_refused,
+            NotReplicated: not_replicated,
             QueueFull: queue_full,
             UnknownDependencies: unknown_dependencies,
         },

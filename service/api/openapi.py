@@ -214,7 +214,9 @@ def build_openapi(
         "429": response("queue_full: the queue holds MAX_BACKLOG waiting jobs (see Retry-After)"),
         "503": response(
             "queue_unavailable (Redis unreachable, stalled or loading), redis_full (maxmemory) "
-            "or redis_not_durable (DURABILITY=strict); nothing was enqueued; see Retry-After"
+            "or redis_not_durable (DURABILITY=strict): nothing was enqueued; or not_replicated "
+            "(DURABILITY=replicated): enqueued on the primary but not confirmed by enough "
+            "replicas, retry with the same Idempotency-Key; see Retry-After"
         ),
     }
     paths: dict[str, Any] = {

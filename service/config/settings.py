@@ -16,35 +16,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from service.config import constants, cpus, queues
+from service.config.redis_target import RedisTarget as RedisTarget
+from service.config.redis_target import read_target
+from service.config.secret import Secret as Secret
 
 if TYPE_CHECKING:
     import environs
 
-Durability = Literal["relaxed", "strict"]
+Durability = Literal["relaxed", "strict", "replicated"]
 AppEnv = Literal["development", "production"]
 LogFormat = Literal["json", "text"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class Secret:
-    """A string that never shows itself in a repr, a log line or an error message."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 class ConfigError(Exception):
@@ -53,29 +35,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
         self.problems = problems
-
-
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    host: str
-    port: int
-    db: int
-    password: Secret | None = None
-    username: str | None = None
-    ssl: bool = False
-
-    @property
-    def url(self) -> str:
-        """The connection URL, secret included: hand it to a client, never to a log."""
-        scheme = "rediss" if self.ssl else "redis"
-        auth = ""
-        if self.password is not None:
-            auth = f"{self.username or ''}:{self.password.reveal()}@"
-        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
-
-    def __str__(self) -> str:
-        masked = ":*****@" if self.password is not None else ""
-        return f"redis://{masked}{self.host}:{self.port}/{self.db}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +62,8 @@ class Settings:
     worker_batch_size: int = 50
     worker_processing_interval: float = 5.0  # seconds (the variable is in milliseconds)
     queue_name: str = "app-queue"
-    redis: RedisTarget = RedisTarget("127.0.0.1", 6379, 0)
-    queue_redis: RedisTarget = RedisTarget("127.0.0.1", 6379, 1)
+    redis: RedisTarget = RedisTarget("127.0.0.1", 6379, 0)  # noqa: RUF009 - frozen
+    queue_redis: RedisTarget = RedisTarget("127.0.0.1", 6379, 1)  # noqa: RUF009 - frozen
     mongodb_uri: Secret | None = None
     app_env: AppEnv = "development"
     host: str = "0.0.0.0"  # noqa: S104 - a container must listen on all interfaces
@@ -130,9 +89,18 @@ class Settings:
     max_backlog: int = 0  # most waiting jobs per queue (all priorities) before 429; 0 = no limit
     history_ttl_days: int = 30  # job history kept in MongoDB (a TTL index)
     durability: Durability = "relaxed"  # strict: refuse a Redis that can lose accepted jobs
+    min_replicas: int = 1  # DURABILITY=replicated: replicas that confirm a write before a reply
+    replica_timeout: float = 1.0  # seconds WAIT gives them (REDIS_REPLICA_TIMEOUT in ms)
     max_result_ttl: int = constants.MAX_RESULT_TTL  # seconds: the longest a job's result_ttl
     max_failure_ttl: int = constants.MAX_FAILURE_TTL  # seconds: the longest a job's failure_ttl
     dead_max_jobs: int = constants.DEAD_MAX_JOBS  # most dead jobs kept per RQ queue
+
+    @property
+    def replicas(self) -> tuple[int, int] | None:
+        """DURABILITY=replicated: WAIT's arguments (replicas, timeout in ms); else None."""
+        if self.durability != "replicated":
+            return None
+        return (self.min_replicas, round(self.replica_timeout * 1000))
 
     @property
     def retention(self) -> Retention:
@@ -141,28 +109,6 @@ class Settings:
 
 # Every variable left out takes the default stated once, on the field of Settings.
 _DEFAULTS = Settings()
-
-
-def _parse_redis_url(variable: str, raw: str, problems: list[str]) -> RedisTarget | None:
-    try:
-        parts = urlsplit(raw)
-        port = parts.port or 6379
-        db_text = parts.path.lstrip("/") or "0"
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not db_text.isdigit():
-            raise ValueError
-    except ValueError:
-        masked = raw.replace(urlsplit(raw).password or "\0", "*****")
-        problems.append(f"{variable}={masked!r}: expected redis://[:password@]host[:port][/db]")
-        return None
-    password = Secret(parts.password) if parts.password is not None else None
-    return RedisTarget(
-        parts.hostname,
-        port,
-        int(db_text),
-        password,
-        parts.username or None,
-        parts.scheme == "rediss",
-    )
 
 
 def _mapping_env(environ: Mapping[str, str]) -> environs.Env:
@@ -174,46 +120,6 @@ def _mapping_env(environ: Mapping[str, str]) -> environs.Env:
             return environ.get(env_key, default)
 
     return MappingEnv(eager=False)
-
-
-def _redis_target(
-    env: Mapping[str, str],
-    prefix: str,
-    fallback: RedisTarget,
-    default_db: int,
-    problems: list[str],
-) -> RedisTarget | None:
-    """Read {prefix}URL or {prefix}HOST/PORT(/DB); both forms given and disagreeing is an error."""
-    url_var = f"{prefix}URL"
-    host_var, port_var, db_var = f"{prefix}HOST", f"{prefix}PORT", f"{prefix}DB"
-    host = env.get(host_var) or fallback.host
-    port_text = env.get(port_var)
-    db_text = env.get(db_var)
-    port, db = fallback.port, default_db
-    if port_text is not None:
-        if port_text.isdigit() and 0 < int(port_text) < 65536:
-            port = int(port_text)
-        else:
-            problems.append(f"{port_var}={port_text!r}: expected a port number 1-65535")
-    if db_text is not None:
-        if db_text.isdigit() and int(db_text) < 16:
-            db = int(db_text)
-        else:
-            problems.append(f"{db_var}={db_text!r}: expected a database number 0-15")
-    parts = RedisTarget(host, port, db, fallback.password, fallback.username, fallback.ssl)
-    raw_url = env.get(url_var)
-    if not raw_url:
-        return parts
-    from_url = _parse_redis_url(url_var, raw_url, problems)
-    if from_url is None:
-        return None
-    given = {host_var: from_url.host, port_var: str(from_url.port), db_var: str(from_url.db)}
-    for variable, url_value in given.items():
-        if env.get(variable) not in (None, url_value):
-            problems.append(
-                f"{variable}={env[variable]!r} conflicts with {url_var}={from_url!s}: set one form"
-            )
-    return from_url
 
 
 # The numeric settings read alike: variable -> (its Settings field, type, lowest, highest).
@@ -276,7 +182,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "WORKER_QUEUES", [], subcast=str.strip, validate=_queue_names
     )
     durability = env.str(
-        "DURABILITY", _DEFAULTS.durability, validate=validate.OneOf(["relaxed", "strict"])
+        "DURABILITY",
+        _DEFAULTS.durability,
+        validate=validate.OneOf(["relaxed", "strict", "replicated"]),
+    )
+    min_replicas = env.int(
+        "REDIS_MIN_REPLICAS", _DEFAULTS.min_replicas, validate=validate.Range(min=1, max=100)
+    )
+    replica_timeout_ms = env.int(
+        "REDIS_REPLICA_TIMEOUT",
+        int(_DEFAULTS.replica_timeout * 1000),
+        validate=validate.Range(min=1, max=60000),
     )
     try:
         env.seal()
@@ -286,10 +202,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             value = environ.get(str(variable), "")
             problems.append(f"{variable}={value!r}: {' '.join(map(str, messages))}")
 
-    redis = _redis_target(environ, "REDIS_", RedisTarget("127.0.0.1", 6379, 0), 0, problems)
+    redis = read_target(environ, "REDIS_", RedisTarget("127.0.0.1", 6379, 0), 0, problems)
     queue_redis = None
     if redis is not None:
-        queue_redis = _redis_target(environ, "QUEUE_REDIS_", redis, 1, problems)
+        queue_redis = read_target(environ, "QUEUE_REDIS_", redis, 1, problems)
 
     api_keys = _keys(environ.get("API_KEYS", ""))
     if app_env == "production" and not api_keys and not worker_mode:
@@ -357,6 +273,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         handler_modules=tuple(handler_modules or ()),
         worker_queues=tuple(worker_queues or ()),
         durability=durability,  # type: ignore[arg-type]
+        min_replicas=min_replicas,
+        replica_timeout=replica_timeout_ms / 1000,
     )
 
 

@@ -3,6 +3,7 @@ holds them in the started registries."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,8 @@ import redis.asyncio as aioredis
 
 from service.jobs import records
 from service.store import lua, scripts
+
+log = logging.getLogger("service.store.claim")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +65,38 @@ class _Claiming:
 class Claim(_Claiming):
     """CLAIM on an asyncio client (the worker's loop)."""
 
-    def __init__(self, client: aioredis.Redis, worker: str, queues: Sequence[str]) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        worker: str,
+        queues: Sequence[str],
+        replicas: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(worker, queues)
         self._script = lua.ScriptAsync(client, scripts.CLAIM)
+        self._replicas = replicas  # DURABILITY=replicated: WAIT after each claim
 
     async def __call__(
         self, count: int, *, score: float, execution: str, now: float | None = None
     ) -> list[Claimed]:
         """Up to `count` jobs, now held by the worker in the started registries at `score`, each
         with an execution id starting with `execution` (unique per call)."""
-        rows = await self._script(self._args(count, score, execution, now))
+        args = self._args(count, score, execution, now)
+        if self._replicas is None:
+            rows = await self._script(args)
+        else:
+            # A claim the replicas miss would, after a failover, let another worker run the
+            # same attempt again: wait for them. A shortfall still runs the jobs (their claim
+            # is on the primary); the window is logged.
+            rows, acked = await self._script.replicated(args, self._replicas)
+            if rows and acked < self._replicas[0]:
+                log.warning(
+                    "%d jobs claimed, confirmed by %d of the %d replicas required "
+                    "(DURABILITY=replicated): a failover now may run them twice",
+                    len(rows),
+                    acked,
+                    self._replicas[0],
+                )
         return [Claimed.from_reply(row) for row in rows]
 
 

@@ -4,6 +4,7 @@ whose claim is no longer held comes back as `Fate.NONE`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from service.jobs import records
 from service.jobs.states import Ending, Fate
 from service.store import lua, scripts
 
+log = logging.getLogger("service.store.complete")
 _FATES = {fate.value.encode(): fate for fate in Fate}
 
 
@@ -55,17 +57,43 @@ def fates(reply: Sequence[bytes]) -> list[Fate]:
 
 class Complete:
     """COMPLETE on an asyncio client (the worker's recorder). `max_crashes`: a job that has
-    crashed its runner this many times fails (MAX_CRASHES)."""
+    crashed its runner this many times fails (MAX_CRASHES).
 
-    def __init__(self, client: aioredis.Redis, retention: Retention, max_crashes: int) -> None:
+    With `replicas` (DURABILITY=replicated: how many, and the timeout in ms) the script is
+    followed by WAIT on the same connection (one pipeline), so a batch of outcomes counts as
+    recorded once the replicas have it. A shortfall is logged, not retried: the outcomes are
+    on the primary, and a replayed COMPLETE would record nothing (the claims are gone); if the
+    primary is lost before its replicas catch up, those jobs run again (at least once)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        retention: Retention,
+        max_crashes: int,
+        replicas: tuple[int, int] | None = None,
+    ) -> None:
         self._script = lua.ScriptAsync(client, scripts.COMPLETE)
         self._limits = [*retention.args(), max_crashes]
+        self._replicas = replicas
 
     async def __call__(
         self, worker: str, completions: Sequence[Completion], now: float
     ) -> list[Fate]:
         """What became of each attempt, in order."""
-        return fates(await self._script(complete_args(worker, completions, now, self._limits)))
+        args = complete_args(worker, completions, now, self._limits)
+        if self._replicas is None:
+            return fates(await self._script(args))
+        reply, acked = await self._script.replicated(args, self._replicas)
+        if acked < self._replicas[0]:
+            log.warning(
+                "%d outcomes recorded on the primary, confirmed by %d of the %d replicas "
+                "required within %d ms (DURABILITY=replicated): a failover before they catch "
+                "up runs those jobs again",
+                len(completions),
+                acked,
+                *self._replicas,
+            )
+        return fates(reply)
 
 
 class CompleteSync:

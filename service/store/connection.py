@@ -11,6 +11,11 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
+import redis.retry
+import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from service.config import constants
 from service.config.settings import RedisTarget
@@ -18,15 +23,58 @@ from service.net.deadline import before
 from service.store import lua
 
 
+def _options(target: RedisTarget, socket_timeout: float, retry: Any) -> dict[str, Any]:
+    """A client's connection options: database, credentials, timeouts and TLS. `retry`: none
+    (redis-py 8's client retries a failed connection ten times, with backoff: a minute
+    before a refused TLS handshake is reported; the callers here decide when to retry)."""
+    options: dict[str, Any] = {
+        "retry": retry,
+        "db": target.db,
+        "username": target.username,
+        "password": target.password.reveal() if target.password is not None else None,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": constants.REDIS_CONNECT_TIMEOUT,
+        "health_check_interval": 30,
+    }
+    if target.ssl:
+        tls = target.tls
+        options |= {
+            "ssl": True,
+            "ssl_ca_certs": tls.ca_file,
+            "ssl_certfile": tls.cert_file,
+            "ssl_keyfile": tls.key_file,
+            "ssl_cert_reqs": "required" if tls.verify else "none",
+            "ssl_check_hostname": tls.verify,
+        }
+    return options
+
+
+def _sentinel_options(target: RedisTarget) -> dict[str, Any]:
+    """How the Sentinels themselves are reached (plain connections, their own password)."""
+    password = target.sentinel_password
+    return {
+        "socket_timeout": constants.REDIS_CONNECT_TIMEOUT,
+        "socket_connect_timeout": constants.REDIS_CONNECT_TIMEOUT,
+        "password": password.reveal() if password is not None else None,
+    }
+
+
 def connect(target: RedisTarget) -> redis.Redis:
     """A synchronous client that fails fast (workers, start-up checks); its socket timeout
-    stays above the workers' longest blocking wait."""
-    return redis.Redis.from_url(
-        target.url,
-        socket_timeout=constants.WORKER_SOCKET_TIMEOUT,  # above the longest BLPOP wait
-        socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
-        health_check_interval=30,
+    stays above the workers' longest blocking wait. Through Sentinel, each new connection
+    goes to the primary Sentinel names now: after a failover the client follows it."""
+    options = _options(  # its socket timeout is above the longest BLPOP wait
+        target, constants.WORKER_SOCKET_TIMEOUT, redis.retry.Retry(NoBackoff(), 0)
     )
+    if target.sentinels:
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs=_sentinel_options(target)
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.sentinel_master, **options
+        )
+        return client
+    return redis.Redis(host=target.host, port=target.port, **options)
 
 
 def out_of_memory(exc: Exception) -> bool:
@@ -87,18 +135,59 @@ class _SSLConnection(_TimerBoundWrites, _CPacking, aioredis.SSLConnection):
     pass
 
 
+class _SentinelConnection(_TimerBoundWrites, _CPacking, aiosentinel.SentinelManagedConnection):
+    pass
+
+
+class _SentinelSSLConnection(
+    _TimerBoundWrites, _CPacking, aiosentinel.SentinelManagedSSLConnection
+):
+    pass
+
+
 def connect_async(target: RedisTarget, max_connections: int | None = None) -> aioredis.Redis:
     """A client that fails fast: a dead or stalled Redis costs seconds, never a hang.
     `max_connections`: its pool's size (redis-py's default, 100, answers "Too many
     connections" to the 101st command in flight at once)."""
-    return aioredis.Redis.from_url(
-        target.url,
-        max_connections=max_connections,
-        socket_timeout=constants.REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
-        health_check_interval=30,
+    options = _options(target, constants.REDIS_SOCKET_TIMEOUT, AsyncRetry(NoBackoff(), 0))
+    if max_connections is not None:
+        options["max_connections"] = max_connections
+    if target.sentinels:
+        sentinel = aiosentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs=_sentinel_options(target)
+        )
+        kind = _SentinelSSLConnection if target.ssl else _SentinelConnection
+        options.pop("ssl", None)
+        client: aioredis.Redis = sentinel.master_for(
+            target.sentinel_master, connection_class=kind, **options
+        )
+        return client
+    options.pop("ssl", None)
+    pool = aioredis.ConnectionPool(
+        host=target.host,
+        port=target.port,
         connection_class=_SSLConnection if target.ssl else _Connection,
+        **options,
     )
+    return aioredis.Redis.from_pool(pool)
+
+
+class NotReplicated(redis.RedisError):
+    """DURABILITY=replicated: a write ran on the primary but fewer replicas than required
+    confirmed it within the timeout (WAIT). It is there, and may yet reach them."""
+
+    def __init__(self, acked: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"written on the primary, confirmed by {acked} of the {wanted} replicas required "
+            f"within {timeout_ms} ms"
+        )
+        self.acked = acked
+        self.wanted = wanted
+
+
+def read_only(exc: Exception) -> bool:
+    """A demoted primary (now a replica) refused a write: reconnect, to the new primary."""
+    return isinstance(exc, redis.ReadOnlyError)
 
 
 class Direct:
@@ -115,13 +204,18 @@ class Direct:
     been idle, Redis may have restarted or closed it meanwhile, so the command is sent once
     more on another (as redis-py's pool would find out before sending); a timeout is never
     repeated, since the command may have run.
+
+    With `replicas` (DURABILITY=replicated: how many, and the timeout in ms) a script call is
+    followed, on the same connection and in the same write, by WAIT, which covers the writes
+    that connection made; fewer confirmations raise NotReplicated after the script ran.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, replicas: tuple[int, int] | None = None) -> None:
         self._client = client
         self._pool = client.connection_pool
         self._idle: list[aioredis.Connection] = []
         self.version: lua.Version | None = None  # the server's, once read
+        self.replicas = replicas
 
     async def server_version(self) -> lua.Version:
         """The server's version (INFO server, on the client: read once)."""
@@ -137,9 +231,22 @@ class Direct:
         return await self._call(await self._pool.get_connection(), args)  # type: ignore[no-untyped-call]
 
     async def _call(self, conn: aioredis.Connection, args: tuple[Any, ...]) -> Any:
+        wait = self.replicas if args[0] == "EVALSHA" else None
+        acked = 0
         try:
-            await conn.send_packed_command(conn.pack_command(*args))
-            reply = await self._read(conn)
+            if wait is None:
+                await conn.send_packed_command(conn.pack_command(*args))
+                reply = await self._read(conn)
+            else:
+                await conn.send_packed_command(conn.pack_commands([args, ("WAIT", *wait)]))
+                reply = await self._read_or_error(conn)
+                acked = await self._read(conn)
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+        except redis.ReadOnlyError as exc:  # a demoted primary: this connection is done
+            await conn.disconnect(nowait=True)
+            await self._pool.release(conn)
+            raise redis.ConnectionError(f"Redis is read-only now (a replica): {exc}") from exc
         except redis.ResponseError:
             self._idle.append(conn)  # Redis answered (NOSCRIPT, OOM...): the connection is fine
             raise
@@ -148,7 +255,18 @@ class Direct:
             await self._pool.release(conn)
             raise
         self._idle.append(conn)
+        if wait is not None and acked < wait[0]:
+            raise NotReplicated(acked, *wait)
         return reply
+
+    async def _read_or_error(self, conn: aioredis.Connection) -> Any:
+        """A reply, or the error Redis answered (the WAIT's reply is still to read)."""
+        try:
+            return await self._read(conn)
+        except redis.ReadOnlyError:
+            raise
+        except redis.ResponseError as exc:
+            return exc
 
     @staticmethod
     async def _read(conn: aioredis.Connection) -> Any:

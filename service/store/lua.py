@@ -97,8 +97,19 @@ class ScriptAsync:
         self.source = source
         self._script: AsyncScript | None = None
 
-    async def __call__(self, args: Sequence[Any] = ()) -> Any:
+    async def __call__(self, args: Sequence[Any] = (), pipe: Any = None) -> Any:
+        """The script's reply; queued on `pipe` (a pipeline of this client) when given."""
         if self._script is None:
             source = for_server(self.source, await server_version_async(self.client))
             self._script = self.client.register_script(source)
-        return await self._script(args=[constants.KEY_PREFIX, *args])
+        return await self._script(args=[constants.KEY_PREFIX, *args], client=pipe)
+
+    async def replicated(self, args: Sequence[Any], replicas: tuple[int, int]) -> tuple[Any, int]:
+        """The script's reply, and how many replicas confirmed its writes: WAIT `replicas`
+        (how many, the timeout in ms) right after it, on the same connection (one pipeline).
+        WAITAOF (Redis 7.2) would confirm the replicas' disks too; 7.0 has WAIT only."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self(args, pipe)
+            pipe.execute_command("WAIT", *replicas)
+            reply, acked = await pipe.execute()
+        return reply, int(acked)

@@ -8,6 +8,9 @@
 local key, fingerprint = idempotency_key(ARGV[2]), ARGV[3]
 local existing = redis.call('HMGET', key, 'id', 'fingerprint')
 if existing[1] then
+  -- A write that changes nothing but replicates: a WAIT after this call (DURABILITY=
+  -- replicated) then covers the first request's writes too, whatever connection it comes on.
+  redis.call('HSET', key, 'id', existing[1])
   return {existing[1], existing[2] == fingerprint and 'same' or 'different'}
 end
 local full = publish(ARGV, 5, {})

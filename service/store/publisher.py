@@ -98,11 +98,15 @@ class Coalescer:
 
 class Store:
     def __init__(
-        self, client: aioredis.Redis, max_backlog: int = 0, retention: Retention = DEFAULT_RETENTION
+        self,
+        client: aioredis.Redis,
+        max_backlog: int = 0,
+        retention: Retention = DEFAULT_RETENTION,
+        replicas: tuple[int, int] | None = None,  # DURABILITY=replicated: see `Direct`
     ) -> None:
         self.client = client
         self.max_backlog = max_backlog
-        self.direct = Direct(client)
+        self.direct = Direct(client, replicas)
         self._publish = Publish()
         self._publish_once = PublishOnce()
         self._cancel = Cancel(retention)

@@ -129,8 +129,11 @@ class WorkerProcess:
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._on_force)
         self.redis: aioredis.Redis = connect_async(self.settings.queue_redis)
-        self._claim_jobs = Claim(self.redis, self.name, self.queues)
-        complete = Complete(self.redis, self.settings.retention, self.settings.max_crashes)
+        replicas = self.settings.replicas
+        self._claim_jobs = Claim(self.redis, self.name, self.queues, replicas)
+        complete = Complete(
+            self.redis, self.settings.retention, self.settings.max_crashes, replicas
+        )
         self.recorder = Recorder(self.settings, self.name, complete, self.trouble, self._recorded)
         job_metrics.label_types(self.registry.names())
         self.clients = Clients(self.settings)

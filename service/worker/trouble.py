@@ -16,8 +16,9 @@ log = logging.getLogger("service.worker")
 
 
 def passing(exc: Exception) -> bool:
-    """Trouble that passes by itself: Redis unreachable, stalled or full."""
-    lost = (redis.ConnectionError, redis.TimeoutError, OSError)
+    """Trouble that passes by itself: Redis unreachable, stalled, full, or demoted to a
+    replica (READONLY: the connection is dropped and the next goes to the new primary)."""
+    lost = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)
     return isinstance(exc, lost) or out_of_memory(exc)
 
 
