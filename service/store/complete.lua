@@ -36,6 +36,7 @@ for i = 9, #ARGV, 9 do
     local n = interrupt(jk, id, q, member, worker, t0, t1, outcome == 'interrupt')
     result = (n == 1 and outcome == 'interrupt') and 'interrupted' or ''
   end
+  limit_release(jk, member)  -- whatever became of the attempt, it holds no lease now
   results[#results + 1] = result
 end
 return results

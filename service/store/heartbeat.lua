@@ -1,4 +1,5 @@
 #!lua flags=allow-oom
+-- include: _limits
 -- A worker process's heartbeat: its registration (as RQ's), and the started-registry entries
 -- of the jobs it holds pushed ahead of the clock (XX: never re-adds a recovered entry).
 -- ARGV: the key prefix, worker name, ttl, registry score, then the registration's fields as
@@ -21,5 +22,6 @@ while ARGV[i] ~= '--' do
 end
 for j = i + 1, #ARGV, 2 do
   redis.call('ZADD', started_key(ARGV[j]), 'XX', score, ARGV[j + 1])
+  limit_renew(ARGV[j + 1], score)
 end
 return 1

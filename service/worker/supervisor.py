@@ -30,6 +30,7 @@ from service.jobs.registry import Registry
 from service.jobs.states import Fate
 from service.net.connections import fit_file_limit
 from service.store import durability, housekeeping
+from service.store import limits as limit_store
 from service.store.connection import connect
 from service.telemetry import gauges as backlog_metrics
 from service.worker import job_metrics
@@ -71,6 +72,7 @@ class Supervisor:
         self.shipper: Shipper | None = None
         self.history: threading.Thread | None = None  # the shipper's thread
         self._history_stop = threading.Event()
+        self.registry = registry
         self.scheduler = Scheduler(settings, registry)
         self._scheduler_stop = threading.Event()
         self.backlog = backlog_metrics.BacklogCollector()
@@ -97,6 +99,7 @@ class Supervisor:
         if refused:  # before the health server binds its port
             log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
             return constants.EXIT_CONFIG
+        limit_store.declare(self.redis, self.registry)  # the code's limits, for every claim
         job_metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
         exposed = job_metrics.registry(
             job_metrics.SupervisorCollector(self.live_figures),

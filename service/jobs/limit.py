@@ -1,0 +1,116 @@
+"""Limits per job type: at most N starts per period (`rate_limit="100/minute"`) and at most K
+attempts running at once (`concurrency_limit=5`), global to every worker container, each per
+value of a payload field when `limit_key` names one.
+
+Declared in `@job(...)`, replaceable at run time through the API (PUT /limits/{type}) until the
+override is deleted. Enforced by the CLAIM script (service/store/_limits.lua): a job over its
+limit waits, parked in its queue's scheduled registry, without spending an attempt, and the
+queue's other job types are claimed past it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# A period by name, in seconds; also "N/Ms" style counts of a unit ("10/5s" is not taken:
+# one unit per rate, as Celery's and Sidekiq's rates read).
+PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+ALIASES = {"s": "second", "sec": "second", "m": "minute", "min": "minute", "h": "hour"}
+RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # a top-level payload field
+MAX_RATE = 1_000_000  # starts per period
+MAX_CONCURRENCY = 100_000
+
+
+class LimitInvalid(ValueError):
+    """A limit that cannot be applied: `field` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`count` starts in any `period` seconds."""
+
+    count: int
+    period: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """ "20/second", "100/minute", "5/hour", "1000/day" (also s, sec, m, min, h)."""
+        match = RATE_PATTERN.match(text.lower()) if isinstance(text, str) else None
+        unit = match and ALIASES.get(match[2], match[2])
+        if not match or unit not in PERIODS:
+            raise LimitInvalid(
+                "rate_limit", f"{text!r} is not N/period (period: second, minute, hour or day)"
+            )
+        count = int(match[1])
+        if not 1 <= count <= MAX_RATE:
+            raise LimitInvalid("rate_limit", f"{text!r}: N must be 1..{MAX_RATE}")
+        return cls(count, PERIODS[str(unit)])
+
+    def __str__(self) -> str:
+        unit = next(name for name, seconds in PERIODS.items() if seconds == self.period)
+        return f"{self.count}/{unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A job type's limits; None: that limit does not apply. `key`: the payload field whose
+    value gives each tenant its own window and slots ('' = one for the whole type)."""
+
+    rate: Rate | None = None
+    concurrency: int | None = None
+    key: str = ""
+
+    @classmethod
+    def of(
+        cls, rate_limit: str | None, concurrency_limit: int | None, limit_key: str | None
+    ) -> Limit | None:
+        """The limit these settings give (None when neither limit is set), or LimitInvalid."""
+        rate = None if rate_limit is None else Rate.parse(rate_limit)
+        if concurrency_limit is not None and (
+            isinstance(concurrency_limit, bool)
+            or not isinstance(concurrency_limit, int)
+            or not 1 <= concurrency_limit <= MAX_CONCURRENCY
+        ):
+            raise LimitInvalid(
+                "concurrency_limit", f"{concurrency_limit!r}: must be 1..{MAX_CONCURRENCY}"
+            )
+        key = limit_key or ""
+        if key and not KEY_PATTERN.match(key):
+            raise LimitInvalid("limit_key", f"{key!r} must name a top-level payload field")
+        if rate is None and concurrency_limit is None:
+            if key:
+                raise LimitInvalid("limit_key", "applies only with a rate or concurrency limit")
+            return None
+        return cls(rate, concurrency_limit, key)
+
+    def encode(self) -> str:
+        """As the scripts read it: "rate/period/concurrency/key", 0 for none."""
+        rate = self.rate or Rate(0, 1)
+        return f"{rate.count}/{rate.period}/{self.concurrency or 0}/{self.key}"
+
+    @classmethod
+    def decode(cls, text: bytes | str) -> Limit | None:
+        """What `encode` wrote; None for text it cannot read (another version wrote it)."""
+        raw = text.decode() if isinstance(text, bytes) else text
+        parts = raw.split("/", 3)
+        try:
+            count, period, concurrency = int(parts[0]), int(parts[1]), int(parts[2])
+            key = parts[3]
+        except (ValueError, IndexError):
+            return None
+        rate = Rate(count, period) if count > 0 and period in PERIODS.values() else None
+        return cls(rate, concurrency or None, key)
+
+    def as_json(self) -> dict[str, str | int | None]:
+        return {
+            "rate_limit": None if self.rate is None else str(self.rate),
+            "concurrency_limit": self.concurrency,
+            "limit_key": self.key or None,
+        }
