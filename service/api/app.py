@@ -15,7 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from service.api import dead, job_history, pausing, request_metrics, routes, scheduling
+from service.api import (
+    dead,
+    job_history,
+    limiting,
+    pausing,
+    request_metrics,
+    routes,
+    scheduling,
+)
 from service.api.errors import (
     ApiError,
     api_error_handler,
@@ -36,6 +44,7 @@ from service.jobs.registry import Registry
 from service.store.connection import connect_async, out_of_memory
 from service.store.dead_letters import DeadLetters
 from service.store.durability import StrictGate
+from service.store.limits import Limits
 from service.store.publisher import QueueFull, Store
 from service.store.schedules import Book
 from service.telemetry import tracing
@@ -101,6 +110,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         app.state.store = Store(client, settings.max_backlog, settings.retention)
         app.state.dead = DeadLetters(client)
         app.state.schedules = Book(client)
+        app.state.limits = Limits(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
         )
@@ -147,6 +157,7 @@ def create_app(settings: Settings, registry: Registry) -> ASGIApp:
         resource("/metrics", {"GET": request_metrics.metrics}),
         *dead.routes,
         *scheduling.routes,
+        *limiting.routes,
     ]
     app = Starlette(
         routes=table,

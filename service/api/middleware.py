@@ -14,7 +14,7 @@ from service.net.deadline import before
 # What needs a key when API_KEYS is set: the jobs, and what tells about them (queue names, job
 # types and counts). Liveness and readiness stay open for probes; the OpenAPI document (every
 # payload schema) follows OPENAPI_PUBLIC.
-PROTECTED = ("/jobs", "/queues", "/dead", "/schedules", "/backlog", "/metrics")
+PROTECTED = ("/jobs", "/queues", "/dead", "/schedules", "/limits", "/backlog", "/metrics")
 OPENAPI = "/openapi.json"
 
 

@@ -210,13 +210,16 @@ command_channel: Final = _family("command_channel")
 idempotency_key: Final = _family("idempotency_key")
 schedule_key: Final = _family("schedule_key")
 limit_config_key: Final = _family("limit_config_key")
-limit_starts_key: Final = _family("limit_starts_key")
-limit_leases_key: Final = _family("limit_leases_key")
-limit_held_key: Final = _family("limit_held_key")
 _REGISTRIES = {
     kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
     for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")
 }
+
+
+def limit_key(family: str, job_type: str, value: str = "") -> str:
+    """The key of family limit_starts_key, limit_leases_key or limit_held_key for one job type
+    and value of its limit's key field ('' when it has none)."""
+    return f"{KEY_PREFIX}{KEY_FAMILIES[family]}{job_type}:{value}"
 
 
 def queue_of_key(key: bytes | str) -> str:

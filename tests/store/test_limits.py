@@ -63,9 +63,9 @@ def test_a_concurrency_limit_parks_the_rest_without_an_attempt_and_claims_past_t
     for job_id in limited[2:]:
         assert status(queue_redis, job_id) == ("scheduled", "0")  # no attempt spent
         assert queue_redis.zscore(constants.registry_key("scheduled", QUEUE), job_id)
-    leases = constants.limit_leases_key("limited:")
+    leases = constants.limit_key("limit_leases_key", "limited")
     assert queue_redis.zcard(leases) == 2
-    assert queue_redis.zcard(constants.limit_held_key("limited:")) == 2
+    assert queue_redis.zcard(constants.limit_key("limit_held_key", "limited")) == 2
 
 
 def test_an_ending_frees_its_lease_and_the_oldest_held_job_comes_back_first(
@@ -83,7 +83,7 @@ def test_an_ending_frees_its_lease_and_the_oldest_held_job_comes_back_first(
     assert [c.id for c in claim(10)] == [second]
     assert status(queue_redis, second) == ("started", "1")
     assert status(queue_redis, third) == ("scheduled", "0")
-    assert queue_redis.zcard(constants.limit_leases_key("limited:")) == 1
+    assert queue_redis.zcard(constants.limit_key("limit_leases_key", "limited")) == 1
 
 
 def test_a_dead_workers_lease_comes_back_through_recovery(
@@ -96,7 +96,7 @@ def test_a_dead_workers_lease_comes_back_through_recovery(
     queue_redis.zadd(constants.registry_key("started", QUEUE), {held.member: 1})
     housekeeping.recover(queue_redis, [QUEUE], max_crashes=MAX_CRASHES)
     # Then the lease is free again, and the held job is back at the head, behind nothing
-    assert queue_redis.zcard(constants.limit_leases_key("limited:")) == 0
+    assert queue_redis.zcard(constants.limit_key("limit_leases_key", "limited")) == 0
     assert queue_redis.lrange(constants.queue_key(QUEUE), 0, 0) == [second.encode()]
     assert [c.id for c in claim(1)] == [second]
 
@@ -107,7 +107,7 @@ def test_the_heartbeat_renews_a_lease_and_an_expired_one_is_dropped_when_read(
     limit(queue_redis, "limited", concurrency=1)
     publish(queue_redis, "limited", 2)
     [held] = claim(10)
-    leases = constants.limit_leases_key("limited:")
+    leases = constants.limit_key("limit_leases_key", "limited")
     later = int(time.time()) + 600
     Heartbeat(queue_redis)("w", 60, later, {"state": "busy"}, [QUEUE], [(QUEUE, held.member)])
     assert queue_redis.zscore(leases, held.member) == later
@@ -156,7 +156,7 @@ def test_per_key_limits_keep_one_tenant_from_holding_up_another(
     assert taken == [busy[0], *other, *keyless]
     assert queue_redis.hget(constants.job_key(other[0]), "limit_key") == b"b"
     assert queue_redis.hget(constants.job_key(keyless[0]), "limit_key") == b""
-    assert queue_redis.zcard(constants.limit_held_key("report:a")) == 2
+    assert queue_redis.zcard(constants.limit_key("limit_held_key", "report", "a")) == 2
 
 
 def test_the_apis_override_wins_over_the_code_and_takes_effect_at_the_next_claim(
