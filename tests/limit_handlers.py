@@ -17,6 +17,7 @@ class Tenant(BaseModel):
 def _run(name: str, payload: Tenant, ctx: JobContext) -> int:
     """Counts the runs of `name` going on now (every worker process, in the application Redis),
     keeps the highest count seen and each start's time, then sleeps."""
+    name = f"{name}:{payload.tenant}"
     running = int(ctx.redis.incr(f"running:{name}"))
     ctx.redis.rpush(f"starts:{name}", f"{time.time()} {payload.tenant}")
     ctx.redis.eval(

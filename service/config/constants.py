@@ -172,6 +172,7 @@ KEY_FAMILIES: Final = MappingProxyType(
         # + `<type>:<key value>`: start instants (and reserved future starts) of the rate
         # window; the leases of running attempts, scored by expiry; jobs held for a slot.
         "limit_starts_key": "rl:starts:",
+        "limit_reserved_key": "rl:reserved:",  # jobs parked by the rate, scored by when due
         "limit_leases_key": "rl:leases:",
         "limit_held_key": "rl:held:",
     }

@@ -9,11 +9,11 @@
 -- CLAIM asks `limit_holds` of each job it pops. A job over its limit is parked, not started:
 -- it goes to its queue's scheduled registry (status scheduled, no attempt spent), and the
 -- queue's other jobs are claimed past it.
--- * Rate: the window limit_starts_key(name) holds the starts of the last `period` seconds and
---   reservations: a parked job reserves the first instant a start frees (its id scored by that
---   instant) and is promoted then; when it comes back its reservation is dropped and it is
---   admitted like any job. Every job parked has its own instant, so a backlog is not woken
---   all at once. Reservations count as starts, so no window ever holds more than `rate`.
+-- * Rate: the window limit_starts_key(name) holds the claim instants of the last `period`
+--   seconds; a job starts only while it holds fewer than `rate`, so no window ever holds more.
+--   A job parked is due when a start of the window frees its slot; the parked ones queue up in
+--   limit_reserved_key(name), each due at the next slot to free after those before it, so a
+--   backlog comes back one job per freed start, not all at once.
 -- * Concurrency: each admitted attempt holds a lease, its claim member in
 --   limit_leases_key(name) scored like its started-registry entry (the heartbeat renews both),
 --   freed by whatever ends the attempt (limit_release). A held job waits in
@@ -102,16 +102,20 @@ local function limit_holds(id, jk, q, data, member, expiry)
     end
   end
   if config.rate > 0 then
-    local starts = limit_starts_key(name)
+    local starts, reserved = limit_starts_key(name), limit_reserved_key(name)
     redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - config.period)
-    redis.call('ZREM', starts, id)  -- its reservation, if it was parked for one
+    local returning = redis.call('ZREM', reserved, id) == 1
     local n = redis.call('ZCARD', starts)
     if n >= config.rate then
-      local base = redis.call('ZRANGE', starts, n - config.rate, n - config.rate, 'WITHSCORES')
-      local last = redis.call('ZRANGE', starts, -1, -1, 'WITHSCORES')
-      local at = math.max(tonumber(base[2]) + config.period, tonumber(last[2]))
-      redis.call('ZADD', starts, at, id)
-      limit_expire(starts, math.ceil(at - now + config.period) + 1)
+      -- The k-th job waiting gets the k-th start to free: slot k % rate of the window, in
+      -- round k / rate. One back early (a start of the window came late) waits for the first.
+      local k = returning and 0 or redis.call('ZCOUNT', reserved, '(' .. now, '+inf')
+      local slot = n - config.rate + k % config.rate
+      local frees = redis.call('ZRANGE', starts, slot, slot, 'WITHSCORES')[2]
+      local at = tonumber(frees) + config.period * (1 + math.floor(k / config.rate))
+      redis.call('ZREMRANGEBYSCORE', reserved, '-inf', now - config.period)
+      redis.call('ZADD', reserved, at, id)
+      limit_expire(reserved, math.ceil(at - now) + 1)
       limit_park(jk, id, q, at)
       return true
     end
