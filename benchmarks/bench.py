@@ -31,6 +31,7 @@ from benchmarks import (
     drain,
     durability,
     latency,
+    limits,
     loadgen,
     memory,
     publish,
@@ -50,6 +51,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "latency": latency.run,
     "memory": memory.run,
     "durability": durability.run,
+    "limits": limits.run,
     "peers": peers.run,
 }
 DEFAULT_PHASES = [name for name in PHASES if name != "peers"]

@@ -76,8 +76,10 @@ local function limit_expire(key, ttl)
   if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
 end
 
+-- Parked: due at `at`, when promotion puts it back at the head of its queue (limit_parked), so
+-- a backlog of other types in front does not make it miss the start it waited for.
 local function limit_park(jk, id, q, at)
-  redis.call('HSET', jk, 'status', 'scheduled', 'run_at', at)
+  redis.call('HSET', jk, 'status', 'scheduled', 'run_at', at, 'limit_parked', 1)
   redis.call('ZADD', scheduled_key(q), at, id)
 end
 
@@ -104,12 +106,14 @@ local function limit_holds(id, jk, q, data, member, expiry)
   if config.rate > 0 then
     local starts, reserved = limit_starts_key(name), limit_reserved_key(name)
     redis.call('ZREMRANGEBYSCORE', starts, '-inf', now - config.period)
-    local returning = redis.call('ZREM', reserved, id) == 1
+    local was = redis.call('ZSCORE', reserved, id)
+    if was then redis.call('ZREM', reserved, id) end
     local n = redis.call('ZCARD', starts)
     if n >= config.rate then
       -- The k-th job waiting gets the k-th start to free: slot k % rate of the window, in
-      -- round k / rate. One back early (a start of the window came late) waits for the first.
-      local k = returning and 0 or redis.call('ZCOUNT', reserved, '(' .. now, '+inf')
+      -- round k / rate. One back before its slot freed (a start came late) keeps its place:
+      -- behind those due before it, ahead of the others.
+      local k = redis.call('ZCOUNT', reserved, '(' .. now, was and ('(' .. was) or '+inf')
       local slot = n - config.rate + k % config.rate
       local frees = redis.call('ZRANGE', starts, slot, slot, 'WITHSCORES')[2]
       local at = tonumber(frees) + config.period * (1 + math.floor(k / config.rate))
@@ -122,6 +126,7 @@ local function limit_holds(id, jk, q, data, member, expiry)
     redis.call('ZADD', starts, now, member)
     limit_expire(starts, math.ceil(config.period) + 1)
   end
+  redis.call('HDEL', jk, 'limit_parked')
   if config.conc > 0 then
     redis.call('ZADD', limit_leases_key(name), expiry, member)
     limit_expire(limit_leases_key(name), LIMIT_KEY_TTL)

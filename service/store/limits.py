@@ -86,7 +86,7 @@ class Limits:
         for family, is_lease in (("limit_leases_key", True), ("limit_held_key", False)):
             pattern = constants.KEY_PREFIX + constants.KEY_FAMILIES[family] + job_type + ":*"
             async for key in self.client.scan_iter(match=pattern, count=1000):
-                count: int = await self.client.zcard(key)
+                count = await (self._leases(key) if is_lease else self._held(key))
                 if count:
                     names.add(as_text(key)[len(pattern) - 1 :])
                 if is_lease:
@@ -94,6 +94,20 @@ class Limits:
                 else:
                     held += count
         return Usage(code, override, running, held, len(names))
+
+    async def _leases(self, key: bytes) -> int:
+        count: int = await self.client.zcard(key)
+        return count
+
+    async def _held(self, key: bytes) -> int:
+        """The jobs of a held set still waiting (an entry whose job went on by another way, a
+        recheck or a cancel, stays until a freed slot skips it)."""
+        ids = cast("list[bytes]", await self.client.zrange(key, 0, -1))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(constants.job_key(as_text(job_id)), "status")
+            statuses = await pipe.execute()
+        return sum(status == b"scheduled" for status in statuses)
 
     async def put(self, job_type: str, limit: Limit) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
