@@ -4,8 +4,9 @@ Rate: `limits.rated` (rate_limit="20/second", a no-op) published beside `bench.s
 (100 ms, unlimited) on the same queue, three containers of one process x 50 slots. Reported:
 the most starts (the claims' `started_at`, which the limit governs) in any sliding one-second
 window, which must be at most 20; the rated type's sustained rate, n starts over the n / 20
-windows they fill (first start to a second after the last: within 5 % of 20/s); and the unlimited type's throughput beside it, against the same drain without the
-limited type (at least 90 %).
+windows they fill (first start to a second after the last: within 5 % of 20/s); and the
+unlimited type's throughput beside it, against the same drain without the limited type (at
+least 90 %).
 
 Concurrency: `limits.slots` (concurrency_limit=5, sleeps 100 ms) on three containers; the
 handlers' running set is sampled every 10 ms (at most 5), one container is SIGKILLed mid-run,
