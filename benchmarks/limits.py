@@ -61,7 +61,13 @@ def _rate_phase(bench: Bench, quick: bool) -> None:
     beside = bench.publish_noops(free_jobs, "bench.sync_sleep")
     bench.wait_finished(client, 2 * free_jobs + len(rated), timeout=seconds * 5 + 60)
     beside_rate = _free_rate(bench, beside)
-    starts = sorted(t[0] or 0.0 for t in bench.job_times(client, rated, ("started_at",)))
+    # The limiter's own instants (Redis's clock, at the claim), and the claims' started_at (the
+    # worker's clock, read before its CLAIM call reached Redis: later by a loaded event loop)
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in rated:
+            pipe.hget(constants.job_key(job_id), "limit_started")
+        starts = sorted(float(value) for value in pipe.execute())
+    claimed = [t[0] or 0.0 for t in bench.job_times(client, rated, ("started_at",))]
     # A sliding window lets N start at once, then N per period: n starts fill n / N periods,
     # the last one's ending a period after the last start.
     total = len(starts) / (starts[-1] - starts[0] + 1.0)
@@ -71,7 +77,8 @@ def _rate_phase(bench: Bench, quick: bool) -> None:
     log(
         f"   rate_limit={RATE}/second, {CONTAINERS} containers x {CONCURRENCY} slots, "
         f"{len(rated)} jobs: most starts in any 1 s window {most} (limit {RATE}: "
-        f"{'met' if most <= RATE else 'MISSED'}); total {total:.2f}/s "
+        f"{'met' if most <= RATE else 'MISSED'}; by the claims' started_at, worker clocks: "
+        f"{_most_in_a_window(claimed)}); sustained {total:.2f}/s "
         f"({(total / RATE - 1) * 100:+.1f} % of {RATE}/s)"
     )
     log(

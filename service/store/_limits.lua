@@ -124,6 +124,7 @@ local function limit_holds(id, jk, q, data, member, expiry)
       return true
     end
     redis.call('ZADD', starts, now, member)
+    redis.call('HSET', jk, 'limit_started', string.format('%.6f', now))  -- the window's instant
     limit_expire(starts, math.ceil(config.period) + 1)
   end
   redis.call('HDEL', jk, 'limit_parked')

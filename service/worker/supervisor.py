@@ -73,6 +73,7 @@ class Supervisor:
         self.history: threading.Thread | None = None  # the shipper's thread
         self._history_stop = threading.Event()
         self.registry = registry
+        self._limits_declared = False
         self.scheduler = Scheduler(settings, registry)
         self._scheduler_stop = threading.Event()
         self.backlog = backlog_metrics.BacklogCollector()
@@ -99,7 +100,6 @@ class Supervisor:
         if refused:  # before the health server binds its port
             log.error("refusing to start (DURABILITY=strict): %s", "; ".join(refused))
             return constants.EXIT_CONFIG
-        limit_store.declare(self.redis, self.registry)  # the code's limits, for every claim
         job_metrics.label_types(self.job_types)  # recovery counts the jobs of dead workers
         exposed = job_metrics.registry(
             job_metrics.SupervisorCollector(self.live_figures),
@@ -214,6 +214,9 @@ class Supervisor:
         interval = self.settings.worker_processing_interval
         self._refresh_backlog(interval)
         try:
+            if not self._limits_declared:  # the code's limits, for every claim (once reached)
+                limit_store.declare(self.redis, self.registry)
+                self._limits_declared = True
             next_due = housekeeping.promote(self.redis, self.queues).next_due
         except redis.RedisError as exc:
             self._redis_since = None
