@@ -32,6 +32,7 @@ from benchmarks import (
     drain,
     durability,
     latency,
+    limits,
     loadgen,
     long_poll,
     memory,
@@ -58,6 +59,7 @@ PHASES: dict[str, Callable[[Bench], None]] = {
     "schedules": schedules.run,
     "dependencies": dependencies.run,
     "sizing": sizing.run,
+    "limits": limits.run,
     "peers": peers.run,
 }
 DEFAULT_PHASES = [name for name in PHASES if name != "peers"]

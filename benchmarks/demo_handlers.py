@@ -101,3 +101,22 @@ def stamp(payload: EmptyPayload, ctx: JobContext) -> None:
     ahead starts later), then waits 5 ms: the schedules phase's pause figure."""
     ctx.redis.zadd(STAMPS, {ctx.id: time.time()})
     time.sleep(0.005)
+
+
+# `limits.*` serve bench.py's limits phase (benchmarks/limits.py).
+LIMIT_RUNNING = "bench:limits:running"  # in the application Redis: the ids running now
+
+
+@job("limits.rated", rate_limit="20/second")
+def rated(payload: EmptyPayload, ctx: JobContext) -> None:
+    """At most 20 starts in any second, across every container: does nothing."""
+
+
+@job("limits.slots", concurrency_limit=5)
+def slots(payload: EmptyPayload, ctx: JobContext) -> None:
+    """At most 5 running at once, across every container: counted while it sleeps 100 ms."""
+    ctx.redis.sadd(LIMIT_RUNNING, ctx.id)
+    try:
+        time.sleep(IO_SECONDS)
+    finally:
+        ctx.redis.srem(LIMIT_RUNNING, ctx.id)

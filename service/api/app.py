@@ -15,7 +15,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from service.api import console, dead, job_history, pausing, request_metrics, routes, scheduling
+from service.api import (
+    console,
+    dead,
+    job_history,
+    limiting,
+    pausing,
+    request_metrics,
+    routes,
+    scheduling,
+)
 from service.api.console_session import Keys
 from service.api.errors import (
     ApiError,
@@ -37,6 +46,7 @@ from service.jobs.registry import Registry
 from service.store.connection import NotReplicated, connect_async, out_of_memory
 from service.store.dead_letters import DeadLetters
 from service.store.durability import StrictGate
+from service.store.limits import Limits
 from service.store.publisher import QueueFull, Store, UnknownDependencies
 from service.store.schedules import Book
 from service.store.waits import Waits
@@ -131,6 +141,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
         app.state.waits.start(client)
         app.state.dead = DeadLetters(client)
         app.state.schedules = Book(client)
+        app.state.limits = Limits(client)
         app.state.mongo = (
             mongo.connect_async(settings.mongodb_uri) if settings.mongodb_uri else None
         )
@@ -179,6 +190,7 @@ def create_app(settings: Settings, registry: Registry, waits: Waits | None = Non
         *dead.routes,
         *scheduling.routes,
         *console.routes,
+        *limiting.routes,
     ]
     app = Starlette(
         routes=table,

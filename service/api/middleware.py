@@ -14,7 +14,16 @@ from service.net.deadline import before
 # them (queue names, job types and counts), and the console's data. Liveness and readiness stay
 # open for probes; the OpenAPI document (every payload schema) follows OPENAPI_PUBLIC. The
 # console's pages answer with the login page themselves (service/api/console.py).
-PROTECTED = ("/jobs", "/queues", "/dead", "/schedules", "/backlog", "/metrics", "/console/api/")
+PROTECTED = (
+    "/jobs",
+    "/queues",
+    "/dead",
+    "/schedules",
+    "/limits",
+    "/backlog",
+    "/metrics",
+    "/console/api/",
+)
 OPENAPI = "/openapi.json"
 
 

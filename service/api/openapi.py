@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api import dead_openapi, job_history, pausing, schedule_openapi
+from service.api import dead_openapi, job_history, limiting, pausing, schedule_openapi
 from service.api.middleware import PROTECTED
 from service.api.openapi_parts import (
     BODY_ERRORS,
@@ -345,6 +345,8 @@ def build_openapi(
     paths.update(dead_openapi.openapi_paths())
     paths.update(schedule_openapi.paths())
     schemas.update(schedule_openapi.schemas(payloads))
+    paths.update(limiting.openapi_paths())
+    schemas.update(limiting.SCHEMAS)
     for path, operations in paths.items():
         needs_key = auth and path.startswith(PROTECTED)
         for operation in operations.values():

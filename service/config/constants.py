@@ -119,6 +119,15 @@ SCHEDULE_COUNT_MAX: Final = 10_000  # missed fires are counted up to this many
 # --- Dependencies (depends_on) -------------------------------------------------------------
 MAX_DEPENDENCIES: Final = 1000  # most parents one job may wait for (a batch's worth)
 PUBLISH_JOB_ARGS: Final = 11  # values per job in the publishing scripts' arguments
+# --- Limits per job type (service/jobs/limit.py) -----------------------------------------------
+# A job held for a concurrency slot is back on its queue when a slot frees; failing that (a
+# lease that expired instead of ending), this long after it was held, to be looked at again.
+LIMIT_RECHECK_SECONDS: Final = 5
+# Leases older than their expiry by this much are dropped when read: a safety net only (every
+# ending frees its lease), wide enough for clock skew between a worker and Redis.
+LIMIT_LEASE_GRACE: Final = 30
+LIMIT_HELD_RELEASE_MAX: Final = 10  # stale held entries one freed slot skips at most
+LIMIT_KEY_TTL: Final = 24 * 3600  # seconds a lease or held set outlives its last write
 
 # --- Redis keys: RQ's data model, so `rq info` and RQ's classes read our jobs -------------------
 # Every key is KEY_PREFIX, then one of the parts below. The Lua scripts get KEY_PREFIX as their
@@ -141,6 +150,8 @@ KEYS: Final = MappingProxyType(
         # priorities together. CLAIM takes no job from them; publishing goes on.
         "PAUSED_KEY": "paused",
         "SCHEDULES_KEY": "schedules",  # sorted set: schedule ids, scored by next fire time
+        # Job types with a limit (rate or concurrency) from code or the API: a set of names.
+        "LIMITED_KEY": "rl:types",
     }
 )
 # A key per queue, job or worker: its function here (and in the Lua) -> its part before the name.
@@ -167,6 +178,16 @@ KEY_FAMILIES: Final = MappingProxyType(
         # we remove each as it finishes).
         "dependents_key": "job:{}:dependents",
         "dependencies_key": "job::{}:dependencies",
+        # Limits (ours; RQ 3's own limiter keys live under `rl:<key>`, these under `rl:<kind>:`
+        # so neither reads the other's). + job type: a hash, `code` (written by every worker
+        # container at start) and `override` (PUT /limits), each "rate/period/concurrency/key".
+        "limit_config_key": "rl:type:",
+        # + `<type>:<key value>`: start instants (and reserved future starts) of the rate
+        # window; the leases of running attempts, scored by expiry; jobs held for a slot.
+        "limit_starts_key": "rl:starts:",
+        "limit_reserved_key": "rl:reserved:",  # jobs parked by the rate, scored by when due
+        "limit_leases_key": "rl:leases:",
+        "limit_held_key": "rl:held:",
     }
 )
 
@@ -179,6 +200,7 @@ HISTORY_DROPPED_KEY: Final = KEY_PREFIX + KEYS["HISTORY_DROPPED_KEY"]
 DEAD_TRIMMED_KEY: Final = KEY_PREFIX + KEYS["DEAD_TRIMMED_KEY"]
 PAUSED_KEY: Final = KEY_PREFIX + KEYS["PAUSED_KEY"]
 SCHEDULES_KEY: Final = KEY_PREFIX + KEYS["SCHEDULES_KEY"]
+LIMITED_KEY: Final = KEY_PREFIX + KEYS["LIMITED_KEY"]
 
 
 def _family(name: str) -> Callable[[str], str]:
@@ -203,10 +225,17 @@ idempotency_key: Final = _family("idempotency_key")
 schedule_key: Final = _family("schedule_key")
 dependents_key: Final = _family("dependents_key")
 dependencies_key: Final = _family("dependencies_key")
+limit_config_key: Final = _family("limit_config_key")
 _REGISTRIES = {
     kind: KEY_PREFIX + KEY_FAMILIES[f"{kind}_key"]
     for kind in ("started", "finished", "failed", "scheduled", "canceled", "deferred")
 }
+
+
+def limit_key(family: str, job_type: str, value: str = "") -> str:
+    """The key of family limit_starts_key, limit_leases_key or limit_held_key for one job type
+    and value of its limit's key field ('' when it has none)."""
+    return f"{KEY_PREFIX}{KEY_FAMILIES[family]}{job_type}:{value}"
 
 
 def queue_of_key(key: bytes | str) -> str:

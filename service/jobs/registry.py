@@ -37,6 +37,7 @@ import orjson
 from service.config import constants, queues
 from service.config.queues import Priority
 from service.jobs.context import AsyncJobContext, JobContext
+from service.jobs.limit import Limit, LimitInvalid
 from service.jobs.policy import Backoff
 from service.jobs.schedule import Schedule
 
@@ -167,6 +168,7 @@ class JobType:
     # defaults, lowered to the operator's ceilings (see `Registry.within`).
     given_ttls: frozenset[str] = frozenset()
     schedules: tuple[Schedule, ...] = ()  # when it runs by itself (service/jobs/schedule.py)
+    limit: Limit | None = None  # its rate and concurrency limits (service/jobs/limit.py)
 
     def model(self) -> type[BaseModel] | type[EmptyPayload]:
         """The payload model, imported now (once) if named by an import string."""
@@ -279,6 +281,9 @@ class Registry:
         schedule: str | Schedule | Sequence[str | Schedule] = (),
         timezone: str = "UTC",
         every: int | None = None,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: str | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function as the handler of job type `name`: a plain
         function (run in a thread of its worker process) or an `async def` one (run on the
@@ -293,6 +298,11 @@ class Registry:
         `schedule` makes the type run by itself: a cron expression (read in `timezone`), a
         `Schedule` (for a payload, a misfire policy or a name), or a list of either;
         `every=N` adds one every N seconds. Each fire time publishes exactly one job.
+
+        `rate_limit="100/minute"` (at most 100 starts in any minute) and `concurrency_limit=5`
+        (at most 5 running at once) hold across every worker container; with
+        `limit_key="customer_id"` each value of that payload field has its own. A job over its
+        limit waits without spending an attempt; the API can replace the limits at run time.
         """
         given = {"result_ttl": result_ttl, "failure_ttl": failure_ttl}
         if not NAME_PATTERN.match(name):
@@ -310,6 +320,10 @@ class Registry:
         if isinstance(payload, str) and not MODEL_PATH.match(payload):
             raise ValueError(f"job type {name!r}: payload {payload!r} must be 'module:Model'")
         schedules = _schedules(name, schedule, timezone, every)
+        try:
+            limit = Limit.of(rate_limit, concurrency_limit, limit_key)
+        except LimitInvalid as exc:
+            raise ValueError(f"job type {name!r}: {exc}") from None
 
         def register(handler: H) -> H:
             schema = payload or _payload_model(handler)
@@ -328,6 +342,7 @@ class Registry:
                 given_ttls=frozenset(field for field, ttl in given.items() if ttl is not None),
                 is_async=inspect.iscoroutinefunction(handler),
                 schedules=schedules,
+                limit=limit,
             )
             if not isinstance(schema, str):  # a model named by import string: checked on use
                 _check_payloads(job_type)

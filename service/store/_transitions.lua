@@ -1,4 +1,4 @@
--- include: _push
+-- include: _push _limits
 -- Shared by the scripts that end an attempt. `now` is epoch seconds, `now_iso` RQ's format.
 -- Each such script first calls set_limits with the operator's retention limits, three
 -- arguments in the order of settings.Retention.args(): MAX_RESULT_TTL, MAX_FAILURE_TTL,

@@ -1,5 +1,5 @@
 #!lua
--- include: _history _worker_stats
+-- include: _history _worker_stats _limits
 -- ARGV: the key prefix, count, worker name, now_iso, started-registry score, execution id
 -- prefix, then the queues in drain order (high before default before low); a paused one (in
 -- PAUSED_KEY) is skipped. Returns per claimed job (claim.py, `Claimed`): id, member, data,
@@ -20,7 +20,8 @@ for qi = 7, #ARGV do
       local jk = job_key(id)
       local f = redis.call('HMGET', jk, 'status', 'data', 'timeout', 'attempts', 'backoff',
         'enqueued_at', 'traceparent', 'crashes')
-      if f[1] == 'queued' then  -- skip ids whose job expired, was deleted or canceled
+      if f[1] == 'queued'  -- skip ids whose job expired, was deleted or canceled
+        and not limit_holds(id, jk, q, f[2], id .. ':' .. exec .. (#out + 1), score) then
         local attempt = tonumber(f[4] or '0') + 1
         local member = id .. ':' .. exec .. (#out + 1)
         redis.call('HSET', jk, 'status', 'started', 'started_at', now_iso,

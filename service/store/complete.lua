@@ -40,6 +40,7 @@ for i = 9, #ARGV, 9 do
   if result == 'finished' or result == 'failed' or result == 'canceled' then
     settle(id, now, now_iso, failure_ttl)  -- its dependents, if any
   end
+  limit_release(jk, member)  -- whatever became of the attempt, it holds no lease now
   results[#results + 1] = result
   attempt_ended(id, result, t0, t1)
 end

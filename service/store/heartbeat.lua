@@ -1,5 +1,5 @@
 #!lua flags=allow-oom
--- include: _worker_stats
+-- include: _worker_stats _limits
 -- A worker process's heartbeat: its registration (as RQ's), and the started-registry entries
 -- of the jobs it holds pushed ahead of the clock (XX: never re-adds a recovered entry).
 -- ARGV: the key prefix, worker name, ttl, registry score, then the registration's fields as
@@ -25,6 +25,7 @@ local last
 for j = i + 1, #ARGV, 2 do
   redis.call('ZADD', started_key(ARGV[j]), 'XX', score, ARGV[j + 1])
   last = ARGV[j + 1]
+  limit_renew(ARGV[j + 1], score)
 end
 worker_beat(ARGV[2], last and string.match(last, '^(.*):[^:]*$'))
 return 1

@@ -16,7 +16,7 @@ for qi = 4, #ARGV do
       local jk = job_key(id)
       if redis.call('HGET', jk, 'status') == 'scheduled' then
         redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_iso)
-        push(q, id, false)
+        push(q, id, redis.call('HGET', jk, 'limit_parked') == '1')  -- see _limits.lua
         record(id, 'queued')
         moved = moved + 1
       end

@@ -54,6 +54,7 @@ for qi = 12, #ARGV do
       lost[#lost + 1] = redis.call('HGET', jk, 'description') or ''
       lost[#lost + 1] = fate
     end
+    if owner == '' or who == owner then limit_release(jk, member) end
   end
 end
 return {counts.failed, counts.redelivered, counts.interrupted, lost}

@@ -30,6 +30,7 @@ from service.jobs.registry import Registry
 from service.jobs.states import Fate
 from service.net.connections import fit_file_limit
 from service.store import durability, housekeeping
+from service.store import limits as limit_store
 from service.store.connection import connect
 from service.telemetry import gauges as backlog_metrics
 from service.worker import job_metrics
@@ -71,6 +72,8 @@ class Supervisor:
         self.shipper: Shipper | None = None
         self.history: threading.Thread | None = None  # the shipper's thread
         self._history_stop = threading.Event()
+        self.registry = registry
+        self._limits_declared = False
         self.scheduler = Scheduler(settings, registry)
         self._scheduler_stop = threading.Event()
         self.backlog = backlog_metrics.BacklogCollector()
@@ -211,6 +214,9 @@ class Supervisor:
         interval = self.settings.worker_processing_interval
         self._refresh_backlog(interval)
         try:
+            if not self._limits_declared:  # the code's limits, for every claim (once reached)
+                limit_store.declare(self.redis, self.registry)
+                self._limits_declared = True
             next_due = housekeeping.promote(self.redis, self.queues).next_due
         except redis.RedisError as exc:
             self._redis_since = None

@@ -103,3 +103,10 @@ def test_loads_run_at_once_on_two_processes_combine_into_one() -> None:
     assert both.ok_per_second == 3998 / 10.5
     assert (both.p50_ms, both.p99_ms, both.socket_errors) == (1.0, 9.0, "read 2")
     assert both.statuses == {202: 3998, 503: 2}
+
+
+def test_the_limits_phase_counts_the_most_starts_in_any_sliding_second() -> None:
+    from benchmarks.limits import _most_in_a_window
+
+    assert _most_in_a_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3  # (0, 0.5, 0.99); 1.0 is out
+    assert _most_in_a_window([3.0, 1.0, 2.0]) == 1
