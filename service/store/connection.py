@@ -145,11 +145,16 @@ class _SentinelSSLConnection(
     pass
 
 
-def connect_async(target: RedisTarget, max_connections: int | None = None) -> aioredis.Redis:
+def connect_async(
+    target: RedisTarget,
+    max_connections: int | None = None,
+    socket_timeout: float = constants.REDIS_SOCKET_TIMEOUT,
+) -> aioredis.Redis:
     """A client that fails fast: a dead or stalled Redis costs seconds, never a hang.
     `max_connections`: its pool's size (redis-py's default, 100, answers "Too many
-    connections" to the 101st command in flight at once)."""
-    options = _options(target, constants.REDIS_SOCKET_TIMEOUT, AsyncRetry(NoBackoff(), 0))
+    connections" to the 101st command in flight at once). `socket_timeout`: above the
+    longest block, for a client that blocks in reads."""
+    options = _options(target, socket_timeout, AsyncRetry(NoBackoff(), 0))
     if max_connections is not None:
         options["max_connections"] = max_connections
     if target.sentinels:

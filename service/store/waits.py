@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from service.config import constants
 from service.config.settings import RedisTarget
 from service.jobs.states import Status
+from service.store import connection
 
 log = logging.getLogger("service.api")
 
@@ -56,11 +57,11 @@ class Waits:
         self._client = client
         self._loop = asyncio.get_running_loop()
         # Its socket timeout is above the longest block, so a blocked read is never cut short.
-        self._reader = aioredis.Redis.from_url(
-            self._target.url,
+        # One connection (a pool of one), as every client reaches Redis: TLS, Sentinel.
+        self._reader = connection.connect_async(
+            self._target,
+            max_connections=1,
             socket_timeout=constants.WAIT_BLOCK_SECONDS + constants.REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT,
-            single_connection_client=True,
         )
         self._task = asyncio.create_task(self._serve())
 
