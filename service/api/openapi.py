@@ -8,6 +8,7 @@ from service.api import dead_openapi, job_history, limiting, pausing, schedule_o
 from service.api.middleware import PROTECTED
 from service.api.openapi_parts import (
     BODY_ERRORS,
+    FORBIDDEN,
     REDIS_UNAVAILABLE,
     SCHEMAS,
     UNAUTHORIZED,
@@ -349,10 +350,12 @@ def build_openapi(
     schemas.update(limiting.SCHEMAS)
     for path, operations in paths.items():
         needs_key = auth and path.startswith(PROTECTED)
-        for operation in operations.values():
+        for method, operation in operations.items():
             operation["security"] = [{"bearer": []}] if needs_key else []
             if needs_key:
                 operation["responses"]["401"] = UNAUTHORIZED
+                if method not in ("get", "head", "options"):
+                    operation["responses"]["403"] = FORBIDDEN
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Job service", "version": "1"},

@@ -108,6 +108,11 @@ BODY_ERRORS = {
     "415": response("unsupported_media_type: the body is not application/json"),
 }
 UNAUTHORIZED = response("unauthorized: a missing or invalid API key")
+FORBIDDEN = response(
+    "read_only_key: a key of API_READONLY_KEYS, which reads but changes nothing; "
+    "csrf_failed: a change made with the console's session cookie without its CSRF token "
+    "or from another origin"
+)
 REDIS_UNAVAILABLE = response(
     "queue_unavailable (Redis unreachable, stalled or loading) or redis_full (maxmemory); "
     "nothing was changed; see Retry-After"

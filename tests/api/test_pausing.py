@@ -88,5 +88,6 @@ def test_only_post_and_only_with_a_key_when_keys_are_set(redis_url: str) -> None
         document = client.get("/openapi.json", headers=auth).json()
         for path in ("/queues/{name}/pause", "/queues/{name}/resume"):
             operation = document["paths"][path]["post"]
-            assert set(operation["responses"]) == {"200", "401", "422", "503"}
+            assert set(operation["responses"]) == {"200", "401", "403", "422", "503"}
+            assert "read_only_key" in operation["responses"]["403"]["description"]
             assert operation["security"] == [{"bearer": []}]

@@ -325,6 +325,11 @@ class TestApiKeys:
         assert document["components"]["securitySchemes"]["bearer"]
         assert document["paths"]["/backlog"]["get"]["security"] == [{"bearer": []}]
         assert "401" in document["paths"]["/backlog"]["get"]["responses"]
+        # a read-only key's refusal is stated where it can happen: on changes only
+        assert "403" not in document["paths"]["/backlog"]["get"]["responses"]
+        assert (
+            "read_only_key" in document["paths"]["/jobs"]["post"]["responses"]["403"]["description"]
+        )
 
     def test_openapi_public_serves_the_document_without_a_key(self, redis_url: str) -> None:
         with make_client(redis_url, API_KEYS="key-one", OPENAPI_PUBLIC="true") as client:

@@ -83,11 +83,12 @@ def test_no_job_of_a_paused_queue_starts_after_a_second_and_resume_restores_the_
     assert max(starts(app_redis)) <= paused_at + 1.0 < restarted_at
     assert queue_redis.llen(constants.queue_key("app-queue")) == waiting + 1
 
-    # When it is resumed, jobs start again at about the rate they ran before
+    # When it is resumed, jobs start again at about the rate they ran before (how soon after
+    # the resume is a benchmark figure, benchmarks/schedules.py: a loaded machine is slow here)
     status, _, body = http("POST", f"{api.url}/queues/app-queue/resume")
     resumed_at = time.time()
     assert (status, body) == (200, {"queue": "app-queue", "paused": False})
-    wait_for(lambda: max(starts(app_redis)) > resumed_at, timeout=1.0, interval=0.01)
+    wait_for(lambda: max(starts(app_redis)) > resumed_at, timeout=10.0, interval=0.01)
     assert rate(app_redis, 1.0) >= running_rate / 2
     scrape_until(
         api.url,
