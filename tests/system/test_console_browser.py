@@ -3,8 +3,10 @@ the real API and worker processes on real Redis (and the MongoDB stand-in for th
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,9 @@ from tests.conftest import ROOT, ServiceProcess, http, wait_for
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `playwright install` is never run
 KEY = "console-full-key-0123456789abcdef0123456789"
 READ_KEY = "console-read-key-0123456789abcdef012345678"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's screenshots: written there when CONSOLE_SCREENSHOTS=1, else into the test's
+# temporary folder (a test run leaves the checkout as it was).
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 XSS = "<script>window.hacked = 1</script><img src=x onerror=window.hacked=2>"
 
 Start = Callable[..., ServiceProcess]
@@ -107,8 +111,13 @@ def test_without_the_key_the_console_shows_the_login(
 
 
 def test_console_pages_live_numbers_actions_and_screenshots(
-    services: ServiceProcess, browser: Browser, queue_redis: redis.Redis, redis_url: str
+    services: ServiceProcess,
+    browser: Browser,
+    queue_redis: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
+    shots = README_SCREENSHOTS if os.environ.get("CONSOLE_SCREENSHOTS") == "1" else tmp_path
     base = services.url
     app_redis = redis.Redis.from_url(f"{redis_url}/0")
     watched = Watched(browser, base)
@@ -170,13 +179,18 @@ def test_console_pages_live_numbers_actions_and_screenshots(
     page.goto(f"{base}/console#/jobs/{dead}")
     expect(page.locator("ol.timeline")).to_contain_text("attempt 2")
     page.goto(f"{base}/console#/overview")
-    expect(page.locator("#chart svg rect").first).to_be_attached()
+    # the chart shows the finished jobs once the shipper has written them to the history
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#chart svg rect')]"
+        ".some((bar) => Number(bar.getAttribute('height')) > 0)",
+        timeout=15_000,
+    )
     expect(page.locator('tr[data-queue="app-queue"] td[data-field="waiting"]')).to_have_text("0")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "console-overview.png"))
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "console-overview.png"))
     page.goto(f"{base}/console#/jobs/{failed}")
     expect(page.locator("pre.traceback")).to_contain_text("card declined")
-    page.screenshot(path=str(SCREENSHOTS / "console-job.png"), full_page=True)
+    page.screenshot(path=str(shots / "console-job.png"), full_page=True)
 
     # A cancel from the page cancels a running job
     running = publish(base, "test.block", {"key": "never"})

@@ -152,7 +152,8 @@ function countsChart(now) {
 
 function drawChart(minutes) {
   const width = 960, height = 200, pad = 28;
-  const top = Math.max(1, ...minutes.map((m) => m.finished + m.failed));
+  // An even top, at least 2: the middle line's label is a whole number.
+  const top = 2 * Math.ceil(Math.max(2, ...minutes.map((m) => m.finished + m.failed)) / 2);
   const bar = (width - pad) / minutes.length;
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
   for (const fraction of [0, 0.5, 1]) {
