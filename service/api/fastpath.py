@@ -99,7 +99,8 @@ class FastSubmit:
         await self.app.state.store.publish_soon(job)
         request_metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
         request_metrics.accepted([job])
-        content = orjson.dumps(routes.accepted(job))
+        (view,) = await routes.answers(self.app.state.store, [job])
+        content = orjson.dumps(view)
         headers = [
             (b"content-type", JSON),
             (b"content-length", str(len(content)).encode()),

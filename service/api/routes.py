@@ -72,13 +72,25 @@ def _state(request: Request) -> tuple[Settings, Registry, Store]:
     return state.settings, state.registry, state.store
 
 
-def accepted(job: records.NewJob) -> dict[str, Any]:
+def accepted(job: records.NewJob, status: str | None = None) -> dict[str, Any]:
+    """The 202's view of a published job. `status`: what a job with parents became (deferred;
+    queued or scheduled if they had all finished; canceled if one had failed for good), read
+    back by `answers`."""
     accepted = {"id": job.id, "type": job.type, "queue": job.queue}
-    if job.depends_on:  # queued at once if its parents had finished: GET tells
-        return {**accepted, "status": "deferred", "depends_on": list(job.depends_on)}
+    if job.depends_on:
+        view = {**accepted, "status": status or "deferred", "depends_on": list(job.depends_on)}
+        return view if job.run_at is None else {**view, "run_at": records.utc_iso(job.run_at)}
     if job.run_at is None:
         return {**accepted, "status": "queued"}
     return {**accepted, "status": "scheduled", "run_at": records.utc_iso(job.run_at)}
+
+
+async def answers(store: Store, jobs: list[records.NewJob]) -> list[dict[str, Any]]:
+    """The 202's views of published jobs: those with parents read back (one round trip for
+    all of them; none for a batch without any), since the publish decided their state."""
+    waiting = [job.id for job in jobs if job.depends_on]
+    decided = dict(zip(waiting, await store.statuses(waiting), strict=True)) if waiting else {}
+    return [accepted(job, decided.get(job.id)) for job in jobs]
 
 
 async def _ensure_durable(request: Request) -> None:
@@ -106,7 +118,8 @@ async def submit_job(request: Request) -> Response:
         with request_metrics.PUBLISH_SECONDS.time():
             await store.publish_soon(job)
         request_metrics.accepted([job])
-        return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
+        (view,) = await answers(store, [job])
+        return JSONResponse(view, 202, headers={"Location": f"/jobs/{job.id}"})
     if not IDEMPOTENCY_KEY.fullmatch(key):
         message = (
             "the Idempotency-Key must be 1-200 printable ASCII characters, "
@@ -130,7 +143,8 @@ async def submit_job(request: Request) -> Response:
         view = await store.job(job_id) or {"id": job_id, "status": "expired"}
         return JSONResponse(view, 200, headers={"Location": f"/jobs/{job_id}"})
     request_metrics.accepted([job])
-    return JSONResponse(accepted(job), 202, headers={"Location": f"/jobs/{job.id}"})
+    (view,) = await answers(store, [job])
+    return JSONResponse(view, 202, headers={"Location": f"/jobs/{job.id}"})
 
 
 def _fingerprint(body: dict[str, Any]) -> str:
@@ -158,7 +172,7 @@ async def submit_batch(request: Request) -> Response:
     with request_metrics.PUBLISH_SECONDS.time():
         await store.publish(order)
     request_metrics.accepted(batch)
-    return JSONResponse({"jobs": [accepted(job) for job in batch]}, 202)
+    return JSONResponse({"jobs": await answers(store, list(batch))}, 202)
 
 
 async def get_job(request: Request) -> Response:

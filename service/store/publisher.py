@@ -173,6 +173,14 @@ class Store:
         changed."""
         return await self._pause(self.direct, base, paused)
 
+    async def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """The status of each job (None for one Redis does not have): one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(constants.job_key(job_id), "status")
+            found = await pipe.execute()
+        return [status.decode() if status is not None else None for status in found]
+
     async def job(self, job_id: str) -> dict[str, Any] | None:
         """The public view of a job, or None if Redis does not have it."""
         view, _ = await self.job_and_cursor(job_id)

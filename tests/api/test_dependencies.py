@@ -136,3 +136,36 @@ def test_a_dependent_of_a_canceled_parent_says_why(client: TestClient) -> None:
     view = client.get(f"/jobs/{again}").json()
     assert view["status"] == "canceled"
     assert view["reason"] == "dependency_canceled" and view["dependency"] == dependent
+
+
+def test_the_202_says_what_the_publish_made_of_a_job_with_parents(
+    client: TestClient, queue_redis: redis.Redis
+) -> None:
+    # Given a parent that finished, one that failed for good and one still waiting
+    done, dead, waiting = (client.post("/jobs", json={"type": "noop"}).json()["id"] for _ in "123")
+    queue_redis.hset(constants.job_key(done), "status", "finished")
+    queue_redis.hset(constants.job_key(dead), "status", "failed")
+
+    def status_of(body: dict[str, Any], path: str = "/jobs") -> str:
+        response = client.post(path, json=body)
+        assert response.status_code == 202, response.text
+        answer: dict[str, Any] = response.json()
+        return str(answer["status"])
+
+    # Then each answer says the state the job has, as GET does
+    assert status_of({"type": "noop", "depends_on": [done]}) == "queued"
+    assert status_of({"type": "noop", "depends_on": [dead]}) == "canceled"
+    assert status_of({"type": "noop", "depends_on": [dead], "allow_failure": True}) == "queued"
+    assert status_of({"type": "noop", "depends_on": [waiting]}) == "deferred"
+    assert status_of({"type": "noop", "depends_on": [done], "delay": 60}) == "scheduled"
+    # and so does each item of a batch
+    batch = [
+        {"type": "noop", "depends_on": [done]},
+        {"type": "noop", "depends_on": [dead]},
+        {"type": "noop", "depends_on": ["$0"]},
+        {"type": "noop"},
+    ]
+    answers = client.post("/jobs/batch", json={"jobs": batch}).json()["jobs"]
+    assert [a["status"] for a in answers] == ["queued", "canceled", "deferred", "queued"]
+    for answer in answers:
+        assert client.get(f"/jobs/{answer['id']}").json()["status"] == answer["status"]
