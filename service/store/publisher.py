@@ -188,8 +188,9 @@ class Store:
 
     async def job_and_cursor(self, job_id: str) -> tuple[dict[str, Any] | None, str]:
         """`job(job_id)`, and the id of the last entry of its results stream ('0-0' if none):
-        where a wait for its next transition reads from."""
-        async with self.client.pipeline(transaction=False) as pipe:
+        where a wait for its next transition reads from. Read together (MULTI): an ending
+        between the two reads would leave a wait on a running job after its last entry."""
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(constants.job_key(job_id))
             pipe.xrange(constants.result_key(job_id))
             fields, entries = await pipe.execute()
