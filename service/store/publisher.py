@@ -188,16 +188,20 @@ class Store:
 
     async def job_and_cursor(self, job_id: str) -> tuple[dict[str, Any] | None, str]:
         """`job(job_id)`, and the id of the last entry of its results stream ('0-0' if none):
-        where a wait for its next transition reads from. Read together (MULTI): an ending
-        between the two reads would leave a wait on a running job after its last entry."""
-        async with self.client.pipeline(transaction=True) as pipe:
+        where a wait for its next transition reads from. The cursor is read before the job:
+        an ending between the two reads shows in the job's status, never only past the cursor
+        (a wait would then sit after the final entry). Not in a MULTI, which a full Redis
+        refuses even for reads; the entries shown are read after the job."""
+        key = constants.result_key(job_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(key, count=1)
             pipe.hgetall(constants.job_key(job_id))
-            pipe.xrange(constants.result_key(job_id))
-            fields, entries = await pipe.execute()
+            pipe.xrange(key)
+            last, fields, entries = await pipe.execute()
         if not fields:
             return None, "0-0"
         history = [records.decode_result_entry(entry) for _, entry in entries]
-        cursor = entries[-1][0].decode() if entries else "0-0"
+        cursor = last[0][0].decode() if last else "0-0"
         return records.describe(job_id, fields, history), cursor
 
     async def backlog(self, names: Iterable[str]) -> dict[str, Any]:

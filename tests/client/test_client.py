@@ -24,7 +24,7 @@ from service.client import (
     WaitTimeout,
     wire,
 )
-from service.dev.embedded_redis import free_port
+from service.dev.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import ServiceProcess, base_env, http
 
 pytestmark = pytest.mark.slow
@@ -33,9 +33,13 @@ KEY = "client-test-key"
 
 
 @pytest.fixture(scope="module")
-def api(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One API (with an API key) and one worker for the module; the URL of the API."""
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API (with an API key) and one worker for the module, on a Redis of the module's
+    own (the suite's is emptied by other tests, whose jobs this worker would also take);
+    the URL of the API."""
     folder = tmp_path_factory.mktemp("client")
+    server = EmbeddedRedis().start()
+    redis_server = server.url
     env = base_env(redis_server, PORT=str(free_port()), API_KEYS=KEY)
     api = ServiceProcess(env, log=folder / "api.log").wait_healthy()
     worker_env = base_env(
@@ -45,6 +49,7 @@ def api(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield api.url
     worker.stop()
     api.stop()
+    server.stop()
 
 
 @pytest.fixture
